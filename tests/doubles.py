@@ -1,0 +1,105 @@
+"""Test doubles that declare the interfaces they stand in for, so they cannot drift."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from twisted_chat.events import Event, Format
+from twisted_chat.interfaces import IParticipant
+from twisted_chat.protocol import ChatFactory, ChatLineProtocol
+from twisted_chat.service import ChatService, HeartbeatPolicy, Member
+
+
+@implementer(IParticipant)
+class RecordingParticipant:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.closed: list[Event | None] = []
+        self.format = Format.TEXT
+
+    def deliver(self, event: Event) -> None:
+        self.events.append(event)
+
+    def close(self, final: Event | None) -> None:
+        self.closed.append(final)
+
+    def set_format(self, fmt: Format) -> None:
+        self.format = fmt
+
+    def of_type(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.type == kind]
+
+    def texts(self) -> list[str]:
+        return [e.text() for e in self.events]
+
+    def clear(self) -> None:
+        self.events.clear()
+
+
+class Harness:
+    """A chat service on a fake clock, with helpers to seat recording participants."""
+
+    def __init__(self, **policy: Any) -> None:
+        self.clock = task.Clock()
+        self.service = ChatService(self.clock, HeartbeatPolicy(**policy))
+        self.people: dict[str, tuple[Member, RecordingParticipant]] = {}
+
+    def add(self, nick: str) -> tuple[Member, RecordingParticipant]:
+        participant = RecordingParticipant()
+        verifyObject(IParticipant, participant)
+        member = self.service.connect(participant)
+        self.service.set_nick(member, nick)
+        participant.clear()
+        self.people[nick] = (member, participant)
+        return member, participant
+
+
+class Connection:
+    """One protocol instance on a StringTransport, reading what the server wrote."""
+
+    def __init__(self, factory: ChatFactory, port: int) -> None:
+        self.transport = StringTransport(peerAddress=_addr(port))
+        self.protocol: ChatLineProtocol = factory.buildProtocol(_addr(port))
+        self.protocol.makeConnection(self.transport)
+        self._read = 0
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def output(self) -> bytes:
+        return self.transport.value()
+
+    def new_lines(self) -> list[str]:
+        data = self.transport.value()
+        fresh, self._read = data[self._read :], len(data)
+        return [line.decode("utf-8") for line in fresh.split(b"\r\n") if line]
+
+    def new_json(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.new_lines()]
+
+
+def _addr(port: int) -> Any:
+    from twisted.internet.address import IPv4Address
+
+    return IPv4Address("TCP", "127.0.0.1", port)
+
+
+class ProtocolHarness:
+    def __init__(self, max_line: int = 2048, **policy: Any) -> None:
+        self.clock = task.Clock()
+        self.service = ChatService(self.clock, HeartbeatPolicy(**policy), max_line=max_line)
+        self.factory = ChatFactory(self.service, self.clock, max_line=max_line)
+        self._ports = iter(range(40000, 50000))
+
+    def connect(self, nick: str | None = None) -> Connection:
+        conn = Connection(self.factory, next(self._ports))
+        if nick is not None:
+            conn.send(f"/nick {nick}\r\n".encode())
+        conn.new_lines()
+        return conn

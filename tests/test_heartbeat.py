@@ -1,0 +1,142 @@
+"""The heartbeat rule, driven by a fake clock: no real time passes in these tests."""
+
+from __future__ import annotations
+
+from tests.doubles import Harness
+from twisted_chat.service import HeartbeatPolicy
+
+
+def started(**policy):
+    h = Harness(**policy)
+    h.service.startService()
+    return h
+
+
+def test_present_just_before_timeout_and_removed_by_timeout_plus_sweep():
+    h = started(timeout=30.0, sweep=1.0)
+    alice, pa = h.add("alice")
+    bob, pb = h.add("bob")
+    h.clock.pump([1.0] * 29)
+    h.service.touch(bob)  # bob keeps talking; alice stays silent
+    h.clock.pump([1.0] * 1)
+    assert alice.present  # silent exactly 30 s: not yet "longer than" the timeout
+    h.clock.pump([1.0])
+    assert not alice.present  # removed no later than timeout + one sweep period
+    timeouts = pb.of_type("timeout")
+    assert len(timeouts) == 1
+    assert timeouts[0].text().startswith("*** [#lobby] alice timed out (no heartbeat for 31.0 s")
+    assert [e.type for e in pa.closed if e] == ["bye"]
+    assert "heartbeat" in pa.closed[0].text()
+    h.service.stopService()
+
+
+def test_removal_never_later_than_timeout_plus_period_for_any_phase():
+    for offset in (0.0, 0.25, 0.5, 0.99):
+        h = started(timeout=5.0, sweep=1.0)
+        h.clock.advance(offset)
+        alice, _ = h.add("alice")
+        while alice.present:
+            h.clock.advance(0.05)
+        idle = h.clock.seconds() - alice.last_seen
+        assert 5.0 < idle <= 6.0 + 1e-9
+        h.service.stopService()
+
+
+def test_heartbeats_keep_a_member_indefinitely():
+    h = started(interval=10.0, timeout=30.0)
+    alice, pa = h.add("alice")
+    bob, pb = h.add("bob")
+    for _ in range(360):  # an hour, a heartbeat every 10 s, stepped a second at a time
+        h.clock.pump([1.0] * 10)
+        h.service.ping(alice, "")
+        h.service.touch(alice)
+        h.service.touch(bob)
+    assert alice.present and bob.present
+    assert pa.of_type("idle") == [] and pb.of_type("timeout") == []
+    h.service.stopService()
+
+
+def test_room_told_exactly_once_even_after_connection_lost():
+    h = started(timeout=3.0)
+    alice, _ = h.add("alice")
+    bob, pb = h.add("bob")
+    h.service.join(alice, "#ops")
+    h.service.join(bob, "#ops")
+    pb.clear()
+    for _ in range(10):
+        h.service.touch(bob)
+        h.clock.advance(1.0)
+    h.service.connection_lost(alice, "connection aborted")  # the adapter's close follows
+    assert sorted(e.to_json()["room"] for e in pb.of_type("timeout")) == ["#lobby", "#ops"]
+    assert pb.of_type("disconnect") == []
+    h.service.stopService()
+
+
+def test_silent_member_is_warned_once_and_privately():
+    h = started(timeout=30.0, warning=5.0)
+    alice, pa = h.add("alice")
+    bob, pb = h.add("bob")
+    for _ in range(26):
+        h.service.touch(bob)
+        h.clock.advance(1.0)
+    warnings = pa.of_type("idle")
+    assert len(warnings) == 1
+    assert "send any line" in warnings[0].text()
+    assert pb.of_type("idle") == []
+    h.clock.pump([1.0] * 3)
+    assert len(pa.of_type("idle")) == 1  # not repeated every sweep
+    h.service.touch(alice)  # any line resets the warning too
+    h.clock.pump([1.0] * 26)
+    assert len(pa.of_type("idle")) == 2
+    h.service.stopService()
+
+
+def test_warning_window_is_clamped_for_short_timeouts():
+    assert HeartbeatPolicy(timeout=4.0, warning=5.0).warn_after == 2.0
+    assert HeartbeatPolicy(timeout=30.0, warning=5.0).warn_after == 25.0
+
+
+def test_sweep_survives_a_failing_member():
+    h = started(timeout=2.0)
+    alice, pa = h.add("alice")
+    bob, pb = h.add("bob")
+    carol, pc = h.add("carol")
+
+    def explode(final):
+        raise RuntimeError("close failed")
+
+    pa.close = explode
+    h.clock.pump([1.0] * 4)
+    assert not alice.present and not bob.present and not carol.present
+    assert h.service._sweeper.running
+    h.service.stopService()
+
+
+def test_sweep_cost_is_bounded_by_stale_members():
+    """Touching moves a member to the back: a sweep looks at the stale ones only."""
+    h = started(timeout=30.0)
+    members = [h.add(f"user{i}")[0] for i in range(50)]
+    h.clock.advance(20.0)
+    for m in members[1:]:
+        h.service.touch(m)
+    assert next(iter(h.service._activity)) is members[0]
+
+
+def test_stop_service_notifies_everyone_and_stops_the_sweep():
+    h = started()
+    alice, pa = h.add("alice")
+    d = h.service.stopService()
+    assert [e.type for e in pa.closed if e] == ["shutdown"]
+    assert not h.service._sweeper.running
+    h.service.connection_lost(alice, "connection closed")
+    assert d.called
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_stop_service_gives_up_waiting_after_grace():
+    h = started()
+    h.add("alice")
+    d = h.service.stopService()
+    assert not d.called
+    h.clock.advance(h.service.shutdown_grace)
+    assert d.called

@@ -1,0 +1,239 @@
+"""The line adapter on a StringTransport with a fake clock: bytes in, bytes out."""
+
+from __future__ import annotations
+
+import json
+
+from tests.doubles import ProtocolHarness
+
+
+def test_greeting_explains_commands_heartbeat_and_guest_nick():
+    h = ProtocolHarness(interval=10.0, timeout=30.0)
+    conn = h.connect()
+    text = conn.output().decode()
+    assert "Welcome to groupchat" in text and "guest1" in text
+    assert "/nick NAME" in text and "/join #room" in text and "/help" in text
+    assert "every 10 s" in text and "after 30 s of silence" in text
+    assert "You are in #lobby" in text
+
+
+def test_lf_and_crlf_lines_and_bare_cr_never_passes():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    bob.send(b"lf only\nsecond\r\nwith\rcr\r\n")
+    assert alice.new_lines() == [
+        "[#lobby] <bob> lf only",
+        "[#lobby] <bob> second",
+        "[#lobby] <bob> withcr",
+    ]
+    assert b"\rc" not in alice.output()
+
+
+def test_line_split_across_reads_and_utf8_split_across_reads():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    data = "héllo wörld\n".encode()
+    for i in range(len(data)):
+        bob.send(data[i : i + 1])
+    assert alice.new_lines() == ["[#lobby] <bob> héllo wörld"]
+
+
+def test_overlong_line_is_refused_with_the_limit_and_session_continues():
+    h = ProtocolHarness(max_line=100)
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    bob.send(b"x" * 101 + b"\nfine\n")
+    errors = bob.new_lines()
+    assert errors == ["!!! line-too-long: line longer than 100 bytes; it was dropped"]
+    assert alice.new_lines() == ["[#lobby] <bob> fine"]
+    exactly = b"y" * 100
+    bob.send(exactly + b"\r\n")
+    assert alice.new_lines() == ["[#lobby] <bob> " + "y" * 100]
+
+
+def test_unterminated_flood_does_not_grow_memory_and_reports_once():
+    h = ProtocolHarness(max_line=100)
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    for _ in range(1000):
+        bob.send(b"z" * 1000)
+        assert bob.protocol.framer.buffered <= 101
+    bob.send(b"tail of the flood\nafter\n")
+    assert bob.new_lines() == ["!!! line-too-long: line longer than 100 bytes; it was dropped"]
+    assert alice.new_lines() == ["[#lobby] <bob> after"]
+
+
+def test_invalid_utf8_is_replaced_with_an_error_and_never_disconnects():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    bob.send(b"caf\xe9 \xc3\x28\n")
+    assert bob.new_lines()[0].startswith("!!! invalid-utf8:")
+    (line,) = alice.new_lines()
+    assert line.startswith("[#lobby] <bob> caf\ufffd")
+    assert not bob.transport.disconnecting
+
+
+def test_escape_sequences_and_bidi_are_removed_before_others_see_them():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    bob.send("\x1b[2J\x1b[H\x1b]0;title\x07ok\u202eevil\x9b31m\n".encode())
+    out = alice.output().decode()
+    assert "\x1b" not in out and "\u202e" not in out and "\x9b" not in out and "\x07" not in out
+    assert alice.new_lines() == ["[#lobby] <bob> okevil"]
+
+
+def test_no_user_line_looks_like_a_server_line():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    bob.send(b"hi\r*** server: alice was banned\n")
+    bob.send("x\u2028*** fake\u0085*** fake2\n".encode())
+    for line in alice.new_lines():
+        assert line.startswith("[#lobby] <bob> ")
+
+
+def test_telnet_negotiation_is_consumed_and_refused():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    bob.transport.clear()
+    bob.send(b"\xff\xfd\x01\xff\xfb\x03\xff\xfa\x18\x01\xff\xf0hel")
+    bob.send(b"lo\xff\xf1\r\n")
+    assert alice.new_lines() == ["[#lobby] <bob> hello"]
+    assert bob.output().startswith(b"\xff\xfc\x01\xff\xfe\x03")
+
+
+def test_unknown_command_points_to_help_and_empty_lines_are_ignored():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    bob.send(b"\n   \r\n/frobnicate now\n")
+    (error,) = bob.new_lines()
+    assert error.startswith("!!! unknown-command:") and "/help" in error
+    assert alice.new_lines() == []
+
+
+def test_double_slash_sends_a_literal_slash():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    bob.send(b"//shrug\n")
+    assert alice.new_lines() == ["[#lobby] <bob> /shrug"]
+
+
+def test_commands_end_to_end_through_the_dispatcher():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.send(b"/join #ops\n")
+    bob.send(b"/join #ops\n/me waves\n/msg alice hi there\n/who\n/rooms\n/ping t1\n")
+    lines = alice.new_lines()
+    assert "[#ops] * bob waves" in lines
+    assert "[PM bob -> alice] hi there" in lines
+    out = bob.new_lines()
+    assert "*** [#ops] 2 here: alice, bob" in out
+    assert "*** Rooms: #lobby (2), #ops (2)" in out
+    assert out[-1] == "*** pong t1"
+    bob.send(b"/nick\n/msg alice\n/join\n/format xml\n")
+    codes = [line.split(":")[0] for line in bob.new_lines()]
+    assert codes == ["!!! bad-arguments"] * 3 + ["!!! bad-format"]
+
+
+def test_json_rendering_after_format_json():
+    h = ProtocolHarness(interval=7.0, timeout=21.0)
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    alice.send(b"/format json\n")
+    (welcome,) = alice.new_json()
+    assert welcome["type"] == "welcome" and welcome["nick"] == "alice"
+    assert welcome["heartbeat"]["interval"] == 7.0 and welcome["heartbeat"]["timeout"] == 21.0
+    bob.send(b"hello json\n/me jumps\n/nick bobby\n/quit gone\n")
+    events = alice.new_json()
+    assert [e["type"] for e in events] == ["message", "action", "nick", "quit"]
+    assert events[0] == {
+        "type": "message",
+        "ts": events[0]["ts"],
+        "room": "#lobby",
+        "nick": "bob",
+        "text": "hello json",
+    }
+    assert events[3]["reason"] == "gone"
+    alice.send(b"/bogus\n/ping x\n")
+    assert [e["type"] for e in alice.new_json()] == ["error", "pong"]
+    for line in alice.output().split(b"\r\n")[-3:]:
+        if line:
+            json.loads(line)
+
+
+def test_quit_closes_and_aborts_after_grace_if_peer_does_not_read():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    bob.send(b"/quit see you\nthis is ignored\n")
+    assert bob.new_lines()[-1] == "*** Disconnected: you quit"
+    assert bob.transport.disconnecting
+    assert alice.new_lines() == ["*** [#lobby] bob quit (see you)"]
+    h.clock.advance(1.0)
+    assert bob.transport.disconnecting  # StringTransport records the abort as a disconnect
+    bob.protocol.connectionLost()
+    assert alice.new_lines() == []
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_connection_dropping_mid_line_tells_rooms_once():
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    bob.send(b"half a li")
+    bob.protocol.connectionLost(Failure(ConnectionLost("reset")))
+    assert alice.new_lines() == ["*** [#lobby] bob lost connection (connection reset)"]
+    alice.send(b"still talking\n")
+    assert h.service.nicks.get("bob") is None
+
+
+def test_broadcast_to_a_closed_transport_costs_others_nothing():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    carol = h.connect("carol")
+    carol.new_lines()
+    bob.transport.loseConnection()  # gone at the TCP level, connectionLost not yet delivered
+    alice.send(b"anyone\n")
+    assert carol.new_lines() == ["[#lobby] <alice> anyone"]
+
+
+def test_heartbeat_timeout_closes_the_connection_via_the_clock():
+    h = ProtocolHarness(timeout=3.0, sweep=1.0, warning=1.0)
+    h.service.startService()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.new_lines()
+    for _ in range(5):
+        alice.send(b"/ping\n")
+        h.clock.advance(1.0)
+    lines = bob.new_lines()
+    assert any("send any line" in line for line in lines)
+    assert lines[-1].startswith("*** Disconnected: no heartbeat for")
+    assert bob.transport.disconnecting
+    assert any("bob timed out" in line for line in alice.new_lines())
+    h.service.stopService()

@@ -1,0 +1,278 @@
+"""The chat core on its own: recording participants and a fake clock, no protocol."""
+
+from __future__ import annotations
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from tests.doubles import Harness, RecordingParticipant
+from twisted_chat.errors import (
+    EmptyMessage,
+    NickInvalid,
+    NickReserved,
+    NickTaken,
+    NoSuchNick,
+    NoSuchRoom,
+    NotInRoom,
+    RoomInvalid,
+)
+from twisted_chat.events import Format
+from twisted_chat.interfaces import IChatService
+
+
+def test_service_provides_interface():
+    verifyObject(IChatService, Harness().service)
+
+
+def test_connect_greets_with_guest_nick_and_seats_in_lobby():
+    h = Harness()
+    p = RecordingParticipant()
+    member = h.service.connect(p)
+    welcome = p.events[0]
+    assert welcome.type == "welcome"
+    assert welcome.to_json()["nick"] == member.nick
+    assert member.nick.startswith("guest")
+    assert welcome.to_json()["heartbeat"] == {
+        "interval": 10.0,
+        "timeout": 30.0,
+        "sweep": 1.0,
+        "warning": 5.0,
+    }
+    assert "#lobby" in welcome.text()
+    assert [e.type for e in p.events[1:]] == ["join", "members", "current"]
+    assert member.current is not None and member.current.name == "#lobby"
+
+
+def test_guest_nicks_are_distinct():
+    h = Harness()
+    nicks = {h.service.connect(RecordingParticipant()).nick for _ in range(5)}
+    assert len(nicks) == 5
+
+
+@pytest.mark.parametrize(
+    "taken,attempt",
+    [
+        ("alice", "ALICE"),
+        ("alice", "Álice"),
+        ("alice", "\u0430lice"),  # Cyrillic a
+        ("bob1", "bobl"),
+        ("ﬁona", "fiona"),  # NFKC ligature
+    ],
+)
+def test_nick_unique_ignoring_case_and_lookalikes(taken, attempt):
+    h = Harness()
+    h.add(taken)
+    member, _ = h.add("other")
+    with pytest.raises(NickTaken, match="taken"):
+        h.service.set_nick(member, attempt)
+
+
+def test_own_nick_case_change_allowed():
+    h = Harness()
+    member, p = h.add("alice")
+    h.service.set_nick(member, "Alice")
+    assert member.nick == "Alice"
+    assert p.of_type("nick")[0].text() == "*** alice is now known as Alice"
+
+
+@pytest.mark.parametrize(
+    "bad,error",
+    [
+        ("", NickInvalid),
+        ("a" * 25, NickInvalid),
+        ("1abc", NickInvalid),
+        ("a b", NickInvalid),
+        ("a\x1b[2J", NickInvalid),
+        ("<bob>", NickInvalid),
+        ("a\u202eb", NickInvalid),
+        ("server", NickReserved),
+        ("SERVER", NickReserved),
+        ("Ädmin", NickReserved),
+    ],
+)
+def test_bad_nicks_refused_with_reason(bad, error):
+    h = Harness()
+    member, _ = h.add("alice")
+    with pytest.raises(error) as info:
+        h.service.set_nick(member, bad)
+    assert info.value.message
+
+
+def test_unicode_nick_allowed():
+    h = Harness()
+    member, _ = h.add("zoë")
+    assert member.nick == "zoë"
+    h.service.set_nick(member, "日本語")
+    assert member.nick == "日本語"
+
+
+def test_nick_change_told_once_to_everyone_sharing_a_room():
+    h = Harness()
+    alice, pa = h.add("alice")
+    bob, pb = h.add("bob")
+    carol, pc = h.add("carol")
+    for m in (alice, bob):
+        h.service.join(m, "#ops")
+    for p in (pa, pb, pc):
+        p.clear()
+    h.service.set_nick(alice, "alicia")
+    assert len(pb.of_type("nick")) == 1  # shares #lobby and #ops, told once
+    assert len(pc.of_type("nick")) == 1
+    assert len(pa.of_type("nick")) == 1
+    assert h.service.nicks.get("alice") is None
+
+
+def test_message_reaches_every_other_member_of_the_room_only():
+    h = Harness()
+    alice, pa = h.add("alice")
+    bob, pb = h.add("bob")
+    carol, pc = h.add("carol")
+    h.service.join(alice, "#ops")
+    h.service.join(bob, "#ops")
+    for p in (pa, pb, pc):
+        p.clear()
+    h.service.say(alice, "hello ops")
+    assert pb.texts() == ["[#ops] <alice> hello ops"]
+    assert pa.events == []
+    assert pc.events == []
+
+
+def test_lines_from_other_rooms_name_their_room():
+    h = Harness()
+    alice, _ = h.add("alice")
+    bob, pb = h.add("bob")
+    h.service.join(bob, "#ops")  # bob's current room is now #ops; alice talks in #lobby
+    pb.clear()
+    h.service.say(alice, "hi lobby")
+    assert pb.texts() == ["[#lobby] <alice> hi lobby"]
+
+
+def test_join_part_rooms_who():
+    h = Harness()
+    alice, pa = h.add("alice")
+    bob, pb = h.add("bob")
+    h.service.join(alice, "ops")  # '#' is optional
+    assert pa.of_type("join")[-1].text() == "*** [#ops] alice joined (1 here)"
+    h.service.join(bob, "#OPS")  # same room, ignoring case
+    assert pa.of_type("join")[-1].text() == "*** [#ops] bob joined (2 here)"
+    pa.clear()
+    h.service.list_rooms(alice)
+    assert pa.texts() == ["*** Rooms: #lobby (2), #ops (2)"]
+    pa.clear()
+    h.service.who(alice, "#ops")
+    assert pa.events[0].to_json()["members"] == ["alice", "bob"]
+    pb.clear()
+    h.service.part(alice, None, "lunch")
+    assert pb.texts() == ["*** [#ops] alice left (lunch)"]
+    assert alice.current is not None and alice.current.name == "#lobby"
+    h.service.part(bob, "#ops")
+    assert "#ops" not in [r.name for r in h.service.rooms.values()]  # empty rooms go away
+    with pytest.raises(NoSuchRoom):
+        h.service.who(alice, "#ops")
+    with pytest.raises(RoomInvalid):
+        h.service.join(alice, "#no way")
+    with pytest.raises(NoSuchRoom):
+        h.service.part(bob, "#nowhere-x")
+
+
+def test_part_room_not_in_and_say_without_room():
+    h = Harness()
+    alice, _ = h.add("alice")
+    bob, _ = h.add("bob")
+    h.service.join(bob, "#ops")
+    with pytest.raises(NotInRoom):
+        h.service.part(alice, "#ops")
+    h.service.part(alice, None)
+    assert alice.current is None
+    with pytest.raises(NotInRoom, match="/join"):
+        h.service.say(alice, "anyone?")
+
+
+def test_private_message_to_recipient_and_sender_only():
+    h = Harness()
+    alice, pa = h.add("alice")
+    bob, pb = h.add("bob")
+    carol, pc = h.add("carol")
+    for p in (pa, pb, pc):
+        p.clear()
+    h.service.private(alice, "BOB", "psst")
+    assert pb.texts() == ["[PM alice -> bob] psst"]
+    assert pa.texts() == ["[PM alice -> bob] psst"]
+    assert pc.events == []
+    with pytest.raises(NoSuchNick):
+        h.service.private(alice, "nobody", "hi")
+
+
+def test_control_and_escape_sequences_never_reach_others():
+    h = Harness()
+    alice, _ = h.add("alice")
+    bob, pb = h.add("bob")
+    h.service.say(alice, "a\x1b[2J\x1b]0;pwned\x07b\rc\u202ed\x07e\x00f")
+    (line,) = pb.texts()
+    assert line == "[#lobby] <alice> abcdef"
+    with pytest.raises(EmptyMessage):
+        h.service.say(alice, "\x1b[2J\x07")
+
+
+def test_one_failing_recipient_is_dropped_and_the_rest_still_receive():
+    h = Harness()
+    alice, _ = h.add("alice")
+    broken, pbroken = h.add("broken")
+    carol, pc = h.add("carol")
+    pc.clear()
+
+    def explode(event):
+        raise RuntimeError("boom")
+
+    pbroken.deliver = explode  # type: ignore[method-assign]
+    h.service.say(alice, "still here?")
+    assert "[#lobby] <alice> still here?" in pc.texts()
+    assert not broken.present
+    assert any("broken lost connection" in t for t in pc.texts())
+    assert pbroken.closed
+
+
+def test_quit_tells_each_room_once_and_later_connection_lost_is_silent():
+    h = Harness()
+    alice, pa = h.add("alice")
+    bob, pb = h.add("bob")
+    h.service.join(alice, "#ops")
+    h.service.join(bob, "#ops")
+    pb.clear()
+    h.service.quit(alice, "bye \x1b[31mnow")
+    h.service.connection_lost(alice, "connection closed")
+    h.service.quit(alice, "again")
+    assert sorted(pb.texts()) == [
+        "*** [#lobby] alice quit (bye now)",
+        "*** [#ops] alice quit (bye now)",
+    ]
+    assert [e.type for e in pa.closed if e] == ["bye"]
+    assert "alice" not in h.service.nicks
+
+
+def test_connection_lost_tells_rooms_once():
+    h = Harness()
+    alice, _ = h.add("alice")
+    bob, pb = h.add("bob")
+    h.service.connection_lost(alice, "connection reset")
+    h.service.connection_lost(alice, "connection reset")
+    assert pb.texts() == ["*** [#lobby] alice lost connection (connection reset)"]
+    assert alice not in h.service.members
+
+
+def test_format_switch_resends_welcome_in_new_format():
+    h = Harness()
+    alice, pa = h.add("alice")
+    h.service.set_format(alice, Format.JSON)
+    assert pa.format is Format.JSON
+    welcome = pa.events[-1].to_json()
+    assert welcome["type"] == "welcome" and welcome["format"] == "json"
+    assert welcome["rooms"] == ["#lobby"] and welcome["nick"] == "alice"
+
+
+def test_ping_answers_with_token_cleaned_and_bounded():
+    h = Harness()
+    alice, pa = h.add("alice")
+    h.service.ping(alice, "abc\x1b[2J" + "x" * 100)
+    token = pa.events[-1].to_json()["token"]
+    assert token.startswith("abc") and "\x1b" not in token and len(token) <= 64

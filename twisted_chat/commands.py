@@ -1,0 +1,148 @@
+"""The one dispatch point for everything a participant types.
+
+Adapters hand each decoded line to :meth:`Dispatcher.dispatch`; it parses the command,
+calls the core, and is the one place where a domain error becomes an ``error`` event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
+from twisted_chat.errors import BadArguments, ChatError, UnknownCommand, UnsupportedFormat
+from twisted_chat.events import Error, Format, Help
+from twisted_chat.sanitize import clean_text
+from twisted_chat.service import ChatService, Member
+
+
+@dataclass(frozen=True)
+class Command:
+    usage: str
+    help: str
+    run: Callable[[ChatService, Member, str], None]
+
+
+def _need(args: str, usage: str) -> str:
+    if not args:
+        raise BadArguments(f"usage: {usage}")
+    return args
+
+
+def _nick(svc: ChatService, m: Member, args: str) -> None:
+    svc.set_nick(m, _need(args, "/nick NAME"))
+
+
+def _join(svc: ChatService, m: Member, args: str) -> None:
+    name = _need(args, "/join #room")
+    if " " in name:
+        raise BadArguments("usage: /join #room (room names have no spaces)")
+    svc.join(m, name)
+
+
+def _part(svc: ChatService, m: Member, args: str) -> None:
+    room, reason = None, args
+    if args.startswith("#"):
+        room, _, reason = args.partition(" ")
+    svc.part(m, room, reason.strip())
+
+
+def _rooms(svc: ChatService, m: Member, args: str) -> None:
+    svc.list_rooms(m)
+
+
+def _who(svc: ChatService, m: Member, args: str) -> None:
+    svc.who(m, args or None)
+
+
+def _msg(svc: ChatService, m: Member, args: str) -> None:
+    nick, _, text = args.partition(" ")
+    if not nick or not text.strip():
+        raise BadArguments("usage: /msg NICK text")
+    svc.private(m, nick, text)
+
+
+def _me(svc: ChatService, m: Member, args: str) -> None:
+    svc.act(m, _need(args, "/me action"))
+
+
+def _ping(svc: ChatService, m: Member, args: str) -> None:
+    svc.ping(m, args)
+
+
+def _format(svc: ChatService, m: Member, args: str) -> None:
+    try:
+        fmt = Format(args.strip().lower())
+    except ValueError:
+        raise UnsupportedFormat("usage: /format json|text") from None
+    svc.set_format(m, fmt)
+
+
+def _help(svc: ChatService, m: Member, args: str) -> None:
+    m.participant.deliver(
+        Help(ts=svc.clock.seconds(), commands=[(c.usage, c.help) for c in _UNIQUE])
+    )
+
+
+def _quit(svc: ChatService, m: Member, args: str) -> None:
+    svc.quit(m, args)
+
+
+COMMANDS: dict[str, Command] = {
+    "nick": Command("/nick NAME", "choose or change your nickname", _nick),
+    "join": Command("/join #room", "join a room (created if new) and talk there", _join),
+    "part": Command("/part [#room] [reason]", "leave a room (default: the current one)", _part),
+    "rooms": Command("/rooms", "list rooms and how many are in each", _rooms),
+    "who": Command("/who [#room]", "list the members of a room", _who),
+    "msg": Command("/msg NICK text", "send a private message", _msg),
+    "me": Command("/me action", "describe an action: * you waves", _me),
+    "ping": Command("/ping [token]", "heartbeat; the server answers pong [token]", _ping),
+    "format": Command("/format json|text", "switch how the server writes to you", _format),
+    "help": Command("/help", "show this list", _help),
+    "quit": Command("/quit [reason]", "leave the chat", _quit),
+}
+_UNIQUE = list(COMMANDS.values())
+COMMANDS["leave"] = COMMANDS["part"]
+COMMANDS["names"] = COMMANDS["who"]
+COMMANDS["list"] = COMMANDS["rooms"]
+
+
+class Dispatcher:
+    log = Logger()
+
+    def __init__(self, service: ChatService) -> None:
+        self.service = service
+
+    def dispatch(self, member: Member, line: str) -> None:
+        """Act on one line; never raises, whatever the line holds."""
+        line = line.rstrip()
+        if not line.strip() or not member.present:
+            return
+        try:
+            if line.startswith("//"):
+                self.service.say(member, line[1:])
+            elif line.startswith("/"):
+                name, _, args = line[1:].partition(" ")
+                command = COMMANDS.get(name.lower())
+                if command is None:
+                    shown = clean_text(name)[:30]
+                    raise UnknownCommand(
+                        f"unknown command /{shown}; type /help for the list "
+                        "(start a line with // to say something beginning with /)"
+                    )
+                command.run(self.service, member, args.strip())
+            else:
+                self.service.say(member, line)
+        except ChatError as e:
+            self.report(member, e)
+        except Exception:
+            self.log.failure("command from {nick} failed", nick=member.nick)
+            self.report(member, ChatError("internal error; the server has logged it"))
+
+    def report(self, member: Member, error: ChatError) -> None:
+        """Turn a domain error into the wire error for this member."""
+        if member.present:
+            member.participant.deliver(
+                Error(ts=self.service.clock.seconds(), code=error.code, message=error.message)
+            )

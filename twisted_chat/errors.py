@@ -1,0 +1,61 @@
+"""Domain errors: each carries a stable wire code and a message fit for the user.
+
+The dispatcher is the one place that turns these into ``error`` events; adapters never
+format errors themselves.
+"""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    """Base of every error a user may be told about."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UnknownCommand(ChatError):
+    code = "unknown-command"
+
+
+class BadArguments(ChatError):
+    code = "bad-arguments"
+
+
+class NickInvalid(ChatError):
+    code = "nick-invalid"
+
+
+class NickReserved(ChatError):
+    code = "nick-reserved"
+
+
+class NickTaken(ChatError):
+    code = "nick-taken"
+
+
+class NoSuchNick(ChatError):
+    code = "no-such-nick"
+
+
+class RoomInvalid(ChatError):
+    code = "room-invalid"
+
+
+class NoSuchRoom(ChatError):
+    code = "no-such-room"
+
+
+class NotInRoom(ChatError):
+    code = "not-in-room"
+
+
+class EmptyMessage(ChatError):
+    code = "empty-message"
+
+
+class UnsupportedFormat(ChatError):
+    code = "bad-format"

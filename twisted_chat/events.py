@@ -1,0 +1,352 @@
+"""Everything the server tells a participant, as value objects with two renderings.
+
+An event is built once by the core and handed to every recipient; each rendering is
+encoded at most once per event however many recipients it has, so fan-out costs one
+``bytes`` object, not one formatting call per member.  Text lines from the server start
+with ``***`` (or ``!!!`` for errors); lines a user can cause start with ``[#room]`` or
+``[PM`` followed by the sender's nickname, so no user can forge a server line.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+class Format(enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Event:
+    type: ClassVar[str] = "event"
+    ts: float
+    _wire: dict[Format, bytes] = field(default_factory=dict, init=False, repr=False)
+
+    def payload(self) -> dict[str, Any]:
+        """The event's own fields for the JSON rendering (``type`` and ``ts`` are added)."""
+        raise NotImplementedError
+
+    def text(self) -> str:
+        """The human rendering: one or more lines joined by ``\\n``."""
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "ts": round(self.ts, 3), **self.payload()}
+
+    def encode(self, fmt: Format) -> bytes:
+        """The bytes to write for ``fmt``, computed once and shared by every recipient."""
+        wire = self._wire.get(fmt)
+        if wire is None:
+            if fmt is Format.JSON:
+                body = json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
+            else:
+                body = self.text().replace("\n", "\r\n")
+            wire = self._wire[fmt] = body.encode("utf-8") + b"\r\n"
+        return wire
+
+
+def _secs(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Welcome(Event):
+    type: ClassVar[str] = "welcome"
+    nick: str
+    rooms: Sequence[str]
+    current: str | None
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    sweep_interval: float
+    idle_warning: float
+    max_line: int
+    version: str
+    format: Format
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "nick": self.nick,
+            "rooms": list(self.rooms),
+            "current": self.current,
+            "heartbeat": {
+                "interval": self.heartbeat_interval,
+                "timeout": self.heartbeat_timeout,
+                "sweep": self.sweep_interval,
+                "warning": self.idle_warning,
+            },
+            "max_line": self.max_line,
+            "server": "groupchat",
+            "version": self.version,
+            "format": self.format.value,
+        }
+
+    def text(self) -> str:
+        where = f"You are in {self.current}." if self.current else "You are in no room."
+        return "\n".join(
+            [
+                f"*** Welcome to groupchat {self.version}, {self.nick}! {where}",
+                "*** Type a line to talk in your current room. Commands: /nick NAME, "
+                "/join #room, /part [#room], /rooms, /who [#room], /msg NICK text, /me action, "
+                "/ping [token], /format json|text, /help, /quit [reason]",
+                f"*** Heartbeat: send any line (for example /ping) at least every "
+                f"{_secs(self.heartbeat_interval)} s; after {_secs(self.heartbeat_timeout)} s "
+                "of silence you are disconnected (you are warned first).",
+                f"*** Lines are limited to {self.max_line} bytes.",
+            ]
+        )
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class _RoomText(Event):
+    room: str
+    nick: str
+    text_: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"room": self.room, "nick": self.nick, "text": self.text_}
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Message(_RoomText):
+    type: ClassVar[str] = "message"
+
+    def text(self) -> str:
+        return f"[{self.room}] <{self.nick}> {self.text_}"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Action(_RoomText):
+    type: ClassVar[str] = "action"
+
+    def text(self) -> str:
+        return f"[{self.room}] * {self.nick} {self.text_}"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Private(Event):
+    """Sent to both the recipient and the sender (as confirmation), so it names both."""
+
+    type: ClassVar[str] = "private"
+    sender: str
+    recipient: str
+    text_: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"from": self.sender, "to": self.recipient, "text": self.text_}
+
+    def text(self) -> str:
+        return f"[PM {self.sender} -> {self.recipient}] {self.text_}"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Join(Event):
+    type: ClassVar[str] = "join"
+    room: str
+    nick: str
+    count: int
+
+    def payload(self) -> dict[str, Any]:
+        return {"room": self.room, "nick": self.nick, "count": self.count}
+
+    def text(self) -> str:
+        return f"*** [{self.room}] {self.nick} joined ({self.count} here)"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class _Departure(Event):
+    """Someone left a room; ``verb`` says how, in the text rendering."""
+
+    verb: ClassVar[str] = "left"
+    room: str
+    nick: str
+    reason: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"room": self.room, "nick": self.nick, "reason": self.reason}
+
+    def text(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
+        return f"*** [{self.room}] {self.nick} {self.verb}{why}"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Part(_Departure):
+    type: ClassVar[str] = "part"
+    verb: ClassVar[str] = "left"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Quit(_Departure):
+    type: ClassVar[str] = "quit"
+    verb: ClassVar[str] = "quit"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class TimedOut(Event):
+    type: ClassVar[str] = "timeout"
+    room: str
+    nick: str
+    after: float
+
+    def payload(self) -> dict[str, Any]:
+        return {"room": self.room, "nick": self.nick, "after": round(self.after, 1)}
+
+    def text(self) -> str:
+        return f"*** [{self.room}] {self.nick} timed out (no heartbeat for {self.after:.1f} s)"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Disconnected(_Departure):
+    """The member's connection went away without a /quit (closed, reset, dropped)."""
+
+    type: ClassVar[str] = "disconnect"
+    verb: ClassVar[str] = "lost connection"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class NickChange(Event):
+    type: ClassVar[str] = "nick"
+    old: str
+    new: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"old": self.old, "new": self.new}
+
+    def text(self) -> str:
+        return f"*** {self.old} is now known as {self.new}"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Current(Event):
+    """The room plain text lines now go to (``None``: not in any room)."""
+
+    type: ClassVar[str] = "current"
+    room: str | None
+
+    def payload(self) -> dict[str, Any]:
+        return {"room": self.room}
+
+    def text(self) -> str:
+        if self.room is None:
+            return "*** You are in no room now; /join #room to talk"
+        return f"*** Now talking in {self.room}"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Members(Event):
+    type: ClassVar[str] = "members"
+    room: str
+    members: Sequence[str]
+
+    TEXT_LIMIT: ClassVar[int] = 100
+
+    def payload(self) -> dict[str, Any]:
+        return {"room": self.room, "members": list(self.members)}
+
+    def text(self) -> str:
+        shown = ", ".join(self.members[: self.TEXT_LIMIT])
+        more = len(self.members) - self.TEXT_LIMIT
+        tail = f" and {more} more" if more > 0 else ""
+        return f"*** [{self.room}] {len(self.members)} here: {shown}{tail}"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class RoomList(Event):
+    type: ClassVar[str] = "rooms"
+    rooms: Sequence[tuple[str, int]]
+
+    def payload(self) -> dict[str, Any]:
+        return {"rooms": [{"room": name, "count": count} for name, count in self.rooms]}
+
+    def text(self) -> str:
+        if not self.rooms:
+            return "*** No rooms"
+        listing = ", ".join(f"{name} ({count})" for name, count in self.rooms)
+        return f"*** Rooms: {listing}"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Help(Event):
+    type: ClassVar[str] = "help"
+    commands: Sequence[tuple[str, str]]
+
+    def payload(self) -> dict[str, Any]:
+        return {"commands": [{"usage": u, "help": h} for u, h in self.commands]}
+
+    def text(self) -> str:
+        width = max(len(u) for u, _ in self.commands)
+        lines = ["*** Commands (a line not starting with / is said in your current room):"]
+        lines += [f"***   {u.ljust(width)}  {h}" for u, h in self.commands]
+        return "\n".join(lines)
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Pong(Event):
+    type: ClassVar[str] = "pong"
+    token: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"token": self.token}
+
+    def text(self) -> str:
+        return f"*** pong {self.token}".rstrip()
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class IdleWarning(Event):
+    type: ClassVar[str] = "idle"
+    idle: float
+    remaining: float
+
+    def payload(self) -> dict[str, Any]:
+        return {"idle": round(self.idle, 1), "remaining": round(self.remaining, 1)}
+
+    def text(self) -> str:
+        return (
+            f"*** You have been silent for {self.idle:.0f} s: send any line within "
+            f"{self.remaining:.0f} s to stay connected"
+        )
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Bye(Event):
+    """The last line a member gets before the server closes its connection."""
+
+    type: ClassVar[str] = "bye"
+    reason: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+    def text(self) -> str:
+        return f"*** Disconnected: {self.reason}"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Shutdown(Event):
+    type: ClassVar[str] = "shutdown"
+    reason: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+    def text(self) -> str:
+        return f"*** Server shutting down: {self.reason}"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Error(Event):
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+    def text(self) -> str:
+        return f"!!! {self.code}: {self.message}"

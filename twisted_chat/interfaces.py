@@ -1,0 +1,58 @@
+"""The seams of the chat core.
+
+The core (``ChatService``) knows the people it serves only as ``IParticipant`` providers:
+the line protocol is one adapter, a WebSocket adapter or a Redis backplane would be
+others.  Nothing behind these interfaces imports a transport.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted_chat.events import Event, Format
+
+
+class IParticipant(Interface):
+    """One connected person, as the core sees them (compare ``iwords.IChatClient``)."""
+
+    def deliver(event: Event) -> None:
+        """Show ``event`` to this participant.
+
+        Must return quickly and never wait on the network; may raise, in which case the
+        core drops this participant and carries on with everyone else.
+        """
+
+    def close(final: Event | None) -> None:
+        """Send ``final`` (if any) and close the connection.
+
+        The core has already removed the member and told its rooms; the adapter must end
+        the connection within a short grace period even if the peer stops reading.
+        """
+
+    def set_format(fmt: Format) -> None:
+        """Render every later event in ``fmt``."""
+
+
+class IChatService(Interface):
+    """The chat core: members, rooms, the nickname registry, fan-out and heartbeats.
+
+    Every command method raises a ``twisted_chat.errors.ChatError`` with a message fit for
+    the user when the request cannot be served; none of them returns a Deferred.
+    """
+
+    members = Attribute("The connected members, in connection order.")
+
+    def connect(participant: IParticipant) -> Any:
+        """Admit a participant: assign a guest nickname, greet it, seat it in the lobby.
+
+        Returns the member handle the adapter passes to every later call.
+        """
+
+    def touch(member: Any) -> None:
+        """Record a sign of life (any input) for the heartbeat rule."""
+
+    def connection_lost(member: Any, reason: str) -> None:
+        """The adapter's connection ended; tell the rooms unless already removed."""

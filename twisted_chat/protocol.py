@@ -1,0 +1,177 @@
+"""The line protocol: an adapter between a TCP connection and the chat core.
+
+It owns only what is about bytes and connections (telnet filtering, framing, decoding,
+rendering, closing); every decision about chat is the core's, reached through the
+dispatcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+
+from twisted.internet import error as ierror
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_chat.commands import Dispatcher
+from twisted_chat.errors import ChatError
+from twisted_chat.events import Event, Format
+from twisted_chat.framing import LineFramer, TelnetFilter
+from twisted_chat.interfaces import IParticipant
+from twisted_chat.service import ChatService, Member
+
+CLOSE_GRACE = 1.0
+
+
+class LineTooLongError(ChatError):
+    code = "line-too-long"
+
+
+class InvalidUTF8(ChatError):
+    code = "invalid-utf8"
+
+
+class Session(enum.Enum):
+    """OPEN: lines are acted on.  CLOSING: the server is closing; input is ignored.
+    CLOSED: the connection is gone; output is dropped."""
+
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@implementer(IParticipant)
+class ChatLineProtocol(LineReceiver):
+    log = Logger()
+    delimiter = b"\n"
+
+    def __init__(
+        self, service: ChatService, dispatcher: Dispatcher, clock: IReactorTime, max_line: int
+    ) -> None:
+        self.service = service
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.MAX_LENGTH = max_line
+        self.framer = LineFramer(max_line)
+        self.telnet = TelnetFilter()
+        self.format = Format.TEXT
+        self.state = Session.OPEN
+        self.member: Member | None = None
+        self.peer = "?"
+        self._abort_call: IDelayedCall | None = None
+
+    # -- connection --------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        peer = transport.getPeer()
+        self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}".rstrip(":")
+        set_nodelay = getattr(transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            with contextlib.suppress(OSError):  # not a TCP socket: nothing to tune
+                set_nodelay(True)
+        self.member = self.service.connect(self)
+        self.log.info("connect {peer} as {nick}", peer=self.peer, nick=self.member.nick)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.state = Session.CLOSED
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
+        if self.member is not None:
+            self.service.connection_lost(self.member, _describe(reason))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state is not Session.OPEN or self.member is None:
+            return
+        self.service.touch(self.member)
+        data = self.telnet.feed(data)
+        if self.telnet.replies and self.transport is not None:
+            self.transport.write(bytes(self.telnet.replies))
+            self.telnet.replies.clear()
+        for item in self.framer.feed(data):
+            if self.state is not Session.OPEN:
+                return
+            if isinstance(item, bytes):
+                self.lineReceived(item)
+            else:
+                self.lineLengthExceeded(b"")
+
+    def lineReceived(self, line: bytes) -> None:
+        assert self.member is not None
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            text = line.decode("utf-8", errors="replace")
+            self.dispatcher.report(
+                self.member,
+                InvalidUTF8(
+                    "that line was not valid UTF-8; the bad bytes were replaced with \ufffd"
+                ),
+            )
+        self.dispatcher.dispatch(self.member, text)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        assert self.member is not None
+        self.dispatcher.report(
+            self.member,
+            LineTooLongError(f"line longer than {self.MAX_LENGTH} bytes; it was dropped"),
+        )
+
+    # -- IParticipant ------------------------------------------------------------------
+
+    def deliver(self, event: Event) -> None:
+        if self.state is Session.OPEN and self.transport is not None:
+            self.transport.write(event.encode(self.format))
+
+    def set_format(self, fmt: Format) -> None:
+        self.format = fmt
+
+    def close(self, final: Event | None) -> None:
+        if self.state is not Session.OPEN or self.transport is None:
+            return
+        if final is not None:
+            self.transport.write(final.encode(self.format))
+        self.state = Session.CLOSING
+        self.transport.loseConnection()
+        # loseConnection waits for the peer to take our buffer; never wait for long.
+        self._abort_call = self.clock.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        if self.state is Session.CLOSING and self.transport is not None:
+            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+            abort()
+
+
+def _describe(reason: Failure) -> str:
+    if reason.check(ierror.ConnectionDone):
+        return "connection closed"
+    if reason.check(ierror.ConnectionLost):
+        return "connection reset"
+    if reason.check(ierror.ConnectionAborted):
+        return "connection aborted"
+    return str(reason.getErrorMessage())
+
+
+class ChatFactory(ServerFactory):
+    """Holds the shared chat service; each connection gets a protocol bound to it."""
+
+    protocol = ChatLineProtocol
+
+    def __init__(self, service: ChatService, clock: IReactorTime, max_line: int = 2048) -> None:
+        self.service = service
+        self.dispatcher = Dispatcher(service)
+        self.clock = clock
+        self.max_line = max_line
+
+    def buildProtocol(self, addr: object) -> ChatLineProtocol:
+        proto = ChatLineProtocol(self.service, self.dispatcher, self.clock, self.max_line)
+        proto.factory = self
+        return proto

@@ -1,0 +1,468 @@
+"""The chat core: members, rooms, the nickname registry, fan-out and the heartbeat rule.
+
+It is a Twisted ``Service`` so twistd starts and stops it (the heartbeat sweep runs only
+while it is running) and it takes its clock as an argument, so tests drive time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from twisted_chat import __version__
+from twisted_chat.errors import (
+    EmptyMessage,
+    NickTaken,
+    NoSuchNick,
+    NoSuchRoom,
+    NotInRoom,
+)
+from twisted_chat.events import (
+    Action,
+    Bye,
+    Current,
+    Disconnected,
+    Event,
+    Format,
+    IdleWarning,
+    Join,
+    Members,
+    Message,
+    NickChange,
+    Part,
+    Pong,
+    Private,
+    Quit,
+    RoomList,
+    Shutdown,
+    TimedOut,
+    Welcome,
+)
+from twisted_chat.interfaces import IChatService, IParticipant
+from twisted_chat.names import LOBBY, room_key, skeleton, validate_nick, validate_room
+from twisted_chat.sanitize import clean_text
+
+TOKEN_MAX = 64
+REASON_MAX = 200
+
+
+@dataclass(frozen=True)
+class HeartbeatPolicy:
+    """The heartbeat rule, announced to every client at connect.
+
+    ``interval``: how often clients should send a line; ``timeout``: silence longer than
+    this removes a member; ``sweep``: how often the rule is applied (so removal happens by
+    ``timeout + sweep``); ``warning``: a silent member is warned this long before removal.
+    """
+
+    interval: float = 10.0
+    timeout: float = 30.0
+    sweep: float = 1.0
+    warning: float = 5.0
+
+    @property
+    def warn_after(self) -> float:
+        # A warning window longer than half the timeout would nag; clamp it.
+        return self.timeout - min(self.warning, self.timeout / 2)
+
+
+@dataclass(eq=False)
+class Room:
+    name: str
+    members: dict[Member, None] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Member:
+    """One participant's state in the core; adapters hold it as an opaque handle."""
+
+    participant: IParticipant
+    nick: str
+    last_seen: float
+    rooms: dict[str, Room] = field(default_factory=dict)
+    current: Room | None = None
+    warned: bool = False
+    present: bool = True
+    fmt: Format = Format.TEXT
+
+
+@implementer(IChatService)
+class ChatService(service.Service):
+    """Owns every member and room; adapters ask it to act on a member's behalf."""
+
+    log = Logger()
+    name = "groupchat-core"
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        heartbeat: HeartbeatPolicy | None = None,
+        max_line: int = 2048,
+        shutdown_grace: float = 3.0,
+    ) -> None:
+        self.clock = clock
+        self.heartbeat = heartbeat or HeartbeatPolicy()
+        self.max_line = max_line
+        self.shutdown_grace = shutdown_grace
+        self.members: dict[Member, None] = {}
+        self.nicks: dict[str, Member] = {}
+        self.rooms: dict[str, Room] = {room_key(LOBBY): Room(LOBBY)}
+        # Members ordered by last sign of life, oldest first: a sweep stops at the first
+        # member that is not yet due, so it costs the number of stale members, not all.
+        self._activity: OrderedDict[Member, None] = OrderedDict()
+        self._guests = itertools.count(1)
+        self._sweeper = task.LoopingCall(self.sweep)
+        self._sweeper.clock = clock
+        self._drained: defer.Deferred[None] | None = None
+        # Members whose connection the core asked to close and has not yet seen go.
+        self._closing: set[Member] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._sweeper.start(self.heartbeat.sweep, now=False)
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Tell everyone, close every connection, and wait (bounded) for them to go."""
+        super().stopService()
+        if self._sweeper.running:
+            self._sweeper.stop()
+        notice = Shutdown(ts=self.clock.seconds(), reason="the server is stopping")
+        members = list(self.members)
+        self.log.info("shutting down; closing {count} connections", count=len(members))
+        for member in members:
+            self._forget(member)
+            self._safe_close(member, notice)
+        self._drained = defer.Deferred()
+        if not self._closing:
+            self._drained.callback(None)
+        d = self._drained
+        d.addTimeout(self.shutdown_grace, self.clock, onTimeoutCancel=lambda *_: None)
+        return d
+
+    # -- members -----------------------------------------------------------------------
+
+    def connect(self, participant: IParticipant) -> Member:
+        now = self.clock.seconds()
+        member = Member(participant=participant, nick=self._guest_nick(), last_seen=now)
+        self.members[member] = None
+        self.nicks[skeleton(member.nick)] = member
+        self._activity[member] = None
+        participant.deliver(self.welcome(member, starting_in=LOBBY))
+        self.join(member, LOBBY)
+        return member
+
+    def welcome(self, member: Member, starting_in: str | None = None) -> Welcome:
+        hb = self.heartbeat
+        rooms = [r.name for r in member.rooms.values()]
+        current = member.current.name if member.current else None
+        if starting_in is not None:
+            rooms, current = [starting_in], starting_in
+        return Welcome(
+            ts=self.clock.seconds(),
+            nick=member.nick,
+            rooms=rooms,
+            current=current,
+            heartbeat_interval=hb.interval,
+            heartbeat_timeout=hb.timeout,
+            sweep_interval=hb.sweep,
+            idle_warning=hb.timeout - hb.warn_after,
+            max_line=self.max_line,
+            version=__version__,
+            format=member.fmt,
+        )
+
+    def _guest_nick(self) -> str:
+        while True:
+            nick = f"guest{next(self._guests)}"
+            if skeleton(nick) not in self.nicks:
+                return nick
+
+    def touch(self, member: Member) -> None:
+        member.last_seen = self.clock.seconds()
+        member.warned = False
+        if member.present:
+            self._activity.move_to_end(member)
+
+    def set_format(self, member: Member, fmt: Format) -> None:
+        member.participant.set_format(fmt)
+        member.fmt = fmt
+        member.participant.deliver(self.welcome(member))
+
+    def set_nick(self, member: Member, raw: str) -> None:
+        nick = validate_nick(raw)
+        key = skeleton(nick)
+        owner = self.nicks.get(key)
+        if owner is not None and owner is not member:
+            raise NickTaken(f"the nickname {nick!r} is taken (or looks too much like one that is)")
+        if nick == member.nick:
+            return
+        old = member.nick
+        del self.nicks[skeleton(old)]
+        self.nicks[key] = member
+        member.nick = nick
+        self.log.info("nick {old} -> {new}", old=old, new=nick)
+        audience: dict[Member, None] = {member: None}
+        for room in member.rooms.values():
+            audience.update(room.members)
+        self._fanout(audience, NickChange(ts=self.clock.seconds(), old=old, new=nick))
+
+    def quit(self, member: Member, reason: str) -> None:
+        reason = _short(clean_text(reason), REASON_MAX)
+        if not member.present:
+            return
+        self.log.info("quit {nick}: {reason}", nick=member.nick, reason=reason)
+        self._leave_all(
+            member,
+            lambda room: Quit(
+                ts=self.clock.seconds(), room=room.name, nick=member.nick, reason=reason
+            ),
+        )
+        self._safe_close(member, Bye(ts=self.clock.seconds(), reason="you quit"))
+
+    def connection_lost(self, member: Member, reason: str) -> None:
+        self._closing.discard(member)
+        if self._drained is not None and not self._closing and not self._drained.called:
+            self._drained.callback(None)
+        if not member.present:
+            return
+        self.log.info("disconnect {nick}: {reason}", nick=member.nick, reason=reason)
+        self._leave_all(
+            member,
+            lambda room: Disconnected(
+                ts=self.clock.seconds(), room=room.name, nick=member.nick, reason=reason
+            ),
+        )
+
+    def drop(self, member: Member, reason: str) -> None:
+        """Remove a member the server gave up on (an adapter error, abuse)."""
+        if not member.present:
+            return
+        self.log.warn("dropping {nick}: {reason}", nick=member.nick, reason=reason)
+        self._leave_all(
+            member,
+            lambda room: Disconnected(
+                ts=self.clock.seconds(), room=room.name, nick=member.nick, reason=reason
+            ),
+        )
+        self._safe_close(member, Bye(ts=self.clock.seconds(), reason=reason))
+
+    def _leave_all(self, member: Member, make: Callable[[Room], Event]) -> None:
+        rooms = list(member.rooms.values())
+        self._forget(member)
+        for room in rooms:
+            self._fanout(room.members, make(room))
+
+    def _forget(self, member: Member) -> None:
+        """Take the member out of every structure, exactly once."""
+        if not member.present:
+            return
+        member.present = False
+        self.members.pop(member, None)
+        self._activity.pop(member, None)
+        if self.nicks.get(skeleton(member.nick)) is member:
+            del self.nicks[skeleton(member.nick)]
+        for room in list(member.rooms.values()):
+            self._remove_from_room(member, room)
+        member.current = None
+
+    def _safe_close(self, member: Member, final: Event | None) -> None:
+        self._closing.add(member)
+        try:
+            member.participant.close(final)
+        except Exception:
+            self.log.failure("closing {nick} failed", nick=member.nick)
+            self._closing.discard(member)
+
+    # -- rooms -------------------------------------------------------------------------
+
+    def _find_room(self, raw: str) -> Room:
+        name = validate_room(raw)
+        room = self.rooms.get(room_key(name))
+        if room is None:
+            raise NoSuchRoom(f"there is no room {name}")
+        return room
+
+    def _remove_from_room(self, member: Member, room: Room) -> None:
+        room.members.pop(member, None)
+        member.rooms.pop(room_key(room.name), None)
+        if not room.members and room.name != LOBBY:
+            self.rooms.pop(room_key(room.name), None)
+
+    def join(self, member: Member, raw: str) -> None:
+        name = validate_room(raw)
+        key = room_key(name)
+        room = self.rooms.get(key)
+        if room is None:
+            room = self.rooms[key] = Room(name)
+            self.log.info("room {room} created by {nick}", room=name, nick=member.nick)
+        now = self.clock.seconds()
+        if member in room.members:
+            member.current = room
+            member.participant.deliver(Current(ts=now, room=room.name))
+            return
+        room.members[member] = None
+        member.rooms[key] = room
+        member.current = room
+        self._fanout(
+            room.members, Join(ts=now, room=room.name, nick=member.nick, count=len(room.members))
+        )
+        member.participant.deliver(
+            Members(ts=now, room=room.name, members=[m.nick for m in room.members])
+        )
+        member.participant.deliver(Current(ts=now, room=room.name))
+
+    def part(self, member: Member, raw: str | None, reason: str = "") -> None:
+        if raw:
+            room = self._find_room(raw)
+        elif member.current is not None:
+            room = member.current
+        else:
+            raise NotInRoom("you are not in any room")
+        if member not in room.members:
+            raise NotInRoom(f"you are not in {room.name}")
+        reason = _short(clean_text(reason), REASON_MAX)
+        now = self.clock.seconds()
+        self._fanout(room.members, Part(ts=now, room=room.name, nick=member.nick, reason=reason))
+        self._remove_from_room(member, room)
+        if member.current is room:
+            member.current = next(reversed(member.rooms.values()), None)
+            member.participant.deliver(
+                Current(ts=now, room=member.current.name if member.current else None)
+            )
+
+    def who(self, member: Member, raw: str | None) -> None:
+        if raw:
+            room = self._find_room(raw)
+        elif member.current is not None:
+            room = member.current
+        else:
+            raise NotInRoom("you are not in any room; name one: /who #room")
+        member.participant.deliver(
+            Members(ts=self.clock.seconds(), room=room.name, members=[m.nick for m in room.members])
+        )
+
+    def list_rooms(self, member: Member) -> None:
+        listing = sorted(
+            ((r.name, len(r.members)) for r in self.rooms.values()),
+            key=lambda item: room_key(item[0]),
+        )
+        member.participant.deliver(RoomList(ts=self.clock.seconds(), rooms=listing))
+
+    # -- talking -----------------------------------------------------------------------
+
+    def _message_text(self, raw: str) -> str:
+        text = clean_text(raw).strip()
+        if not text:
+            raise EmptyMessage("nothing to send once control characters were removed")
+        return text
+
+    def say(self, member: Member, raw: str) -> None:
+        self._talk(member, raw, Message)
+
+    def act(self, member: Member, raw: str) -> None:
+        self._talk(member, raw, Action)
+
+    def _talk(self, member: Member, raw: str, kind: type[Message] | type[Action]) -> None:
+        room = member.current
+        if room is None:
+            raise NotInRoom("you are not in any room; /join #room first")
+        text = self._message_text(raw)
+        event = kind(ts=self.clock.seconds(), room=room.name, nick=member.nick, text_=text)
+        self._fanout(room.members, event, exclude=member)
+
+    def private(self, member: Member, nick: str, raw: str) -> None:
+        target = self.nicks.get(skeleton(nick))
+        if target is None:
+            raise NoSuchNick(f"nobody is called {clean_text(nick)!r}")
+        text = self._message_text(raw)
+        event = Private(
+            ts=self.clock.seconds(), sender=member.nick, recipient=target.nick, text_=text
+        )
+        self._fanout({target: None, member: None}, event)
+
+    def ping(self, member: Member, token: str) -> None:
+        token = _short(clean_text(token).strip(), TOKEN_MAX)
+        member.participant.deliver(Pong(ts=self.clock.seconds(), token=token))
+
+    def _fanout(
+        self, members: Iterable[Member], event: Event, exclude: Member | None = None
+    ) -> None:
+        """Deliver to each member; one failing recipient is dropped, the rest still get it."""
+        failed = []
+        for member in list(members):
+            if member is exclude:
+                continue
+            try:
+                member.participant.deliver(event)
+            except Exception:
+                self.log.failure(
+                    "delivering {type} to {nick} failed", type=event.type, nick=member.nick
+                )
+                failed.append(member)
+        for member in failed:
+            self.drop(member, "internal error while sending to you")
+
+    # -- heartbeat ---------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Warn members nearing the timeout and remove those past it.
+
+        Never raises: a failure with one member is logged and the sweep goes on, so the
+        ``LoopingCall`` keeps running.
+        """
+        try:
+            now = self.clock.seconds()
+            hb = self.heartbeat
+            expired: list[Member] = []
+            warn: list[Member] = []
+            for member in self._activity:
+                idle = now - member.last_seen
+                if idle <= hb.warn_after:
+                    break
+                if idle > hb.timeout:
+                    expired.append(member)
+                elif not member.warned:
+                    warn.append(member)
+            for member in warn:
+                try:
+                    member.warned = True
+                    idle = now - member.last_seen
+                    member.participant.deliver(
+                        IdleWarning(ts=now, idle=idle, remaining=hb.timeout - idle)
+                    )
+                except Exception:
+                    self.log.failure("warning {nick} failed", nick=member.nick)
+            for member in expired:
+                try:
+                    self._expire(member, now - member.last_seen)
+                except Exception:
+                    self.log.failure("removing {nick} failed", nick=member.nick)
+                    self._forget(member)
+        except Exception:
+            self.log.failure("heartbeat sweep failed")
+
+    def _expire(self, member: Member, idle: float) -> None:
+        self.log.info("timeout {nick} after {idle:.1f} s", nick=member.nick, idle=idle)
+        self._leave_all(
+            member,
+            lambda room: TimedOut(
+                ts=self.clock.seconds(), room=room.name, nick=member.nick, after=idle
+            ),
+        )
+        self._safe_close(
+            member, Bye(ts=self.clock.seconds(), reason=f"no heartbeat for {idle:.1f} s")
+        )
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

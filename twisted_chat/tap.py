@@ -1,0 +1,245 @@
+"""twistd integration: the ``groupchat`` options and the service tree they build.
+
+The plugin file only names this module, so importing it must stay cheap and must not
+install a reactor.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
+from twisted.logger import Logger
+from twisted.python import usage
+
+from twisted_chat.protocol import ChatFactory
+from twisted_chat.service import ChatService, HeartbeatPolicy
+
+
+def _positive(name: str):  # type: ignore[no-untyped-def]
+    def coerce(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number of seconds, not {value!r}") from None
+        if not number > 0 or number != number or number == float("inf"):
+            raise usage.UsageError(f"--{name} must be greater than 0")
+        return number
+
+    coerce.coerceDoc = "Seconds, greater than 0."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _line_limit(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise usage.UsageError(
+            f"--max-line must be a whole number of bytes, not {value!r}"
+        ) from None
+    if not 64 <= number <= 1_048_576:
+        raise usage.UsageError("--max-line must be between 64 and 1048576 bytes")
+    return number
+
+
+_line_limit.coerceDoc = "Bytes, 64 to 1048576."  # type: ignore[attr-defined]
+
+
+def endpoint_description(port: str) -> str:
+    """A bare port number means TCP on every IPv4 interface; anything else is passed on."""
+    port = port.strip()
+    return f"tcp:{port}" if port.isdigit() else port
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the groupchat server: a line-based chat that people use from telnet, "
+        "netcat or `python -m twisted_chat.client`."
+    )
+    optParameters: list[Any] = [
+        [
+            "port",
+            "p",
+            "9999",
+            "Where to listen: a port number (all IPv4 interfaces) or a Twisted server "
+            "endpoint description such as tcp:9999:interface=127.0.0.1, tcp6:9999 or "
+            "unix:/tmp/chat.sock.",
+        ],
+        [
+            "heartbeat-interval",
+            None,
+            10.0,
+            "How often clients are asked to send a line, announced at connect.",
+            _positive("heartbeat-interval"),
+        ],
+        [
+            "heartbeat-timeout",
+            None,
+            30.0,
+            "Silence after which a client is disconnected; must exceed the interval.",
+            _positive("heartbeat-timeout"),
+        ],
+        [
+            "sweep-interval",
+            None,
+            1.0,
+            "How often silent clients are looked for; removal happens by timeout + this.",
+            _positive("sweep-interval"),
+        ],
+        [
+            "idle-warning",
+            None,
+            5.0,
+            "Warn a silent client this long before the timeout (at most half the timeout).",
+            _positive("idle-warning"),
+        ],
+        [
+            "max-line",
+            None,
+            2048,
+            "Longest accepted line, in bytes; longer lines are refused.",
+            _line_limit,
+        ],
+        [
+            "port-file",
+            None,
+            None,
+            "Once listening, write the bound address (for example tcp:127.0.0.1:9999) to "
+            "this file; useful with port 0.",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
+            raise usage.UsageError(
+                "--heartbeat-timeout must be greater than --heartbeat-interval "
+                f"(got {self['heartbeat-timeout']:g} <= {self['heartbeat-interval']:g})"
+            )
+        from twisted.internet import endpoints, reactor
+
+        description = endpoint_description(self["port"])
+        try:
+            self["endpoint"] = endpoints.serverFromString(reactor, description)
+        except (ValueError, TypeError, ImportError, OSError, KeyError) as e:
+            raise usage.UsageError(f"--port {self['port']!r} is not usable: {e}") from None
+        self["endpoint-description"] = description
+
+
+class ListenerService(service.Service):
+    """Listens on an endpoint; a failure to listen stops startup with a clear message."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        endpoint: Any,
+        factory: ChatFactory,
+        description: str,
+        port_file: str | None,
+        reactor: IReactorCore,
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.description = description
+        self.port_file = port_file
+        self.reactor = reactor
+        self.port: IListeningPort | None = None
+        self._waiting: defer.Deferred[Any] | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self._waiting is None:  # run by ``twist``, which skips privilegedStartService
+            self._listen()
+
+    def _listen(self) -> None:
+        synchronous: list[Any] = []
+        starting = True
+
+        def failed(failure: Any) -> None:
+            if starting:
+                synchronous.append(failure)
+            else:
+                self._failed(failure)
+
+        self._waiting = self.endpoint.listen(self.factory)
+        self._waiting.addCallbacks(self._listening, failed)
+        starting = False
+        if synchronous:
+            # twistd prints a SystemExit message on one line and exits with status 1.
+            raise SystemExit(
+                f"groupchat: cannot listen on {self.description}: "
+                f"{synchronous[0].getErrorMessage()}"
+            )
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        address = port.getHost()
+        where = describe_address(address)
+        self.log.info("groupchat listening on {address}", address=where)
+        if self.port_file:
+            tmp = f"{self.port_file}.tmp"
+            with open(tmp, "w") as f:
+                f.write(where + "\n")
+            os.replace(tmp, self.port_file)
+
+    def _failed(self, failure: Any) -> None:
+        self.log.critical(
+            "cannot listen on {description}: {error}",
+            description=self.description,
+            error=failure.getErrorMessage(),
+        )
+        self.reactor.callWhenRunning(_exit_with, self.reactor, 1)
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+def describe_address(address: Any) -> str:
+    """An endpoint-like string for a bound address: tcp:HOST:PORT, tcp6:HOST:PORT, unix:PATH."""
+    kind = type(address).__name__
+    if kind == "IPv4Address":
+        return f"tcp:{address.host}:{address.port}"
+    if kind == "IPv6Address":
+        return f"tcp6:{address.host}:{address.port}"
+    name = getattr(address, "name", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return f"unix:{name}" if name is not None else str(address)
+
+
+def _exit_with(reactor: IReactorCore, status: int) -> None:
+    reactor.addSystemEventTrigger("after", "shutdown", os._exit, status)
+    reactor.stop()
+
+
+def makeService(options: Options) -> service.MultiService:
+    from twisted.internet import reactor
+
+    clock: IReactorTime = reactor
+    policy = HeartbeatPolicy(
+        interval=options["heartbeat-interval"],
+        timeout=options["heartbeat-timeout"],
+        sweep=options["sweep-interval"],
+        warning=options["idle-warning"],
+    )
+    top = service.MultiService()
+    chat = ChatService(clock, policy, max_line=options["max-line"])
+    chat.setServiceParent(top)
+    factory = ChatFactory(chat, clock, max_line=options["max-line"])
+    listener = ListenerService(
+        options["endpoint"], factory, options["endpoint-description"], options["port-file"], reactor
+    )
+    listener.setServiceParent(top)
+    return top
