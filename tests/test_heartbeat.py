@@ -96,7 +96,8 @@ def test_warning_window_is_clamped_for_short_timeouts():
     assert HeartbeatPolicy(timeout=30.0, warning=5.0).warn_after == 25.0
 
 
-def test_sweep_survives_a_failing_member():
+def test_sweep_survives_a_failing_member(logged_errors):
+    logged_errors.expected = True
     h = started(timeout=2.0)
     alice, pa = h.add("alice")
     bob, pb = h.add("bob")
@@ -109,6 +110,7 @@ def test_sweep_survives_a_failing_member():
     h.clock.pump([1.0] * 4)
     assert not alice.present and not bob.present and not carol.present
     assert h.service._sweeper.running
+    assert [e["log_format"] for e in logged_errors.events] == ["closing {nick} failed"]
     h.service.stopService()
 
 

@@ -214,7 +214,8 @@ def test_control_and_escape_sequences_never_reach_others():
         h.service.say(alice, "\x1b[2J\x07")
 
 
-def test_one_failing_recipient_is_dropped_and_the_rest_still_receive():
+def test_one_failing_recipient_is_dropped_and_the_rest_still_receive(logged_errors):
+    logged_errors.expected = True
     h = Harness()
     alice, _ = h.add("alice")
     broken, pbroken = h.add("broken")
@@ -230,6 +231,7 @@ def test_one_failing_recipient_is_dropped_and_the_rest_still_receive():
     assert not broken.present
     assert any("broken lost connection" in t for t in pc.texts())
     assert pbroken.closed
+    assert len(logged_errors.events) == 1
 
 
 def test_quit_tells_each_room_once_and_later_connection_lost_is_silent():

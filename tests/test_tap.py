@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from twisted.application.service import IServiceCollection
-from twisted.python import usage
 
 from twisted_chat import tap
 from twisted_chat.service import ChatService
@@ -53,8 +52,10 @@ def test_port_forms(port, description):
     ],
 )
 def test_bad_values_are_usage_errors(args):
-    with pytest.raises(usage.UsageError):
+    with pytest.raises(tap.OptionError) as info:
         parse(*args)
+    assert str(info.value.code).startswith("twistd groupchat: error: --")
+    assert "\n" not in str(info.value.code)
 
 
 def test_make_service_builds_core_then_listener():

@@ -19,14 +19,27 @@ from twisted_chat.protocol import ChatFactory
 from twisted_chat.service import ChatService, HeartbeatPolicy
 
 
+class OptionError(SystemExit):
+    """A bad option value: one line on stderr and exit status 1.
+
+    twistd answers a ``usage.UsageError`` from a plugin by printing the whole option list
+    before the message, which buries it; ``SystemExit`` with a message prints just the
+    message.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"twistd groupchat: error: {message} (see twistd groupchat --help)")
+        self.message = message
+
+
 def _positive(name: str):  # type: ignore[no-untyped-def]
     def coerce(value: str) -> float:
         try:
             number = float(value)
         except ValueError:
-            raise usage.UsageError(f"--{name} must be a number of seconds, not {value!r}") from None
+            raise OptionError(f"--{name} must be a number of seconds, not {value!r}") from None
         if not number > 0 or number != number or number == float("inf"):
-            raise usage.UsageError(f"--{name} must be greater than 0")
+            raise OptionError(f"--{name} must be greater than 0")
         return number
 
     coerce.coerceDoc = "Seconds, greater than 0."  # type: ignore[attr-defined]
@@ -37,11 +50,9 @@ def _line_limit(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise usage.UsageError(
-            f"--max-line must be a whole number of bytes, not {value!r}"
-        ) from None
+        raise OptionError(f"--max-line must be a whole number of bytes, not {value!r}") from None
     if not 64 <= number <= 1_048_576:
-        raise usage.UsageError("--max-line must be between 64 and 1048576 bytes")
+        raise OptionError("--max-line must be between 64 and 1048576 bytes")
     return number
 
 
@@ -115,7 +126,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
-            raise usage.UsageError(
+            raise OptionError(
                 "--heartbeat-timeout must be greater than --heartbeat-interval "
                 f"(got {self['heartbeat-timeout']:g} <= {self['heartbeat-interval']:g})"
             )
@@ -124,8 +135,13 @@ class Options(usage.Options):
         description = endpoint_description(self["port"])
         try:
             self["endpoint"] = endpoints.serverFromString(reactor, description)
-        except (ValueError, TypeError, ImportError, OSError, KeyError) as e:
-            raise usage.UsageError(f"--port {self['port']!r} is not usable: {e}") from None
+        except TypeError as e:
+            raise OptionError(
+                f"--port {self['port']!r} is not usable ({e}); IPv6 addresses need their "
+                r"colons escaped, as in tcp6:9999:interface=\:\:1"
+            ) from None
+        except (ValueError, ImportError, OSError, KeyError) as e:
+            raise OptionError(f"--port {self['port']!r} is not usable: {e}") from None
         self["endpoint-description"] = description
 
 
