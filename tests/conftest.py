@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+from zope.interface import implementer
 
 
+@implementer(ILogObserver)
 class LoggedErrors:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []

@@ -54,6 +54,11 @@ def _secs(value: float) -> str:
     return f"{value:g}"
 
 
+def _approx(seconds: float) -> str:
+    """Whole seconds when that is precise enough, tenths for short spans."""
+    return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}"
+
+
 @dataclass(kw_only=True, eq=False, slots=True)
 class Welcome(Event):
     type: ClassVar[str] = "welcome"
@@ -308,8 +313,8 @@ class IdleWarning(Event):
 
     def text(self) -> str:
         return (
-            f"*** You have been silent for {self.idle:.0f} s: send any line within "
-            f"{self.remaining:.0f} s to stay connected"
+            f"*** You have been silent for {_approx(self.idle)} s: send any line within "
+            f"{_approx(self.remaining)} s to stay connected"
         )
 
 

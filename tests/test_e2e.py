@@ -1,0 +1,698 @@
+"""End-to-end tests: the real ``twistd -n groupchat`` in a subprocess, real loopback sockets.
+
+Every wait is bounded (a socket timeout or a polling deadline); nothing sleeps for a fixed
+time.  "Never received" is checked after a *barrier*: the observer sends ``/ping TOKEN`` and
+waits for its pong.  The server writes each event to every recipient in one synchronous
+fan-out and a TCP connection keeps order, so anything the server would have sent the observer
+before the pong has arrived by then.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+HOST = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+EXPECT_TIMEOUT = 5.0
+POLL_STEP = 0.05
+
+Match = str | Callable[[str], bool]
+
+
+# -- the server process ------------------------------------------------------------------
+
+
+def twistd_command() -> list[str]:
+    """How to run twistd with this interpreter.
+
+    ``python -m twisted.scripts.twistd`` does nothing (that module has no ``__main__``
+    block), so use the ``twistd`` script installed next to the interpreter, run by the
+    interpreter itself; without one, call ``run()`` directly.
+    """
+    script = Path(sys.executable).with_name("twistd")
+    if script.is_file():
+        return [sys.executable, str(script)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    log_path: Path
+    port_file: Path | None
+    port: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_listening(self, timeout: float = STARTUP_TIMEOUT) -> int:
+        """Poll for the port file (written atomically once listening) and read the port."""
+        assert self.port_file is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.port_file.exists():
+                content = self.port_file.read_text().strip()
+                m = re.fullmatch(r"tcp:127\.0\.0\.1:(\d+)", content)
+                assert m, f"unexpected port file content {content!r}"
+                self.port = int(m.group(1))
+                return self.port
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"server exited with {self.proc.returncode} before listening:\n{self.log()}"
+                )
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no port file after {timeout} s:\n{self.log()}")
+            time.sleep(POLL_STEP)
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"server still running after {timeout} s:\n{self.log()}") from None
+
+    def stop(self) -> None:
+        """Terminate this server (by its own PID), then kill it if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=STOP_TIMEOUT)
+
+
+ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """``start_server(*options, port=..., wait=True)`` starts a server; all die at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(
+        *options: str, port: str = f"tcp:0:interface={HOST}", wait: bool = True
+    ) -> ServerProcess:
+        workdir = tmp_path / f"server{len(started)}"
+        workdir.mkdir()
+        port_file = workdir / "port" if wait else None
+        argv = [*twistd_command(), "-n", "--pidfile=", "groupchat", "--port", port]
+        if port_file is not None:
+            argv += ["--port-file", str(port_file)]
+        argv += options
+        log_path = workdir / "server.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                argv,
+                cwd=workdir,
+                env=server_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        server = ServerProcess(proc, workdir, log_path, port_file)
+        started.append(server)  # before waiting: a server that never listens still dies
+        if wait:
+            server.wait_listening()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+# -- the client ------------------------------------------------------------------------
+
+
+def _decode(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace")
+
+
+def _matcher(pred: Match) -> Callable[[str], bool]:
+    if isinstance(pred, str):
+        return lambda line: pred in line
+    return pred
+
+
+@dataclass(eq=False)
+class ChatClient:
+    """A blocking line client.  Lines are split on ``\\n`` (a trailing ``\\r`` dropped)."""
+
+    sock: socket.socket
+    label: str
+    nick: str = ""
+    raw: bytearray = field(default_factory=bytearray)  # every byte received
+    raw_lines: list[bytes] = field(default_factory=list)  # complete lines, no line ending
+    eof: bool = False
+    _partial: bytes = b""
+    _used: set[int] = field(default_factory=set)
+    _tokens: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    @classmethod
+    def connect(cls, port: int, label: str) -> ChatClient:
+        sock = socket.create_connection((HOST, port), timeout=EXPECT_TIMEOUT)
+        return cls(sock, label)
+
+    @property
+    def lines_so_far(self) -> list[str]:
+        return [_decode(line) for line in self.raw_lines]
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def say(self, text: str) -> None:
+        self.send(text.encode("utf-8") + b"\r\n")
+
+    def _read(self, deadline: float) -> bool:
+        """One recv, waiting at most until ``deadline``; False on timeout or end of stream."""
+        remaining = deadline - time.monotonic()
+        if self.eof or remaining <= 0:
+            return False
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.raw += data
+        *complete, self._partial = (self._partial + data).split(b"\n")
+        self.raw_lines += [line.removesuffix(b"\r") for line in complete]
+        return True
+
+    def _find(self, match: Callable[[str], bool]) -> str | None:
+        for i, line in enumerate(self.raw_lines):
+            if i not in self._used and match(_decode(line)):
+                self._used.add(i)
+                return _decode(line)
+        return None
+
+    def poll(self, pred: Match, timeout: float) -> str | None:
+        """The first not-yet-matched line matching ``pred`` within ``timeout``, else None."""
+        match = _matcher(pred)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self._find(match)
+            if found is not None or not self._read(deadline):
+                return found if found is not None else self._find(match)
+
+    def expect(self, pred: Match, timeout: float = EXPECT_TIMEOUT) -> str:
+        """Read until a (not yet matched) line matches ``pred``; each line matches once."""
+        found = self.poll(pred, timeout)
+        if found is None:
+            shown = "\n  ".join(repr(line) for line in self.lines_so_far)
+            raise AssertionError(
+                f"{self.label}: no line matching {pred!r} within {timeout} s "
+                f"(eof={self.eof}, trailing={self._partial!r}); received:\n  {shown}"
+            )
+        return found
+
+    def expect_closed(self, timeout: float = EXPECT_TIMEOUT) -> None:
+        """Read (keeping what arrives) until the server closes the connection."""
+        deadline = time.monotonic() + timeout
+        while not self.eof:
+            if not self._read(deadline) and not self.eof:
+                raise AssertionError(
+                    f"{self.label}: connection still open after {timeout} s; received: "
+                    f"{self.lines_so_far!r}"
+                )
+
+    def barrier(self) -> None:
+        """Round trip a /ping: whatever the server sent us before has now been read."""
+        token = f"sync-{self.label}-{next(self._tokens)}"
+        self.say(f"/ping {token}")
+        self.expect(lambda line: "pong" in line and token in line)
+
+    def skip_seen(self) -> None:
+        """Let no line received so far match a later ``expect``."""
+        self._used.update(range(len(self.raw_lines)))
+
+    def count(self, pred: Match) -> int:
+        match = _matcher(pred)
+        return sum(1 for line in self.lines_so_far if match(line))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def reset(self) -> None:
+        """Close with an RST instead of a FIN."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+
+ClientFactory = Callable[[ServerProcess, str], ChatClient]
+WELCOME = re.compile(r"^\*\*\* Welcome to groupchat \S+, (\S+)! You are in #lobby\.$")
+
+
+@pytest.fixture
+def connect() -> Iterator[ClientFactory]:
+    """``connect(server, label)``: a client that has read its whole greeting."""
+    clients: list[ChatClient] = []
+
+    def make(server: ServerProcess, label: str) -> ChatClient:
+        client = ChatClient.connect(server.port, label)
+        clients.append(client)
+        m = WELCOME.match(client.expect(lambda line: WELCOME.match(line) is not None))
+        assert m is not None
+        client.nick = m.group(1)
+        client.expect(f"*** [#lobby] {client.nick} joined")
+        client.expect("*** Now talking in #lobby")
+        client.skip_seen()
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def set_nick(client: ChatClient, nick: str) -> None:
+    client.say(f"/nick {nick}")
+    client.expect(f"*** {client.nick} is now known as {nick}")
+    client.nick = nick
+
+
+# -- tests -------------------------------------------------------------------------------
+
+
+def test_three_users_chat_in_rooms(start_server: ServerFactory, connect: ClientFactory) -> None:
+    server = start_server("--heartbeat-interval", "7", "--heartbeat-timeout", "21")
+    alice, bob, carol = (connect(server, label) for label in ("alice", "bob", "carol"))
+
+    for client in (alice, bob, carol):
+        assert re.fullmatch(r"guest\d+", client.nick), client.nick
+        heartbeat = next(line for line in client.lines_so_far if "Heartbeat" in line)
+        assert "every 7 s" in heartbeat and "after 21 s of silence" in heartbeat, heartbeat
+    assert len({alice.nick, bob.nick, carol.nick}) == 3
+
+    old_alice = alice.nick
+    for client, nick in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        set_nick(client, nick)
+    carol.expect(f"*** {old_alice} is now known as alice")  # everyone in #lobby is told
+
+    alice.say("/join #room")
+    alice.expect("*** [#room] alice joined (1 here)")
+    alice.expect("*** Now talking in #room")
+    bob.say("/join #room")
+    bob.expect("*** [#room] 2 here: alice, bob")
+    alice.expect("*** [#room] bob joined (2 here)")
+
+    alice.say("hello room")
+    assert bob.expect("hello room") == "[#room] <alice> hello room"
+    carol.say("hi lobby")  # alice and bob are still in #lobby as well
+    assert alice.expect("hi lobby") == "[#lobby] <carol> hi lobby"
+    assert bob.expect("hi lobby") == "[#lobby] <carol> hi lobby"
+
+    for client in (alice, bob, carol):
+        client.barrier()
+    assert carol.count("hello room") == 0, carol.lines_so_far
+    assert carol.count(lambda line: line.startswith(("[#room]", "*** [#room]"))) == 0
+    assert alice.count("hello room") == 0  # a speaker does not get an echo
+    assert carol.count("hi lobby") == 0
+
+
+def test_private_messages(start_server: ServerFactory, connect: ClientFactory) -> None:
+    server = start_server()
+    alice, bob, carol = (connect(server, label) for label in ("alice", "bob", "carol"))
+    for client, nick in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        set_nick(client, nick)
+
+    alice.say("/msg bob the secret plan")
+    assert bob.expect("secret") == "[PM alice -> bob] the secret plan"
+    assert alice.expect("secret") == "[PM alice -> bob] the secret plan"
+
+    alice.say("/msg ghost hello?")
+    assert alice.expect("!!!").startswith("!!! no-such-nick: ")
+    alice.say("/msg bob")
+    assert alice.expect("!!!") == "!!! bad-arguments: usage: /msg NICK text"
+
+    for client in (alice, bob, carol):
+        client.barrier()
+    assert carol.count("secret") == 0 and carol.count("[PM") == 0
+    assert bob.count("[PM") == 1 and alice.count("[PM") == 1
+    assert bob.count("ghost") == 0
+
+
+def test_heartbeat_timeout_removes_silent_client(
+    start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    server = start_server(
+        "--heartbeat-interval", "0.5",
+        "--heartbeat-timeout", "1.5",
+        "--sweep-interval", "0.2",
+        "--idle-warning", "0.5",
+    )  # fmt: skip
+    silent = connect(server, "silent")
+    active = connect(server, "active")
+    assert any("every 0.5 s; after 1.5 s" in line for line in silent.lines_so_far)
+    started = time.monotonic()
+
+    notice = f"*** [#lobby] {silent.nick} timed out"
+    seen = None
+    while seen is None:  # ping every 0.3 s until the silent one is gone
+        assert time.monotonic() - started < 8, active.lines_so_far
+        active.say("/ping alive")
+        seen = active.poll(notice, timeout=0.3)
+    assert re.fullmatch(re.escape(notice) + r" \(no heartbeat for \d+\.\d s\)", seen), seen
+
+    warning = silent.expect("You have been silent for")
+    assert warning.startswith("*** "), warning
+    bye = silent.expect("*** Disconnected: no heartbeat for")
+    silent.expect_closed()
+    lines = silent.lines_so_far
+    assert lines.index(warning) < lines.index(bye) == len(lines) - 1
+
+    active.barrier()  # still connected, and nothing more about the silent one
+    assert active.count(f"{silent.nick} timed out") == 1
+    assert active.count(silent.nick) == 2, active.lines_so_far  # joined, timed out
+    assert active.count("You have been silent") == 0
+
+
+def test_quit_with_reason(start_server: ServerFactory, connect: ClientFactory) -> None:
+    server = start_server()
+    a, b, quitter = (connect(server, label) for label in ("a", "b", "quitter"))
+
+    quitter.say("/quit gone fishing")
+    expected = f"*** [#lobby] {quitter.nick} quit (gone fishing)"
+    assert a.expect("quit (") == expected
+    assert b.expect("quit (") == expected
+    assert quitter.expect("*** Disconnected") == "*** Disconnected: you quit"
+    quitter.expect_closed()
+
+    about_quitter = quitter.nick + " "
+    for client in (a, b):
+        client.barrier()
+        assert client.count(lambda line: line == expected) == 1, client.lines_so_far
+        assert client.count(about_quitter) == 2, client.lines_so_far  # joined, quit
+    assert quitter.count("quit (") == 0  # the quitter is told "bye", not its own notice
+
+
+def test_lf_and_crlf_clients(start_server: ServerFactory, connect: ClientFactory) -> None:
+    server = start_server()
+    lf, crlf = connect(server, "lf"), connect(server, "crlf")
+    lf.send(b"/nick lf_user\n")
+    lf.expect("is now known as lf_user")
+    crlf.send(b"/nick crlf_user\r\n")
+    crlf.expect("is now known as crlf_user")
+
+    lf.send(b"from lf\n")
+    assert crlf.expect("from lf") == "[#lobby] <lf_user> from lf"
+    crlf.send(b"from crlf\r\n")
+    assert lf.expect("from crlf") == "[#lobby] <crlf_user> from crlf"
+
+    crlf.send(b"bare\rreturn\r\n")
+    lf.send(b"carriage\rin\rlf\r\r\n")
+    lf.expect("return")
+    crlf.expect("lf")
+    for client in (lf, crlf):
+        client.barrier()
+        said = [line for line in client.raw_lines if line.startswith(b"[#lobby]")]
+        assert said, client.lines_so_far
+        for line in said:
+            assert b"\r" not in line, line
+        # The server ends every line with \r\n and sends no other \r.
+        assert re.search(rb"\r(?!\n)", bytes(client.raw)) is None
+        assert re.search(rb"(?<!\r)\n", bytes(client.raw)) is None
+
+
+def test_telnet_negotiation_is_filtered_and_refused(
+    start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    server = start_server()
+    telnet, other = connect(server, "telnet"), connect(server, "other")
+
+    telnet.send(b"\xff\xfd\x01\xff\xfb\x03hello\r\n")
+    assert other.expect("hello") == f"[#lobby] <{telnet.nick}> hello"
+    telnet.barrier()
+    assert b"\xff\xfc\x01" in telnet.raw  # IAC WONT ECHO
+    assert b"\xff\xfe\x03" in telnet.raw  # IAC DONT SUPPRESS-GO-AHEAD
+
+    # A subnegotiation (NAWS), an escaped 0xFF, and a command split over writes.
+    telnet.send(b"wi\xff\xfa\x1f\x00\x50\x00\x18\xff\xf0de\xff\xff!\xff")
+    telnet.send(b"\xfb")
+    telnet.send(b"\x18 ok\r\n")
+    assert other.expect(" ok") == f"[#lobby] <{telnet.nick}> wide! ok"
+    telnet.barrier()
+    assert b"\xff\xfe\x18" in telnet.raw  # IAC DONT TERMINAL-TYPE
+
+    telnet.say("still talking")
+    assert other.expect("still talking") == f"[#lobby] <{telnet.nick}> still talking"
+    other.barrier()
+    assert b"\xff" not in other.raw
+
+
+def test_over_long_lines(start_server: ServerFactory, connect: ClientFactory) -> None:
+    server = start_server()
+    sender, other = connect(server, "sender"), connect(server, "other")
+    limit_error = "!!! line-too-long: line longer than 2048 bytes; it was dropped"
+
+    sender.send(b"y" * 2048 + b"\r\n")  # exactly at the limit: accepted
+    assert other.expect("yyyy").endswith("> " + "y" * 2048)
+
+    sender.send(b"x" * 2049 + b"\n")
+    assert sender.expect("!!!") == limit_error
+    sender.send(b"after long\n")
+    other.expect("after long")
+
+    flood = b"z" * (1024 * 1024)  # no line ending at all
+    sender.send(flood)
+    sender.send(b" tail of the flood\n")
+    sender.send(b"after flood\n")
+    assert other.expect("after flood") == f"[#lobby] <{sender.nick}> after flood"
+    assert sender.expect("!!!") == limit_error
+
+    for client in (sender, other):
+        client.barrier()
+    assert sender.count("line-too-long") == 2
+    assert other.count("xxx") == 0 and other.count("zzz") == 0 and other.count("tail") == 0
+    assert not sender.eof and not other.eof
+
+
+def test_invalid_utf8(start_server: ServerFactory, connect: ClientFactory) -> None:
+    server = start_server()
+    sender, other = connect(server, "sender"), connect(server, "other")
+
+    sender.send(b"caf\xe9\n")
+    assert sender.expect("!!!").startswith("!!! invalid-utf8: ")
+    line = other.expect("caf")
+    assert line == f"[#lobby] <{sender.nick}> caf\ufffd"
+    assert "caf\ufffd".encode() in other.raw
+
+    # A character split across two writes is decoded per line, so it survives.
+    sender.send(b"caf\xc3")
+    sender.send(b"\xa9 ok\n")
+    assert other.expect("> caf") == f"[#lobby] <{sender.nick}> café ok"
+    sender.barrier()
+    assert sender.count("invalid-utf8") == 1
+    assert not sender.eof
+
+
+def test_escape_sequences_and_bidi_are_removed(
+    start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    server = start_server()
+    evil, other = connect(server, "evil"), connect(server, "other")
+    set_nick(other, "other")
+
+    evil.send(b"\x1b[2J\x1b]0;title\x07hi\x1b[31mred\n")
+    assert other.expect("red") == f"[#lobby] <{evil.nick}> hired"
+    evil.send("abc\u202edef\u2066ghi\n".encode())
+    assert other.expect("abc") == f"[#lobby] <{evil.nick}> abcdefghi"
+    evil.send("/me waves\x1b[1A\u009b2K\n".encode())
+    assert other.expect("waves") == f"[#lobby] * {evil.nick} waves"
+    evil.send("/msg other psst\x1b[H\u202e\n".encode())
+    assert other.expect("psst") == f"[PM {evil.nick} -> other] psst"
+    evil.send("/quit bye\x1b[2J\u202e!\n".encode())
+    assert other.expect("quit (") == f"*** [#lobby] {evil.nick} quit (bye!)"
+
+    other.barrier()
+    raw = bytes(other.raw)
+    assert b"\x1b" not in raw
+    assert "\u202e".encode() not in raw and "\u2066".encode() not in raw
+    assert "\u009b".encode() not in raw
+
+
+def test_json_rendering(start_server: ServerFactory, connect: ClientFactory) -> None:
+    server = start_server("--heartbeat-interval", "4", "--heartbeat-timeout", "12")
+    viewer, talker = connect(server, "viewer"), connect(server, "talker")
+    viewer.expect(f"*** [#lobby] {talker.nick} joined")
+    viewer.barrier()
+    first_json = len(viewer.raw_lines)
+
+    viewer.say("/format json")
+    welcome = json.loads(viewer.expect('"type":"welcome"'))
+    assert welcome["heartbeat"]["interval"] == 4
+    assert welcome["heartbeat"]["timeout"] == 12
+    assert welcome["nick"] == viewer.nick and welcome["format"] == "json"
+
+    talker.say("hello json")
+    message = json.loads(viewer.expect("hello json"))
+    assert {k: message[k] for k in ("type", "room", "nick", "text")} == {
+        "type": "message",
+        "room": "#lobby",
+        "nick": talker.nick,
+        "text": "hello json",
+    }
+    talker.say("/msg " + viewer.nick + " private")
+    assert json.loads(viewer.expect("private"))["type"] == "private"
+    viewer.say("/nosuchcommand")
+    assert json.loads(viewer.expect("unknown-command"))["type"] == "error"
+    viewer.say("/who")
+    assert json.loads(viewer.expect('"type":"members"'))["members"] == [
+        viewer.nick,
+        talker.nick,
+    ]
+    viewer.barrier()
+
+    json_lines = viewer.lines_so_far[first_json:]
+    assert len(json_lines) >= 6
+    for line in json_lines:
+        event = json.loads(line)
+        assert isinstance(event, dict) and "type" in event, line
+        assert isinstance(event["ts"], int | float), line
+    assert talker.count(lambda line: line.startswith("{")) == 0  # talker is still text
+
+
+def test_sigterm_shuts_down_cleanly(start_server: ServerFactory, connect: ClientFactory) -> None:
+    server = start_server()
+    reader = connect(server, "reader")
+    # Never read from this one after its greeting (it asks for nothing more).
+    idle = ChatClient.connect(server.port, "idle")
+    try:
+        reader.expect(lambda line: "joined (2 here)" in line)
+
+        server.proc.send_signal(signal.SIGTERM)
+        notice = reader.expect("shutting down")
+        assert notice == "*** Server shutting down: the server is stopping"
+        reader.expect_closed()
+        assert server.wait_exit(10) in (-signal.SIGTERM, 0)
+    finally:
+        idle.close()
+    log = server.log()
+    assert "Traceback" not in log, log
+    assert "Server Shut Down" in log, log
+
+
+def test_abrupt_disconnects_are_announced_once(
+    start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    server = start_server()
+    a, b = connect(server, "a"), connect(server, "b")
+    dropper, resetter = connect(server, "dropper"), connect(server, "resetter")
+    for client in (a, b):
+        client.expect(f"*** [#lobby] {resetter.nick} joined")
+
+    dropper.barrier()  # unread data at close() would make the kernel send an RST
+    dropper.send(b"partial")
+    dropper.close()
+    resetter.reset()
+    for client in (a, b):
+        lost_fin = client.expect(f"*** [#lobby] {dropper.nick} lost connection")
+        assert lost_fin.endswith("(connection closed)"), lost_fin
+        lost_rst = client.expect(f"*** [#lobby] {resetter.nick} lost connection")
+        assert lost_rst.endswith("(connection reset)"), lost_rst
+
+    a.say("still here")
+    assert b.expect("still here") == f"[#lobby] <{a.nick}> still here"
+    b.say("me too")
+    assert a.expect("me too") == f"[#lobby] <{b.nick}> me too"
+    for client in (a, b):
+        client.barrier()
+        for gone in (dropper, resetter):
+            assert client.count(f"{gone.nick} lost connection") == 1, client.lines_so_far
+            assert client.count(f"{gone.nick} quit") == 0
+
+
+def test_port_in_use_and_bad_port(start_server: ServerFactory) -> None:
+    first = start_server()
+    second = start_server(port=f"tcp:{first.port}:interface={HOST}", wait=False)
+    assert second.wait_exit(15) == 1
+    log = second.log()
+    assert "Traceback" not in log, log
+    errors = [line for line in log.splitlines() if "cannot listen" in line]
+    assert len(errors) == 1, log
+    assert str(first.port) in errors[0] and "in use" in errors[0], errors
+    assert first.proc.poll() is None  # the first one is unharmed
+
+    bad = start_server(port="nonsense:1", wait=False)
+    assert bad.wait_exit(15) == 1
+    log = bad.log()
+    assert "Traceback" not in log, log
+    assert "nonsense:1" in log, log
+    assert re.search(r"usage|error", log, re.IGNORECASE), log
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server bug: output for a client that never reads is buffered without bound "
+    "(no per-connection limit, no producer/pause, no drop); server memory grows ~1:1 "
+    "with what is sent to it",
+)
+def test_client_that_never_reads_cannot_grow_server_memory_without_bound(
+    start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    server = start_server()
+    if not Path(f"/proc/{server.pid}/status").exists():
+        pytest.skip("needs /proc to read the server's memory use")
+    sender = connect(server, "sender")
+    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # keep the kernel out of it
+    stalled.settimeout(EXPECT_TIMEOUT)
+    try:
+        stalled.connect((HOST, server.port))  # and never recv() on it
+        joined = sender.expect("joined (2 here)")
+        stalled_nick = joined.split()[2]
+        sender.barrier()
+        before = _rss_bytes(server.pid)
+
+        megabyte = (b"x" * 999 + b"\n") * 1000
+        for _ in range(48):
+            sender.send(megabyte)
+        sender.barrier()  # every line has been fanned out by now
+        grown = _rss_bytes(server.pid) - before
+        dropped = sender.count(lambda line: stalled_nick in line and "joined" not in line)
+        assert dropped or grown < 16 * 1024 * 1024, (
+            f"{stalled_nick} never read 48 MB sent to it, was not dropped, and the server "
+            f"grew by {grown / 2**20:.0f} MB"
+        )
+    finally:
+        stalled.close()
