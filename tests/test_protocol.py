@@ -237,3 +237,25 @@ def test_heartbeat_timeout_closes_the_connection_via_the_clock():
     assert bob.transport.disconnecting
     assert any("bob timed out" in line for line in alice.new_lines())
     h.service.stopService()
+
+
+def test_part_accepts_a_room_name_without_hash_and_otherwise_a_reason():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    alice.send(b"/join #ops\n")
+    bob.send(b"/join ops\n")
+    alice.new_lines()
+    bob.send(b"/part ops\n")
+    assert alice.new_lines() == ["*** [#ops] bob left"]
+    bob.send(b"/join #ops\n/part brb lunch\n")  # not a room bob is in: the reason
+    assert alice.new_lines()[-1] == "*** [#ops] bob left (brb lunch)"
+    bob.send(b"/part #lobby now\n")
+    assert alice.new_lines() == ["*** [#lobby] bob left (now)"]
+
+
+def test_format_without_argument_is_bad_arguments():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    alice.send(b"/format\n")
+    assert alice.new_lines()[0].startswith("!!! bad-arguments: usage: /format json|text")

@@ -40,6 +40,9 @@ def test_port_forms(port, description):
     "args",
     [
         ["--port", "nonsense:1"],
+        ["--port", "70000"],
+        ["--port", "-1"],
+        ["--port", "tcp:99999"],
         ["--port", "tcp:notaport"],
         ["--port", "tcp6:9999:interface=::1"],
         ["--heartbeat-interval", "abc"],

@@ -42,9 +42,13 @@ def _join(svc: ChatService, m: Member, args: str) -> None:
 
 
 def _part(svc: ChatService, m: Member, args: str) -> None:
-    room, reason = None, args
-    if args.startswith("#"):
-        room, _, reason = args.partition(" ")
+    # The first word is the room when it starts with '#' or names a room you are in
+    # (``/join ops`` works without '#', so ``/part ops`` must too); otherwise a reason.
+    first, _, rest = args.partition(" ")
+    room: str | None = None
+    reason = args
+    if first.startswith("#") or (first and svc.is_member_of(m, first)):
+        room, reason = first, rest
     svc.part(m, room, reason.strip())
 
 
@@ -73,7 +77,7 @@ def _ping(svc: ChatService, m: Member, args: str) -> None:
 
 def _format(svc: ChatService, m: Member, args: str) -> None:
     try:
-        fmt = Format(args.strip().lower())
+        fmt = Format(_need(args, "/format json|text").strip().lower())
     except ValueError:
         raise UnsupportedFormat("usage: /format json|text") from None
     svc.set_format(m, fmt)
@@ -96,7 +100,7 @@ COMMANDS: dict[str, Command] = {
     "rooms": Command("/rooms", "list rooms and how many are in each", _rooms),
     "who": Command("/who [#room]", "list the members of a room", _who),
     "msg": Command("/msg NICK text", "send a private message", _msg),
-    "me": Command("/me action", "describe an action: * you waves", _me),
+    "me": Command("/me action", "describe an action, shown as: * NICK action", _me),
     "ping": Command("/ping [token]", "heartbeat; the server answers pong [token]", _ping),
     "format": Command("/format json|text", "switch how the server writes to you", _format),
     "help": Command("/help", "show this list", _help),

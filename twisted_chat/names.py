@@ -124,12 +124,17 @@ def validate_nick(raw: str) -> str:
     if len(name) > NICK_MAX:
         raise NickInvalid(f"a nickname is at most {NICK_MAX} characters")
     if not _nick_char_ok(name[0], first=True):
-        raise NickInvalid("a nickname must start with a letter or '_'")
+        raise NickInvalid(
+            "a nickname starts with a letter or '_' and contains only letters, digits, "
+            f"'_' and '-' (not {name[0]!a})"
+        )
     bad = [c for c in name[1:] if not _nick_char_ok(c, first=False)]
     if bad:
         raise NickInvalid(
             f"a nickname may contain only letters, digits, '_' and '-' (not {bad[0]!a})"
         )
+    if not any(unicodedata.category(c).startswith("L") for c in name):
+        raise NickInvalid("a nickname needs at least one letter")
     key = skeleton(name)
     if key in _RESERVED_SKELETONS:
         raise NickReserved(f"the nickname {name!r} is reserved")

@@ -71,7 +71,8 @@ class ChatLineProtocol(LineReceiver):
         transport = self.transport
         assert transport is not None
         peer = transport.getPeer()
-        self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}".rstrip(":")
+        host = getattr(peer, "host", None)
+        self.peer = f"{host}:{getattr(peer, 'port', '')}" if host is not None else "unix socket"
         set_nodelay = getattr(transport, "setTcpNoDelay", None)
         if set_nodelay is not None:
             with contextlib.suppress(OSError):  # not a TCP socket: nothing to tune

@@ -7,6 +7,7 @@ while it is running) and it takes its clock as an argument, so tests drive time.
 from __future__ import annotations
 
 import itertools
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,7 +20,9 @@ from zope.interface import implementer
 
 from twisted_chat import __version__
 from twisted_chat.errors import (
+    ChatError,
     EmptyMessage,
+    NickReserved,
     NickTaken,
     NoSuchNick,
     NoSuchRoom,
@@ -51,6 +54,7 @@ from twisted_chat.names import LOBBY, room_key, skeleton, validate_nick, validat
 from twisted_chat.sanitize import clean_text
 
 TOKEN_MAX = 64
+GUEST_NAME = re.compile(r"guest[0-9ol]+")
 REASON_MAX = 200
 
 
@@ -202,6 +206,8 @@ class ChatService(service.Service):
         nick = validate_nick(raw)
         key = skeleton(nick)
         owner = self.nicks.get(key)
+        if GUEST_NAME.fullmatch(key) and owner is not member:
+            raise NickReserved("names like guest12 are given out by the server; choose another")
         if owner is not None and owner is not member:
             raise NickTaken(f"the nickname {nick!r} is taken (or looks too much like one that is)")
         if nick == member.nick:
@@ -220,7 +226,7 @@ class ChatService(service.Service):
         reason = _short(clean_text(reason), REASON_MAX)
         if not member.present:
             return
-        self.log.info("quit {nick}: {reason}", nick=member.nick, reason=reason)
+        self.log.info("quit {nick} ({reason})", nick=member.nick, reason=reason or "no reason")
         self._leave_all(
             member,
             lambda room: Quit(
@@ -284,6 +290,13 @@ class ChatService(service.Service):
             self._closing.discard(member)
 
     # -- rooms -------------------------------------------------------------------------
+
+    def is_member_of(self, member: Member, raw: str) -> bool:
+        try:
+            key = room_key(validate_room(raw))
+        except ChatError:
+            return False
+        return key in member.rooms
 
     def _find_room(self, raw: str) -> Room:
         name = validate_room(raw)

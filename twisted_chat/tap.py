@@ -62,7 +62,11 @@ _line_limit.coerceDoc = "Bytes, 64 to 1048576."  # type: ignore[attr-defined]
 def endpoint_description(port: str) -> str:
     """A bare port number means TCP on every IPv4 interface; anything else is passed on."""
     port = port.strip()
-    return f"tcp:{port}" if port.isdigit() else port
+    if port.lstrip("-").isdigit():
+        if not 0 <= int(port) <= 65535:
+            raise OptionError(f"--port {port} is not a port number (0 to 65535)")
+        return f"tcp:{port}"
+    return port
 
 
 class Options(usage.Options):
@@ -142,6 +146,9 @@ class Options(usage.Options):
             ) from None
         except (ValueError, ImportError, OSError, KeyError) as e:
             raise OptionError(f"--port {self['port']!r} is not usable: {e}") from None
+        number = getattr(self["endpoint"], "_port", 0)
+        if isinstance(number, int) and not 0 <= number <= 65535:
+            raise OptionError(f"--port {self['port']!r}: the port must be 0 to 65535")
         self["endpoint-description"] = description
 
 
@@ -189,7 +196,9 @@ class ListenerService(service.Service):
         self._waiting.addCallbacks(self._listening, failed)
         starting = False
         if synchronous:
-            # twistd prints a SystemExit message on one line and exits with status 1.
+            # twistd prints a SystemExit message on one line and exits with status 1, but
+            # skips removing its pidfile: remove it when it is the default one and ours.
+            _remove_own_pidfile()
             raise SystemExit(
                 f"groupchat: cannot listen on {self.description}: "
                 f"{synchronous[0].getErrorMessage()}"
@@ -222,13 +231,23 @@ class ListenerService(service.Service):
         return None
 
 
+def _remove_own_pidfile(path: str = "twistd.pid") -> None:
+    try:
+        with open(path) as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:
+            os.remove(path)
+    except OSError:
+        pass
+
+
 def describe_address(address: Any) -> str:
     """An endpoint-like string for a bound address: tcp:HOST:PORT, tcp6:HOST:PORT, unix:PATH."""
     kind = type(address).__name__
     if kind == "IPv4Address":
         return f"tcp:{address.host}:{address.port}"
     if kind == "IPv6Address":
-        return f"tcp6:{address.host}:{address.port}"
+        return f"tcp6:[{address.host}]:{address.port}"
     name = getattr(address, "name", None)
     if isinstance(name, bytes):
         name = name.decode("utf-8", "replace")
