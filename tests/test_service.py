@@ -88,6 +88,11 @@ def test_own_nick_case_change_allowed():
         ("server", NickReserved),
         ("SERVER", NickReserved),
         ("Ädmin", NickReserved),
+        ("_", NickInvalid),
+        ("_-_", NickInvalid),
+        ("\U0001f4a9", NickInvalid),
+        ("guest7", NickReserved),
+        ("Guest12", NickReserved),
     ],
 )
 def test_bad_nicks_refused_with_reason(bad, error):
