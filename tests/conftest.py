@@ -36,3 +36,7 @@ def logged_errors() -> Iterator[LoggedErrors]:
 
         shown = "\n".join(formatEvent(e) for e in observer.events)
         pytest.fail(f"unexpected errors were logged:\n{shown}")
+
+
+# End-to-end fixtures (they start subprocesses only when a test asks for them).
+from tests.e2e_support import connect, start_server  # noqa: E402, F401

@@ -1,0 +1,257 @@
+"""End-to-end tests of ``python -m twisted_chat.client`` against the real server.
+
+The client runs as a subprocess (piped, listen, or on a pseudo-terminal); observers are
+plain socket clients from ``tests/e2e_support.py``.  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import queue
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_support import (
+    HOST,
+    ChatClient,
+    ClientFactory,
+    ServerFactory,
+    ServerProcess,
+    server_env,
+    set_nick,
+)
+
+CLIENT = [sys.executable, "-m", "twisted_chat.client"]
+
+
+class ListenProcess:
+    """A client subprocess whose stdout lines are collected by a thread."""
+
+    def __init__(self, argv: list[str], stdin: bytes | None = None) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            env=server_env(),
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        if stdin is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(stdin)
+            self.proc.stdin.close()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    def expect(self, text: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.seen:
+                if text in line:
+                    self.seen.remove(line)
+                    return line
+            try:
+                self.seen.append(self.lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"no {text!r} in client output: {self.seen!r}") from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def clients() -> Iterator[list[ListenProcess]]:
+    started: list[ListenProcess] = []
+    yield started
+    for client in started:
+        client.stop()
+
+
+def spawn(
+    started: list[ListenProcess],
+    server: ServerProcess | int,
+    *args: str,
+    stdin: bytes | None = None,
+) -> ListenProcess:
+    port = server if isinstance(server, int) else server.port
+    client = ListenProcess([*CLIENT, "--server", f"{HOST}:{port}", *args], stdin=stdin)
+    started.append(client)
+    return client
+
+
+def wait_member(observer: ChatClient, room: str, nick: str, timeout: float = 15.0) -> None:
+    """Poll /who until ``nick`` is in ``room`` (the client connects asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        observer.say(f"/who {room}")
+        line = observer.expect(lambda text: text.startswith(("!!!", f"*** [{room}]")))
+        if "here:" in line and nick in line.split("here:", 1)[1].strip().split(", "):
+            return
+        observer.barrier()
+        time.sleep(0.1)  # between polls of the server, not a wait for a result
+    raise AssertionError(f"{nick} never appeared in {room}")
+
+
+def test_piped_mode_delivers_every_line_and_exits_zero(
+    start_server: ServerFactory, connect: ClientFactory, clients: list[ListenProcess]
+) -> None:
+    server = start_server()
+    bob = connect(server, "bob")
+    set_nick(bob, "bob")
+    bob.say("/join #ops")
+    lines = b"build finished\nsecond line\n/me deploys\nno newline at the end"
+    ci = spawn(clients, server, "--nick", "ci", "--room", "#ops", stdin=lines)
+    assert ci.proc.wait(timeout=20) == 0
+    bob.expect("[#ops] <ci> build finished")
+    bob.expect("[#ops] <ci> second line")
+    bob.expect("[#ops] * ci deploys")
+    bob.expect("[#ops] <ci> no newline at the end")
+    bob.expect("*** [#ops] ci quit")  # a clean quit, not a timeout or lost connection
+    bob.barrier()
+    assert bob.count("ci lost connection") == 0 and bob.count("ci timed out") == 0
+
+
+def test_piped_mode_exits_one_when_the_server_is_unreachable(
+    clients: list[ListenProcess], tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: bind, learn it, close
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    client = spawn(clients, port, "--connect-timeout", "2", stdin=b"hello\n")
+    assert client.proc.wait(timeout=20) == 1
+    assert time.monotonic() - start < 15
+    assert client.proc.stderr is not None
+    err = client.proc.stderr.read().decode().strip().splitlines()
+    assert len(err) == 1 and "cannot reach" in err[0], err
+
+
+def test_client_outlives_a_short_server_heartbeat_timeout(
+    start_server: ServerFactory, connect: ClientFactory, clients: list[ListenProcess]
+) -> None:
+    server = start_server(
+        "--heartbeat-interval",
+        "0.5",
+        "--heartbeat-timeout",
+        "1.5",
+        "--sweep-interval",
+        "0.2",
+        "--idle-warning",
+        "0.5",
+    )
+    observer = connect(server, "observer")
+    listener = spawn(clients, server, "--listen", "--nick", "quiet")
+    wait_member(observer, "#lobby", "quiet")
+    deadline = time.monotonic() + 6.0  # four timeouts long
+    while time.monotonic() < deadline:
+        observer.barrier()  # the observer heartbeats too
+        time.sleep(0.3)  # pacing our own heartbeats
+    observer.say("still there?")
+    listener.expect(f"[#lobby] <{observer.nick}> still there?")
+    assert observer.count("quiet timed out") == 0
+    assert listener.proc.poll() is None
+
+
+def test_client_reconnects_and_rejoins_after_a_server_restart(
+    start_server: ServerFactory, connect: ClientFactory, clients: list[ListenProcess]
+) -> None:
+    server = start_server()
+    port = server.port
+    listener = spawn(clients, server, "--listen", "--nick", "watcher", "--room", "#ops")
+    observer = connect(server, "observer")
+    wait_member(observer, "#ops", "watcher")
+    server.proc.kill()  # a crash: no shutdown notice
+    server.proc.wait(timeout=10)
+    observer.close()
+    again = start_server(port=f"tcp:{port}:interface={HOST}")
+    observer2 = connect(again, "observer2")
+    wait_member(observer2, "#ops", "watcher", timeout=30)
+    observer2.say("/join #ops")
+    observer2.say("welcome back")
+    listener.expect(f"[#ops] <{observer2.nick}> welcome back")
+
+
+def _read_pty(fd: int, buffer: bytearray, until: bytes, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while until not in buffer:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"{until!r} never appeared on the terminal: {bytes(buffer)!r}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                raise AssertionError(f"terminal closed before {until!r}: {bytes(buffer)!r}")
+            buffer += chunk
+
+
+def test_interactive_typing_survives_an_incoming_message(
+    start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    server = start_server()
+    bob = connect(server, "bob")
+    set_nick(bob, "bob")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the client on a terminal
+        env = server_env()
+        env["TERM"] = "xterm"
+        env["PROMPT_TOOLKIT_NO_CPR"] = "1"
+        os.execve(
+            sys.executable, [*CLIENT, "--server", f"{HOST}:{server.port}", "--nick", "alice"], env
+        )
+    screen = bytearray()
+    try:
+        _read_pty(fd, screen, b"alice>")
+        bob.expect("is now known as alice")
+        os.write(fd, b"hello wor")
+        _read_pty(fd, screen, b"hello wor")
+        bob.say("interrupting you")
+        _read_pty(fd, screen, b"interrupting you")
+        os.write(fd, b"ld\r")
+        bob.expect("[#lobby] <alice> hello world")  # the typed line arrived whole
+        os.write(fd, b"\x04")  # Ctrl-D: leave cleanly
+        bob.expect("*** [#lobby] alice quit")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                pid = 0
+                assert os.waitstatus_to_exitcode(status) == 0, bytes(screen)
+                break
+            try:
+                if select.select([fd], [], [], 0.1)[0]:
+                    screen.extend(os.read(fd, 65536))
+            except OSError:
+                pass
+        else:
+            raise AssertionError("the client did not exit after Ctrl-D")
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""The groupchat terminal client: ``python -m twisted_chat.client``."""

@@ -1,0 +1,3 @@
+from twisted_chat.client.main import main
+
+main()

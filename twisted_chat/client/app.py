@@ -1,0 +1,204 @@
+"""Wires a ClientSession to a reconnecting ``ClientService`` and to stdin/stdout.
+
+The modes share this object; only the terminal UI lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_chat.client.session import ChatClientFactory, ClientSession
+
+QUIT_WAIT = 5.0
+
+Output = Callable[[dict[str, Any], "str | None"], None]
+
+
+@implementer(IStreamClientEndpoint)
+class ReportingEndpoint:
+    """Lets the app tell the user why a connection attempt failed (ClientService won't)."""
+
+    def __init__(self, wrapped: Any, on_failure: Callable[[Failure], None]) -> None:
+        self.wrapped = wrapped
+        self.on_failure = on_failure
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = self.wrapped.connect(factory)
+
+        def report(failure: Failure) -> Failure:
+            if not failure.check(defer.CancelledError):
+                self.on_failure(failure)
+            return failure
+
+        return d.addErrback(report)
+
+
+class ClientApp:
+    def __init__(
+        self, reactor: Any, endpoint: Any, label: str, nick: str | None, room: str | None
+    ) -> None:
+        self.reactor = reactor
+        self.label = label
+        self.session = ClientSession(reactor, self._event, self._status, nick=nick, room=room)
+        self.outputs: list[Output] = []
+        self.status_sinks: list[Callable[[str], None]] = []
+        self.last_failure: str | None = None
+        self.bye = False
+        self._outage_reported = False
+        self._started = False
+        self.interactive = False  # the terminal UI sets this: report outages as they come
+        self.service = ClientService(
+            ReportingEndpoint(endpoint, self._connect_failed),
+            ChatClientFactory(self.session),
+            retryPolicy=backoffPolicy(initialDelay=0.5, factor=1.7, maxDelay=15.0),
+            clock=reactor,
+        )
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def on_output(self, output: Output) -> None:
+        self.outputs.append(output)
+
+    def on_status(self, sink: Callable[[str], None]) -> None:
+        self.status_sinks.append(sink)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "welcome":
+            self._outage_reported = False
+        if event.get("type") == "bye":
+            self.bye = True
+        for output in self.outputs:
+            output(event, self.session.nick)
+
+    def _status(self, text: str) -> None:
+        for sink in self.status_sinks:
+            sink(text)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self.last_failure = failure.getErrorMessage()
+        # Before the first connection, scripts get one final line instead (see pipe()).
+        if not self._outage_reported and (self.session.ever_connected or self.interactive):
+            self._outage_reported = True
+            self._status(f"cannot reach {self.label} ({self.last_failure}); retrying")
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self.service.startService()
+            self.reactor.addSystemEventTrigger(
+                "before", "shutdown", lambda: defer.Deferred.fromCoroutine(self.stop())
+            )
+
+    async def connected(self, timeout: float) -> bool:
+        """Wait (bounded) until a connection is greeted and restored."""
+        d = self.session.when_ready()
+        d.addTimeout(timeout, self.reactor)
+        try:
+            await d
+        except defer.TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Quit cleanly if connected (the others see a quit, not a timeout), then stop."""
+        if not self._started:
+            return
+        self._started = False
+        session = self.session
+        if session.protocol is not None and not session.quitting:
+            session.quit()
+        if session.quitting and not session.closed.called:
+            waiting = session.closed
+            waiting.addTimeout(QUIT_WAIT, self.reactor)
+            with contextlib.suppress(defer.TimeoutError):
+                await waiting
+        await self.service.stopService()
+
+    # -- modes -------------------------------------------------------------------------
+
+    async def pipe(self, timeout: float) -> int:
+        """Send stdin line by line; at EOF send what is left, quit, and report success."""
+        from twisted.internet import stdio
+
+        self.start()
+        reader = StdinLines(self.session.send)
+        stdio.StandardIO(reader, reactor=self.reactor)
+        if not await self.connected(timeout):
+            self._error(
+                f"cannot reach {self.label} ({self.last_failure or 'no answer'}) "
+                f"within {timeout:g} s"
+            )
+            return 1
+        await reader.done
+        session = self.session
+        session.quit()
+        waiting = session.closed
+        waiting.addTimeout(timeout, self.reactor)
+        with contextlib.suppress(defer.TimeoutError):
+            await waiting
+        left = session.pending
+        delivered = self.bye and left == 0
+        self._started = False
+        await self.service.stopService()
+        if not delivered:
+            self._error(f"the server went away before it had everything ({left} lines unsent)")
+            return 1
+        return 0
+
+    async def listen(self, timeout: float) -> int:
+        self.start()
+        if not await self.connected(timeout):
+            self._error(
+                f"cannot reach {self.label} ({self.last_failure or 'no answer'}) "
+                f"within {timeout:g} s"
+            )
+            return 1
+        forever: defer.Deferred[None] = defer.Deferred()
+        await forever  # until SIGINT/SIGTERM stops the reactor (stop() then quits cleanly)
+        return 0
+
+    def _error(self, message: str) -> None:
+        import sys
+
+        sys.stderr.write(f"groupchat client: {message}\n")
+        sys.stderr.flush()
+
+
+@implementer(IHalfCloseableProtocol)
+class StdinLines(LineReceiver):
+    """stdin as lines; ``done`` fires at EOF, after a last unterminated line is sent."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1 << 20
+
+    def __init__(self, send: Callable[[str], None]) -> None:
+        self.send = send
+        self.done: defer.Deferred[None] = defer.Deferred()
+
+    def lineReceived(self, line: bytes) -> None:
+        text = line.rstrip(b"\r").decode("utf-8", errors="replace")
+        if text.strip():
+            self.send(text)
+
+    def readConnectionLost(self) -> None:
+        rest = self.clearLineBuffer()
+        if rest.strip():
+            self.lineReceived(rest)
+        if not self.done.called:
+            self.done.callback(None)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.readConnectionLost()

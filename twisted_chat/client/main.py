@@ -1,0 +1,147 @@
+"""Entry point of ``python -m twisted_chat.client``: options, then one of three modes.
+
+- interactive (stdin is a terminal): a prompt_toolkit line editor, on the asyncio reactor;
+- piped (stdin is not a terminal): send each input line, quit cleanly on EOF, exit 0;
+- listen (``--listen``): print received messages one per line for scripts.
+
+Known failures become one line on stderr here, at the boundary, and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.python import usage
+
+DEFAULT_SERVER = "localhost:9999"
+
+
+class Options(usage.Options):
+    synopsis = "Usage: python -m twisted_chat.client [options]"
+    longdesc = (
+        "Chat on a groupchat server. Interactive when stdin is a terminal; otherwise each "
+        "input line is sent in order and the client quits cleanly at end of input, so "
+        "`printf 'build finished\\n' | python -m twisted_chat.client --nick ci --room "
+        "'#ops'` is a one-line notifier."
+    )
+    optParameters: list[Any] = [
+        [
+            "server",
+            "s",
+            DEFAULT_SERVER,
+            "HOST:PORT, or a Twisted client endpoint description: tcp:HOST:PORT, "
+            "tcp6:HOST:PORT, tls:HOST:PORT, unix:PATH.",
+        ],
+        ["nick", "n", None, "Nickname to ask for (default: the guest name the server gives)."],
+        ["room", "r", None, "Room to join and talk in (default: #lobby)."],
+        [
+            "connect-timeout",
+            None,
+            10.0,
+            "Piped and listen modes: give up with exit status 1 when the server cannot be "
+            "reached (or lines cannot be delivered) within this many seconds.",
+            float,
+        ],
+    ]
+    optFlags: list[Any] = [
+        ["listen", "l", "Print received messages one per line (for scripts); do not read stdin."],
+        ["json", "j", "Piped and listen modes: print every server event as one JSON line."],
+        ["quiet", "q", "Piped mode: print only errors."],
+    ]
+
+    def opt_version(self) -> None:
+        """Display the groupchat version and exit."""
+        from twisted_chat import __version__
+
+        print(f"groupchat client {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        if self["connect-timeout"] <= 0:
+            raise usage.UsageError("--connect-timeout must be greater than 0")
+
+
+def client_endpoint(reactor: Any, server: str) -> Any:
+    """HOST:PORT (IPv4 or IPv6, names resolved either way) or an endpoint description."""
+    from twisted.internet import endpoints
+
+    match = re.fullmatch(r"\[?([^\[\]]*?)\]?:(\d+)", server.strip())
+    if match and not server.startswith(("tcp:", "tcp6:", "tls:", "ssl:", "unix:")):
+        return endpoints.HostnameEndpoint(reactor, match.group(1), int(match.group(2)))
+    return endpoints.clientFromString(reactor, server)
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        sys.exit(f"groupchat client: {e} (see --help)")
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not options["listen"]
+    if interactive:
+        import asyncio
+
+        from twisted.internet import asyncioreactor
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        asyncioreactor.install(loop)
+    from twisted.internet import task
+
+    task.react(_run, (options, interactive))
+
+
+async def _run(reactor: Any, options: Options, interactive: bool) -> None:
+    from twisted_chat.client.app import ClientApp
+
+    try:
+        endpoint = client_endpoint(reactor, options["server"])
+    except (ValueError, TypeError, ImportError, KeyError) as e:
+        _fail(f"--server {options['server']!r} is not usable: {e}")
+    app = ClientApp(reactor, endpoint, options["server"], options["nick"], options["room"])
+    if interactive:
+        from twisted_chat.client.terminal import run_terminal
+
+        await run_terminal(app)
+        return
+    printer = _printer(options)
+    app.on_output(printer)
+    timeout = options["connect-timeout"]
+    if options["listen"]:
+        code = await app.listen(timeout)
+    else:
+        code = await app.pipe(timeout)
+    if code:
+        raise SystemExit(code)
+
+
+def _printer(options: Options) -> Callable[[dict[str, Any], str | None], None]:
+    from twisted_chat.client.render import message_line, plain, render
+
+    def show(event: dict[str, Any], me: str | None) -> None:
+        if options["json"]:
+            line: str | None = json.dumps(event, ensure_ascii=False)
+        elif options["listen"]:
+            line = message_line(event)
+        elif options["quiet"] and event.get("type") != "error":
+            line = None
+        else:
+            fragments = render(event, me)
+            line = plain(fragments) if fragments is not None else None
+        if line is not None:
+            stream = (
+                sys.stderr if event.get("type") == "error" and not options["json"] else sys.stdout
+            )
+            stream.write(line + "\n")
+            stream.flush()
+
+    return show
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"groupchat client: {message}\n")
+    raise SystemExit(1)

@@ -1,0 +1,133 @@
+"""Turn server events into what a person reads.
+
+Every string from the server is cleaned again here (a server that forgot to strip an
+escape sequence must not reach the terminal), and the result is a list of
+``(style, text)`` fragments: the interactive UI styles them, plain output joins the text.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Any
+
+from twisted_chat.sanitize import clean_text
+
+Fragments = list[tuple[str, str]]
+
+NICK_WIDTH = 12
+_PALETTE = [
+    "ansicyan",
+    "ansigreen",
+    "ansiyellow",
+    "ansimagenta",
+    "ansiblue",
+    "ansired",
+    "ansibrightcyan",
+    "ansibrightgreen",
+    "ansibrightmagenta",
+    "ansibrightblue",
+]
+
+
+def _c(value: Any) -> str:
+    return clean_text(str(value)) if value is not None else ""
+
+
+def nick_style(nick: str) -> str:
+    """A stable colour per nickname, so a speaker is recognisable at a glance."""
+    return _PALETTE[zlib.crc32(nick.casefold().encode()) % len(_PALETTE)]
+
+
+def stamp(ts: Any) -> str:
+    try:
+        return time.strftime("%H:%M", time.localtime(float(ts)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "--:--"
+
+
+def _room(event: dict[str, Any]) -> str:
+    return _c(event.get("room"))
+
+
+def render(event: dict[str, Any], me: str | None = None) -> Fragments | None:
+    """Fragments for one event, or None for events that are not shown."""
+    kind = event.get("type")
+    ts = [("class:time", stamp(event.get("ts")) + " ")]
+    if kind in ("message", "action"):
+        nick = _c(event.get("nick"))
+        room = [("class:room", f"{_room(event)} ")]
+        text = _c(event.get("text"))
+        if kind == "action":
+            return ts + room + [(nick_style(nick), f"{'*':>{NICK_WIDTH}} {nick} "), ("", text)]
+        return ts + room + [(nick_style(nick), f"{nick:>{NICK_WIDTH}} "), ("", text)]
+    if kind == "private":
+        sender, to = _c(event.get("from")), _c(event.get("to"))
+        label = f"[PM to {to}]" if me is not None and sender == me != to else f"[PM from {sender}]"
+        return ts + [("class:private", f"{label} "), ("", _c(event.get("text")))]
+    if kind == "error":
+        return ts + [("class:error", f"! {_c(event.get('message'))}")]
+    if kind == "pong":
+        return ts + [("class:system", f"-- pong {_c(event.get('token'))}".rstrip())]
+    line = system_line(event)
+    if line is None:
+        return None
+    return ts + [("class:system", f"-- {line}")]
+
+
+def system_line(event: dict[str, Any]) -> str | None:
+    kind = event.get("type")
+    room, nick, reason = _room(event), _c(event.get("nick")), _c(event.get("reason"))
+    why = f" ({reason})" if reason else ""
+    if kind == "welcome":
+        hb = event.get("heartbeat", {})
+        again = "reconnected" if event.get("restored") else "connected"
+        return (
+            f"{again} as {_c(event.get('nick'))} (heartbeat every "
+            f"{_c(hb.get('interval'))} s, timeout {_c(hb.get('timeout'))} s)"
+        )
+    if kind == "join":
+        return f"{room}: {nick} joined ({_c(event.get('count'))} here)"
+    if kind == "part":
+        return f"{room}: {nick} left{why}"
+    if kind == "quit":
+        return f"{room}: {nick} quit{why}"
+    if kind == "timeout":
+        return f"{room}: {nick} timed out (no heartbeat for {_c(event.get('after'))} s)"
+    if kind == "disconnect":
+        return f"{room}: {nick} lost connection{why}"
+    if kind == "nick":
+        return f"{_c(event.get('old'))} is now known as {_c(event.get('new'))}"
+    if kind == "current":
+        return f"now talking in {room}" if event.get("room") else "you are in no room"
+    if kind == "members":
+        names = [_c(n) for n in event.get("members", [])]
+        return f"{room}: {len(names)} here: {', '.join(names)}"
+    if kind == "rooms":
+        rooms = [f"{_c(r.get('room'))} ({_c(r.get('count'))})" for r in event.get("rooms", [])]
+        return "rooms: " + (", ".join(rooms) or "none")
+    if kind == "help":
+        rows = [f"{_c(c.get('usage')):<24} {_c(c.get('help'))}" for c in event.get("commands", [])]
+        return "commands:\n" + "\n".join("   " + r for r in rows)
+    if kind == "idle":
+        return f"silent for {_c(event.get('idle'))} s: send something to stay connected"
+    if kind in ("bye", "shutdown"):
+        prefix = "server shutting down" if kind == "shutdown" else "disconnected"
+        return f"{prefix}: {reason}"
+    return None
+
+
+def plain(fragments: Fragments) -> str:
+    return "".join(text for _, text in fragments)
+
+
+def message_line(event: dict[str, Any]) -> str | None:
+    """The one-line form ``--listen`` prints: chat only, no system events."""
+    kind = event.get("type")
+    if kind == "message":
+        return f"[{_room(event)}] <{_c(event.get('nick'))}> {_c(event.get('text'))}"
+    if kind == "action":
+        return f"[{_room(event)}] * {_c(event.get('nick'))} {_c(event.get('text'))}"
+    if kind == "private":
+        return f"[PM {_c(event.get('from'))} -> {_c(event.get('to'))}] {_c(event.get('text'))}"
+    return None

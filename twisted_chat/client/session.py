@@ -1,0 +1,299 @@
+"""Client-side chat logic: the JSON line protocol, heartbeats and what survives reconnects.
+
+Nothing here touches a terminal or the real reactor: the user interface receives events
+and status lines through callbacks, and time comes from an injected clock, so the whole
+reconnect-and-restore behaviour is tested with ``StringTransport`` and ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from twisted_chat.names import skeleton
+
+Event = dict[str, Any]
+WELCOME_WAIT = 10.0
+HEARTBEAT_PREFIX = "hb-"
+
+
+class ClientSession:
+    """Who we want to be and where, plus lines not yet sent; outlives each connection.
+
+    The wanted nickname and rooms follow what the server confirms (our own ``nick``,
+    ``join``, ``part`` and ``current`` events), so after a reconnect the client asks for
+    exactly the state the user last had.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        on_event: Callable[[Event], None],
+        on_status: Callable[[str], None],
+        nick: str | None = None,
+        room: str | None = None,
+    ) -> None:
+        self.clock = clock
+        self.on_event = on_event
+        self.on_status = on_status
+        self.nick: str | None = None  # as the server last confirmed it
+        self.wanted_nick = nick
+        self.rooms: list[str] = []
+        self.current: str | None = None
+        self.wanted_room = room
+        self.outbox: deque[str] = deque()
+        self.protocol: ChatClientProtocol | None = None
+        self.quitting = False
+        self.ever_connected = False
+        self.welcomed = False
+        self.heartbeat_interval = 10.0
+        self.heartbeat_timeout = 30.0
+        self.closed: defer.Deferred[None] = defer.Deferred()
+        self._ready_waiters: list[defer.Deferred[None]] = []
+
+    def when_ready(self) -> defer.Deferred[None]:
+        """Fires once a connection is greeted and restored (at once if one is now)."""
+        if self.protocol is not None and self.protocol.ready.called:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._ready_waiters.append(d)
+        return d
+
+    def _now_ready(self) -> None:
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            if not d.called:
+                d.callback(None)
+
+    # -- sending -----------------------------------------------------------------------
+
+    def send(self, line: str) -> None:
+        """Send now if connected, otherwise when the next connection is ready."""
+        line = line.replace("\r", "").replace("\n", " ")
+        if self.protocol is not None and self.protocol.ready.called:
+            self.protocol.send(line)
+        else:
+            self.outbox.append(line)
+
+    def quit(self, reason: str = "") -> None:
+        self.quitting = True
+        self.send(f"/quit {reason}".rstrip())
+
+    @property
+    def pending(self) -> int:
+        return len(self.outbox)
+
+    # -- server state ------------------------------------------------------------------
+
+    def _same(self, a: str | None, b: str | None) -> bool:
+        return a is not None and b is not None and skeleton(a) == skeleton(b)
+
+    def track(self, event: Event) -> None:
+        kind = event.get("type")
+        if kind == "welcome":
+            self.heartbeat_interval = float(event["heartbeat"]["interval"])
+            self.heartbeat_timeout = float(event["heartbeat"]["timeout"])
+            self.nick = event["nick"]
+        elif kind == "nick" and self._same(event.get("old"), self.nick):
+            self.nick = self.wanted_nick = event["new"]
+        elif kind == "join" and self._same(event.get("nick"), self.nick):
+            if not any(self._same(r, event["room"]) for r in self.rooms):
+                self.rooms.append(event["room"])
+        elif kind == "part" and self._same(event.get("nick"), self.nick):
+            self.rooms = [r for r in self.rooms if not self._same(r, event["room"])]
+        elif kind == "current":
+            self.current = event.get("room")
+
+    def restore_commands(self, welcome: Event) -> list[str]:
+        """The commands that bring a fresh connection back to the wanted state."""
+        commands: list[str] = []
+        if self.wanted_nick and not self._same(self.wanted_nick, welcome["nick"]):
+            commands.append(f"/nick {self.wanted_nick}")
+        if not self.ever_connected:
+            # First connection: accept the server's rooms, then add the one asked for.
+            self.rooms = list(welcome["rooms"])
+            self.current = welcome.get("current")
+            if self.wanted_room:
+                commands.append(f"/join {self.wanted_room}")
+            return commands
+        have = list(welcome["rooms"])
+        for room in self.rooms:
+            if not any(self._same(room, r) for r in have):
+                commands.append(f"/join {room}")
+        for room in have:
+            if not any(self._same(room, r) for r in self.rooms):
+                commands.append(f"/part {room}")
+        if self.current and (not commands or commands[-1] != f"/join {self.current}"):
+            commands.append(f"/join {self.current}")
+        return commands
+
+
+class ChatClientProtocol(LineReceiver):
+    """One connection: switch to JSON, restore the session, keep the heartbeat."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1 << 20
+    log = Logger()
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        self.clock = session.clock
+        # Fires at the server's welcome; never fails (a lost connection just never fires
+        # it: the session's waiters wait for the next connection instead).
+        self.ready: defer.Deferred[ChatClientProtocol] = defer.Deferred()
+        self.last_heard = self.clock.seconds()
+        self._beats = 0
+        self._heartbeat: task.LoopingCall | None = None
+        self._welcome_timer: IDelayedCall | None = None
+        self._nick_retry: IDelayedCall | None = None
+        self._nick_attempts = 0
+        self._restoring_nick: str | None = None
+        self._reconnected = False
+
+    def connectionMade(self) -> None:
+        self.session.protocol = self
+        self.last_heard = self.clock.seconds()
+        self.send("/format json")
+        self._welcome_timer = self.clock.callLater(WELCOME_WAIT, self._no_welcome)
+
+    def send(self, line: str) -> None:
+        self.sendLine(line.encode("utf-8"))
+
+    def sendLine(self, line: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(line + b"\n")
+
+    def lineReceived(self, line: bytes) -> None:
+        self.last_heard = self.clock.seconds()
+        line = line.rstrip(b"\r")
+        if not line.startswith(b"{"):
+            return  # the text greeting sent before our /format json took effect
+        try:
+            event = json.loads(line)
+        except ValueError:
+            self.log.warn("unparseable line from server: {line!r}", line=line[:200])
+            return
+        if not isinstance(event, dict) or "type" not in event:
+            return
+        if not self.ready.called and event["type"] != "welcome":
+            return
+        self._handle(event)
+
+    def _handle(self, event: Event) -> None:
+        session = self.session
+        kind = event["type"]
+        if kind == "welcome" and not self.ready.called:
+            self._welcomed(event)
+            return
+        if kind == "pong" and str(event.get("token", "")).startswith(HEARTBEAT_PREFIX):
+            return
+        if self._restoring_nick and str(event.get("code", "")).startswith("nick-"):
+            if event["code"] == "nick-taken" and self._reconnected:
+                self._retry_nick()
+                return
+            # The nickname asked for on the command line is not available: say why and
+            # carry on with the one the server gave us.
+            self._restoring_nick = None
+            session.wanted_nick = None
+        if (
+            kind == "nick"
+            and self._restoring_nick
+            and session._same(event.get("new"), self._restoring_nick)
+        ):
+            self._restoring_nick = None
+        session.track(event)
+        session.on_event(event)
+
+    def _welcomed(self, welcome: Event) -> None:
+        session = self.session
+        if self._welcome_timer is not None and self._welcome_timer.active():
+            self._welcome_timer.cancel()
+        session.track(welcome)
+        first = not session.ever_connected
+        self._reconnected = not first
+        commands = session.restore_commands(welcome)
+        if session.wanted_nick and not session._same(session.wanted_nick, welcome["nick"]):
+            self._restoring_nick = session.wanted_nick
+        session.ever_connected = True
+        for command in commands:
+            self.send(command)
+        self._heartbeat = task.LoopingCall(self._beat)
+        self._heartbeat.clock = self.clock
+        self._heartbeat.start(session.heartbeat_interval, now=False)
+        session.on_event(welcome | {"restored": not first})
+        self.ready.callback(self)
+        while session.outbox and self.transport is not None:
+            self.send(session.outbox.popleft())
+        session._now_ready()
+
+    def _retry_nick(self) -> None:
+        """Our old connection may still hold the nickname until the server times it out."""
+        self._nick_attempts += 1
+        wait = max(1.0, min(5.0, self.session.heartbeat_timeout / 4))
+        if self._nick_attempts * wait > self.session.heartbeat_timeout * 2:
+            self.session.on_status(f"could not get back the nickname {self._restoring_nick}")
+            self._restoring_nick = None
+            return
+        if self._nick_attempts == 1:
+            self.session.on_status(
+                f"the nickname {self._restoring_nick} is still held by the old connection; retrying"
+            )
+        self._nick_retry = self.clock.callLater(wait, self._ask_nick)
+
+    def _ask_nick(self) -> None:
+        self._nick_retry = None
+        if self._restoring_nick:
+            self.send(f"/nick {self._restoring_nick}")
+
+    def _beat(self) -> None:
+        silent = self.clock.seconds() - self.last_heard
+        if silent > self.session.heartbeat_timeout:
+            self.session.on_status(f"no answer from the server for {silent:.0f} s; reconnecting")
+            self._abort()
+            return
+        self._beats += 1
+        self.send(f"/ping {HEARTBEAT_PREFIX}{self._beats}")
+
+    def _no_welcome(self) -> None:
+        self._welcome_timer = None
+        self.session.on_status("the server did not greet us; reconnecting")
+        self._abort()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+            abort()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for call in (self._welcome_timer, self._nick_retry):
+            if call is not None and call.active():
+                call.cancel()
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        session = self.session
+        if session.protocol is self:
+            session.protocol = None
+        if session.quitting:
+            if not session.closed.called:
+                session.closed.callback(None)
+        elif self.ready.called:
+            session.on_status(f"connection lost ({reason.getErrorMessage()}); reconnecting")
+
+
+class ChatClientFactory(Factory):
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+
+    def buildProtocol(self, addr: object) -> ChatClientProtocol:
+        protocol = ChatClientProtocol(self.session)
+        protocol.factory = self
+        return protocol

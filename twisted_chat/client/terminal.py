@@ -1,0 +1,111 @@
+"""The interactive terminal: a prompt_toolkit line editor on Twisted's asyncio reactor.
+
+Incoming lines are printed above the prompt (``patch_stdout``), so what the user is typing
+is never garbled; the prompt shows the current room and nickname.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.shortcuts import print_formatted_text
+from prompt_toolkit.styles import Style
+from twisted.internet import defer
+
+from twisted_chat.client.app import ClientApp
+from twisted_chat.client.render import Fragments, render
+from twisted_chat.sanitize import clean_text
+
+STYLE = Style.from_dict(
+    {
+        "time": "ansibrightblack",
+        "room": "ansibrightblack",
+        "system": "ansiyellow",
+        "status": "ansibrightred",
+        "private": "ansimagenta bold",
+        "error": "ansired bold",
+        "prompt": "bold",
+    }
+)
+
+
+class Terminal:
+    def __init__(self, app: ClientApp) -> None:
+        self.app = app
+        self.prompt_session: PromptSession[str] = PromptSession()
+        app.interactive = True
+        app.on_output(self.show_event)
+        app.on_status(self.show_status)
+
+    def prompt(self) -> FormattedText:
+        s = self.app.session
+        room = clean_text(s.current or "-")
+        nick = clean_text(s.nick or s.wanted_nick or "?")
+        state = "" if s.protocol is not None else " (offline)"
+        return FormattedText([("class:prompt", f"[{room}] {nick}{state}> ")])
+
+    def _print(self, fragments: Fragments) -> None:
+        print_formatted_text(FormattedText(fragments), style=STYLE)
+        app = self.prompt_session.app
+        if app.is_running:
+            app.invalidate()
+
+    def show_event(self, event: dict[str, Any], me: str | None) -> None:
+        fragments = render(event, me)
+        if fragments is not None:
+            self._print(fragments)
+        elif self.prompt_session.app.is_running:
+            self.prompt_session.app.invalidate()
+
+    def show_status(self, text: str) -> None:
+        self._print([("class:time", time.strftime("%H:%M ")), ("class:status", f"** {text}")])
+
+    def echo(self, line: str) -> None:
+        """Show our own message: the server does not send it back to us."""
+        if line.startswith("/me "):
+            kind, text = "action", line[4:]
+        elif line.startswith("//") or not line.startswith("/"):
+            kind, text = "message", line[1:] if line.startswith("//") else line
+        else:
+            return
+        s = self.app.session
+        event = {
+            "type": kind,
+            "ts": time.time(),
+            "room": s.current or "-",
+            "nick": s.nick or "?",
+            "text": text,
+        }
+        fragments = render(event, s.nick)
+        if fragments is not None:
+            self._print(fragments)
+
+    async def run(self) -> None:
+        with patch_stdout(raw=True):
+            while True:
+                try:
+                    line = await self.prompt_session.prompt_async(self.prompt)
+                except (EOFError, KeyboardInterrupt):
+                    break
+                line = line.rstrip()
+                if not line.strip():
+                    continue
+                if line.split(" ", 1)[0].lower() == "/quit":
+                    self.app.session.quit(line[5:].strip())
+                    break
+                self.echo(line)
+                self.app.session.send(line)
+
+
+async def run_terminal(app: ClientApp) -> None:
+    """Runs under Twisted: the prompt loop is an asyncio task, awaited as a Deferred."""
+    terminal = Terminal(app)
+    app.start()
+    await defer.Deferred.fromFuture(asyncio.ensure_future(terminal.run()))
+    terminal.show_status("leaving")
+    await app.stop()
