@@ -95,6 +95,7 @@ class ProtocolHarness:
         self.clock = task.Clock()
         self.service = ChatService(self.clock, HeartbeatPolicy(**policy), max_line=max_line)
         self.factory = ChatFactory(self.service, self.clock, max_line=max_line)
+        self.factory.send_queue = 1 << 20
         self._ports = iter(range(40000, 50000))
 
     def connect(self, nick: str | None = None) -> Connection:

@@ -259,3 +259,37 @@ def test_format_without_argument_is_bad_arguments():
     alice = h.connect("alice")
     alice.send(b"/format\n")
     assert alice.new_lines()[0].startswith("!!! bad-arguments: usage: /format json|text")
+
+
+def test_member_that_stops_reading_is_dropped_when_its_send_queue_overflows():
+    h = ProtocolHarness(max_line=2048)
+    h.factory.send_queue = 8192
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    carol = h.connect("carol")
+    bob.protocol.gate.pauseProducing()  # what the transport does when bob stops reading
+    line = b"x" * 1000 + b"\n"
+    alice.send(line * 5)
+    assert bob.protocol.queued > 0 and bob.protocol.member is not None
+    assert bob.protocol.member.present  # a short stall is fine
+    alice.send(line * 5)
+    assert not bob.protocol.member.present
+    lines = carol.new_lines()
+    assert "*** [#lobby] bob lost connection (send queue exceeded (not reading))" in lines
+    assert sum(1 for x in lines if x.startswith("[#lobby] <alice>")) == 10  # carol got all
+
+
+def test_queued_output_is_flushed_in_order_when_the_reader_catches_up():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    bob.protocol.gate.pauseProducing()
+    alice.send(b"one\ntwo\nthree\n")
+    assert bob.new_lines() == []
+    bob.protocol.gate.resumeProducing()
+    assert bob.new_lines() == [
+        "[#lobby] <alice> one",
+        "[#lobby] <alice> two",
+        "[#lobby] <alice> three",
+    ]
+    assert bob.protocol.queued == 0

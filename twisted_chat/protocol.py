@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+from collections import deque
+from typing import cast
 
 from twisted.internet import error as ierror
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -26,6 +28,7 @@ from twisted_chat.interfaces import IParticipant
 from twisted_chat.service import ChatService, Member
 
 CLOSE_GRACE = 1.0
+DEFAULT_SEND_QUEUE = 256 * 1024
 
 
 class LineTooLongError(ChatError):
@@ -45,13 +48,41 @@ class Session(enum.Enum):
     CLOSED = "closed"
 
 
+@implementer(IPushProducer)
+class OutputGate:
+    """Registered with the transport so it tells us when its buffer is full.
+
+    While paused, the protocol keeps output in its own queue, bounded by the send-queue
+    limit; a member that lets it overflow is not reading and is disconnected.
+    """
+
+    def __init__(self, protocol: ChatLineProtocol) -> None:
+        self.protocol = protocol
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.protocol.flush_queue()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
 @implementer(IParticipant)
 class ChatLineProtocol(LineReceiver):
     log = Logger()
     delimiter = b"\n"
 
     def __init__(
-        self, service: ChatService, dispatcher: Dispatcher, clock: IReactorTime, max_line: int
+        self,
+        service: ChatService,
+        dispatcher: Dispatcher,
+        clock: IReactorTime,
+        max_line: int,
+        send_queue: int = DEFAULT_SEND_QUEUE,
     ) -> None:
         self.service = service
         self.dispatcher = dispatcher
@@ -64,6 +95,10 @@ class ChatLineProtocol(LineReceiver):
         self.member: Member | None = None
         self.peer = "?"
         self._abort_call: IDelayedCall | None = None
+        self.send_queue_limit = send_queue
+        self.gate = OutputGate(self)
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
 
     # -- connection --------------------------------------------------------------------
 
@@ -73,6 +108,8 @@ class ChatLineProtocol(LineReceiver):
         peer = transport.getPeer()
         host = getattr(peer, "host", None)
         self.peer = f"{host}:{getattr(peer, 'port', '')}" if host is not None else "unix socket"
+        if IConsumer.providedBy(transport):
+            cast(IConsumer, transport).registerProducer(self.gate, True)
         set_nodelay = getattr(transport, "setTcpNoDelay", None)
         if set_nodelay is not None:
             with contextlib.suppress(OSError):  # not a TCP socket: nothing to tune
@@ -128,8 +165,25 @@ class ChatLineProtocol(LineReceiver):
     # -- IParticipant ------------------------------------------------------------------
 
     def deliver(self, event: Event) -> None:
-        if self.state is Session.OPEN and self.transport is not None:
-            self.transport.write(event.encode(self.format))
+        if self.state is not Session.OPEN or self.transport is None:
+            return
+        data = event.encode(self.format)
+        if not self.gate.paused and not self.queue:
+            self.transport.write(data)
+            return
+        self.queue.append(data)
+        self.queued += len(data)
+        if self.queued > self.send_queue_limit and self.member is not None:
+            self.queue.clear()
+            self.queued = 0
+            self.service.drop(self.member, "send queue exceeded (not reading)")
+
+    def flush_queue(self) -> None:
+        """The transport has room again: hand it what waited, until it is full again."""
+        while self.queue and not self.gate.paused and self.transport is not None:
+            data = self.queue.popleft()
+            self.queued -= len(data)
+            self.transport.write(data)
 
     def set_format(self, fmt: Format) -> None:
         self.format = fmt
@@ -166,13 +220,22 @@ class ChatFactory(ServerFactory):
 
     protocol = ChatLineProtocol
 
-    def __init__(self, service: ChatService, clock: IReactorTime, max_line: int = 2048) -> None:
+    def __init__(
+        self,
+        service: ChatService,
+        clock: IReactorTime,
+        max_line: int = 2048,
+        send_queue: int = DEFAULT_SEND_QUEUE,
+    ) -> None:
         self.service = service
         self.dispatcher = Dispatcher(service)
         self.clock = clock
         self.max_line = max_line
+        self.send_queue = send_queue
 
     def buildProtocol(self, addr: object) -> ChatLineProtocol:
-        proto = ChatLineProtocol(self.service, self.dispatcher, self.clock, self.max_line)
+        proto = ChatLineProtocol(
+            self.service, self.dispatcher, self.clock, self.max_line, self.send_queue
+        )
         proto.factory = self
         return proto

@@ -59,6 +59,24 @@ def _line_limit(value: str) -> int:
 _line_limit.coerceDoc = "Bytes, 64 to 1048576."  # type: ignore[attr-defined]
 
 
+def _size(value: str) -> int:
+    """Bytes, with an optional K or M suffix (KiB, MiB)."""
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
+    try:
+        number = int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise OptionError(
+            f"--send-queue must be a size such as 262144 or 256K, not {value!r}"
+        ) from None
+    if number < 4096:
+        raise OptionError("--send-queue must be at least 4096 bytes")
+    return number
+
+
+_size.coerceDoc = "Bytes; K and M suffixes allowed; at least 4K."  # type: ignore[attr-defined]
+
+
 def endpoint_description(port: str) -> str:
     """A bare port number means TCP on every IPv4 interface; anything else is passed on."""
     port = port.strip()
@@ -118,6 +136,14 @@ class Options(usage.Options):
             2048,
             "Longest accepted line, in bytes; longer lines are refused.",
             _line_limit,
+        ],
+        [
+            "send-queue",
+            None,
+            262144,
+            "Output a client may leave unread (beyond the 64 KiB Twisted buffers itself) "
+            "before it is disconnected as not reading.",
+            _size,
         ],
         [
             "port-file",
@@ -272,7 +298,9 @@ def makeService(options: Options) -> service.MultiService:
     top = service.MultiService()
     chat = ChatService(clock, policy, max_line=options["max-line"])
     chat.setServiceParent(top)
-    factory = ChatFactory(chat, clock, max_line=options["max-line"])
+    factory = ChatFactory(
+        chat, clock, max_line=options["max-line"], send_queue=options["send-queue"]
+    )
     listener = ListenerService(
         options["endpoint"], factory, options["endpoint-description"], options["port-file"], reactor
     )
