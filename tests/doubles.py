@@ -12,6 +12,7 @@ from zope.interface.verify import verifyObject
 
 from twisted_chat.events import Event, Format
 from twisted_chat.interfaces import IParticipant
+from twisted_chat.limits import InputLimits
 from twisted_chat.protocol import ChatFactory, ChatLineProtocol
 from twisted_chat.service import ChatService, HeartbeatPolicy, Member
 
@@ -91,10 +92,14 @@ def _addr(port: int) -> Any:
 
 
 class ProtocolHarness:
-    def __init__(self, max_line: int = 2048, **policy: Any) -> None:
+    def __init__(
+        self, max_line: int = 2048, limits: InputLimits | None = None, **policy: Any
+    ) -> None:
         self.clock = task.Clock()
-        self.service = ChatService(self.clock, HeartbeatPolicy(**policy), max_line=max_line)
-        self.factory = ChatFactory(self.service, self.clock, max_line=max_line)
+        self.service = ChatService(
+            self.clock, HeartbeatPolicy(**policy), max_line=max_line, limits=limits
+        )
+        self.factory = ChatFactory(self.service, self.clock, max_line=max_line, limits=limits)
         self.factory.send_queue = 1 << 20
         self._ports = iter(range(40000, 50000))
 

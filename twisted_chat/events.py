@@ -72,6 +72,7 @@ class Welcome(Event):
     max_line: int
     version: str
     format: Format
+    limits: dict[str, float] | None = None
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -85,6 +86,7 @@ class Welcome(Event):
                 "warning": self.idle_warning,
             },
             "max_line": self.max_line,
+            "limits": self.limits,
             "server": "groupchat",
             "version": self.version,
             "format": self.format.value,

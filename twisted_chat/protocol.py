@@ -23,8 +23,9 @@ from zope.interface import implementer
 from twisted_chat.commands import Dispatcher
 from twisted_chat.errors import ChatError
 from twisted_chat.events import Event, Format
-from twisted_chat.framing import LineFramer, TelnetFilter
+from twisted_chat.framing import LineFramer, LineTooLong, TelnetFilter
 from twisted_chat.interfaces import IParticipant
+from twisted_chat.limits import InputLimits, TokenBucket
 from twisted_chat.service import ChatService, Member
 
 CLOSE_GRACE = 1.0
@@ -83,6 +84,7 @@ class ChatLineProtocol(LineReceiver):
         clock: IReactorTime,
         max_line: int,
         send_queue: int = DEFAULT_SEND_QUEUE,
+        limits: InputLimits | None = None,
     ) -> None:
         self.service = service
         self.dispatcher = dispatcher
@@ -96,6 +98,14 @@ class ChatLineProtocol(LineReceiver):
         self.peer = "?"
         self._abort_call: IDelayedCall | None = None
         self.send_queue_limit = send_queue
+        self.limits = limits
+        now = clock.seconds()
+        self.lines = TokenBucket(limits.rate, limits.burst, now) if limits else None
+        self.bytes = TokenBucket(limits.byte_rate, limits.byte_burst, now) if limits else None
+        self.pending: deque[bytes | LineTooLong] = deque()
+        self.throttled_since: float | None = None
+        self._reading_paused = False
+        self._resume_call: IDelayedCall | None = None
         self.gate = OutputGate(self)
         self.queue: deque[bytes] = deque()
         self.queued = 0
@@ -119,9 +129,11 @@ class ChatLineProtocol(LineReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.state = Session.CLOSED
-        if self._abort_call is not None and self._abort_call.active():
-            self._abort_call.cancel()
-        self._abort_call = None
+        for call in (self._abort_call, self._resume_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._abort_call = self._resume_call = None
+        self.pending.clear()
         if self.member is not None:
             self.service.connection_lost(self.member, _describe(reason))
 
@@ -133,13 +145,63 @@ class ChatLineProtocol(LineReceiver):
         if self.telnet.replies and self.transport is not None:
             self.transport.write(bytes(self.telnet.replies))
             self.telnet.replies.clear()
-        for item in self.framer.feed(data):
+        self.pending.extend(self.framer.feed(data))
+        self._drain()
+
+    def _drain(self) -> None:
+        """Act on pending lines as fast as the input limits allow; pause reading if not."""
+        self._resume_call = None
+        now = self.clock.seconds()
+        while self.pending:
             if self.state is not Session.OPEN:
+                self.pending.clear()
                 return
+            item = self.pending[0]
+            if self.limits is not None:
+                wait = self._admit(item, now)
+                if wait > 0:
+                    self._throttle(now, wait)
+                    return
+            self.pending.popleft()
             if isinstance(item, bytes):
                 self.lineReceived(item)
             else:
                 self.lineLengthExceeded(b"")
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            cast(IPushProducer, self.transport).resumeProducing()
+
+    def _admit(self, item: bytes | LineTooLong, now: float) -> float:
+        """0 and the tokens taken when ``item`` may go now, else the seconds to wait."""
+        assert self.limits is not None and self.lines is not None and self.bytes is not None
+        size = len(item) + 1 if isinstance(item, bytes) else self.MAX_LENGTH
+        heartbeat = isinstance(item, bytes) and item[:5].lower() == b"/ping"
+        wait = max(0.0 if heartbeat else self.lines.wait(now), self.bytes.wait(now, size))
+        if wait > 0:
+            return wait
+        if not heartbeat:
+            self.lines.take(now)
+        self.bytes.take(now, size)
+        if self.lines.tokens >= 1 and self.bytes.tokens >= self.MAX_LENGTH:
+            self.throttled_since = None  # it has slowed down: not flooding
+        return 0.0
+
+    def _throttle(self, now: float, wait: float) -> None:
+        assert self.limits is not None and self.member is not None
+        if self.throttled_since is None:
+            self.throttled_since = now
+        elif now - self.throttled_since > self.limits.flood_timeout:
+            self.pending.clear()
+            self.service.drop(
+                self.member,
+                f"flooding (over {self.limits.rate:g} lines/s for {self.limits.flood_timeout:g} s)",
+            )
+            return
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            cast(IPushProducer, self.transport).pauseProducing()
+        self.service.touch(self.member)  # it is sending, just too fast: alive
+        self._resume_call = self.clock.callLater(max(wait, 0.001), self._drain)
 
     def lineReceived(self, line: bytes) -> None:
         assert self.member is not None
@@ -226,16 +288,18 @@ class ChatFactory(ServerFactory):
         clock: IReactorTime,
         max_line: int = 2048,
         send_queue: int = DEFAULT_SEND_QUEUE,
+        limits: InputLimits | None = None,
     ) -> None:
         self.service = service
         self.dispatcher = Dispatcher(service)
         self.clock = clock
         self.max_line = max_line
         self.send_queue = send_queue
+        self.limits = limits
 
     def buildProtocol(self, addr: object) -> ChatLineProtocol:
         proto = ChatLineProtocol(
-            self.service, self.dispatcher, self.clock, self.max_line, self.send_queue
+            self.service, self.dispatcher, self.clock, self.max_line, self.send_queue, self.limits
         )
         proto.factory = self
         return proto

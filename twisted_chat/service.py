@@ -50,6 +50,7 @@ from twisted_chat.events import (
     Welcome,
 )
 from twisted_chat.interfaces import IChatService, IParticipant
+from twisted_chat.limits import InputLimits
 from twisted_chat.names import LOBBY, room_key, skeleton, validate_nick, validate_room
 from twisted_chat.sanitize import clean_text
 
@@ -111,11 +112,13 @@ class ChatService(service.Service):
         heartbeat: HeartbeatPolicy | None = None,
         max_line: int = 2048,
         shutdown_grace: float = 3.0,
+        limits: InputLimits | None = None,
     ) -> None:
         self.clock = clock
         self.heartbeat = heartbeat or HeartbeatPolicy()
         self.max_line = max_line
         self.shutdown_grace = shutdown_grace
+        self.limits = limits  # enforced by the adapters; announced here
         self.members: dict[Member, None] = {}
         self.nicks: dict[str, Member] = {}
         self.rooms: dict[str, Room] = {room_key(LOBBY): Room(LOBBY)}
@@ -183,6 +186,14 @@ class ChatService(service.Service):
             max_line=self.max_line,
             version=__version__,
             format=member.fmt,
+            limits=None
+            if self.limits is None
+            else {
+                "rate": self.limits.rate,
+                "burst": self.limits.burst,
+                "byte_rate": self.limits.byte_rate,
+                "flood_timeout": self.limits.flood_timeout,
+            },
         )
 
     def _guest_nick(self) -> str:

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTi
 from twisted.logger import Logger
 from twisted.python import usage
 
+from twisted_chat.limits import InputLimits
 from twisted_chat.protocol import ChatFactory
 from twisted_chat.service import ChatService, HeartbeatPolicy
 
@@ -136,6 +137,34 @@ class Options(usage.Options):
             2048,
             "Longest accepted line, in bytes; longer lines are refused.",
             _line_limit,
+        ],
+        [
+            "rate",
+            None,
+            5.0,
+            "Lines per second one connection may send (/ping excepted); faster lines are delayed.",
+            _positive("rate"),
+        ],
+        [
+            "burst",
+            None,
+            10.0,
+            "Lines a connection may send at once before --rate applies.",
+            _positive("burst"),
+        ],
+        [
+            "byte-rate",
+            None,
+            16384.0,
+            "Bytes per second one connection may send (bursts of 4 seconds' worth).",
+            _positive("byte-rate"),
+        ],
+        [
+            "flood-timeout",
+            None,
+            60.0,
+            "A connection held at the rate limit this long is disconnected as flooding.",
+            _positive("flood-timeout"),
         ],
         [
             "send-queue",
@@ -295,11 +324,22 @@ def makeService(options: Options) -> service.MultiService:
         sweep=options["sweep-interval"],
         warning=options["idle-warning"],
     )
+    limits = InputLimits(
+        rate=options["rate"],
+        burst=options["burst"],
+        byte_rate=options["byte-rate"],
+        byte_burst=max(4 * options["byte-rate"], 2 * (options["max-line"] + 2)),
+        flood_timeout=options["flood-timeout"],
+    )
     top = service.MultiService()
-    chat = ChatService(clock, policy, max_line=options["max-line"])
+    chat = ChatService(clock, policy, max_line=options["max-line"], limits=limits)
     chat.setServiceParent(top)
     factory = ChatFactory(
-        chat, clock, max_line=options["max-line"], send_queue=options["send-queue"]
+        chat,
+        clock,
+        max_line=options["max-line"],
+        send_queue=options["send-queue"],
+        limits=limits,
     )
     listener = ListenerService(
         options["endpoint"], factory, options["endpoint-description"], options["port-file"], reactor
