@@ -228,12 +228,16 @@ def test_interactive_typing_survives_an_incoming_message(
     try:
         _read_pty(fd, screen, b"alice>")
         bob.expect("is now known as alice")
+        os.write(fd, b"discard me")
+        _read_pty(fd, screen, b"discard me")
+        os.write(fd, b"\x03")  # Ctrl-C on a half-typed line clears it, and stays
         os.write(fd, b"hello wor")
         _read_pty(fd, screen, b"hello wor")
         bob.say("interrupting you")
         _read_pty(fd, screen, b"interrupting you")
         os.write(fd, b"ld\r")
         bob.expect("[#lobby] <alice> hello world")  # the typed line arrived whole
+        assert bob.count("discard me") == 0
         os.write(fd, b"\x04")  # Ctrl-D: leave cleanly
         bob.expect("*** [#lobby] alice quit")
         deadline = time.monotonic() + 10
@@ -255,3 +259,32 @@ def test_interactive_typing_survives_an_incoming_message(
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         os.close(fd)
+
+
+def test_piped_mode_paces_a_long_input_under_the_rate_limit(
+    start_server: ServerFactory, connect: ClientFactory, clients: list[ListenProcess]
+) -> None:
+    server = start_server("--rate", "20", "--burst", "5", "--flood-timeout", "2")
+    bob = connect(server, "bob")
+    lines = b"".join(b"note %d\n" % i for i in range(60))  # 3 s at the limit: a flood
+    ci = spawn(clients, server, "--nick", "ci", "-q", stdin=lines)
+    assert ci.proc.wait(timeout=30) == 0
+    for i in range(60):
+        bob.expect(f"[#lobby] <ci> note {i}")
+    bob.expect("*** [#lobby] ci quit")
+    assert bob.count("flooding") == 0
+
+
+def test_piped_mode_exit_status_tells_refused_lines_and_bad_options(
+    start_server: ServerFactory, clients: list[ListenProcess]
+) -> None:
+    server = start_server()
+    too_long = spawn(clients, server, "-q", stdin=b"x" * 3000 + b"\nfine\n")
+    assert too_long.proc.wait(timeout=20) == 2
+    assert too_long.proc.stderr is not None
+    assert "line longer than 2048 bytes" in too_long.proc.stderr.read().decode()
+    bad_room = spawn(clients, server, "--room", "#bad room", stdin=b"hello\n")
+    assert bad_room.proc.wait(timeout=20) == 1
+    assert bad_room.proc.stderr is not None
+    err = bad_room.proc.stderr.read().decode().strip()
+    assert err.startswith("groupchat client:") and "room name" in err and len(err.splitlines()) == 1

@@ -170,7 +170,7 @@ def test_nickname_still_held_by_the_old_connection_is_retried():
     c.sent()
     c.receive(type="error", code="nick-taken", message="taken")
     assert not any(e["type"] == "error" for e in c.events)  # handled, not shown
-    assert any("still held" in s for s in c.status)
+    assert any("is taken (perhaps still by our previous connection" in s for s in c.status)
     c.clock.advance(5.0)
     assert "/nick alice" in c.sent()
     c.receive(type="nick", old="guest2", new="alice")
@@ -217,3 +217,49 @@ def test_connection_loss_cleans_up_timers():
     c.lose()
     assert c.clock.getDelayedCalls() == []
     assert any("connection lost" in s for s in c.status)
+
+
+def test_lines_are_paced_under_the_announced_rate():
+    c = Client()
+    c.connect()
+    c.receive(
+        type="welcome",
+        nick="guest1",
+        rooms=["#lobby"],
+        current="#lobby",
+        heartbeat={"interval": 10.0, "timeout": 30.0, "sweep": 1.0, "warning": 5.0},
+        limits={"rate": 5.0, "burst": 10.0, "byte_rate": 16384.0, "flood_timeout": 60.0},
+    )
+    c.sent()
+    for i in range(30):
+        c.session.send(f"line {i}")
+    assert len(c.sent()) == 8  # the burst, less what /format json and a margin used
+    times = []
+    for _ in range(100):
+        c.clock.advance(0.1)
+        times += [c.clock.seconds()] * len([x for x in c.sent() if x.startswith("line")])
+    assert len(times) == 22
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    assert 4.0 < rate <= 4.6  # 0.9 of the server's 5 lines/s
+    assert c.session.pending == 0
+
+
+def test_dead_server_is_noticed_within_a_second_of_the_timeout():
+    c = Client()
+    c.connect()
+    c.welcome(interval=10.0, timeout=30.0)
+    assert c.transport is not None
+    c.clock.pump([1.0] * 30)
+    assert not c.transport.disconnecting
+    c.clock.pump([1.0])
+    assert c.transport.disconnecting
+
+
+def test_format_is_refused_locally_because_the_client_needs_json():
+    c = Client()
+    c.connect()
+    c.welcome()
+    c.sent()
+    assert c.session.send("/format text") is False
+    assert c.sent() == []
+    assert any("/format" in s for s in c.status)

@@ -115,7 +115,7 @@ class ClientApp:
             return
         self._started = False
         session = self.session
-        if session.protocol is not None and not session.quitting:
+        if session.connected and not session.quitting:
             session.quit()
         if session.quitting and not session.closed.called:
             waiting = session.closed
@@ -142,8 +142,11 @@ class ClientApp:
         await reader.done
         session = self.session
         session.quit()
+        # Lines go out at the server's pace: allow for them on top of the timeout.
+        rate = float(session.limits["rate"]) * 0.9 if session.limits else 0.0
+        budget = timeout + (session.pending / rate if rate > 0 else 0.0)
         waiting = session.closed
-        waiting.addTimeout(timeout, self.reactor)
+        waiting.addTimeout(budget, self.reactor)
         with contextlib.suppress(defer.TimeoutError):
             await waiting
         left = session.pending
@@ -153,6 +156,12 @@ class ClientApp:
         if not delivered:
             self._error(f"the server went away before it had everything ({left} lines unsent)")
             return 1
+        if session.errors:
+            self._error(
+                f"delivered, but the server refused {session.errors} of our lines "
+                "(see the errors above)"
+            )
+            return 2
         return 0
 
     async def listen(self, timeout: float) -> int:
@@ -181,7 +190,7 @@ class StdinLines(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = 1 << 20
 
-    def __init__(self, send: Callable[[str], None]) -> None:
+    def __init__(self, send: Callable[[str], object]) -> None:
         self.send = send
         self.done: defer.Deferred[None] = defer.Deferred()
 

@@ -61,18 +61,34 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def postOptions(self) -> None:
+        from twisted_chat.errors import ChatError
+        from twisted_chat.names import validate_nick, validate_room
+
         if self["connect-timeout"] <= 0:
             raise usage.UsageError("--connect-timeout must be greater than 0")
+        try:
+            if self["nick"] is not None:
+                validate_nick(self["nick"])
+            if self["room"] is not None:
+                self["room"] = validate_room(self["room"])
+        except ChatError as e:
+            raise usage.UsageError(e.message) from None
 
 
 def client_endpoint(reactor: Any, server: str) -> Any:
     """HOST:PORT (IPv4 or IPv6, names resolved either way) or an endpoint description."""
     from twisted.internet import endpoints
 
-    match = re.fullmatch(r"\[?([^\[\]]*?)\]?:(\d+)", server.strip())
-    if match and not server.startswith(("tcp:", "tcp6:", "tls:", "ssl:", "unix:")):
-        return endpoints.HostnameEndpoint(reactor, match.group(1), int(match.group(2)))
-    return endpoints.clientFromString(reactor, server)
+    server = server.strip()
+    if server.startswith(("tcp:", "tcp6:", "tls:", "ssl:", "unix:")):
+        return endpoints.clientFromString(reactor, server)
+    match = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d+)", server)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ValueError(
+            "expected HOST:PORT (port 1 to 65535) or an endpoint description such as "
+            "tcp:HOST:PORT, tls:HOST:PORT or unix:PATH"
+        )
+    return endpoints.HostnameEndpoint(reactor, match.group(1), int(match.group(2)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,6 +126,7 @@ async def _run(reactor: Any, options: Options, interactive: bool) -> None:
         return
     printer = _printer(options)
     app.on_output(printer)
+    app.on_status(_status_printer(options))
     timeout = options["connect-timeout"]
     if options["listen"]:
         code = await app.listen(timeout)
@@ -123,6 +140,9 @@ def _printer(options: Options) -> Callable[[dict[str, Any], str | None], None]:
     from twisted_chat.client.render import message_line, plain, render
 
     def show(event: dict[str, Any], me: str | None) -> None:
+        room = options["room"]
+        if options["listen"] and room and event.get("room") not in (None, room):
+            return  # --listen --room: that room only (and private messages)
         if options["json"]:
             line: str | None = json.dumps(event, ensure_ascii=False)
         elif options["listen"]:
@@ -138,6 +158,20 @@ def _printer(options: Options) -> Callable[[dict[str, Any], str | None], None]:
             )
             stream.write(line + "\n")
             stream.flush()
+
+    return show
+
+
+def _status_printer(options: Options) -> Callable[[str], None]:
+    """Connection news: a JSON ``status`` event with --json, else a line on stderr."""
+
+    def show(text: str) -> None:
+        if options["json"]:
+            sys.stdout.write(json.dumps({"type": "status", "text": text}) + "\n")
+            sys.stdout.flush()
+        else:
+            sys.stderr.write(f"groupchat client: {text}\n")
+            sys.stderr.flush()
 
     return show
 

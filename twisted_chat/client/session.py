@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
+from twisted_chat.limits import TokenBucket
 from twisted_chat.names import skeleton
 
 Event = dict[str, Any]
@@ -57,6 +58,8 @@ class ClientSession:
         self.welcomed = False
         self.heartbeat_interval = 10.0
         self.heartbeat_timeout = 30.0
+        self.limits: dict[str, float] | None = None
+        self.errors = 0  # error events the server sent in answer to our lines
         self.closed: defer.Deferred[None] = defer.Deferred()
         self._ready_waiters: list[defer.Deferred[None]] = []
 
@@ -76,13 +79,23 @@ class ClientSession:
 
     # -- sending -----------------------------------------------------------------------
 
-    def send(self, line: str) -> None:
-        """Send now if connected, otherwise when the next connection is ready."""
+    def send(self, line: str) -> bool:
+        """Send now if connected, otherwise when the next connection is ready.
+
+        Returns False for a line the client will not send.
+        """
         line = line.replace("\r", "").replace("\n", " ")
+        if line.split(" ", 1)[0].lower() == "/format":
+            self.on_status("this client always uses the JSON rendering; /format is for telnet")
+            return False
+        self.outbox.append(line)
         if self.protocol is not None and self.protocol.ready.called:
-            self.protocol.send(line)
-        else:
-            self.outbox.append(line)
+            self.protocol.pump()
+        return True
+
+    @property
+    def connected(self) -> bool:
+        return self.protocol is not None and self.protocol.ready.called
 
     def quit(self, reason: str = "") -> None:
         self.quitting = True
@@ -102,6 +115,7 @@ class ClientSession:
         if kind == "welcome":
             self.heartbeat_interval = float(event["heartbeat"]["interval"])
             self.heartbeat_timeout = float(event["heartbeat"]["timeout"])
+            self.limits = event.get("limits")
             self.nick = event["nick"]
         elif kind == "nick" and self._same(event.get("old"), self.nick):
             self.nick = self.wanted_nick = event["new"]
@@ -112,6 +126,8 @@ class ClientSession:
             self.rooms = [r for r in self.rooms if not self._same(r, event["room"])]
         elif kind == "current":
             self.current = event.get("room")
+        elif kind == "error":
+            self.errors += 1
 
     def restore_commands(self, welcome: Event) -> list[str]:
         """The commands that bring a fresh connection back to the wanted state."""
@@ -158,6 +174,9 @@ class ChatClientProtocol(LineReceiver):
         self._nick_attempts = 0
         self._restoring_nick: str | None = None
         self._reconnected = False
+        self._last_ping = self.clock.seconds()
+        self._pump_call: IDelayedCall | None = None
+        self._pace: TokenBucket | None = None
 
     def connectionMade(self) -> None:
         self.session.protocol = self
@@ -224,16 +243,37 @@ class ChatClientProtocol(LineReceiver):
         if session.wanted_nick and not session._same(session.wanted_nick, welcome["nick"]):
             self._restoring_nick = session.wanted_nick
         session.ever_connected = True
-        for command in commands:
-            self.send(command)
+        session.outbox.extendleft(reversed(commands))  # restore first, then what waited
+        limits = session.limits
+        if limits:
+            # Stay just under the server's line rate so it never has to hold us back
+            # (and never mistakes a long paste for a flood); /format json used one token.
+            now = self.clock.seconds()
+            self._pace = TokenBucket(
+                0.9 * float(limits["rate"]), max(1.0, float(limits["burst"]) - 2), now
+            )
+        self._last_ping = self.clock.seconds()
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = self.clock
-        self._heartbeat.start(session.heartbeat_interval, now=False)
+        self._heartbeat.start(min(1.0, session.heartbeat_interval), now=False)
         session.on_event(welcome | {"restored": not first})
         self.ready.callback(self)
-        while session.outbox and self.transport is not None:
-            self.send(session.outbox.popleft())
+        self.pump()
         session._now_ready()
+
+    def pump(self) -> None:
+        """Send queued lines in order, no faster than the server's announced rate."""
+        self._pump_call = None
+        outbox = self.session.outbox
+        while outbox and self.transport is not None:
+            if self._pace is not None:
+                now = self.clock.seconds()
+                wait = self._pace.wait(now)
+                if wait > 0:
+                    self._pump_call = self.clock.callLater(max(wait, 0.001), self.pump)
+                    return
+                self._pace.take(now)
+            self.send(outbox.popleft())
 
     def _retry_nick(self) -> None:
         """Our old connection may still hold the nickname until the server times it out."""
@@ -245,7 +285,8 @@ class ChatClientProtocol(LineReceiver):
             return
         if self._nick_attempts == 1:
             self.session.on_status(
-                f"the nickname {self._restoring_nick} is still held by the old connection; retrying"
+                f"the nickname {self._restoring_nick} is taken (perhaps still by our previous "
+                "connection, until the server times it out); retrying"
             )
         self._nick_retry = self.clock.callLater(wait, self._ask_nick)
 
@@ -255,13 +296,17 @@ class ChatClientProtocol(LineReceiver):
             self.send(f"/nick {self._restoring_nick}")
 
     def _beat(self) -> None:
-        silent = self.clock.seconds() - self.last_heard
+        """Checked every second: ping once per interval; give up after the timeout."""
+        now = self.clock.seconds()
+        silent = now - self.last_heard
         if silent > self.session.heartbeat_timeout:
             self.session.on_status(f"no answer from the server for {silent:.0f} s; reconnecting")
             self._abort()
             return
-        self._beats += 1
-        self.send(f"/ping {HEARTBEAT_PREFIX}{self._beats}")
+        if now - self._last_ping >= self.session.heartbeat_interval - 1e-9:
+            self._last_ping = now
+            self._beats += 1
+            self.send(f"/ping {HEARTBEAT_PREFIX}{self._beats}")
 
     def _no_welcome(self) -> None:
         self._welcome_timer = None
@@ -274,7 +319,7 @@ class ChatClientProtocol(LineReceiver):
             abort()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        for call in (self._welcome_timer, self._nick_retry):
+        for call in (self._welcome_timer, self._nick_retry, self._pump_call):
             if call is not None and call.active():
                 call.cancel()
         if self._heartbeat is not None and self._heartbeat.running:

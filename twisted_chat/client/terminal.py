@@ -12,6 +12,7 @@ from typing import Any
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import print_formatted_text
 from prompt_toolkit.styles import Style
@@ -37,7 +38,7 @@ STYLE = Style.from_dict(
 class Terminal:
     def __init__(self, app: ClientApp) -> None:
         self.app = app
-        self.prompt_session: PromptSession[str] = PromptSession()
+        self.prompt_session: PromptSession[str] = PromptSession(key_bindings=_keys())
         app.interactive = True
         app.on_output(self.show_event)
         app.on_status(self.show_status)
@@ -98,8 +99,26 @@ class Terminal:
                 if line.split(" ", 1)[0].lower() == "/quit":
                     self.app.session.quit(line[5:].strip())
                     break
+                if not self.app.session.send(line):
+                    continue
                 self.echo(line)
-                self.app.session.send(line)
+                if not self.app.session.connected:
+                    self.show_status("not connected: this will be sent when the connection is back")
+
+
+def _keys() -> KeyBindings:
+    """Ctrl-C clears a half-typed line (as in a shell); on an empty line it leaves."""
+    keys = KeyBindings()
+
+    @keys.add("c-c")
+    def _(event: KeyPressEvent) -> None:
+        buffer = event.app.current_buffer
+        if buffer.text:
+            buffer.reset()
+        else:
+            event.app.exit(exception=KeyboardInterrupt())
+
+    return keys
 
 
 async def run_terminal(app: ClientApp) -> None:
