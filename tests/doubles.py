@@ -66,7 +66,9 @@ class Connection:
 
     def __init__(self, factory: ChatFactory, port: int) -> None:
         self.transport = StringTransport(peerAddress=_addr(port))
-        self.protocol: ChatLineProtocol = factory.buildProtocol(_addr(port))
+        protocol = factory.buildProtocol(_addr(port))
+        assert isinstance(protocol, ChatLineProtocol)
+        self.protocol = protocol
         self.protocol.makeConnection(self.transport)
         self._read = 0
 

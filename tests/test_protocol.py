@@ -293,3 +293,32 @@ def test_queued_output_is_flushed_in_order_when_the_reader_catches_up():
         "[#lobby] <alice> three",
     ]
     assert bob.protocol.queued == 0
+
+
+def test_connections_over_the_limits_are_refused_with_a_reason():
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    h = ProtocolHarness()
+    h.factory.max_per_address = 2
+    h.factory.max_clients = 3
+    first, second = h.connect(), h.connect()  # both from 127.0.0.1
+
+    def attempt(host: str) -> StringTransport:
+        transport = StringTransport()
+        protocol = h.factory.buildProtocol(IPv4Address("TCP", host, 5000))
+        protocol.makeConnection(transport)
+        return transport
+
+    refused = attempt("127.0.0.1")
+    assert refused.value() == b"!!! refused: too many connections from your address (at most 2)\r\n"
+    assert refused.disconnecting
+    other = attempt("10.0.0.7")  # another address still gets in
+    assert b"Welcome to groupchat" in other.value()
+    full = attempt("10.0.0.8")
+    assert b"the server is full (3 connections)" in full.value()
+    first.protocol.connectionLost()
+    assert b"Welcome" in attempt("127.0.0.1").value()  # a freed slot is reusable
+    assert h.factory.total == 3 and h.factory.per_address["127.0.0.1"] == 2
+    second.protocol.connectionLost()
+    assert h.factory.per_address["127.0.0.1"] == 1

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections import deque
+from collections import Counter, deque
 from typing import cast
 
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
-from twisted.internet.protocol import ServerFactory, connectionDone
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -96,6 +96,7 @@ class ChatLineProtocol(LineReceiver):
         self.state = Session.OPEN
         self.member: Member | None = None
         self.peer = "?"
+        self.address: str | None = None  # counted against the factory's limits
         self._abort_call: IDelayedCall | None = None
         self.send_queue_limit = send_queue
         self.limits = limits
@@ -134,6 +135,9 @@ class ChatLineProtocol(LineReceiver):
                 call.cancel()
         self._abort_call = self._resume_call = None
         self.pending.clear()
+        if self.address is not None and isinstance(self.factory, ChatFactory):
+            self.factory.released(self.address)
+            self.address = None
         if self.member is not None:
             self.service.connection_lost(self.member, _describe(reason))
 
@@ -281,6 +285,7 @@ class ChatFactory(ServerFactory):
     """Holds the shared chat service; each connection gets a protocol bound to it."""
 
     protocol = ChatLineProtocol
+    log = Logger()
 
     def __init__(
         self,
@@ -297,9 +302,47 @@ class ChatFactory(ServerFactory):
         self.send_queue = send_queue
         self.limits = limits
 
-    def buildProtocol(self, addr: object) -> ChatLineProtocol:
+        self.max_clients: int | None = None
+        self.max_per_address: int | None = None
+        self.total = 0
+        self.per_address: Counter[str] = Counter()
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        host = str(getattr(addr, "host", "local"))
+        refusal = self._refusal(host)
+        if refusal is not None:
+            self.log.warn("refused {host}: {reason}", host=host, reason=refusal)
+            return Refusal(refusal)
         proto = ChatLineProtocol(
             self.service, self.dispatcher, self.clock, self.max_line, self.send_queue, self.limits
         )
         proto.factory = self
+        proto.address = host
+        self.total += 1
+        self.per_address[host] += 1
         return proto
+
+    def _refusal(self, host: str) -> str | None:
+        if self.max_clients is not None and self.total >= self.max_clients:
+            return f"the server is full ({self.max_clients} connections); try again later"
+        if self.max_per_address is not None and self.per_address[host] >= self.max_per_address:
+            return f"too many connections from your address (at most {self.max_per_address})"
+        return None
+
+    def released(self, host: str) -> None:
+        self.total -= 1
+        self.per_address[host] -= 1
+        if self.per_address[host] <= 0:
+            del self.per_address[host]
+
+
+class Refusal(Protocol):
+    """Says in one line why the connection is refused, then closes it."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(f"!!! refused: {self.reason}\r\n".encode())
+        self.transport.loseConnection()

@@ -167,6 +167,20 @@ class Options(usage.Options):
             _positive("flood-timeout"),
         ],
         [
+            "max-clients",
+            None,
+            10000,
+            "Connections accepted in total; more are refused with a one-line reason.",
+            int,
+        ],
+        [
+            "max-per-address",
+            None,
+            20,
+            "Connections accepted from one IP address; more are refused likewise.",
+            int,
+        ],
+        [
             "send-queue",
             None,
             262144,
@@ -184,6 +198,9 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        for name in ("max-clients", "max-per-address"):
+            if self[name] < 1:
+                raise OptionError(f"--{name} must be at least 1")
         if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
             raise OptionError(
                 "--heartbeat-timeout must be greater than --heartbeat-interval "
@@ -341,6 +358,8 @@ def makeService(options: Options) -> service.MultiService:
         send_queue=options["send-queue"],
         limits=limits,
     )
+    factory.max_clients = options["max-clients"]
+    factory.max_per_address = options["max-per-address"]
     listener = ListenerService(
         options["endpoint"], factory, options["endpoint-description"], options["port-file"], reactor
     )

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from twisted_chat.limits import TokenBucket
 from twisted_chat.names import skeleton
+from twisted_chat.sanitize import clean_text
 
 Event = dict[str, Any]
 WELCOME_WAIT = 10.0
@@ -195,7 +196,10 @@ class ChatClientProtocol(LineReceiver):
         self.last_heard = self.clock.seconds()
         line = line.rstrip(b"\r")
         if not line.startswith(b"{"):
-            return  # the text greeting sent before our /format json took effect
+            if line.startswith(b"!!! refused:"):  # the server turned the connection away
+                reason = clean_text(line[12:].decode("utf-8", "replace")).strip()
+                self.session.on_status(f"refused by the server: {reason}")
+            return  # otherwise the text greeting, sent before /format json took effect
         try:
             event = json.loads(line)
         except ValueError:
