@@ -288,3 +288,82 @@ def test_piped_mode_exit_status_tells_refused_lines_and_bad_options(
     assert bad_room.proc.stderr is not None
     err = bad_room.proc.stderr.read().decode().strip()
     assert err.startswith("groupchat client:") and "room name" in err and len(err.splitlines()) == 1
+
+
+def _make_certificate(folder: Path) -> tuple[Path, Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, and a trust folder holding it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path, trust = folder / "key.pem", folder / "cert.pem", folder / "trust"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    trust.mkdir()
+    (trust / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path, trust
+
+
+def test_tls_end_to_end_with_a_verified_certificate(
+    start_server: ServerFactory, clients: list[ListenProcess], tmp_path: Path
+) -> None:
+    key, cert, trust = _make_certificate(tmp_path)
+    server = start_server(port=f"ssl:0:privateKey={key}:certKey={cert}:interface={HOST}")
+    listener = spawn_raw(
+        clients,
+        ["--server", f"tls:localhost:{server.port}:trustRoots={trust}", "--listen", "--json"],
+    )
+    listener.expect('"type": "welcome"', timeout=20)  # seated before anyone speaks
+    sender = spawn_raw(
+        clients,
+        ["--server", f"tls:localhost:{server.port}:trustRoots={trust}", "--nick", "secure"],
+        stdin=b"over tls\n",
+    )
+    assert sender.proc.wait(timeout=30) == 0
+    listener.expect('"text": "over tls"')
+    untrusted = spawn_raw(
+        clients,
+        ["--server", f"tls:localhost:{server.port}", "--connect-timeout", "3"],
+        stdin=b"should not go\n",
+    )
+    assert untrusted.proc.wait(timeout=30) == 1
+    assert untrusted.proc.stderr is not None
+    assert "cannot reach" in untrusted.proc.stderr.read().decode()
+
+
+def spawn_raw(
+    started: list[ListenProcess], args: list[str], stdin: bytes | None = None
+) -> ListenProcess:
+    client = ListenProcess([*CLIENT, *args], stdin=stdin)
+    started.append(client)
+    return client

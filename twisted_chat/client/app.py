@@ -134,10 +134,7 @@ class ClientApp:
         reader = StdinLines(self.session.send)
         stdio.StandardIO(reader, reactor=self.reactor)
         if not await self.connected(timeout):
-            self._error(
-                f"cannot reach {self.label} ({self.last_failure or 'no answer'}) "
-                f"within {timeout:g} s"
-            )
+            self._unreachable(timeout)
             return 1
         await reader.done
         session = self.session
@@ -167,14 +164,15 @@ class ClientApp:
     async def listen(self, timeout: float) -> int:
         self.start()
         if not await self.connected(timeout):
-            self._error(
-                f"cannot reach {self.label} ({self.last_failure or 'no answer'}) "
-                f"within {timeout:g} s"
-            )
+            self._unreachable(timeout)
             return 1
         forever: defer.Deferred[None] = defer.Deferred()
         await forever  # until SIGINT/SIGTERM stops the reactor (stop() then quits cleanly)
         return 0
+
+    def _unreachable(self, timeout: float) -> None:
+        why = self.last_failure or self.session.last_error or "no answer"
+        self._error(f"cannot reach {self.label} ({why}) within {timeout:g} s")
 
     def _error(self, message: str) -> None:
         import sys

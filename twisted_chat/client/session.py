@@ -61,6 +61,7 @@ class ClientSession:
         self.heartbeat_timeout = 30.0
         self.limits: dict[str, float] | None = None
         self.errors = 0  # error events the server sent in answer to our lines
+        self.last_error: str | None = None  # why the last connection ended before a welcome
         self.closed: defer.Deferred[None] = defer.Deferred()
         self._ready_waiters: list[defer.Deferred[None]] = []
 
@@ -331,6 +332,8 @@ class ChatClientProtocol(LineReceiver):
         session = self.session
         if session.protocol is self:
             session.protocol = None
+        if not self.ready.called:  # e.g. a TLS handshake that failed verification
+            session.last_error = reason.getErrorMessage()
         if session.quitting:
             if not session.closed.called:
                 session.closed.callback(None)
