@@ -216,7 +216,7 @@ def test_connection_loss_cleans_up_timers():
     c.welcome()
     c.lose()
     assert c.clock.getDelayedCalls() == []
-    assert any("connection lost" in s for s in c.status)
+    assert any("reconnecting" in s for s in c.status)
 
 
 def test_lines_are_paced_under_the_announced_rate():

@@ -142,3 +142,15 @@ def test_stop_service_gives_up_waiting_after_grace():
     assert not d.called
     h.clock.advance(h.service.shutdown_grace)
     assert d.called
+
+
+def test_a_stalled_server_reads_waiting_heartbeats_before_sweeping():
+    h = started(timeout=30.0, sweep=1.0)
+    alice, _ = h.add("alice")
+    h.clock.advance(1.0)
+    h.clock.advance(60.0)  # the whole process was stopped for a minute
+    assert alice.present  # the first sweep after the stall is skipped
+    h.service.touch(alice)  # the heartbeat that waited in the socket is read
+    h.clock.advance(1.0)
+    assert alice.present
+    h.service.stopService()

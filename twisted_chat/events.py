@@ -119,6 +119,23 @@ class _RoomText(Event):
 
 
 @dataclass(kw_only=True, eq=False, slots=True)
+class LoginNeeded(Event):
+    """Sent instead of the welcome when the server requires a login."""
+
+    type: ClassVar[str] = "login-required"
+    attempts: int
+
+    def payload(self) -> dict[str, Any]:
+        return {"attempts": self.attempts}
+
+    def text(self) -> str:
+        return (
+            "*** Welcome to groupchat. This server needs a login: /login NAME PASSWORD "
+            f"({self.attempts} attempts left; other commands: /format, /ping, /quit)"
+        )
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
 class Message(_RoomText):
     type: ClassVar[str] = "message"
 
@@ -317,6 +334,24 @@ class IdleWarning(Event):
         return (
             f"*** You have been silent for {_approx(self.idle)} s: send any line within "
             f"{_approx(self.remaining)} s to stay connected"
+        )
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class SlowDown(Event):
+    """Private: the member's lines are now delayed by the input rate limit."""
+
+    type: ClassVar[str] = "slow-down"
+    rate: float
+    waiting: int
+
+    def payload(self) -> dict[str, Any]:
+        return {"rate": self.rate, "waiting": self.waiting}
+
+    def text(self) -> str:
+        return (
+            f"*** Slow down: you are sending faster than {self.rate:g} lines/s; "
+            f"{self.waiting} lines are waiting and go out at that rate"
         )
 
 

@@ -12,6 +12,7 @@ import enum
 from collections import Counter, deque
 from typing import cast
 
+from twisted.internet import defer
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
@@ -20,12 +21,15 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_chat.auth import Authenticator, LoginFailed, LoginRequired
 from twisted_chat.commands import Dispatcher
-from twisted_chat.errors import ChatError
-from twisted_chat.events import Event, Format
+from twisted_chat.errors import ChatError, UnsupportedFormat
+from twisted_chat.events import Bye, Error, Event, Format, LoginNeeded, Pong, SlowDown
 from twisted_chat.framing import LineFramer, LineTooLong, TelnetFilter
 from twisted_chat.interfaces import IParticipant
 from twisted_chat.limits import InputLimits, TokenBucket
+from twisted_chat.names import validate_nick
+from twisted_chat.sanitize import clean_text
 from twisted_chat.service import ChatService, Member
 
 CLOSE_GRACE = 1.0
@@ -41,9 +45,11 @@ class InvalidUTF8(ChatError):
 
 
 class Session(enum.Enum):
-    """OPEN: lines are acted on.  CLOSING: the server is closing; input is ignored.
-    CLOSED: the connection is gone; output is dropped."""
+    """LOGIN: only /login, /format, /ping, /quit (when --auth is set).  OPEN: lines are
+    acted on.  CLOSING: the server is closing; input is ignored.  CLOSED: the connection
+    is gone; output is dropped."""
 
+    LOGIN = "login"
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
@@ -85,6 +91,7 @@ class ChatLineProtocol(LineReceiver):
         max_line: int,
         send_queue: int = DEFAULT_SEND_QUEUE,
         limits: InputLimits | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.service = service
         self.dispatcher = dispatcher
@@ -107,6 +114,10 @@ class ChatLineProtocol(LineReceiver):
         self.throttled_since: float | None = None
         self._reading_paused = False
         self._resume_call: IDelayedCall | None = None
+        self.authenticator = authenticator
+        self._attempts = 0
+        self._checking = False
+        self._login_call: IDelayedCall | None = None
         self.gate = OutputGate(self)
         self.queue: deque[bytes] = deque()
         self.queued = 0
@@ -125,15 +136,95 @@ class ChatLineProtocol(LineReceiver):
         if set_nodelay is not None:
             with contextlib.suppress(OSError):  # not a TCP socket: nothing to tune
                 set_nodelay(True)
+        if self.authenticator is not None:
+            self.state = Session.LOGIN
+            self._attempts = self.authenticator.attempts
+            timeout = self.service.heartbeat.timeout
+            self._login_call = self.clock.callLater(timeout, self._login_timeout, timeout)
+            self.log.info("connect {peer}, awaiting login", peer=self.peer)
+            self.deliver(LoginNeeded(ts=self.clock.seconds(), attempts=self._attempts))
+            return
         self.member = self.service.connect(self)
         self.log.info("connect {peer} as {nick}", peer=self.peer, nick=self.member.nick)
 
+    # -- login (only with --auth) ------------------------------------------------------
+
+    def _login_line(self, line: bytes) -> None:
+        text = line.decode("utf-8", errors="replace").strip()
+        command, _, rest = text.partition(" ")
+        command = command.lower()
+        now = self.clock.seconds()
+        if not text:
+            return
+        if command == "/login":
+            name, _, password = rest.strip().partition(" ")
+            if not name or not password:
+                self._tell(LoginRequired("usage: /login NAME PASSWORD"))
+                return
+            self._checking = True
+            d = defer.ensureDeferred(self._login(name, password))
+            d.addErrback(lambda f: self.log.failure("login failed unexpectedly", f))
+        elif command == "/format":
+            try:
+                self.format = Format(rest.strip().lower())
+            except ValueError:
+                self._tell(UnsupportedFormat("usage: /format json|text"))
+                return
+            self.deliver(LoginNeeded(ts=now, attempts=self._attempts))
+        elif command == "/ping":
+            self.deliver(Pong(ts=now, token=clean_text(rest)[:64]))
+        elif command == "/quit":
+            self.close(Bye(ts=now, reason="you quit"))
+        else:
+            self._tell(LoginRequired("log in first: /login NAME PASSWORD"))
+
+    async def _login(self, name: str, password: str) -> None:
+        assert self.authenticator is not None
+        try:
+            try:
+                login = await self.authenticator.check(name, password)
+            except LoginFailed as e:
+                self._attempts -= 1
+                self.log.info("failed login from {peer}", peer=self.peer)
+                if self._attempts <= 0:
+                    self.close(Bye(ts=self.clock.seconds(), reason="too many failed logins"))
+                else:
+                    self._tell(LoginFailed(f"{e.message} ({self._attempts} attempts left)"))
+                return
+            if self.state is not Session.LOGIN:
+                return  # the connection went away while the password was checked
+            try:
+                nick = validate_nick(login)
+            except ChatError as e:
+                self._tell(LoginFailed(f"this login cannot be used as a nickname: {e.message}"))
+                return
+            if self.service.nick_in_use(nick):
+                self._tell(LoginFailed(f"{nick} is already logged in"))
+                return
+            if self._login_call is not None and self._login_call.active():
+                self._login_call.cancel()
+            self.state = Session.OPEN
+            self.member = self.service.connect(self, login=nick)
+            self.log.info("login {peer} as {nick}", peer=self.peer, nick=nick)
+        finally:
+            self._checking = False
+            if self.state is not Session.CLOSED:
+                self._drain()
+
+    def _login_timeout(self, timeout: float) -> None:
+        self._login_call = None
+        if self.state is Session.LOGIN:
+            self.close(Bye(ts=self.clock.seconds(), reason=f"no login within {timeout:g} s"))
+
+    def _tell(self, error: ChatError) -> None:
+        self.deliver(Error(ts=self.clock.seconds(), code=error.code, message=error.message))
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.state = Session.CLOSED
-        for call in (self._abort_call, self._resume_call):
+        for call in (self._abort_call, self._resume_call, self._login_call):
             if call is not None and call.active():
                 call.cancel()
-        self._abort_call = self._resume_call = None
+        self._abort_call = self._resume_call = self._login_call = None
         self.pending.clear()
         if self.address is not None and isinstance(self.factory, ChatFactory):
             self.factory.released(self.address)
@@ -142,9 +233,10 @@ class ChatLineProtocol(LineReceiver):
             self.service.connection_lost(self.member, _describe(reason))
 
     def dataReceived(self, data: bytes) -> None:
-        if self.state is not Session.OPEN or self.member is None:
+        if self.state not in (Session.OPEN, Session.LOGIN):
             return
-        self.service.touch(self.member)
+        if self.member is not None:
+            self.service.touch(self.member)
         data = self.telnet.feed(data)
         if self.telnet.replies and self.transport is not None:
             self.transport.write(bytes(self.telnet.replies))
@@ -156,8 +248,8 @@ class ChatLineProtocol(LineReceiver):
         """Act on pending lines as fast as the input limits allow; pause reading if not."""
         self._resume_call = None
         now = self.clock.seconds()
-        while self.pending:
-            if self.state is not Session.OPEN:
+        while self.pending and not self._checking:
+            if self.state not in (Session.OPEN, Session.LOGIN):
                 self.pending.clear()
                 return
             item = self.pending[0]
@@ -167,7 +259,10 @@ class ChatLineProtocol(LineReceiver):
                     self._throttle(now, wait)
                     return
             self.pending.popleft()
-            if isinstance(item, bytes):
+            if self.state is Session.LOGIN:
+                if isinstance(item, bytes):
+                    self._login_line(item)
+            elif isinstance(item, bytes):
                 self.lineReceived(item)
             else:
                 self.lineLengthExceeded(b"")
@@ -191,20 +286,33 @@ class ChatLineProtocol(LineReceiver):
         return 0.0
 
     def _throttle(self, now: float, wait: float) -> None:
-        assert self.limits is not None and self.member is not None
+        assert self.limits is not None
+        limits = self.limits
+        backlog = len(self.pending) / limits.rate
         if self.throttled_since is None:
             self.throttled_since = now
-        elif now - self.throttled_since > self.limits.flood_timeout:
+            self.deliver(SlowDown(ts=now, rate=limits.rate, waiting=len(self.pending)))
+        if backlog > limits.flood_timeout or now - self.throttled_since > limits.flood_timeout:
+            if backlog > limits.flood_timeout:
+                reason = (
+                    f"flooding ({len(self.pending)} lines at once: over "
+                    f"{limits.flood_timeout:g} s of sending at {limits.rate:g} lines/s)"
+                )
+            else:
+                reason = (
+                    f"flooding (held at {limits.rate:g} lines/s for {limits.flood_timeout:g} s)"
+                )
             self.pending.clear()
-            self.service.drop(
-                self.member,
-                f"flooding (over {self.limits.rate:g} lines/s for {self.limits.flood_timeout:g} s)",
-            )
+            if self.member is not None:
+                self.service.drop(self.member, reason)
+            else:
+                self.close(Bye(ts=now, reason=reason))
             return
         if not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             cast(IPushProducer, self.transport).pauseProducing()
-        self.service.touch(self.member)  # it is sending, just too fast: alive
+        if self.member is not None:
+            self.service.touch(self.member)  # it is sending, just too fast: alive
         self._resume_call = self.clock.callLater(max(wait, 0.001), self._drain)
 
     def lineReceived(self, line: bytes) -> None:
@@ -231,7 +339,7 @@ class ChatLineProtocol(LineReceiver):
     # -- IParticipant ------------------------------------------------------------------
 
     def deliver(self, event: Event) -> None:
-        if self.state is not Session.OPEN or self.transport is None:
+        if self.state not in (Session.OPEN, Session.LOGIN) or self.transport is None:
             return
         data = event.encode(self.format)
         if not self.gate.paused and not self.queue:
@@ -255,7 +363,7 @@ class ChatLineProtocol(LineReceiver):
         self.format = fmt
 
     def close(self, final: Event | None) -> None:
-        if self.state is not Session.OPEN or self.transport is None:
+        if self.state not in (Session.OPEN, Session.LOGIN) or self.transport is None:
             return
         if final is not None:
             self.transport.write(final.encode(self.format))
@@ -301,6 +409,7 @@ class ChatFactory(ServerFactory):
         self.max_line = max_line
         self.send_queue = send_queue
         self.limits = limits
+        self.authenticator: Authenticator | None = None
 
         self.max_clients: int | None = None
         self.max_per_address: int | None = None
@@ -314,7 +423,13 @@ class ChatFactory(ServerFactory):
             self.log.warn("refused {host}: {reason}", host=host, reason=refusal)
             return Refusal(refusal)
         proto = ChatLineProtocol(
-            self.service, self.dispatcher, self.clock, self.max_line, self.send_queue, self.limits
+            self.service,
+            self.dispatcher,
+            self.clock,
+            self.max_line,
+            self.send_queue,
+            self.limits,
+            self.authenticator,
         )
         proto.factory = self
         proto.address = host

@@ -97,6 +97,7 @@ class Member:
     warned: bool = False
     present: bool = True
     fmt: Format = Format.TEXT
+    logged_in: bool = False
 
 
 @implementer(IChatService)
@@ -131,6 +132,7 @@ class ChatService(service.Service):
         self._drained: defer.Deferred[None] | None = None
         # Members whose connection the core asked to close and has not yet seen go.
         self._closing: set[Member] = set()
+        self._last_sweep: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -158,9 +160,19 @@ class ChatService(service.Service):
 
     # -- members -----------------------------------------------------------------------
 
-    def connect(self, participant: IParticipant) -> Member:
+    def nick_in_use(self, nick: str) -> bool:
+        return skeleton(nick) in self.nicks
+
+    def connect(self, participant: IParticipant, login: str | None = None) -> Member:
+        """Admit a participant under a guest nickname, or under its login name.
+
+        A logged-in member keeps its login name as its nickname: nobody else can take it.
+        """
         now = self.clock.seconds()
-        member = Member(participant=participant, nick=self._guest_nick(), last_seen=now)
+        nick = login if login is not None else self._guest_nick()
+        member = Member(
+            participant=participant, nick=nick, last_seen=now, logged_in=login is not None
+        )
         self.members[member] = None
         self.nicks[skeleton(member.nick)] = member
         self._activity[member] = None
@@ -214,6 +226,10 @@ class ChatService(service.Service):
         member.participant.deliver(self.welcome(member))
 
     def set_nick(self, member: Member, raw: str) -> None:
+        if member.logged_in:
+            raise NickReserved(
+                f"you are logged in as {member.nick}; your nickname is your login name"
+            )
         nick = validate_nick(raw)
         key = skeleton(nick)
         owner = self.nicks.get(key)
@@ -447,6 +463,12 @@ class ChatService(service.Service):
         try:
             now = self.clock.seconds()
             hb = self.heartbeat
+            last, self._last_sweep = self._last_sweep, now
+            if last is not None and now - last > hb.sweep + max(1.0, hb.sweep):
+                # The process itself was stopped (SIGSTOP, a suspended VM): everyone's
+                # heartbeats may be waiting unread in the sockets. Read them first.
+                self.log.warn("server stalled for {gap:.1f} s; skipping one sweep", gap=now - last)
+                return
             expired: list[Member] = []
             warn: list[Member] = []
             for member in self._activity:

@@ -85,7 +85,14 @@ class ClientApp:
             sink(text)
 
     def _connect_failed(self, failure: Failure) -> None:
-        self.last_failure = failure.getErrorMessage()
+        from twisted.internet import error
+
+        if failure.check(error.ConnectionRefusedError):
+            self.last_failure = "connection refused"
+        elif failure.check(error.DNSLookupError):
+            self.last_failure = "unknown host"
+        else:
+            self.last_failure = failure.getErrorMessage()
         # Before the first connection, scripts get one final line instead (see pipe()).
         if not self._outage_reported and (self.session.ever_connected or self.interactive):
             self._outage_reported = True
@@ -151,7 +158,10 @@ class ClientApp:
         self._started = False
         await self.service.stopService()
         if not delivered:
-            self._error(f"the server went away before it had everything ({left} lines unsent)")
+            self._error(
+                "no goodbye from the server in time: "
+                + (f"{left} lines were not sent" if left else "the last lines may not have arrived")
+            )
             return 1
         if session.errors:
             self._error(

@@ -167,7 +167,10 @@ def _status_printer(options: Options) -> Callable[[str], None]:
 
     def show(text: str) -> None:
         if options["json"]:
-            sys.stdout.write(json.dumps({"type": "status", "text": text}) + "\n")
+            import time
+
+            status = {"type": "status", "ts": round(time.time(), 3), "text": text}
+            sys.stdout.write(json.dumps(status) + "\n")
             sys.stdout.flush()
         else:
             sys.stderr.write(f"groupchat client: {text}\n")

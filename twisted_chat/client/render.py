@@ -109,6 +109,13 @@ def system_line(event: dict[str, Any]) -> str | None:
     if kind == "help":
         rows = [f"{_c(c.get('usage')):<24} {_c(c.get('help'))}" for c in event.get("commands", [])]
         return "commands:\n" + "\n".join("   " + r for r in rows)
+    if kind == "slow-down":
+        return (
+            f"slow down: over {_c(event.get('rate'))} lines/s; "
+            f"{_c(event.get('waiting'))} lines wait and go out at that rate"
+        )
+    if kind == "login-required":
+        return "this server needs a login: start the client with --nick and a password"
     if kind == "idle":
         return f"silent for {_c(event.get('idle'))} s: send something to stay connected"
     if kind in ("bye", "shutdown"):

@@ -176,6 +176,7 @@ class ChatClientProtocol(LineReceiver):
         self._nick_attempts = 0
         self._restoring_nick: str | None = None
         self._reconnected = False
+        self._aborted = False
         self._last_ping = self.clock.seconds()
         self._pump_call: IDelayedCall | None = None
         self._pace: TokenBucket | None = None
@@ -319,6 +320,7 @@ class ChatClientProtocol(LineReceiver):
         self._abort()
 
     def _abort(self) -> None:
+        self._aborted = True  # we said why already; connectionLost need not
         if self.transport is not None:
             abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
             abort()
@@ -337,8 +339,19 @@ class ChatClientProtocol(LineReceiver):
         if session.quitting:
             if not session.closed.called:
                 session.closed.callback(None)
-        elif self.ready.called:
-            session.on_status(f"connection lost ({reason.getErrorMessage()}); reconnecting")
+        elif self.ready.called and not self._aborted:
+            session.on_status(f"{_why_lost(reason)}; reconnecting")
+
+
+def _why_lost(reason: Failure) -> str:
+    """The end of a connection in words a user reads, not Twisted's exception text."""
+    from twisted.internet import error
+
+    if reason.check(error.ConnectionDone):
+        return "the server closed the connection"
+    if reason.check(error.ConnectionLost):
+        return "the connection dropped"
+    return f"connection lost ({reason.getErrorMessage()})"
 
 
 class ChatClientFactory(Factory):

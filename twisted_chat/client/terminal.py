@@ -38,7 +38,10 @@ STYLE = Style.from_dict(
 class Terminal:
     def __init__(self, app: ClientApp) -> None:
         self.app = app
-        self.prompt_session: PromptSession[str] = PromptSession(key_bindings=_keys())
+        # The typed line is erased on Enter: echo() shows it again, formatted like the rest.
+        self.prompt_session: PromptSession[str] = PromptSession(
+            key_bindings=_keys(), erase_when_done=True
+        )
         app.interactive = True
         app.on_output(self.show_event)
         app.on_status(self.show_status)
