@@ -367,3 +367,51 @@ def spawn_raw(
     client = ListenProcess([*CLIENT, *args], stdin=stdin)
     started.append(client)
     return client
+
+
+def test_login_with_a_password_file_and_refusals(
+    start_server: ServerFactory,
+    connect: ClientFactory,
+    clients: list[ListenProcess],
+    tmp_path: Path,
+) -> None:
+    users = tmp_path / "users.txt"
+    users.write_text("alice:secret1\nbob:hunter22\n")
+    server = start_server("--auth", f"file:{users}")
+    watcher = ChatClient.connect(server.port, "watcher")
+    watcher.expect("This server needs a login")
+    watcher.say("/login bob hunter22")
+    watcher.expect("*** Welcome to groupchat 0.1.0, bob!")
+    password = tmp_path / "alice.pw"
+    password.write_text("secret1\n")
+    alice = spawn(
+        clients,
+        server,
+        "--nick",
+        "alice",
+        "--password-file",
+        str(password),
+        "-q",
+        stdin=b"logged in and talking\n",
+    )
+    assert alice.proc.wait(timeout=20) == 0
+    watcher.expect("[#lobby] <alice> logged in and talking")
+    wrong = tmp_path / "wrong.pw"
+    wrong.write_text("guess\n")
+    refused = spawn(
+        clients,
+        server,
+        "--nick",
+        "alice",
+        "--password-file",
+        str(wrong),
+        stdin=b"should not arrive\n",
+    )
+    assert refused.proc.wait(timeout=20) == 1
+    assert refused.proc.stderr is not None
+    assert "login refused: wrong name or password" in refused.proc.stderr.read().decode()
+    anonymous = spawn(clients, server, stdin=b"nor this\n")
+    assert anonymous.proc.wait(timeout=20) == 1
+    watcher.barrier()
+    assert watcher.count("should not arrive") == 0 and watcher.count("nor this") == 0
+    watcher.close()

@@ -322,3 +322,64 @@ def test_connections_over_the_limits_are_refused_with_a_reason():
     assert h.factory.total == 3 and h.factory.per_address["127.0.0.1"] == 2
     second.protocol.connectionLost()
     assert h.factory.per_address["127.0.0.1"] == 1
+
+
+def _login_harness():
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+
+    from twisted_chat.auth import Authenticator
+
+    h = ProtocolHarness()
+    checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", bob=b"hunter2")
+    h.factory.authenticator = Authenticator([checker], attempts=3)
+    return h
+
+
+def test_login_required_then_admitted_under_the_login_name():
+    h = _login_harness()
+    conn = h.connect()
+    assert conn.output().startswith(b"*** Welcome to groupchat. This server needs a login")
+    conn.new_lines()
+    conn.send(b"hello\n/join #x\n")
+    assert [x.split(":")[0] for x in conn.new_lines()] == ["!!! login-required"] * 2
+    assert h.service.members == {}
+    conn.send(b"/login alice secret\n")
+    lines = conn.new_lines()
+    assert lines[0] == "*** Welcome to groupchat 0.1.0, alice! You are in #lobby."
+    conn.send(b"/nick mallory\n")
+    assert conn.new_lines()[0].startswith("!!! nick-reserved: you are logged in as alice")
+
+
+def test_wrong_password_does_not_reveal_the_name_and_attempts_are_limited():
+    h = _login_harness()
+    conn = h.connect()
+    conn.new_lines()
+    conn.send(b"/login alice nope\n/login nosuchuser nope\n")
+    assert conn.new_lines() == [
+        "!!! login-failed: wrong name or password (2 attempts left)",
+        "!!! login-failed: wrong name or password (1 attempt left)",
+    ]
+    conn.send(b"/login bob nope\n")
+    assert conn.new_lines() == ["*** Disconnected: too many failed logins"]
+    assert conn.transport.disconnecting
+
+
+def test_a_logged_in_name_cannot_be_taken_twice_or_by_a_guest():
+    h = _login_harness()
+    first = h.connect()
+    first.send(b"/login alice secret\n")
+    second = h.connect()
+    second.new_lines()
+    second.send(b"/login alice secret\n")
+    assert second.new_lines() == ["!!! login-failed: alice is already logged in"]
+
+
+def test_json_login_exchange_and_login_timeout():
+    h = _login_harness()
+    h.service.heartbeat = type(h.service.heartbeat)(timeout=5.0, interval=1.0)
+    conn = h.connect()
+    conn.new_lines()
+    conn.send(b"/format json\n")
+    assert conn.new_json() == [{"type": "login-required", "ts": 0.0, "attempts": 3}]
+    h.clock.advance(5.0)
+    assert conn.new_json()[0] == {"type": "bye", "ts": 5.0, "reason": "no login within 5 s"}

@@ -189,7 +189,8 @@ class ChatLineProtocol(LineReceiver):
                 if self._attempts <= 0:
                     self.close(Bye(ts=self.clock.seconds(), reason="too many failed logins"))
                 else:
-                    self._tell(LoginFailed(f"{e.message} ({self._attempts} attempts left)"))
+                    left = f"{self._attempts} attempt{'s' if self._attempts > 1 else ''} left"
+                    self._tell(LoginFailed(f"{e.message} ({left})"))
                 return
             if self.state is not Session.LOGIN:
                 return  # the connection went away while the password was checked

@@ -10,11 +10,14 @@ import os
 from typing import Any
 
 from twisted.application import service
+from twisted.cred import strcred
+from twisted.cred.credentials import IUsernamePassword
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
+from twisted_chat.auth import Authenticator
 from twisted_chat.limits import InputLimits
 from twisted_chat.protocol import ChatFactory
 from twisted_chat.service import ChatService, HeartbeatPolicy
@@ -33,17 +36,17 @@ class OptionError(SystemExit):
         self.message = message
 
 
-def _positive(name: str):  # type: ignore[no-untyped-def]
+def _positive(name: str, unit: str = "seconds"):  # type: ignore[no-untyped-def]
     def coerce(value: str) -> float:
         try:
             number = float(value)
         except ValueError:
-            raise OptionError(f"--{name} must be a number of seconds, not {value!r}") from None
+            raise OptionError(f"--{name} must be a number of {unit}, not {value!r}") from None
         if not number > 0 or number != number or number == float("inf"):
             raise OptionError(f"--{name} must be greater than 0")
         return number
 
-    coerce.coerceDoc = "Seconds, greater than 0."  # type: ignore[attr-defined]
+    coerce.coerceDoc = f"{unit.capitalize()}, greater than 0."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -88,7 +91,7 @@ def endpoint_description(port: str) -> str:
     return port
 
 
-class Options(usage.Options):
+class Options(usage.Options, strcred.AuthOptionMixin):
     synopsis = "[options]"
     longdesc = (
         "Run the groupchat server: a line-based chat that people use from telnet, "
@@ -143,21 +146,21 @@ class Options(usage.Options):
             None,
             5.0,
             "Lines per second one connection may send (/ping excepted); faster lines are delayed.",
-            _positive("rate"),
+            _positive("rate", "lines per second"),
         ],
         [
             "burst",
             None,
             10.0,
             "Lines a connection may send at once before --rate applies.",
-            _positive("burst"),
+            _positive("burst", "lines"),
         ],
         [
             "byte-rate",
             None,
             16384.0,
             "Bytes per second one connection may send (bursts of 4 seconds' worth).",
-            _positive("byte-rate"),
+            _positive("byte-rate", "bytes per second"),
         ],
         [
             "flood-timeout",
@@ -196,6 +199,8 @@ class Options(usage.Options):
             "this file; useful with port 0.",
         ],
     ]
+
+    supportedInterfaces = [IUsernamePassword]
 
     def postOptions(self) -> None:
         for name in ("max-clients", "max-per-address"):
@@ -358,6 +363,9 @@ def makeService(options: Options) -> service.MultiService:
         send_queue=options["send-queue"],
         limits=limits,
     )
+    checkers = options.get("credCheckers")
+    if checkers:
+        factory.authenticator = Authenticator(checkers)
     factory.max_clients = options["max-clients"]
     factory.max_per_address = options["max-per-address"]
     listener = ListenerService(

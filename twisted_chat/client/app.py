@@ -17,7 +17,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_chat.client.session import ChatClientFactory, ClientSession
+from twisted_chat.client.session import ChatClientFactory, ClientSession, SessionFailed
 
 QUIT_WAIT = 5.0
 
@@ -57,6 +57,7 @@ class ClientApp:
         self._outage_reported = False
         self._started = False
         self.interactive = False  # the terminal UI sets this: report outages as they come
+        self.session.on_fatal.append(self._give_up)
         self.service = ClientService(
             ReportingEndpoint(endpoint, self._connect_failed),
             ChatClientFactory(self.session),
@@ -84,6 +85,10 @@ class ClientApp:
         for sink in self.status_sinks:
             sink(text)
 
+    def _give_up(self, message: str) -> None:
+        """Reconnecting cannot help (a refused login): stop trying."""
+        self.service.stopService()
+
     def _connect_failed(self, failure: Failure) -> None:
         from twisted.internet import error
 
@@ -108,11 +113,13 @@ class ClientApp:
 
     async def connected(self, timeout: float) -> bool:
         """Wait (bounded) until a connection is greeted and restored."""
+        if self.session.fatal is not None:
+            return False
         d = self.session.when_ready()
         d.addTimeout(timeout, self.reactor)
         try:
             await d
-        except defer.TimeoutError:
+        except (defer.TimeoutError, SessionFailed):
             return False
         return True
 
@@ -181,6 +188,8 @@ class ClientApp:
         return 0
 
     def _unreachable(self, timeout: float) -> None:
+        if self.session.fatal is not None:
+            return  # already said, as a status line
         why = self.last_failure or self.session.last_error or "no answer"
         self._error(f"cannot reach {self.label} ({why}) within {timeout:g} s")
 

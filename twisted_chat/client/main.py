@@ -36,7 +36,21 @@ class Options(usage.Options):
             "HOST:PORT, or a Twisted client endpoint description: tcp:HOST:PORT, "
             "tcp6:HOST:PORT, tls:HOST:PORT, unix:PATH.",
         ],
-        ["nick", "n", None, "Nickname to ask for (default: the guest name the server gives)."],
+        [
+            "nick",
+            "n",
+            None,
+            "Nickname to ask for (default: the guest name the server gives); on a server "
+            "with logins, the login name.",
+        ],
+        [
+            "password-file",
+            None,
+            None,
+            "Read the login password from the first line of this file. The environment "
+            "variable GROUPCHAT_PASSWORD also works; a password is never an option value, "
+            "so it does not show in ps.",
+        ],
         ["room", "r", None, "Room to join and talk in (default: #lobby)."],
         [
             "connect-timeout",
@@ -51,6 +65,7 @@ class Options(usage.Options):
         ["listen", "l", "Print received messages one per line (for scripts); do not read stdin."],
         ["json", "j", "Piped and listen modes: print every server event as one JSON line."],
         ["quiet", "q", "Piped mode: print only errors."],
+        ["ask-password", "P", "Ask for the login password at start (on the terminal)."],
     ]
 
     def opt_version(self) -> None:
@@ -66,6 +81,9 @@ class Options(usage.Options):
 
         if self["connect-timeout"] <= 0:
             raise usage.UsageError("--connect-timeout must be greater than 0")
+        wants_login = self["ask-password"] or self["password-file"]
+        if wants_login and not self["nick"]:
+            raise usage.UsageError("a login needs --nick (the login name)")
         try:
             if self["nick"] is not None:
                 validate_nick(self["nick"])
@@ -98,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     except usage.UsageError as e:
         sys.exit(f"groupchat client: {e} (see --help)")
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not options["listen"]
+    options["password"] = _password(options)
     if interactive:
         import asyncio
 
@@ -119,6 +138,7 @@ async def _run(reactor: Any, options: Options, interactive: bool) -> None:
     except (ValueError, TypeError, ImportError, KeyError) as e:
         _fail(f"--server {options['server']!r} is not usable: {e}")
     app = ClientApp(reactor, endpoint, options["server"], options["nick"], options["room"])
+    app.session.password = options["password"]
     if interactive:
         from twisted_chat.client.terminal import run_terminal
 
@@ -177,6 +197,28 @@ def _status_printer(options: Options) -> Callable[[str], None]:
             sys.stderr.flush()
 
     return show
+
+
+def _password(options: Options) -> str | None:
+    """From --password-file, then GROUPCHAT_PASSWORD, then a prompt if asked for."""
+    import os
+
+    if options["password-file"]:
+        try:
+            with open(options["password-file"], encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as e:
+            sys.exit(f"groupchat client: cannot read --password-file: {e.strerror}")
+    if os.environ.get("GROUPCHAT_PASSWORD"):
+        return os.environ["GROUPCHAT_PASSWORD"]
+    if options["ask-password"]:
+        import getpass
+
+        try:
+            return getpass.getpass(f"password for {options['nick']}: ")
+        except (EOFError, KeyboardInterrupt):
+            sys.exit("groupchat client: no password given")
+    return None
 
 
 def _fail(message: str) -> None:

@@ -28,6 +28,10 @@ WELCOME_WAIT = 10.0
 HEARTBEAT_PREFIX = "hb-"
 
 
+class SessionFailed(Exception):
+    """The session cannot go on; the message says why."""
+
+
 class ClientSession:
     """Who we want to be and where, plus lines not yet sent; outlives each connection.
 
@@ -64,6 +68,21 @@ class ClientSession:
         self.last_error: str | None = None  # why the last connection ended before a welcome
         self.closed: defer.Deferred[None] = defer.Deferred()
         self._ready_waiters: list[defer.Deferred[None]] = []
+        self.password: str | None = None
+        self.fatal: str | None = None  # a reason to stop trying (a refused login)
+        self.on_fatal: list[Callable[[str], None]] = []
+
+    def fail(self, message: str) -> None:
+        """Give up: reconnecting cannot help (wrong password, login needed)."""
+        if self.fatal is not None:
+            return
+        self.fatal = message
+        self.on_status(message)
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.errback(SessionFailed(message))
+        for hook in self.on_fatal:
+            hook(message)
 
     def when_ready(self) -> defer.Deferred[None]:
         """Fires once a connection is greeted and restored (at once if one is now)."""
@@ -177,6 +196,7 @@ class ChatClientProtocol(LineReceiver):
         self._restoring_nick: str | None = None
         self._reconnected = False
         self._aborted = False
+        self._login_sent = False
         self._last_ping = self.clock.seconds()
         self._pump_call: IDelayedCall | None = None
         self._pace: TokenBucket | None = None
@@ -210,8 +230,32 @@ class ChatClientProtocol(LineReceiver):
         if not isinstance(event, dict) or "type" not in event:
             return
         if not self.ready.called and event["type"] != "welcome":
+            self._before_welcome(event)
             return
         self._handle(event)
+
+    def _before_welcome(self, event: Event) -> None:
+        """Only a login exchange can come before the welcome."""
+        session = self.session
+        kind = event["type"]
+        if kind == "login-required":
+            if session.password is None or not session.wanted_nick:
+                session.fail(
+                    "this server needs a login: give --nick and a password "
+                    "(--ask-password, --password-file or GROUPCHAT_PASSWORD)"
+                )
+                self._abort()
+            elif not self._login_sent:
+                self._login_sent = True
+                self.send(f"/login {session.wanted_nick} {session.password}")
+        elif kind == "error" and event.get("code") == "login-failed":
+            message = clean_text(str(event.get("message", "")))
+            if "already logged in" in message:
+                # Probably our own previous connection, until the server times it out.
+                session.on_status(f"{message}; retrying")
+            else:
+                session.fail(f"login refused: {message}")
+            self._abort()
 
     def _handle(self, event: Event) -> None:
         session = self.session

@@ -45,6 +45,11 @@ class Terminal:
         app.interactive = True
         app.on_output(self.show_event)
         app.on_status(self.show_status)
+        app.session.on_fatal.append(self._stop_prompt)
+
+    def _stop_prompt(self, message: str) -> None:
+        if self.prompt_session.app.is_running:
+            self.prompt_session.app.exit(exception=EOFError())
 
     def prompt(self) -> FormattedText:
         s = self.app.session
