@@ -383,3 +383,28 @@ def test_json_login_exchange_and_login_timeout():
     assert conn.new_json() == [{"type": "login-required", "ts": 0.0, "attempts": 3}]
     h.clock.advance(5.0)
     assert conn.new_json()[0] == {"type": "bye", "ts": 5.0, "reason": "no login within 5 s"}
+
+
+def test_an_exception_in_one_members_command_is_logged_and_only_that_member_is_told(
+    logged_errors,
+):
+    logged_errors.expected = True
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    bob.new_lines()
+    original = h.service.act
+
+    def broken(member, raw):
+        if member.nick == "alice":
+            raise RuntimeError("bug in /me")
+        original(member, raw)
+
+    h.service.act = broken  # type: ignore[method-assign]
+    alice.send(b"/me breaks\n")
+    assert alice.new_lines()[-1] == "!!! error: internal error; the server has logged it"
+    assert [e["log_format"] for e in logged_errors.events] == ["command from {nick} failed"]
+    alice.send(b"still here\n")  # the session goes on
+    bob.send(b"/me is fine\n")
+    assert bob.new_lines() == ["[#lobby] <alice> still here"]
+    assert alice.new_lines() == ["[#lobby] * bob is fine"]
