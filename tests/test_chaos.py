@@ -1,0 +1,637 @@
+"""Chaos test: the real server under well-behaved traffic and misbehaving peers at once.
+
+Twenty-four well-behaved JSON clients chat in three rooms while, in ``#lobby``, peers reset
+their connections, go silent, stop reading, flood, send garbage and connect and leave in
+rapid succession.  The well-behaved traffic must come through complete, in order and
+clean; each misbehaving peer must be removed in the documented way (docs/PROTOCOL.md).
+
+Everything runs on 127.0.0.1 in one ``asyncio.run`` and every wait has a deadline: the
+whole scenario is bounded by ``SCENARIO_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import re
+import socket
+import struct
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.e2e_support import HOST, ServerFactory, ServerProcess
+
+SCENARIO_TIMEOUT = 60.0
+STEP_TIMEOUT = 10.0  # any single expected reply
+HEARTBEAT_TIMEOUT = 3.0
+SWEEP = 0.2
+SERVER_OPTIONS = (
+    "--heartbeat-interval", "1",
+    "--heartbeat-timeout", f"{HEARTBEAT_TIMEOUT:g}",
+    "--sweep-interval", f"{SWEEP:g}",
+    "--idle-warning", "1",
+    "--rate", "50",
+    "--burst", "50",
+    "--flood-timeout", "5",
+    "--send-queue", "4096",
+    "--max-per-address", "1000",
+)  # fmt: skip
+
+ROOMS = 3
+PER_ROOM = 8
+MESSAGES = 20
+SEND_INTERVAL = 0.5  # 2 messages per second
+PING_INTERVAL = 0.5  # well under the 1 s heartbeat interval
+RESETTERS = 5
+RAPID = 50
+FLOOD_LINES = 3000
+NONREADER_PACE = 1 / 40
+READ_LIMIT = 1 << 20
+
+WELCOME = re.compile(rb"^\*\*\* Welcome to groupchat \S+, (\S+)! You are in #lobby\.$")
+LEAVES = ("quit", "timeout", "disconnect")
+# Measured: the server's VmRSS at the end of the scenario was 48 MB (47.9-48.2 MB over
+# several runs); the bound is about twice that, and at least 100 MB.
+RSS_BOUND_MB = 100
+
+
+# -- a client connection -------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Peer:
+    """One connection: every byte and line it receives, and its JSON events.
+
+    A *pump* task reads lines while the peer is meant to read; waiters are woken on every
+    line through ``changed``.
+    """
+
+    label: str
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    nick: str = ""
+    raw: bytearray = field(default_factory=bytearray)
+    lines: list[bytes] = field(default_factory=list)  # without the line ending
+    events: list[dict[str, Any]] = field(default_factory=list)
+    eof: bool = False
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    pump_task: asyncio.Task[None] | None = None
+    on_event: Callable[[dict[str, Any]], None] | None = None
+
+    @classmethod
+    async def open(cls, port: int, label: str, sock: socket.socket | None = None) -> Peer:
+        if sock is None:
+            reader, writer = await asyncio.open_connection(HOST, port, limit=READ_LIMIT)
+        else:
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (HOST, port))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
+        return cls(label, reader, writer)
+
+    def send(self, line: str | bytes) -> None:
+        data = line.encode() + b"\n" if isinstance(line, str) else line
+        self.writer.write(data)
+
+    async def _readline(self) -> bytes:
+        try:
+            data = await self.reader.readline()
+        except (ConnectionError, OSError):
+            data = b""
+        if not data.endswith(b"\n"):
+            self.eof = True
+        self.raw += data
+        if data:
+            line = data.removesuffix(b"\n").removesuffix(b"\r")
+            self.lines.append(line)
+            if line.startswith(b"{"):
+                event = json.loads(line)
+                self.events.append(event)
+                if self.on_event is not None:
+                    self.on_event(event)
+        return data
+
+    async def _pump(self) -> None:
+        while not self.eof:
+            await self._readline()
+            async with self.changed:
+                self.changed.notify_all()
+
+    def start_pump(self) -> None:
+        self.pump_task = asyncio.create_task(self._pump(), name=f"pump-{self.label}")
+
+    async def wait(self, pred: Callable[[], bool], what: str, timeout: float = STEP_TIMEOUT):
+        try:
+            async with asyncio.timeout(timeout), self.changed:
+                await self.changed.wait_for(lambda: pred() or self.eof)
+        except TimeoutError:
+            pass
+        if not pred():
+            tail = b"\n  ".join(self.lines[-15:]).decode(errors="replace")
+            raise AssertionError(
+                f"{self.label} ({self.nick}): no {what} within {timeout} s "
+                f"(eof={self.eof}); last lines:\n  {tail}"
+            )
+
+    async def wait_event(
+        self,
+        pred: Callable[[dict[str, Any]], bool],
+        what: str,
+        timeout: float = STEP_TIMEOUT,
+        since: int = 0,
+    ) -> dict[str, Any]:
+        """The first event from ``events[since:]`` that matches ``pred``."""
+        await self.wait(lambda: any(pred(e) for e in self.events[since:]), what, timeout)
+        return next(e for e in self.events[since:] if pred(e))
+
+    async def greeting(self) -> str:
+        """Read the text greeting (without a pump) up to the welcome line: the guest nick."""
+        async with asyncio.timeout(STEP_TIMEOUT):
+            while not self.eof:
+                m = WELCOME.match((await self._readline()).rstrip(b"\r\n"))
+                if m:
+                    self.nick = m.group(1).decode()
+                    return self.nick
+        raise AssertionError(f"{self.label}: closed before its welcome: {self.lines!r}")
+
+    def text_since(self, start: int) -> list[str]:
+        return [line.decode(errors="replace") for line in self.lines[start:]]
+
+    async def ping_until_stopped(self, stop: asyncio.Event) -> None:
+        n = 0
+        while not stop.is_set() and not self.writer.is_closing():
+            n += 1
+            self.send(f"/ping {self.label}-{n}")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PING_INTERVAL):
+                    await stop.wait()
+
+    async def switch_to_json(self) -> dict[str, Any]:
+        self.send("/format json")
+        return await self.wait_event(lambda e: e["type"] == "welcome", "JSON welcome")
+
+    def stop_reading(self) -> None:
+        """Leave whatever arrives from now on in the kernel's buffers."""
+        transport = self.writer.transport
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+
+    def reset(self) -> None:
+        """Close with an RST (SO_LINGER on, 0 s) instead of a FIN."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+    def close(self) -> None:
+        if self.pump_task is not None:
+            self.pump_task.cancel()
+        self.writer.transport.abort()
+
+
+# -- checks on what a client received -------------------------------------------------
+
+_C0_OR_DEL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def control_characters(peer: Peer) -> list[str]:
+    """Control characters received, apart from the ``\\r\\n`` line endings.
+
+    JSON escapes control characters (``\\u001b``), so the decoded strings are checked too.
+    """
+    found = []
+    body = bytes(peer.raw)
+    assert body.endswith(b"\r\n"), body[-80:]
+    for line in body[:-2].split(b"\r\n"):
+        if _C0_OR_DEL.search(line):
+            found.append(f"raw line {line[:120]!r}")
+    for event in peer.events:
+        for text in _strings(event):
+            if any(unicodedata.category(ch) == "Cc" for ch in text):
+                found.append(f"in event {event!r}")
+    return found
+
+
+# -- the well-behaved ----------------------------------------------------------------
+
+
+@dataclass
+class Member:
+    index: int
+    nick: str
+    room: str
+    peer: Peer | None = None
+    received: list[tuple[str, str]] = field(default_factory=list)  # (nick, text) in its room
+    foreign: list[dict[str, Any]] = field(default_factory=list)  # messages it should not get
+
+
+async def well_behaved(
+    port: int,
+    member: Member,
+    mates: list[str],
+    barrier: asyncio.Barrier,
+    rng: random.Random,
+) -> None:
+    peer = member.peer = await Peer.open(port, member.nick)
+    expected = {(mate, f"{mate}-{i}") for mate in mates for i in range(MESSAGES)}
+    got: set[tuple[str, str]] = set()
+
+    def record(event: dict[str, Any]) -> None:
+        if event["type"] != "message":
+            return
+        if event["room"] == member.room:
+            member.received.append((event["nick"], event["text"]))
+            got.add((event["nick"], event["text"]))
+        if event["room"] != "#lobby" and event["room"] != member.room:
+            member.foreign.append(event)
+
+    peer.on_event = record
+    peer.start_pump()
+    await peer.switch_to_json()
+    stop = asyncio.Event()
+    pinger = asyncio.create_task(peer.ping_until_stopped(stop))
+    try:
+        peer.send(f"/nick {member.nick}")
+        await peer.wait_event(lambda e: e["type"] == "nick" and e["new"] == member.nick, "nick")
+        peer.nick = member.nick
+        peer.send(f"/join {member.room}")
+        await peer.wait_event(
+            lambda e: e["type"] == "join" and e["room"] == member.room and e["nick"] == peer.nick,
+            "own join",
+        )
+        async with asyncio.timeout(STEP_TIMEOUT):
+            await barrier.wait()  # everyone has joined: membership is stable from here
+
+        await asyncio.sleep(rng.uniform(0, SEND_INTERVAL))  # do not all speak in one tick
+        for i in range(MESSAGES):
+            peer.send(f"{member.nick}-{i}")
+            await asyncio.sleep(SEND_INTERVAL)
+        await peer.wait(lambda: expected <= got, "messages from every room mate")
+    finally:
+        stop.set()
+        await pinger
+    peer.send("/quit")
+    await peer.wait_event(lambda e: e["type"] == "bye", "bye")
+    await peer.wait(lambda: peer.eof, "close after /quit")
+
+
+# -- the misbehaving -----------------------------------------------------------------
+
+
+@dataclass
+class Outcomes:
+    """What the misbehaving peers were called, and what they saw themselves."""
+
+    resetters: list[str] = field(default_factory=list)
+    silent: str = ""
+    nonreader: str = ""
+    nonreader_helps: int = 0
+    flooder: str = ""
+    flooder_bye: str = ""
+    garbage: str = ""
+    garbage_errors: dict[str, list[str]] = field(default_factory=dict)
+    rapid: int = 0
+
+
+async def resetter(port: int, i: int) -> str:
+    peer = await Peer.open(port, f"resetter{i}")
+    nick = await peer.greeting()
+    peer.send(b"a partial line without its newline")
+    await peer.writer.drain()
+    await asyncio.sleep(0.1)  # let the server read the partial line before the reset
+    peer.reset()
+    return nick
+
+
+async def silent_peer(port: int, observer: Observer, out: Outcomes) -> None:
+    peer = await Peer.open(port, "silent")
+    try:
+        out.silent = await peer.greeting()
+        peer.stop_reading()  # never read (nor send) again
+        await observer.wait_leave(out.silent, HEARTBEAT_TIMEOUT + 7)
+    finally:
+        peer.close()
+
+
+async def non_reader(port: int, observer: Observer, out: Outcomes) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
+    # Announce an Ethernet-sized MSS.  With loopback's 64 KiB MSS, Linux sizes the server's
+    # socket send buffer at about 3.9 MB for this connection (measured with `ss -tm`:
+    # tb3939840), which takes some 5000 /help replies, two minutes at 40/s, to fill; with a
+    # 1460-byte MSS it is 70-130 KB and the server gives up after about 220 replies.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1460)
+    peer = await Peer.open(port, "nonreader", sock=sock)
+    try:
+        out.nonreader = nick = await peer.greeting()
+        peer.stop_reading()  # from now on its output piles up
+        deadline = time.monotonic() + 15
+        while not observer.left(nick) and not peer.writer.is_closing():
+            assert time.monotonic() < deadline, f"non-reader {nick} still there after 15 s"
+            peer.send("/help")
+            out.nonreader_helps += 1
+            await asyncio.sleep(NONREADER_PACE)
+        await observer.wait_leave(nick, 5)
+    finally:
+        peer.close()
+
+
+async def flooder(port: int, observer: Observer, out: Outcomes) -> None:
+    peer = await Peer.open(port, "flooder")
+    try:
+        out.flooder = nick = await peer.greeting()
+        peer.start_pump()
+        start = len(peer.lines)
+        peer.send(b"".join(f"flood {i}\n".encode() for i in range(FLOOD_LINES)))
+        await observer.wait_leave(nick, STEP_TIMEOUT)
+        await peer.wait(lambda: peer.eof, "close after flooding")
+        byes = [line for line in peer.text_since(start) if line.startswith("*** Disconnected")]
+        out.flooder_bye = byes[-1] if byes else ""
+    finally:
+        peer.close()
+
+
+async def garbage_sender(port: int, out: Outcomes) -> None:
+    rng = random.Random(20240611)
+    peer = await Peer.open(port, "garbage")
+    try:
+        out.garbage = await peer.greeting()
+        peer.start_pump()
+
+        async def step(name: str, data: bytes) -> None:
+            """Send ``data``, then a /ping barrier: keep the error lines it caused."""
+            start = len(peer.lines)
+            peer.send(data)
+            peer.send(f"/ping {name}")
+            pong = f"*** pong {name}".encode()
+            await peer.wait(lambda: pong in peer.lines[start:], f"pong {name}")
+            out.garbage_errors[name] = [
+                line for line in peer.text_since(start) if line.startswith("!!! ")
+            ]
+
+        noise = bytes(rng.randrange(256) for _ in range(4096))
+        # IAC SE IAC SE ends whatever telnet command the noise may have left open.
+        await step("noise", noise + b"\xff\xf0\xff\xf0\n")
+        await step("utf8", b"caf\xe9\n")
+        await step("escapes", b"\x1b[2J\x1b]0;x\x07hi\n")
+        await step("long", b"L" * 3000 + b"\n")
+        peer.send("/quit garbage done")
+        await peer.wait(lambda: b"*** Disconnected: you quit" in peer.lines, "bye")
+        await peer.wait(lambda: peer.eof, "close after /quit")
+    finally:
+        peer.close()
+
+
+async def rapid(port: int) -> None:
+    _, writer = await asyncio.open_connection(HOST, port)
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+# -- the observer --------------------------------------------------------------------
+
+
+class Observer:
+    """A JSON client in #lobby that records every event."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+
+    def lobby(self, *types: str) -> list[dict[str, Any]]:
+        return [e for e in self.peer.events if e["type"] in types and e.get("room") == "#lobby"]
+
+    def leaves_of(self, nick: str) -> list[dict[str, Any]]:
+        return [e for e in self.lobby(*LEAVES) if e["nick"] == nick]
+
+    def left(self, nick: str) -> bool:
+        return bool(self.leaves_of(nick))
+
+    async def wait_leave(self, nick: str, timeout: float) -> dict[str, Any]:
+        await self.peer.wait(lambda: self.left(nick), f"leave event for {nick}", timeout)
+        return self.leaves_of(nick)[0]
+
+
+# -- the scenario --------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    members: list[Member] = field(default_factory=list)
+    out: Outcomes = field(default_factory=Outcomes)
+    observer: Peer | None = None
+    final_who: dict[str, Any] = field(default_factory=dict)
+    final_rooms: dict[str, Any] = field(default_factory=dict)
+    rss_mb: float | None = None
+
+
+def _rss_mb(pid: int) -> float | None:
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+async def scenario(server: ServerProcess, report: Report) -> None:
+    port = server.port
+    rng = random.Random(7)
+    opened: list[Peer] = []
+    try:
+        obs_peer = report.observer = await Peer.open(port, "observer")
+        opened.append(obs_peer)
+        obs_peer.start_pump()
+        await obs_peer.switch_to_json()
+        stop_observer = asyncio.Event()
+        obs_pinger = asyncio.create_task(obs_peer.ping_until_stopped(stop_observer))
+        obs_peer.send("/nick observer")
+        await obs_peer.wait_event(lambda e: e["type"] == "nick" and e["new"] == "observer", "nick")
+        obs_peer.nick = "observer"
+        observer = Observer(obs_peer)
+
+        members = report.members = [
+            Member(i, f"w{i}", f"#r{i % ROOMS}") for i in range(ROOMS * PER_ROOM)
+        ]
+        barrier = asyncio.Barrier(len(members) + 1)
+        chatting = [
+            asyncio.create_task(
+                well_behaved(
+                    port,
+                    m,
+                    [o.nick for o in members if o.room == m.room and o is not m],
+                    barrier,
+                    random.Random(rng.random()),
+                ),
+                name=m.nick,
+            )
+            for m in members
+        ]
+        async with asyncio.timeout(STEP_TIMEOUT):
+            await barrier.wait()
+        await asyncio.sleep(1.0)  # the sending phase is under way: now misbehave
+
+        out = report.out
+        misbehaving = [
+            silent_peer(port, observer, out),
+            non_reader(port, observer, out),
+            flooder(port, observer, out),
+            garbage_sender(port, out),
+        ]
+        resetting = asyncio.gather(*(resetter(port, i) for i in range(RESETTERS)))
+        rapids = asyncio.gather(*(rapid(port) for _ in range(RAPID)))
+        await asyncio.gather(*misbehaving, resetting, rapids, *chatting)
+        out.resetters = resetting.result()
+        out.rapid = RAPID
+        for nick in out.resetters:
+            await observer.wait_leave(nick, STEP_TIMEOUT)
+
+        # Everyone but the observer is gone: the lobby and the room list must say so.
+        since = len(obs_peer.events)
+        obs_peer.send("/who #lobby")
+        obs_peer.send("/rooms")
+        report.final_who = await obs_peer.wait_event(
+            lambda e: e["type"] == "members", "final /who", since=since
+        )
+        report.final_rooms = await obs_peer.wait_event(
+            lambda e: e["type"] == "rooms", "final /rooms", since=since
+        )
+        report.rss_mb = _rss_mb(server.pid)
+        stop_observer.set()
+        await obs_pinger
+        obs_peer.send("/quit")
+        await obs_peer.wait(lambda: obs_peer.eof, "close after /quit")
+    finally:
+        for m in report.members:
+            if m.peer is not None:
+                opened.append(m.peer)
+        for peer in opened:
+            peer.close()
+
+
+def test_chaos(start_server: ServerFactory) -> None:
+    started = time.monotonic()  # wall time includes the server's start
+    server = start_server(*SERVER_OPTIONS)
+    report = Report()
+    asyncio.run(asyncio.wait_for(scenario(server, report), SCENARIO_TIMEOUT))
+    wall = time.monotonic() - started
+    out = report.out
+    assert report.observer is not None
+    observer = Observer(report.observer)
+    wb_nicks = {m.nick for m in report.members}
+
+    # 1. Every message reached every other member of its room, in order, exactly once;
+    #    no echo, and nothing from a room a member is not in.
+    deliveries = 0
+    for m in report.members:
+        mates = [o.nick for o in report.members if o.room == m.room and o is not m]
+        by_sender: dict[str, list[str]] = {}
+        for nick, text in m.received:
+            by_sender.setdefault(nick, []).append(text)
+        assert set(by_sender) == set(mates), (m.nick, sorted(by_sender))
+        for mate in mates:
+            assert by_sender[mate] == [f"{mate}-{i}" for i in range(MESSAGES)], (m.nick, mate)
+            deliveries += len(by_sender[mate])
+        assert m.nick not in by_sender  # the server does not echo
+        assert not m.foreign, (m.nick, m.foreign[:3])
+
+    # 2. No well-behaved client was removed, warned or sent a control character.
+    for m in report.members:
+        assert m.peer is not None
+        for event in m.peer.events:
+            if event["type"] in ("timeout", "disconnect"):
+                assert event["nick"] not in wb_nicks, (m.nick, event)
+            assert event["type"] != "idle", (m.nick, event)
+        byes = [e for e in m.peer.events if e["type"] == "bye"]
+        assert [e["reason"] for e in byes] == ["you quit"], (m.nick, byes)
+        assert control_characters(m.peer) == [], m.nick
+    assert control_characters(report.observer) == []
+    for nick in wb_nicks:
+        assert [e["type"] for e in observer.leaves_of(nick)] == ["quit"], nick
+
+    # 3. Each misbehaving peer was removed as documented, and announced exactly once.
+    (silent,) = observer.leaves_of(out.silent)
+    assert silent["type"] == "timeout", silent
+    # ``after`` is rounded to 0.1 s (3.04 s of silence shows as 3.0); removal is due by
+    # timeout + sweep, plus some slack for a busy reactor.
+    assert HEARTBEAT_TIMEOUT <= silent["after"] <= HEARTBEAT_TIMEOUT + SWEEP + 0.5, silent
+    (nonreader,) = observer.leaves_of(out.nonreader)
+    assert (nonreader["type"], nonreader["reason"]) == (
+        "disconnect",
+        "send queue exceeded (not reading)",
+    ), nonreader
+    (flood,) = observer.leaves_of(out.flooder)
+    assert flood["type"] == "disconnect" and flood["reason"].startswith("flooding ("), flood
+    assert out.flooder_bye == f"*** Disconnected: {flood['reason']}", out.flooder_bye
+    flood_said = [e for e in observer.lobby("message") if e["nick"] == out.flooder]
+    assert len(flood_said) < FLOOD_LINES / 10, len(flood_said)  # cut off, not relayed
+    # Observed on every run: an RST after the greeting is reported as a reset.
+    for nick in out.resetters:
+        reset = observer.leaves_of(nick)
+        assert [(e["type"], e["reason"]) for e in reset] == [("disconnect", "connection reset")], (
+            reset
+        )
+    (garbage,) = observer.leaves_of(out.garbage)
+    assert (garbage["type"], garbage["reason"]) == ("quit", "garbage done"), garbage
+    errors = out.garbage_errors
+    assert [e.split(":")[0] for e in errors["utf8"]] == ["!!! invalid-utf8"], errors
+    assert errors["escapes"] == [], errors
+    assert errors["long"] == ["!!! line-too-long: line longer than 2048 bytes; it was dropped"]
+    garbage_said = [e["text"] for e in observer.lobby("message") if e["nick"] == out.garbage]
+    assert "caf\ufffd" in garbage_said and "hi" in garbage_said, garbage_said
+    assert not any("L" * 100 in text for text in garbage_said)
+
+    #    The rapid connections: each joined #lobby and was announced gone once.
+    named = {out.silent, out.nonreader, out.flooder, out.garbage, *out.resetters}
+    renamed = {e["old"] for e in report.observer.events if e["type"] == "nick"}
+    lobby_joins = [e["nick"] for e in observer.lobby("join")]
+    assert len(lobby_joins) == len(set(lobby_joins)), Counter(lobby_joins).most_common(3)
+    rapid_nicks = set(lobby_joins) - named - renamed - {"observer"}
+    assert len(rapid_nicks) == RAPID, sorted(rapid_nicks)
+    rapid_reasons: Counter[str] = Counter()
+    for nick in rapid_nicks:
+        (gone,) = observer.leaves_of(nick)
+        assert gone["type"] == "disconnect", gone
+        rapid_reasons[gone["reason"]] += 1
+    assert set(rapid_reasons) <= {"connection closed", "connection reset"}, rapid_reasons
+
+    #    Nobody is left behind.
+    assert report.final_who["members"] == ["observer"], report.final_who
+    assert report.final_rooms["rooms"] == [{"room": "#lobby", "count": 1}], report.final_rooms
+
+    # 4. Memory.
+    if report.rss_mb is not None:
+        assert report.rss_mb < RSS_BOUND_MB, f"server RSS {report.rss_mb:.1f} MB"
+
+    # 5. The server log is clean.
+    log = server.log()
+    assert "Traceback" not in log, log
+    assert "Unhandled" not in log, log
+    bad = [line for line in log.splitlines() if "#critical" in line or "#error" in line]
+    assert bad == [], bad
+
+    rss = "n/a" if report.rss_mb is None else f"{report.rss_mb:.1f} MB"
+    misbehaving = RESETTERS + RAPID + 4
+    print(
+        f"\nchaos summary: {len(report.members)} well-behaved clients, "
+        f"{len(report.members) * MESSAGES} messages sent, {deliveries} deliveries checked, "
+        f"{misbehaving} misbehaving connections (6 kinds), "
+        f"rapid closes {dict(rapid_reasons)}, non-reader sent {out.nonreader_helps} /help, "
+        f"server RSS {rss}, wall time {wall:.1f} s"
+    )
