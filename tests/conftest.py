@@ -9,6 +9,9 @@ import pytest
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from zope.interface import implementer
 
+# End-to-end fixtures (they start subprocesses only when a test asks for them).
+from tests.e2e_support import connect, start_server  # noqa: F401
+
 
 @implementer(ILogObserver)
 class LoggedErrors:
@@ -36,7 +39,3 @@ def logged_errors() -> Iterator[LoggedErrors]:
 
         shown = "\n".join(formatEvent(e) for e in observer.events)
         pytest.fail(f"unexpected errors were logged:\n{shown}")
-
-
-# End-to-end fixtures (they start subprocesses only when a test asks for them).
-from tests.e2e_support import connect, start_server  # noqa: E402, F401
