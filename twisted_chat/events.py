@@ -25,7 +25,10 @@ class Format(enum.Enum):
 class Event:
     type: ClassVar[str] = "event"
     ts: float
-    _wire: dict[Format, bytes] = field(default_factory=dict, init=False, repr=False)
+    # One slot per rendering, tested by identity: keying a dict by the Enum member cost a
+    # Python-level __hash__ call per recipient in the fan-out profile.
+    _text_wire: bytes | None = field(default=None, init=False, repr=False)
+    _json_wire: bytes | None = field(default=None, init=False, repr=False)
 
     def payload(self) -> dict[str, Any]:
         """The event's own fields for the JSON rendering (``type`` and ``ts`` are added)."""
@@ -40,13 +43,16 @@ class Event:
 
     def encode(self, fmt: Format) -> bytes:
         """The bytes to write for ``fmt``, computed once and shared by every recipient."""
-        wire = self._wire.get(fmt)
-        if wire is None:
-            if fmt is Format.JSON:
-                body = json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
-            else:
+        if fmt is Format.TEXT:
+            wire = self._text_wire
+            if wire is None:
                 body = self.text().replace("\n", "\r\n")
-            wire = self._wire[fmt] = body.encode("utf-8") + b"\r\n"
+                wire = self._text_wire = body.encode("utf-8") + b"\r\n"
+            return wire
+        wire = self._json_wire
+        if wire is None:
+            body = json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
+            wire = self._json_wire = body.encode("utf-8") + b"\r\n"
         return wire
 
 
