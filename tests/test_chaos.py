@@ -574,10 +574,10 @@ def test_chaos(start_server: ServerFactory) -> None:
     (nonreader,) = observer.leaves_of(out.nonreader)
     assert (nonreader["type"], nonreader["reason"]) == (
         "disconnect",
-        "send queue exceeded (not reading)",
+        "send queue exceeded: not reading",
     ), nonreader
     (flood,) = observer.leaves_of(out.flooder)
-    assert flood["type"] == "disconnect" and flood["reason"].startswith("flooding ("), flood
+    assert flood["type"] == "disconnect" and flood["reason"].startswith("flooding: "), flood
     assert out.flooder_bye == f"*** Disconnected: {flood['reason']}", out.flooder_bye
     flood_said = [e for e in observer.lobby("message") if e["nick"] == out.flooder]
     assert len(flood_said) < FLOOD_LINES / 10, len(flood_said)  # cut off, not relayed

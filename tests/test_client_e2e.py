@@ -358,7 +358,7 @@ def test_tls_end_to_end_with_a_verified_certificate(
     )
     assert untrusted.proc.wait(timeout=30) == 1
     assert untrusted.proc.stderr is not None
-    assert "cannot reach" in untrusted.proc.stderr.read().decode()
+    assert "TLS certificate is not trusted" in untrusted.proc.stderr.read().decode()
 
 
 def spawn_raw(

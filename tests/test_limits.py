@@ -57,7 +57,7 @@ def test_throttled_sender_is_not_timed_out_and_a_persistent_flooder_is_dropped()
         bob.send(b"/ping\n")  # bob only listens, but keeps his heartbeat
         h.clock.advance(0.1)
     lines = [x for x in bob.new_lines() if "pong" not in x]
-    assert "*** [#lobby] alice lost connection (flooding (held at 5 lines/s for 20 s))" in lines
+    assert "*** [#lobby] alice lost connection (flooding: held at 5 lines/s for 20 s)" in lines
     assert not any("timed out" in line for line in lines)
     h.service.stopService()
 
@@ -108,5 +108,5 @@ def test_a_huge_backlog_is_a_flood_at_once_and_the_sender_is_told_to_slow_down()
     assert alice.new_lines()[0].startswith("*** Slow down: you are sending faster than 5 lines/s")
     alice.send(b"hello\n" * 100)  # now 140 waiting: 28 s, more than the flood timeout
     lines = bob.new_lines()
-    assert lines[-1].startswith("*** [#lobby] alice lost connection (flooding (")
+    assert lines[-1].startswith("*** [#lobby] alice lost connection (flooding: ")
     assert "lines at once" in lines[-1]

@@ -275,7 +275,7 @@ def test_member_that_stops_reading_is_dropped_when_its_send_queue_overflows():
     alice.send(line * 5)
     assert not bob.protocol.member.present
     lines = carol.new_lines()
-    assert "*** [#lobby] bob lost connection (send queue exceeded (not reading))" in lines
+    assert "*** [#lobby] bob lost connection (send queue exceeded: not reading)" in lines
     assert sum(1 for x in lines if x.startswith("[#lobby] <alice>")) == 10  # carol got all
 
 
@@ -364,14 +364,15 @@ def test_wrong_password_does_not_reveal_the_name_and_attempts_are_limited():
     assert conn.transport.disconnecting
 
 
-def test_a_logged_in_name_cannot_be_taken_twice_or_by_a_guest():
+def test_a_logged_in_name_cannot_be_taken_twice():
     h = _login_harness()
     first = h.connect()
     first.send(b"/login alice secret\n")
     second = h.connect()
     second.new_lines()
     second.send(b"/login alice secret\n")
-    assert second.new_lines() == ["!!! login-failed: alice is already logged in"]
+    expected = "!!! login-failed: alice (or a name that looks like it) is logged in"
+    assert second.new_lines() == [expected]
 
 
 def test_json_login_exchange_and_login_timeout():

@@ -14,7 +14,14 @@ from typing import cast
 
 from twisted.internet import defer
 from twisted.internet import error as ierror
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -78,7 +85,7 @@ class OutputGate:
         self.paused = True
 
 
-@implementer(IParticipant)
+@implementer(IParticipant, IHandshakeListener)
 class ChatLineProtocol(LineReceiver):
     log = Logger()
     delimiter = b"\n"
@@ -118,6 +125,7 @@ class ChatLineProtocol(LineReceiver):
         self._attempts = 0
         self._checking = False
         self._login_call: IDelayedCall | None = None
+        self._awaiting_tls = False
         self.gate = OutputGate(self)
         self.queue: deque[bytes] = deque()
         self.queued = 0
@@ -136,6 +144,19 @@ class ChatLineProtocol(LineReceiver):
         if set_nodelay is not None:
             with contextlib.suppress(OSError):  # not a TCP socket: nothing to tune
                 set_nodelay(True)
+        if ISSLTransport.providedBy(transport):
+            # Seat the member only once TLS is up: a failed handshake (an untrusted
+            # certificate) must not show up in #lobby as a guest joining and leaving.
+            self._awaiting_tls = True
+            return
+        self._seat()
+
+    def handshakeCompleted(self) -> None:
+        if self._awaiting_tls and self.state is Session.OPEN:
+            self._awaiting_tls = False
+            self._seat()
+
+    def _seat(self) -> None:
         if self.authenticator is not None:
             self.state = Session.LOGIN
             self._attempts = self.authenticator.attempts
@@ -182,7 +203,12 @@ class ChatLineProtocol(LineReceiver):
         assert self.authenticator is not None
         try:
             try:
-                login = await self.authenticator.check(name, password)
+                nick = validate_nick(name)  # before the password: reveals nothing about it
+            except ChatError as e:
+                self._tell(LoginFailed(f"this login cannot be used as a nickname: {e.message}"))
+                return
+            try:
+                login = await self.authenticator.check(nick, password)
             except LoginFailed as e:
                 self._attempts -= 1
                 self.log.info("failed login from {peer}", peer=self.peer)
@@ -194,13 +220,9 @@ class ChatLineProtocol(LineReceiver):
                 return
             if self.state is not Session.LOGIN:
                 return  # the connection went away while the password was checked
-            try:
-                nick = validate_nick(login)
-            except ChatError as e:
-                self._tell(LoginFailed(f"this login cannot be used as a nickname: {e.message}"))
-                return
+            nick = login
             if self.service.nick_in_use(nick):
-                self._tell(LoginFailed(f"{nick} is already logged in"))
+                self._tell(LoginFailed(f"{nick} (or a name that looks like it) is logged in"))
                 return
             if self._login_call is not None and self._login_call.active():
                 self._login_call.cancel()
@@ -234,7 +256,7 @@ class ChatLineProtocol(LineReceiver):
             self.service.connection_lost(self.member, _describe(reason))
 
     def dataReceived(self, data: bytes) -> None:
-        if self.state not in (Session.OPEN, Session.LOGIN):
+        if self.state not in (Session.OPEN, Session.LOGIN) or self._awaiting_tls:
             return
         if self.member is not None:
             self.service.touch(self.member)
@@ -290,25 +312,24 @@ class ChatLineProtocol(LineReceiver):
         assert self.limits is not None
         limits = self.limits
         backlog = len(self.pending) / limits.rate
-        if self.throttled_since is None:
-            self.throttled_since = now
-            self.deliver(SlowDown(ts=now, rate=limits.rate, waiting=len(self.pending)))
-        if backlog > limits.flood_timeout or now - self.throttled_since > limits.flood_timeout:
+        first = self.throttled_since is None
+        since = self.throttled_since = now if self.throttled_since is None else self.throttled_since
+        if backlog > limits.flood_timeout or now - since > limits.flood_timeout:
             if backlog > limits.flood_timeout:
                 reason = (
-                    f"flooding ({len(self.pending)} lines at once: over "
-                    f"{limits.flood_timeout:g} s of sending at {limits.rate:g} lines/s)"
+                    f"flooding: {len(self.pending)} lines at once, over "
+                    f"{limits.flood_timeout:g} s of sending at {limits.rate:g} lines/s"
                 )
             else:
-                reason = (
-                    f"flooding (held at {limits.rate:g} lines/s for {limits.flood_timeout:g} s)"
-                )
+                reason = f"flooding: held at {limits.rate:g} lines/s for {limits.flood_timeout:g} s"
             self.pending.clear()
             if self.member is not None:
                 self.service.drop(self.member, reason)
             else:
                 self.close(Bye(ts=now, reason=reason))
             return
+        if first:
+            self.deliver(SlowDown(ts=now, rate=limits.rate, waiting=len(self.pending)))
         if not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             cast(IPushProducer, self.transport).pauseProducing()
@@ -351,7 +372,7 @@ class ChatLineProtocol(LineReceiver):
         if self.queued > self.send_queue_limit and self.member is not None:
             self.queue.clear()
             self.queued = 0
-            self.service.drop(self.member, "send queue exceeded (not reading)")
+            self.service.drop(self.member, "send queue exceeded: not reading")
 
     def flush_queue(self) -> None:
         """The transport has room again: hand it what waited, until it is full again."""

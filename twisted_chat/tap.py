@@ -202,6 +202,18 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     supportedInterfaces = [IUsernamePassword]
 
+    def opt_auth(self, description: str) -> None:
+        """Require a login, checked by a Twisted strcred checker such as file:users.txt
+        (one name:password line each); may be repeated (any checker may accept). The login
+        name becomes the nickname. See --help-auth. Default: no logins."""
+        try:
+            super().opt_auth(description)
+        except usage.UsageError as e:
+            raise OptionError(f"--auth {description!r}: {e}") from None
+        path = description.partition(":")[2]
+        if description.startswith("file:") and not os.path.isfile(path):
+            raise OptionError(f"--auth {description!r}: no such file")
+
     def postOptions(self) -> None:
         for name in ("max-clients", "max-per-address"):
             if self[name] < 1:

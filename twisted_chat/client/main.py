@@ -135,7 +135,7 @@ async def _run(reactor: Any, options: Options, interactive: bool) -> None:
 
     try:
         endpoint = client_endpoint(reactor, options["server"])
-    except (ValueError, TypeError, ImportError, KeyError) as e:
+    except (ValueError, TypeError, ImportError, KeyError, OSError) as e:
         _fail(f"--server {options['server']!r} is not usable: {e}")
     app = ClientApp(reactor, endpoint, options["server"], options["nick"], options["room"])
     app.session.password = options["password"]
@@ -214,6 +214,11 @@ def _password(options: Options) -> str | None:
     if options["ask-password"]:
         import getpass
 
+        if not sys.stdin.isatty():
+            sys.exit(
+                "groupchat client: --ask-password needs a terminal; use --password-file "
+                "or GROUPCHAT_PASSWORD in scripts"
+            )
         try:
             return getpass.getpass(f"password for {options['nick']}: ")
         except (EOFError, KeyboardInterrupt):

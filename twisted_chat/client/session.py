@@ -250,7 +250,7 @@ class ChatClientProtocol(LineReceiver):
                 self.send(f"/login {session.wanted_nick} {session.password}")
         elif kind == "error" and event.get("code") == "login-failed":
             message = clean_text(str(event.get("message", "")))
-            if "already logged in" in message:
+            if message.endswith("is logged in"):
                 # Probably our own previous connection, until the server times it out.
                 session.on_status(f"{message}; retrying")
             else:
@@ -380,6 +380,11 @@ class ChatClientProtocol(LineReceiver):
             session.protocol = None
         if not self.ready.called:  # e.g. a TLS handshake that failed verification
             session.last_error = reason.getErrorMessage()
+            if any(s in session.last_error for s in ("certificate verify failed", "unknown ca")):
+                session.fail(
+                    "the server's TLS certificate is not trusted: add "
+                    "trustRoots=FOLDER-WITH-ITS-CERTIFICATE to --server"
+                )
         if session.quitting:
             if not session.closed.called:
                 session.closed.callback(None)

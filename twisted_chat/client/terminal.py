@@ -136,3 +136,5 @@ async def run_terminal(app: ClientApp) -> None:
     await defer.Deferred.fromFuture(asyncio.ensure_future(terminal.run()))
     terminal.show_status("leaving")
     await app.stop()
+    if app.session.fatal is not None:
+        raise SystemExit(1)
