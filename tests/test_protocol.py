@@ -409,3 +409,27 @@ def test_an_exception_in_one_members_command_is_logged_and_only_that_member_is_t
     bob.send(b"/me is fine\n")
     assert bob.new_lines() == ["[#lobby] <alice> still here"]
     assert alice.new_lines() == ["[#lobby] * bob is fine"]
+
+
+def test_output_of_one_input_chunk_is_written_once_per_recipient_in_order():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    bob.new_lines()
+    writes: list[bytes] = []
+    original = bob.transport.write
+
+    def counting(data: bytes) -> None:
+        writes.append(data)
+        original(data)
+
+    bob.transport.write = counting  # type: ignore[method-assign]
+    alice.send(b"one\ntwo\nthree\n")
+    assert len(writes) == 1
+    assert bob.new_lines() == [
+        "[#lobby] <alice> one",
+        "[#lobby] <alice> two",
+        "[#lobby] <alice> three",
+    ]
+    alice.send(b"/quit bye\n")  # the closing line follows what was gathered before it
+    assert bob.new_lines() == ["*** [#lobby] alice quit (bye)"]

@@ -126,6 +126,7 @@ class ChatLineProtocol(LineReceiver):
         self._checking = False
         self._login_call: IDelayedCall | None = None
         self._awaiting_tls = False
+        self._out: list[bytes] | None = None  # output gathered during an input turn
         self.gate = OutputGate(self)
         self.queue: deque[bytes] = deque()
         self.queued = 0
@@ -268,7 +269,22 @@ class ChatLineProtocol(LineReceiver):
         self._drain()
 
     def _drain(self) -> None:
-        """Act on pending lines as fast as the input limits allow; pause reading if not."""
+        """Act on pending lines as fast as the input limits allow; pause reading if not.
+
+        Output caused by these lines is written once per recipient when they are done:
+        one ``write`` per member per input chunk instead of one per line.
+        """
+        factory = self.factory
+        if not isinstance(factory, ChatFactory):
+            self._drain_lines()
+            return
+        factory.begin_batch()
+        try:
+            self._drain_lines()
+        finally:
+            factory.end_batch()
+
+    def _drain_lines(self) -> None:
         self._resume_call = None
         now = self.clock.seconds()
         while self.pending and not self._checking:
@@ -364,6 +380,24 @@ class ChatLineProtocol(LineReceiver):
         if self.state not in (Session.OPEN, Session.LOGIN) or self.transport is None:
             return
         data = event.encode(self.format)
+        factory = self.factory
+        if isinstance(factory, ChatFactory) and factory.batching:
+            # Inside one input turn: gather, and write once per recipient at its end.
+            if self._out is None:
+                self._out = [data]
+                factory.dirty.append(self)
+            else:
+                self._out.append(data)
+            return
+        self._send(data)
+
+    def flush_out(self) -> None:
+        out, self._out = self._out, None
+        if out and self.state in (Session.OPEN, Session.LOGIN) and self.transport is not None:
+            self._send(out[0] if len(out) == 1 else b"".join(out))
+
+    def _send(self, data: bytes) -> None:
+        assert self.transport is not None
         if not self.gate.paused and not self.queue:
             self.transport.write(data)
             return
@@ -387,6 +421,7 @@ class ChatLineProtocol(LineReceiver):
     def close(self, final: Event | None) -> None:
         if self.state not in (Session.OPEN, Session.LOGIN) or self.transport is None:
             return
+        self.flush_out()
         if final is not None:
             self.transport.write(final.encode(self.format))
         self.state = Session.CLOSING
@@ -433,6 +468,8 @@ class ChatFactory(ServerFactory):
         self.limits = limits
         self.authenticator: Authenticator | None = None
 
+        self.batch_depth = 0
+        self.dirty: list[ChatLineProtocol] = []
         self.max_clients: int | None = None
         self.max_per_address: int | None = None
         self.total = 0
@@ -458,6 +495,26 @@ class ChatFactory(ServerFactory):
         self.total += 1
         self.per_address[host] += 1
         return proto
+
+    @property
+    def batching(self) -> bool:
+        return self.batch_depth > 0
+
+    def begin_batch(self) -> None:
+        self.batch_depth += 1
+
+    def end_batch(self) -> None:
+        """Flush what was gathered; output caused while flushing joins the batch."""
+        if self.batch_depth > 1:
+            self.batch_depth -= 1
+            return
+        try:
+            while self.dirty:
+                dirty, self.dirty = self.dirty, []
+                for protocol in dirty:
+                    protocol.flush_out()
+        finally:
+            self.batch_depth = 0
 
     def _refusal(self, host: str) -> str | None:
         if self.max_clients is not None and self.total >= self.max_clients:
