@@ -346,8 +346,11 @@ def test_login_required_then_admitted_under_the_login_name():
     conn.send(b"/login alice secret\n")
     lines = conn.new_lines()
     assert lines[0] == "*** Welcome to groupchat 0.1.0, alice! You are in #lobby."
-    conn.send(b"/nick mallory\n")
-    assert conn.new_lines()[0].startswith("!!! nick-reserved: you are logged in as alice")
+    assert "/nick NAME" not in lines[1]  # the nickname is fixed: not offered
+    conn.send(b"/nick mallory\n/login alice secret\n")
+    answers = conn.new_lines()
+    assert answers[0].startswith("!!! nick-reserved: you are logged in as alice")
+    assert answers[1] == "!!! not-needed: you are already logged in as alice"
 
 
 def test_wrong_password_does_not_reveal_the_name_and_attempts_are_limited():

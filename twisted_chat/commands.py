@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
-from twisted_chat.errors import BadArguments, ChatError, UnknownCommand, UnsupportedFormat
+from twisted_chat.errors import (
+    BadArguments,
+    ChatError,
+    NotNeeded,
+    UnknownCommand,
+    UnsupportedFormat,
+)
 from twisted_chat.events import Error, Format, Help
 from twisted_chat.sanitize import clean_text
 from twisted_chat.service import ChatService, Member
@@ -89,6 +95,12 @@ def _help(svc: ChatService, m: Member, args: str) -> None:
     )
 
 
+def _login(svc: ChatService, m: Member, args: str) -> None:
+    if m.logged_in:
+        raise NotNeeded(f"you are already logged in as {m.nick}")
+    raise NotNeeded("this server has no logins; choose a nickname with /nick NAME")
+
+
 def _quit(svc: ChatService, m: Member, args: str) -> None:
     svc.quit(m, args)
 
@@ -107,6 +119,8 @@ COMMANDS: dict[str, Command] = {
     "quit": Command("/quit [reason]", "leave the chat", _quit),
 }
 _UNIQUE = list(COMMANDS.values())
+# Not listed in /help: only meaningful before logging in, which the protocol handles.
+COMMANDS["login"] = Command("/login NAME PASSWORD", "log in (servers with --auth)", _login)
 COMMANDS["leave"] = COMMANDS["part"]
 COMMANDS["names"] = COMMANDS["who"]
 COMMANDS["list"] = COMMANDS["rooms"]

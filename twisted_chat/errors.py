@@ -57,5 +57,9 @@ class EmptyMessage(ChatError):
     code = "empty-message"
 
 
+class NotNeeded(ChatError):
+    code = "not-needed"
+
+
 class UnsupportedFormat(ChatError):
     code = "bad-format"

@@ -79,6 +79,7 @@ class Welcome(Event):
     version: str
     format: Format
     limits: dict[str, float] | None = None
+    logged_in: bool = False
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -93,6 +94,7 @@ class Welcome(Event):
             },
             "max_line": self.max_line,
             "limits": self.limits,
+            "logged_in": self.logged_in,
             "server": "groupchat",
             "version": self.version,
             "format": self.format.value,
@@ -103,8 +105,9 @@ class Welcome(Event):
         return "\n".join(
             [
                 f"*** Welcome to groupchat {self.version}, {self.nick}! {where}",
-                "*** Type a line to talk in your current room. Commands: /nick NAME, "
-                "/join #room, /part [#room], /rooms, /who [#room], /msg NICK text, /me action, "
+                "*** Type a line to talk in your current room. Commands: "
+                + ("" if self.logged_in else "/nick NAME, ")
+                + "/join #room, /part [#room], /rooms, /who [#room], /msg NICK text, /me action, "
                 "/ping [token], /format json|text, /help, /quit [reason]",
                 f"*** Heartbeat: send any line (for example /ping) at least every "
                 f"{_secs(self.heartbeat_interval)} s; after {_secs(self.heartbeat_timeout)} s "

@@ -198,6 +198,7 @@ class ChatService(service.Service):
             max_line=self.max_line,
             version=__version__,
             format=member.fmt,
+            logged_in=member.logged_in,
             limits=None
             if self.limits is None
             else {
