@@ -34,7 +34,7 @@ def _pin(cpu: int) -> list[str]:
 
 
 @contextmanager
-def groupchat_server() -> Iterator[int]:
+def groupchat_server() -> Iterator[tuple[int, int]]:
     """Our server, with every input limit lifted (they are not what is measured)."""
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
@@ -76,19 +76,19 @@ def groupchat_server() -> Iterator[int]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("groupchat did not start")
                 time.sleep(0.05)
-            yield int(port_file.read_text().strip().rsplit(":", 1)[1])
+            yield int(port_file.read_text().strip().rsplit(":", 1)[1]), proc.pid
         finally:
             proc.terminate()
             proc.wait(timeout=10)
 
 
 @contextmanager
-def minimal_server() -> Iterator[int]:
+def minimal_server() -> Iterator[tuple[int, int]]:
     argv = [*_pin(0), sys.executable, "-m", "bench.minimal_server", "0"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        yield int(proc.stdout.readline())
+        yield int(proc.stdout.readline()), proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -169,13 +169,80 @@ async def fanout(
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def latency(
+    port: int, pid: int, receivers: int, rate: float, seconds: float, timeout: float
+) -> dict[str, float]:
+    """One sender at a fixed rate; each message carries its send time."""
+    conns = [await asyncio.open_connection(HOST, port) for _ in range(receivers + 1)]
+    await asyncio.gather(*(_settle(r) for r, _ in conns))
+    await asyncio.gather(*(_settle(r) for r, _ in conns))
+    total = int(rate * seconds)
+    samples: list[float] = []
+    got = [0] * receivers
+
+    async def receive(i: int, reader: asyncio.StreamReader) -> None:
+        buffer = b""
+        while got[i] < total:
+            data = await reader.read(262144)
+            if not data:
+                return
+            now = time.perf_counter()
+            *lines, buffer = (buffer + data).split(b"\n")
+            for line in lines:
+                at = line.find(MARK)
+                if at >= 0:
+                    sent = float(line[at + 2 :].split(b"|", 1)[0])
+                    samples.append(now - sent)
+                    got[i] += 1
+
+    tasks = [asyncio.create_task(receive(i, r)) for i, (r, _) in enumerate(conns[:receivers])]
+    _, writer = conns[receivers]
+    cpu_before = cpu_seconds(pid)
+    start = time.perf_counter()
+    for n in range(total):
+        due = start + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        writer.write((MARK + f"{time.perf_counter():.6f}|".encode()).ljust(63, b".") + b"\n")
+    with suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+    wall = time.perf_counter() - start
+    cpu = cpu_seconds(pid) - cpu_before
+    for _, w in conns:
+        w.close()
+    samples.sort()
+
+    def pct(p: float) -> float:
+        return samples[min(len(samples) - 1, int(p * len(samples)))] * 1000
+
+    return {
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "p999_ms": pct(0.999),
+        "max_ms": samples[-1] * 1000,
+        "server_cpu": cpu / wall,
+        "lost": receivers * total - len(samples),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("scenario", choices=["fanout"])
+    parser.add_argument("scenario", choices=["fanout", "latency"])
+    parser.add_argument(
+        "--rates", type=float, nargs="+", default=[500, 2000], help="latency: messages per second"
+    )
+    parser.add_argument("--seconds", type=float, default=3.0, help="latency: how long")
     parser.add_argument("--receivers", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--senders", type=int, nargs="+", default=[1])
     parser.add_argument("--messages", type=int, default=2000)
@@ -187,13 +254,40 @@ def main() -> None:
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
-    results = []
+    results: list[dict[str, object]] = []
+    if args.scenario == "latency":
+        for rate in args.rates:
+            for name in args.servers:
+                runs = []
+                for _ in range(args.repeat):
+                    with SERVERS[name]() as (port, pid):
+                        runs.append(
+                            asyncio.run(
+                                latency(
+                                    port, pid, args.receivers[0], rate, args.seconds, args.timeout
+                                )
+                            )
+                        )
+                row = {"server": name, "rate": rate, "receivers": args.receivers[0]}
+                for key in ("p50_ms", "p99_ms", "p999_ms", "max_ms", "server_cpu", "lost"):
+                    row[key] = statistics.median(r[key] for r in runs)
+                results.append(row)
+                print(
+                    f"{name:16} rate={rate:<6g} R={args.receivers[0]:<4} "
+                    f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
+                    f"p99.9 {row['p999_ms']:.2f} ms  max {row['max_ms']:.2f} ms  "
+                    f"server CPU {row['server_cpu']:.0%}  lost {row['lost']}",
+                    flush=True,
+                )
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return
     for receivers in args.receivers:
         for senders in args.senders:
             for name in args.servers:
                 runs = []
                 for _ in range(args.repeat):
-                    with SERVERS[name]() as port:
+                    with SERVERS[name]() as (port, _pid):
                         runs.append(
                             asyncio.run(
                                 fanout(
