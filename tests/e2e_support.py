@@ -10,6 +10,7 @@ before the pong has arrived by then.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -86,13 +87,14 @@ class ServerProcess:
                 assert m, f"unexpected port file content {content!r}"
                 self.port = int(m.group(1))
                 return self.port
-            if self.proc.poll() is not None:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no port file after {timeout} s:\n{self.log()}")
+            # Bounded wait on the other condition that ends this poll: the server exiting.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=POLL_STEP)
                 raise AssertionError(
                     f"server exited with {self.proc.returncode} before listening:\n{self.log()}"
                 )
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"no port file after {timeout} s:\n{self.log()}")
-            time.sleep(POLL_STEP)
 
     def wait_exit(self, timeout: float) -> int:
         try:

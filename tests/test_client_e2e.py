@@ -89,26 +89,39 @@ def clients() -> Iterator[list[ListenProcess]]:
 
 def spawn(
     started: list[ListenProcess],
-    server: ServerProcess | int,
+    server: ServerProcess | int | str,
     *args: str,
     stdin: bytes | None = None,
 ) -> ListenProcess:
-    port = server if isinstance(server, int) else server.port
-    client = ListenProcess([*CLIENT, "--server", f"{HOST}:{port}", *args], stdin=stdin)
+    """A client of ``server``: a running server, a port, or an endpoint description."""
+    if isinstance(server, str):
+        target = server
+    else:
+        target = f"{HOST}:{server if isinstance(server, int) else server.port}"
+    client = ListenProcess([*CLIENT, "--server", target, *args], stdin=stdin)
     started.append(client)
     return client
 
 
 def wait_member(observer: ChatClient, room: str, nick: str, timeout: float = 15.0) -> None:
-    """Poll /who until ``nick`` is in ``room`` (the client connects asynchronously)."""
+    """Wait until ``nick`` is in ``room`` (the client connects asynchronously).
+
+    The observer joins the room: the member list it gets is a snapshot, and any later
+    arrival is announced to it, so there is nothing to poll.
+    """
+    observer.say(f"/join {room}")
+    observer.say(f"/who {room}")
+    members = observer.expect(lambda text: text.startswith(f"*** [{room}] ") and "here:" in text)
+    if nick in members.split("here:", 1)[1].strip().split(", "):
+        return
+    arrivals = [f"*** [{room}] {nick} joined"]
+    if room == "#lobby":  # a client is seated in #lobby as a guest, then renames itself
+        arrivals.append(f" is now known as {nick}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        observer.say(f"/who {room}")
-        line = observer.expect(lambda text: text.startswith(("!!!", f"*** [{room}]")))
-        if "here:" in line and nick in line.split("here:", 1)[1].strip().split(", "):
+        if observer.poll(lambda text: any(a in text for a in arrivals), 0.3) is not None:
             return
-        observer.barrier()
-        time.sleep(0.1)  # between polls of the server, not a wait for a result
+        observer.barrier()  # keep the observer's own heartbeat going
     raise AssertionError(f"{nick} never appeared in {room}")
 
 
@@ -167,7 +180,8 @@ def test_client_outlives_a_short_server_heartbeat_timeout(
     deadline = time.monotonic() + 6.0  # four timeouts long
     while time.monotonic() < deadline:
         observer.barrier()  # the observer heartbeats too
-        time.sleep(0.3)  # pacing our own heartbeats
+        # Bounded wait on the one line this test must never see.
+        assert observer.poll("quiet timed out", 0.3) is None
     observer.say("still there?")
     listener.expect(f"[#lobby] <{observer.nick}> still there?")
     assert observer.count("quiet timed out") == 0
@@ -339,34 +353,22 @@ def test_tls_end_to_end_with_a_verified_certificate(
 ) -> None:
     key, cert, trust = _make_certificate(tmp_path)
     server = start_server(port=f"ssl:0:privateKey={key}:certKey={cert}:interface={HOST}")
-    listener = spawn_raw(
-        clients,
-        ["--server", f"tls:localhost:{server.port}:trustRoots={trust}", "--listen", "--json"],
-    )
+    trusting = f"tls:localhost:{server.port}:trustRoots={trust}"
+    listener = spawn(clients, trusting, "--listen", "--json")
     listener.expect('"type": "welcome"', timeout=20)  # seated before anyone speaks
-    sender = spawn_raw(
-        clients,
-        ["--server", f"tls:localhost:{server.port}:trustRoots={trust}", "--nick", "secure"],
-        stdin=b"over tls\n",
-    )
+    sender = spawn(clients, trusting, "--nick", "secure", stdin=b"over tls\n")
     assert sender.proc.wait(timeout=30) == 0
     listener.expect('"text": "over tls"')
-    untrusted = spawn_raw(
+    untrusted = spawn(
         clients,
-        ["--server", f"tls:localhost:{server.port}", "--connect-timeout", "3"],
+        f"tls:localhost:{server.port}",
+        "--connect-timeout",
+        "3",
         stdin=b"should not go\n",
     )
     assert untrusted.proc.wait(timeout=30) == 1
     assert untrusted.proc.stderr is not None
     assert "TLS certificate is not trusted" in untrusted.proc.stderr.read().decode()
-
-
-def spawn_raw(
-    started: list[ListenProcess], args: list[str], stdin: bytes | None = None
-) -> ListenProcess:
-    client = ListenProcess([*CLIENT, *args], stdin=stdin)
-    started.append(client)
-    return client
 
 
 def test_login_with_a_password_file_and_refusals(

@@ -47,6 +47,7 @@ class Client:
         rooms: tuple[str, ...] = ("#lobby",),
         interval: float = 10.0,
         timeout: float = 30.0,
+        limits: dict[str, float] | None = None,
     ) -> None:
         self.receive(
             type="welcome",
@@ -55,6 +56,7 @@ class Client:
             current=rooms[0],
             heartbeat={"interval": interval, "timeout": timeout, "sweep": 1.0, "warning": 5.0},
             max_line=2048,
+            limits=limits,
             server="groupchat",
             version="0.1.0",
             format="json",
@@ -222,14 +224,7 @@ def test_connection_loss_cleans_up_timers():
 def test_lines_are_paced_under_the_announced_rate():
     c = Client()
     c.connect()
-    c.receive(
-        type="welcome",
-        nick="guest1",
-        rooms=["#lobby"],
-        current="#lobby",
-        heartbeat={"interval": 10.0, "timeout": 30.0, "sweep": 1.0, "warning": 5.0},
-        limits={"rate": 5.0, "burst": 10.0, "byte_rate": 16384.0, "flood_timeout": 60.0},
-    )
+    c.welcome(limits={"rate": 5.0, "burst": 10.0, "byte_rate": 16384.0, "flood_timeout": 60.0})
     c.sent()
     for i in range(30):
         c.session.send(f"line {i}")
