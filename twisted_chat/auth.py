@@ -23,6 +23,10 @@ class LoginFailed(ChatError):
     code = "login-failed"
 
 
+class LoginInUse(ChatError):
+    code = "login-in-use"
+
+
 class LoginRequired(ChatError):
     code = "login-required"
 

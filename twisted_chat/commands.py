@@ -19,6 +19,7 @@ from twisted_chat.errors import (
     UnsupportedFormat,
 )
 from twisted_chat.events import Error, Format, Help
+from twisted_chat.interfaces import IParticipant
 from twisted_chat.sanitize import clean_text
 from twisted_chat.service import ChatService, Member
 
@@ -81,12 +82,15 @@ def _ping(svc: ChatService, m: Member, args: str) -> None:
     svc.ping(m, args)
 
 
-def _format(svc: ChatService, m: Member, args: str) -> None:
+def parse_format(args: str) -> Format:
     try:
-        fmt = Format(_need(args, "/format json|text").strip().lower())
+        return Format(_need(args, "/format json|text").strip().lower())
     except ValueError:
         raise UnsupportedFormat("usage: /format json|text") from None
-    svc.set_format(m, fmt)
+
+
+def _format(svc: ChatService, m: Member, args: str) -> None:
+    svc.set_format(m, parse_format(args))
 
 
 def _help(svc: ChatService, m: Member, args: str) -> None:
@@ -161,6 +165,10 @@ class Dispatcher:
     def report(self, member: Member, error: ChatError) -> None:
         """Turn a domain error into the wire error for this member."""
         if member.present:
-            member.participant.deliver(
-                Error(ts=self.service.clock.seconds(), code=error.code, message=error.message)
-            )
+            self.tell(member.participant, error)
+
+    def tell(self, participant: IParticipant, error: ChatError) -> None:
+        """The same, for a participant not (yet) a member: one still logging in."""
+        participant.deliver(
+            Error(ts=self.service.clock.seconds(), code=error.code, message=error.message)
+        )

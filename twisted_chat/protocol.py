@@ -29,14 +29,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_chat.auth import Authenticator, LoginFailed, LoginRequired
-from twisted_chat.commands import Dispatcher
-from twisted_chat.errors import ChatError, UnsupportedFormat
-from twisted_chat.events import Bye, Error, Event, Format, LoginNeeded, Pong, SlowDown
+from twisted_chat.commands import Dispatcher, parse_format
+from twisted_chat.errors import ChatError
+from twisted_chat.events import Bye, Event, Format, LoginNeeded, SlowDown
 from twisted_chat.framing import LineFramer, LineTooLong, TelnetFilter
 from twisted_chat.interfaces import IParticipant
 from twisted_chat.limits import InputLimits, TokenBucket
 from twisted_chat.names import validate_nick
-from twisted_chat.sanitize import clean_text
 from twisted_chat.service import ChatService, Member
 
 CLOSE_GRACE = 1.0
@@ -127,6 +126,7 @@ class ChatLineProtocol(LineReceiver):
         self._login_call: IDelayedCall | None = None
         self._awaiting_tls = False
         self._out: list[bytes] | None = None  # output gathered during an input turn
+        self.batcher: ChatFactory | None = None  # set by the factory that built us
         self.gate = OutputGate(self)
         self.queue: deque[bytes] = deque()
         self.queued = 0
@@ -188,13 +188,13 @@ class ChatLineProtocol(LineReceiver):
             d.addErrback(lambda f: self.log.failure("login failed unexpectedly", f))
         elif command == "/format":
             try:
-                self.format = Format(rest.strip().lower())
-            except ValueError:
-                self._tell(UnsupportedFormat("usage: /format json|text"))
+                self.format = parse_format(rest)
+            except ChatError as e:
+                self._tell(e)
                 return
             self.deliver(LoginNeeded(ts=now, attempts=self._attempts))
         elif command == "/ping":
-            self.deliver(Pong(ts=now, token=clean_text(rest)[:64]))
+            self.deliver(self.service.pong(rest))
         elif command == "/quit":
             self.close(Bye(ts=now, reason="you quit"))
         else:
@@ -241,7 +241,7 @@ class ChatLineProtocol(LineReceiver):
             self.close(Bye(ts=self.clock.seconds(), reason=f"no login within {timeout:g} s"))
 
     def _tell(self, error: ChatError) -> None:
-        self.deliver(Error(ts=self.clock.seconds(), code=error.code, message=error.message))
+        self.dispatcher.tell(self, error)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.state = Session.CLOSED
@@ -274,15 +274,15 @@ class ChatLineProtocol(LineReceiver):
         Output caused by these lines is written once per recipient when they are done:
         one ``write`` per member per input chunk instead of one per line.
         """
-        factory = self.factory
-        if not isinstance(factory, ChatFactory):
+        batcher = self.batcher
+        if batcher is None:
             self._drain_lines()
             return
-        factory.begin_batch()
+        batcher.begin_batch()
         try:
             self._drain_lines()
         finally:
-            factory.end_batch()
+            batcher.end_batch()
 
     def _drain_lines(self) -> None:
         self._resume_call = None
@@ -380,12 +380,12 @@ class ChatLineProtocol(LineReceiver):
         if self.state not in (Session.OPEN, Session.LOGIN) or self.transport is None:
             return
         data = event.encode(self.format)
-        factory = self.factory
-        if isinstance(factory, ChatFactory) and factory.batching:
+        batcher = self.batcher
+        if batcher is not None and batcher.batch_depth:
             # Inside one input turn: gather, and write once per recipient at its end.
             if self._out is None:
                 self._out = [data]
-                factory.dirty.append(self)
+                batcher.dirty.append(self)
             else:
                 self._out.append(data)
             return
@@ -491,14 +491,11 @@ class ChatFactory(ServerFactory):
             self.authenticator,
         )
         proto.factory = self
+        proto.batcher = self
         proto.address = host
         self.total += 1
         self.per_address[host] += 1
         return proto
-
-    @property
-    def batching(self) -> bool:
-        return self.batch_depth > 0
 
     def begin_batch(self) -> None:
         self.batch_depth += 1

@@ -432,8 +432,11 @@ class ChatService(service.Service):
         self._fanout({target: None, member: None}, event)
 
     def ping(self, member: Member, token: str) -> None:
-        token = _short(clean_text(token).strip(), TOKEN_MAX)
-        member.participant.deliver(Pong(ts=self.clock.seconds(), token=token))
+        member.participant.deliver(self.pong(token))
+
+    def pong(self, token: str) -> Pong:
+        """The answer to a heartbeat, its token cleaned and bounded."""
+        return Pong(ts=self.clock.seconds(), token=_short(clean_text(token).strip(), TOKEN_MAX))
 
     def _fanout(
         self, members: Iterable[Member], event: Event, exclude: Member | None = None
