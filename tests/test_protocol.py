@@ -374,7 +374,7 @@ def test_a_logged_in_name_cannot_be_taken_twice():
     second = h.connect()
     second.new_lines()
     second.send(b"/login alice secret\n")
-    expected = "!!! login-failed: alice (or a name that looks like it) is logged in"
+    expected = "!!! login-in-use: alice (or a name that looks like it) is logged in"
     assert second.new_lines() == [expected]
 
 

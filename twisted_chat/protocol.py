@@ -28,7 +28,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_chat.auth import Authenticator, LoginFailed, LoginRequired
+from twisted_chat.auth import Authenticator, LoginFailed, LoginInUse, LoginRequired
 from twisted_chat.commands import Dispatcher, parse_format
 from twisted_chat.errors import ChatError
 from twisted_chat.events import Bye, Event, Format, LoginNeeded, SlowDown
@@ -223,7 +223,7 @@ class ChatLineProtocol(LineReceiver):
                 return  # the connection went away while the password was checked
             nick = login
             if self.service.nick_in_use(nick):
-                self._tell(LoginFailed(f"{nick} (or a name that looks like it) is logged in"))
+                self._tell(LoginInUse(f"{nick} (or a name that looks like it) is logged in"))
                 return
             if self._login_call is not None and self._login_call.active():
                 self._login_call.cancel()

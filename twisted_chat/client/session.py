@@ -248,9 +248,9 @@ class ChatClientProtocol(LineReceiver):
             elif not self._login_sent:
                 self._login_sent = True
                 self.send(f"/login {session.wanted_nick} {session.password}")
-        elif kind == "error" and event.get("code") == "login-failed":
+        elif kind == "error" and event.get("code") in ("login-failed", "login-in-use"):
             message = clean_text(str(event.get("message", "")))
-            if message.endswith("is logged in"):
+            if event["code"] == "login-in-use":
                 # Probably our own previous connection, until the server times it out.
                 session.on_status(f"{message}; retrying")
             else:
