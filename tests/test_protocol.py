@@ -436,3 +436,44 @@ def test_output_of_one_input_chunk_is_written_once_per_recipient_in_order():
     ]
     alice.send(b"/quit bye\n")  # the closing line follows what was gathered before it
     assert bob.new_lines() == ["*** [#lobby] alice quit (bye)"]
+
+
+def test_one_turn_is_rendered_per_recipient_format_and_format_switch_keeps_earlier_lines():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    carol = h.connect("carol")
+    bob.send(b"/format json\n")
+    bob.new_lines()
+    alice.new_lines()
+    alice.send(b"one\ntwo\n")
+    assert [(m["type"], m["text"]) for m in bob.new_json()] == [
+        ("message", "one"),
+        ("message", "two"),
+    ]
+    assert carol.new_lines()[-2:] == ["[#lobby] <alice> one", "[#lobby] <alice> two"]
+    carol.send(b"/who\n/format json\n")
+    lines = carol.new_lines()
+    assert (
+        lines[0] == "*** [#lobby] 3 here: alice, bob, carol"
+    )  # answered before the switch: still text
+    assert json.loads(lines[1])["type"] == "welcome"
+
+
+def test_flush_interval_holds_output_under_load_but_not_after_a_quiet_spell():
+    h = ProtocolHarness()
+    h.factory.flush_interval = 0.002
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    h.clock.pump([0.002, 1])  # the joins' held flush, then a quiet second
+    bob.new_lines()
+    alice.send(b"first\n")
+    assert bob.new_lines() == ["[#lobby] <alice> first"]  # quiet before: at once
+    alice.send(b"second\n")
+    alice.send(b"third\n")
+    assert bob.new_lines() == []  # held: the last flush was under 2 ms ago
+    h.clock.advance(0.002)
+    assert bob.new_lines() == ["[#lobby] <alice> second", "[#lobby] <alice> third"]
+    h.clock.advance(0.002)
+    alice.send(b"/quit\n")  # a close writes what was held first
+    assert bob.new_lines() == ["*** [#lobby] alice quit"]

@@ -283,3 +283,77 @@ def test_ping_answers_with_token_cleaned_and_bounded():
     h.service.ping(alice, "abc\x1b[2J" + "x" * 100)
     token = pa.events[-1].to_json()["token"]
     assert token.startswith("abc") and "\x1b" not in token and len(token) <= 64
+
+
+def _flat(p: RecordingParticipant) -> list[str]:
+    """What a participant was shown, in order, with batches opened up."""
+    shown: list[str] = []
+    for event in p.events:
+        inner = getattr(event, "events", None)
+        shown.extend(e.text() for e in (inner if inner is not None else [event]))
+    return shown
+
+
+def test_lines_of_one_input_turn_share_one_delivery_per_recipient_in_order():
+    h = Harness()
+    alice, _ = h.add("alice")
+    _, bob = h.add("bob")
+    _, carol = h.add("carol")
+    bob.clear()
+    carol.clear()
+    h.service.begin_batch()
+    h.service.say(alice, "one")
+    h.service.say(alice, "two")
+    h.service.private(alice, "bob", "psst")
+    h.service.say(alice, "three")
+    h.service.end_batch()
+    assert _flat(bob) == [
+        "[#lobby] <alice> one",
+        "[#lobby] <alice> two",
+        "[PM alice -> bob] psst",
+        "[#lobby] <alice> three",
+    ]
+    assert [e.type for e in bob.events] == ["batch", "private", "batch"]
+    # The private message ended the first run: carol's deliveries follow bob's, not hers.
+    assert _flat(carol) == [
+        "[#lobby] <alice> one",
+        "[#lobby] <alice> two",
+        "[#lobby] <alice> three",
+    ]
+    assert len(carol.events) == 2
+    h.service.say(alice, "after")  # outside a turn: plain events
+    assert bob.events[-1].type == "message"
+
+
+def test_a_run_never_reaches_someone_who_joined_after_it_started():
+    h = Harness()
+    alice, _ = h.add("alice")
+    _, bob = h.add("bob")
+    dave = RecordingParticipant()
+    h.service.begin_batch()
+    h.service.say(alice, "before dave")
+    h.service.connect(dave)  # joins #lobby in the middle of alice's turn
+    h.service.say(alice, "after dave")
+    h.service.end_batch()
+    assert "[#lobby] <alice> before dave" not in _flat(dave)
+    assert _flat(dave)[-1] == "[#lobby] <alice> after dave"
+    shown = _flat(bob)
+    assert shown.index("[#lobby] <alice> before dave") < shown.index("[#lobby] <alice> after dave")
+    assert len([s for s in shown if s.startswith("*** [#lobby] guest")]) == 1
+
+
+def test_a_batch_is_sealed_once_encoded_or_the_turn_ends():
+    h = Harness()
+    alice, _ = h.add("alice")
+    _, bob = h.add("bob")
+    bob.clear()
+    h.service.begin_batch()
+    h.service.say(alice, "one")
+    assert bob.events[0].encode(Format.TEXT) == b"[#lobby] <alice> one\r\n"
+    h.service.say(alice, "two")  # a fresh delivery: what was encoded never grows
+    h.service.end_batch()
+    assert [len(e.events) for e in bob.events] == [1, 1]  # type: ignore[attr-defined]
+    h.service.begin_batch()
+    h.service.say(alice, "three")
+    h.service.end_batch()
+    assert len(bob.events) == 3

@@ -52,6 +52,9 @@ def test_port_forms(port, description):
         ["--heartbeat-interval", "30", "--heartbeat-timeout", "10"],
         ["--max-line", "10"],
         ["--max-line", "big"],
+        ["--flush-interval", "-0.1"],
+        ["--flush-interval", "2"],
+        ["--flush-interval", "soon"],
     ],
 )
 def test_bad_values_are_usage_errors(args):

@@ -401,3 +401,35 @@ class Error(Event):
 
     def text(self) -> str:
         return f"!!! {self.code}: {self.message}"
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Batch(Event):
+    """A run of events for one audience, handed once to each member of it.
+
+    Within one input turn the core keeps extending the open batch while the same room
+    broadcasts to the same members, so N lines into a room of R members cost R
+    deliveries, not N x R.  Encoding seals it: what a recipient has rendered never grows.
+    """
+
+    type: ClassVar[str] = "batch"
+    events: list[Event]
+    sealed: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        return {"events": [event.to_json() for event in self.events]}
+
+    def text(self) -> str:
+        return "\n".join(event.text() for event in self.events)
+
+    def encode(self, fmt: Format) -> bytes:
+        self.sealed = True
+        if fmt is Format.TEXT:
+            wire = self._text_wire
+            if wire is None:
+                wire = self._text_wire = b"".join(e.encode(fmt) for e in self.events)
+            return wire
+        wire = self._json_wire
+        if wire is None:
+            wire = self._json_wire = b"".join(e.encode(fmt) for e in self.events)
+        return wire

@@ -23,6 +23,10 @@ class IParticipant(Interface):
 
         Must return quickly and never wait on the network; may raise, in which case the
         core drops this participant and carries on with everyone else.
+
+        ``event`` may be a ``Batch``: during one input turn the core may append further
+        events to it, so an adapter that buffers output must encode it at write time.
+        Encoding seals it; so does delivering any other event to this participant.
         """
 
     def close(final: Event | None) -> None:

@@ -31,7 +31,7 @@ from zope.interface import implementer
 from twisted_chat.auth import Authenticator, LoginFailed, LoginInUse, LoginRequired
 from twisted_chat.commands import Dispatcher, parse_format
 from twisted_chat.errors import ChatError
-from twisted_chat.events import Bye, Event, Format, LoginNeeded, SlowDown
+from twisted_chat.events import Batch, Bye, Event, Format, LoginNeeded, SlowDown
 from twisted_chat.framing import LineFramer, LineTooLong, TelnetFilter
 from twisted_chat.interfaces import IParticipant
 from twisted_chat.limits import InputLimits, TokenBucket
@@ -125,7 +125,7 @@ class ChatLineProtocol(LineReceiver):
         self._checking = False
         self._login_call: IDelayedCall | None = None
         self._awaiting_tls = False
-        self._out: list[bytes] | None = None  # output gathered during an input turn
+        self._out: list[Event] | None = None  # output gathered, encoded when written
         self.batcher: ChatFactory | None = None  # set by the factory that built us
         self.gate = OutputGate(self)
         self.queue: deque[bytes] = deque()
@@ -188,7 +188,7 @@ class ChatLineProtocol(LineReceiver):
             d.addErrback(lambda f: self.log.failure("login failed unexpectedly", f))
         elif command == "/format":
             try:
-                self.format = parse_format(rest)
+                self.set_format(parse_format(rest))
             except ChatError as e:
                 self._tell(e)
                 return
@@ -379,22 +379,30 @@ class ChatLineProtocol(LineReceiver):
     def deliver(self, event: Event) -> None:
         if self.state not in (Session.OPEN, Session.LOGIN) or self.transport is None:
             return
-        data = event.encode(self.format)
+        out = self._out
+        if out is not None:
+            # Output is being gathered (an input turn, or a flush the factory delays):
+            # keep order, and write once per recipient when the factory flushes.
+            last = out[-1]
+            if isinstance(last, Batch):
+                last.sealed = True  # what follows it must not be overtaken by its growth
+            out.append(event)
+            return
         batcher = self.batcher
         if batcher is not None and batcher.batch_depth:
-            # Inside one input turn: gather, and write once per recipient at its end.
-            if self._out is None:
-                self._out = [data]
-                batcher.dirty.append(self)
-            else:
-                self._out.append(data)
+            self._out = [event]
+            batcher.dirty.append(self)
             return
-        self._send(data)
+        self._send(event.encode(self.format))
 
     def flush_out(self) -> None:
         out, self._out = self._out, None
         if out and self.state in (Session.OPEN, Session.LOGIN) and self.transport is not None:
-            self._send(out[0] if len(out) == 1 else b"".join(out))
+            fmt = self.format
+            if len(out) == 1:
+                self._send(out[0].encode(fmt))
+            else:
+                self._send(b"".join([event.encode(fmt) for event in out]))
 
     def _send(self, data: bytes) -> None:
         assert self.transport is not None
@@ -416,6 +424,7 @@ class ChatLineProtocol(LineReceiver):
             self.transport.write(data)
 
     def set_format(self, fmt: Format) -> None:
+        self.flush_out()  # what was said before the switch is rendered the old way
         self.format = fmt
 
     def close(self, final: Event | None) -> None:
@@ -459,9 +468,13 @@ class ChatFactory(ServerFactory):
         max_line: int = 2048,
         send_queue: int = DEFAULT_SEND_QUEUE,
         limits: InputLimits | None = None,
+        flush_interval: float = 0.0,
     ) -> None:
         self.service = service
         self.dispatcher = Dispatcher(service)
+        self.flush_interval = flush_interval
+        self._last_flush = float("-inf")
+        self._flush_call: IDelayedCall | None = None
         self.clock = clock
         self.max_line = max_line
         self.send_queue = send_queue
@@ -499,19 +512,51 @@ class ChatFactory(ServerFactory):
 
     def begin_batch(self) -> None:
         self.batch_depth += 1
+        self.service.begin_batch()
 
     def end_batch(self) -> None:
-        """Flush what was gathered; output caused while flushing joins the batch."""
+        """Flush what was gathered, unless the last flush was under ``flush_interval`` ago.
+
+        Under a steady stream of input (one line per read), writing at once costs one
+        ``send()`` per member per line; holding output for at most ``flush_interval``
+        turns that into one per member per interval.  A line after a quiet spell still
+        goes out at once.
+        """
+        self.service.end_batch()
         if self.batch_depth > 1:
             self.batch_depth -= 1
             return
+        try:
+            if self._flush_call is not None:
+                return  # a flush is already due; what was gathered waits for it
+            wait = self._last_flush + self.flush_interval - self.clock.seconds()
+            if wait > 0 and self.dirty:
+                self._flush_call = self.clock.callLater(wait, self._timed_flush)
+                return
+            self.flush()
+        finally:
+            self.batch_depth = 0
+
+    def _timed_flush(self) -> None:
+        self._flush_call = None
+        try:
+            self.flush()
+        except Exception:
+            self.log.failure("delayed flush failed")
+
+    def flush(self) -> None:
+        """Write out everything gathered; output caused while flushing joins in."""
+        if not self.dirty:
+            return
+        self._last_flush = self.clock.seconds()
+        self.batch_depth += 1
         try:
             while self.dirty:
                 dirty, self.dirty = self.dirty, []
                 for protocol in dirty:
                     protocol.flush_out()
         finally:
-            self.batch_depth = 0
+            self.batch_depth -= 1
 
     def _refusal(self, host: str) -> str | None:
         if self.max_clients is not None and self.total >= self.max_clients:

@@ -30,6 +30,7 @@ from twisted_chat.errors import (
 )
 from twisted_chat.events import (
     Action,
+    Batch,
     Bye,
     Current,
     Disconnected,
@@ -83,6 +84,19 @@ class HeartbeatPolicy:
 class Room:
     name: str
     members: dict[Member, None] = field(default_factory=dict)
+    # Bumped on every change of membership: an open batch is only extended while the
+    # audience it was handed to is still exactly the room's.
+    version: int = 0
+
+
+@dataclass(eq=False)
+class _Run:
+    """The batch most recently handed to a room's members in this input turn."""
+
+    room: Room
+    version: int
+    exclude: Member | None
+    batch: Batch
 
 
 @dataclass(eq=False)
@@ -133,6 +147,8 @@ class ChatService(service.Service):
         # Members whose connection the core asked to close and has not yet seen go.
         self._closing: set[Member] = set()
         self._last_sweep: float | None = None
+        self._batch_depth = 0
+        self._run: _Run | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -176,6 +192,7 @@ class ChatService(service.Service):
         self.members[member] = None
         self.nicks[skeleton(member.nick)] = member
         self._activity[member] = None
+        self._close_run()
         participant.deliver(self.welcome(member, starting_in=LOBBY))
         self.join(member, LOBBY)
         return member
@@ -224,7 +241,7 @@ class ChatService(service.Service):
     def set_format(self, member: Member, fmt: Format) -> None:
         member.participant.set_format(fmt)
         member.fmt = fmt
-        member.participant.deliver(self.welcome(member))
+        self._tell(member, self.welcome(member))
 
     def set_nick(self, member: Member, raw: str) -> None:
         if member.logged_in:
@@ -335,6 +352,7 @@ class ChatService(service.Service):
 
     def _remove_from_room(self, member: Member, room: Room) -> None:
         room.members.pop(member, None)
+        room.version += 1
         member.rooms.pop(room_key(room.name), None)
         if not room.members and room.name != LOBBY:
             self.rooms.pop(room_key(room.name), None)
@@ -349,18 +367,17 @@ class ChatService(service.Service):
         now = self.clock.seconds()
         if member in room.members:
             member.current = room
-            member.participant.deliver(Current(ts=now, room=room.name))
+            self._tell(member, Current(ts=now, room=room.name))
             return
         room.members[member] = None
+        room.version += 1
         member.rooms[key] = room
         member.current = room
         self._fanout(
             room.members, Join(ts=now, room=room.name, nick=member.nick, count=len(room.members))
         )
-        member.participant.deliver(
-            Members(ts=now, room=room.name, members=[m.nick for m in room.members])
-        )
-        member.participant.deliver(Current(ts=now, room=room.name))
+        self._tell(member, Members(ts=now, room=room.name, members=[m.nick for m in room.members]))
+        self._tell(member, Current(ts=now, room=room.name))
 
     def part(self, member: Member, raw: str | None, reason: str = "") -> None:
         if raw:
@@ -377,8 +394,8 @@ class ChatService(service.Service):
         self._remove_from_room(member, room)
         if member.current is room:
             member.current = next(reversed(member.rooms.values()), None)
-            member.participant.deliver(
-                Current(ts=now, room=member.current.name if member.current else None)
+            self._tell(
+                member, Current(ts=now, room=member.current.name if member.current else None)
             )
 
     def who(self, member: Member, raw: str | None) -> None:
@@ -388,8 +405,11 @@ class ChatService(service.Service):
             room = member.current
         else:
             raise NotInRoom("you are not in any room; name one: /who #room")
-        member.participant.deliver(
-            Members(ts=self.clock.seconds(), room=room.name, members=[m.nick for m in room.members])
+        self._tell(
+            member,
+            Members(
+                ts=self.clock.seconds(), room=room.name, members=[m.nick for m in room.members]
+            ),
         )
 
     def list_rooms(self, member: Member) -> None:
@@ -397,7 +417,7 @@ class ChatService(service.Service):
             ((r.name, len(r.members)) for r in self.rooms.values()),
             key=lambda item: room_key(item[0]),
         )
-        member.participant.deliver(RoomList(ts=self.clock.seconds(), rooms=listing))
+        self._tell(member, RoomList(ts=self.clock.seconds(), rooms=listing))
 
     # -- talking -----------------------------------------------------------------------
 
@@ -419,7 +439,7 @@ class ChatService(service.Service):
             raise NotInRoom("you are not in any room; /join #room first")
         text = self._message_text(raw)
         event = kind(ts=self.clock.seconds(), room=room.name, nick=member.nick, text_=text)
-        self._fanout(room.members, event, exclude=member)
+        self._broadcast(room, event, exclude=member)
 
     def private(self, member: Member, nick: str, raw: str) -> None:
         target = self.nicks.get(skeleton(nick))
@@ -432,16 +452,59 @@ class ChatService(service.Service):
         self._fanout({target: None, member: None}, event)
 
     def ping(self, member: Member, token: str) -> None:
-        member.participant.deliver(self.pong(token))
+        self._tell(member, self.pong(token))
 
     def pong(self, token: str) -> Pong:
         """The answer to a heartbeat, its token cleaned and bounded."""
         return Pong(ts=self.clock.seconds(), token=_short(clean_text(token).strip(), TOKEN_MAX))
 
+    # -- batching: one input turn, many lines -----------------------------------------
+
+    def begin_batch(self) -> None:
+        """An adapter starts acting on one chunk of input (possibly many lines)."""
+        self._batch_depth += 1
+
+    def end_batch(self) -> None:
+        self._batch_depth = max(0, self._batch_depth - 1)
+        if not self._batch_depth:
+            self._close_run()
+
+    def _close_run(self) -> None:
+        run, self._run = self._run, None
+        if run is not None:
+            run.batch.sealed = True
+
+    def _broadcast(self, room: Room, event: Event, exclude: Member | None = None) -> None:
+        """Tell a room; inside a batch, consecutive lines to one room share one delivery."""
+        if not self._batch_depth:
+            self._fanout(room.members, event, exclude)
+            return
+        run = self._run
+        if (
+            run is not None
+            and run.room is room
+            and run.version == room.version
+            and run.exclude is exclude
+            and not run.batch.sealed
+        ):
+            run.batch.events.append(event)
+            return
+        batch = Batch(ts=event.ts, events=[event])
+        version = room.version
+        self._fanout(room.members, batch, exclude)
+        if room.version == version:  # nobody was dropped while it went out
+            self._run = _Run(room, version, exclude, batch)
+
+    def _tell(self, member: Member, event: Event) -> None:
+        """One event for one member; it ends any open batch so order is kept."""
+        self._close_run()
+        member.participant.deliver(event)
+
     def _fanout(
         self, members: Iterable[Member], event: Event, exclude: Member | None = None
     ) -> None:
         """Deliver to each member; one failing recipient is dropped, the rest still get it."""
+        self._close_run()
         failed = []
         for member in list(members):
             if member is exclude:

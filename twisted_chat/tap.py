@@ -7,6 +7,7 @@ install a reactor.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -50,17 +51,28 @@ def _positive(name: str, unit: str = "seconds"):  # type: ignore[no-untyped-def]
     return coerce
 
 
-def _line_limit(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise OptionError(f"--max-line must be a whole number of bytes, not {value!r}") from None
-    if not 64 <= number <= 1_048_576:
-        raise OptionError("--max-line must be between 64 and 1048576 bytes")
-    return number
+def _between(
+    name: str, kind: Callable[[str], float], low: float, high: float, unit: str, doc: str
+) -> Callable[[str], Any]:
+    """A coercer that accepts a number of ``unit`` from ``low`` to ``high``."""
+
+    def coerce(value: str) -> float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise OptionError(f"--{name} must be a number of {unit}, not {value!r}") from None
+        if not low <= number <= high:
+            raise OptionError(f"--{name} must be between {low:g} and {high:g} {unit}")
+        return number
+
+    coerce.coerceDoc = doc  # type: ignore[attr-defined]
+    return coerce
 
 
-_line_limit.coerceDoc = "Bytes, 64 to 1048576."  # type: ignore[attr-defined]
+_line_limit = _between("max-line", int, 64, 1_048_576, "bytes", "Bytes, 64 to 1048576.")
+_flush_interval = _between(
+    "flush-interval", float, 0, 1, "seconds", "Seconds, 0 to 1; 0 writes at once."
+)
 
 
 def _size(value: str) -> int:
@@ -190,6 +202,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "Output a client may leave unread (beyond the 64 KiB Twisted buffers itself) "
             "before it is disconnected as not reading.",
             _size,
+        ],
+        [
+            "flush-interval",
+            None,
+            0.002,
+            "Under sustained traffic, write to each client at most this often (seconds), "
+            "so a busy room costs one send per member per interval, not per line. "
+            "Output after a quiet spell goes out at once.",
+            _flush_interval,
         ],
         [
             "port-file",
@@ -374,6 +395,7 @@ def makeService(options: Options) -> service.MultiService:
         max_line=options["max-line"],
         send_queue=options["send-queue"],
         limits=limits,
+        flush_interval=options["flush-interval"],
     )
     checkers = options.get("credCheckers")
     if checkers:
