@@ -32,6 +32,7 @@ from twisted_chat.auth import Authenticator, LoginFailed, LoginInUse, LoginRequi
 from twisted_chat.commands import Dispatcher, parse_format
 from twisted_chat.errors import ChatError
 from twisted_chat.events import Batch, Bye, Event, Format, LoginNeeded, SlowDown
+from twisted_chat.fastwrite import can_write_directly, write_now
 from twisted_chat.framing import LineFramer, LineTooLong, TelnetFilter
 from twisted_chat.interfaces import IParticipant
 from twisted_chat.limits import InputLimits, TokenBucket
@@ -130,6 +131,8 @@ class ChatLineProtocol(LineReceiver):
         self.gate = OutputGate(self)
         self.queue: deque[bytes] = deque()
         self.queued = 0
+        self._direct = False  # plain TCP: broadcasts are sent without a reactor turn
+        self._send_error: OSError | None = None
 
     # -- connection --------------------------------------------------------------------
 
@@ -141,6 +144,7 @@ class ChatLineProtocol(LineReceiver):
         self.peer = f"{host}:{getattr(peer, 'port', '')}" if host is not None else "unix socket"
         if IConsumer.providedBy(transport):
             cast(IConsumer, transport).registerProducer(self.gate, True)
+        self._direct = can_write_directly(transport)
         set_nodelay = getattr(transport, "setTcpNoDelay", None)
         if set_nodelay is not None:
             with contextlib.suppress(OSError):  # not a TCP socket: nothing to tune
@@ -254,6 +258,9 @@ class ChatLineProtocol(LineReceiver):
             self.factory.released(self.address)
             self.address = None
         if self.member is not None:
+            if self._send_error is not None and reason.check(ierror.ConnectionDone):
+                # A send found the socket reset first; the read then only saw its end.
+                reason = Failure(ierror.ConnectionLost(str(self._send_error)))
             self.service.connection_lost(self.member, _describe(reason))
 
     def dataReceived(self, data: bytes) -> None:
@@ -407,7 +414,12 @@ class ChatLineProtocol(LineReceiver):
     def _send(self, data: bytes) -> None:
         assert self.transport is not None
         if not self.gate.paused and not self.queue:
-            self.transport.write(data)
+            if self._direct:
+                error = write_now(self.transport, data)
+                if error is not None and self._send_error is None:
+                    self._send_error = error
+            else:
+                self.transport.write(data)
             return
         self.queue.append(data)
         self.queued += len(data)
