@@ -9,6 +9,7 @@ from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
 from twisted_chat.client.session import ChatClientProtocol, ClientSession
+from twisted_chat.events import Format
 
 
 class Client:
@@ -258,3 +259,26 @@ def test_format_is_refused_locally_because_the_client_needs_json():
     assert c.session.send("/format text") is False
     assert c.sent() == []
     assert any("/format" in s for s in c.status)
+
+
+def test_crowd_summaries_read_the_same_in_the_client_as_in_text_mode():
+    from twisted_chat.client.render import system_line
+    from twisted_chat.events import Crowd
+
+    event = Crowd(
+        ts=0,
+        room="#lobby",
+        count=5000,
+        joined=["ann", "bo"],
+        joined_count=40,
+        left=["cy"],
+        left_count=1,
+        renamed=[("dee", "dora")],
+        renamed_count=1,
+    )
+    wire = json.loads(event.encode(Format.JSON))
+    line = system_line(wire)
+    assert line == "#lobby: 40 joined: ann, bo (+38); 1 left: cy; 1 renamed: dee -> dora; 5000 here"
+    assert event.text() == "*** [#lobby] " + line.split(": ", 1)[1]
+    hostile = {"type": "crowd", "room": "#x\x1b[2J", "joined": ["\x1b]0;x\x07"], "joined_count": 1}
+    assert "\x1b" not in (system_line(hostile) or "x\x1b")

@@ -357,3 +357,86 @@ def test_a_batch_is_sealed_once_encoded_or_the_turn_ends():
     h.service.say(alice, "three")
     h.service.end_batch()
     assert len(bob.events) == 3
+
+
+def _crowd(limit: int = 3, interval: float = 5.0) -> Harness:
+    h = Harness()
+    h.service.summarize_above = limit
+    h.service.summary_interval = interval
+    return h
+
+
+def test_a_crowded_room_summarizes_arrivals_instead_of_telling_everyone_each_one():
+    h = _crowd()
+    _, alice = h.add("alice")
+    h.add("bob")
+    h.add("carol")  # three: not yet a crowd, so everyone was told
+    assert alice.texts()[-2:] == [
+        "*** [#lobby] guest3 joined (3 here)",
+        "*** guest3 is now known as carol",
+    ]
+    alice.clear()
+    dave = RecordingParticipant()
+    h.service.set_nick(h.service.connect(dave), "dave")
+    eve = RecordingParticipant()
+    h.service.set_nick(h.service.connect(eve), "eve")
+    assert alice.events == []  # two arrivals, nothing sent to the crowd yet
+    assert [e.type for e in dave.events] == ["welcome", "join", "current", "nick"]  # no list
+    h.clock.advance(5)
+    assert alice.texts() == ["*** [#lobby] 2 joined: dave, eve; 5 here"]
+    assert dave.texts()[-1] == alice.texts()[-1]
+    crowd = alice.events[-1].to_json()
+    assert (crowd["joined"], crowd["joined_count"], crowd["count"]) == (["dave", "eve"], 2, 5)
+    h.clock.advance(60)
+    assert len(alice.events) == 1  # nothing happened: no summary
+
+
+def test_crowd_summary_counts_departures_and_renames_and_forgets_who_came_and_went():
+    h = _crowd()
+    bob, _ = h.add("bob")
+    carol, _ = h.add("carol")
+    h.add("dave")
+    _, alice = h.add("alice")  # the fourth: a summary is now pending
+    h.clock.advance(5)
+    alice.clear()
+    h.service.quit(carol, "bye")
+    h.service.set_nick(bob, "robert")
+    fleeting = RecordingParticipant()
+    h.service.quit(h.service.connect(fleeting), "")
+    assert alice.events == []
+    h.clock.advance(5)
+    assert alice.texts() == ["*** [#lobby] 1 left: carol; 1 renamed: bob -> robert; 3 here"]
+
+
+def test_crowd_summary_lists_twenty_names_and_counts_the_rest():
+    h = _crowd(limit=1)
+    _, first = h.add("first")
+    for _ in range(30):
+        h.service.connect(RecordingParticipant())
+    h.clock.advance(5)
+    (summary,) = first.events
+    assert summary.to_json()["joined_count"] == 30
+    assert len(summary.to_json()["joined"]) == 20
+    assert summary.text().endswith("(+10); 31 here")
+
+
+def test_a_member_timing_out_of_a_crowd_is_summarized_too():
+    h = _crowd(limit=2)
+    h.add("alice")
+    _, bob = h.add("bob")
+    carol = RecordingParticipant()
+    h.service.set_nick(h.service.connect(carol), "carol")
+    h.clock.advance(5)
+    bob.clear()
+    h.service.startService()
+    for _ in range(25):
+        h.clock.advance(1)
+        h.service.touch(h.people["alice"][0])
+        h.service.touch(h.people["bob"][0])
+    for _ in range(10):
+        h.clock.advance(1)
+        h.service.touch(h.people["alice"][0])
+        h.service.touch(h.people["bob"][0])
+    assert carol.closed and carol.closed[0].type == "bye"  # type: ignore[union-attr]
+    assert "carol" in bob.texts()[-1] and "1 left: carol" in bob.texts()[-1]
+    h.service.stopService()

@@ -55,6 +55,8 @@ def test_port_forms(port, description):
         ["--flush-interval", "-0.1"],
         ["--flush-interval", "2"],
         ["--flush-interval", "soon"],
+        ["--summarize-above", "0"],
+        ["--summary-interval", "0"],
     ],
 )
 def test_bad_values_are_usage_errors(args):

@@ -403,6 +403,74 @@ class Error(Event):
         return f"!!! {self.code}: {self.message}"
 
 
+def describe_crowd(
+    joined: Sequence[str],
+    joined_count: int,
+    left: Sequence[str],
+    left_count: int,
+    renamed: Sequence[Sequence[str]],
+    renamed_count: int,
+) -> str:
+    """``37 joined: a, b (+35); 2 left: c, d; 1 renamed: e -> f`` (shared with the client)."""
+
+    def names(shown: Sequence[str], count: int) -> str:
+        more = count - len(shown)
+        return ", ".join(shown) + (f" (+{more})" if more > 0 else "")
+
+    parts = []
+    if joined_count:
+        parts.append(f"{joined_count} joined: {names(joined, joined_count)}")
+    if left_count:
+        parts.append(f"{left_count} left: {names(left, left_count)}")
+    if renamed_count:
+        pairs = [f"{old} -> {new}" for old, new in renamed]
+        parts.append(f"{renamed_count} renamed: {names(pairs, renamed_count)}")
+    return "; ".join(parts)
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Crowd(Event):
+    """Arrivals, departures and renames in a crowded room, announced together.
+
+    In a room of thousands, announcing every join to everyone costs O(members) per join:
+    seating N people costs N squared lines.  Above ``--summarize-above`` members the
+    core collects them and sends one of these every ``--summary-interval`` seconds.
+    """
+
+    type: ClassVar[str] = "crowd"
+    room: str
+    count: int
+    joined: Sequence[str]
+    joined_count: int
+    left: Sequence[str]
+    left_count: int
+    renamed: Sequence[tuple[str, str]]
+    renamed_count: int
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "room": self.room,
+            "count": self.count,
+            "joined": list(self.joined),
+            "joined_count": self.joined_count,
+            "left": list(self.left),
+            "left_count": self.left_count,
+            "renamed": [list(pair) for pair in self.renamed],
+            "renamed_count": self.renamed_count,
+        }
+
+    def text(self) -> str:
+        what = describe_crowd(
+            self.joined,
+            self.joined_count,
+            self.left,
+            self.left_count,
+            self.renamed,
+            self.renamed_count,
+        )
+        return f"*** [{self.room}] {what}; {self.count} here"
+
+
 @dataclass(kw_only=True, eq=False, slots=True)
 class Batch(Event):
     """A run of events for one audience, handed once to each member of it.

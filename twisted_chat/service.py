@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -32,6 +32,7 @@ from twisted_chat.events import (
     Action,
     Batch,
     Bye,
+    Crowd,
     Current,
     Disconnected,
     Event,
@@ -56,6 +57,7 @@ from twisted_chat.names import LOBBY, room_key, skeleton, validate_nick, validat
 from twisted_chat.sanitize import clean_text
 
 TOKEN_MAX = 64
+SHOWN = 20  # names listed per kind in a crowd summary; the rest are counted
 GUEST_NAME = re.compile(r"guest[0-9ol]+")
 REASON_MAX = 200
 
@@ -87,6 +89,13 @@ class Room:
     # Bumped on every change of membership: an open batch is only extended while the
     # audience it was handed to is still exactly the room's.
     version: int = 0
+    # Crowd bookkeeping (see ``ChatService.summarize_above``): what the next summary says.
+    arrived: dict[Member, None] = field(default_factory=dict)
+    left: list[str] = field(default_factory=list)
+    left_count: int = 0
+    renamed: list[tuple[str, str]] = field(default_factory=list)
+    renamed_count: int = 0
+    summary_call: IDelayedCall | None = None
 
 
 @dataclass(eq=False)
@@ -128,8 +137,14 @@ class ChatService(service.Service):
         max_line: int = 2048,
         shutdown_grace: float = 3.0,
         limits: InputLimits | None = None,
+        summarize_above: int = 100,
+        summary_interval: float = 10.0,
     ) -> None:
         self.clock = clock
+        # Rooms larger than this announce joins, leaves and renames in one summary per
+        # interval instead of one line per change to every member.
+        self.summarize_above = summarize_above
+        self.summary_interval = summary_interval
         self.heartbeat = heartbeat or HeartbeatPolicy()
         self.max_line = max_line
         self.shutdown_grace = shutdown_grace
@@ -161,6 +176,10 @@ class ChatService(service.Service):
         super().stopService()
         if self._sweeper.running:
             self._sweeper.stop()
+        for room in self.rooms.values():
+            if room.summary_call is not None and room.summary_call.active():
+                room.summary_call.cancel()
+            room.summary_call = None
         notice = Shutdown(ts=self.clock.seconds(), reason="the server is stopping")
         members = list(self.members)
         self.log.info("shutting down; closing {count} connections", count=len(members))
@@ -264,7 +283,10 @@ class ChatService(service.Service):
         self.log.info("nick {old} -> {new}", old=old, new=nick)
         audience: dict[Member, None] = {member: None}
         for room in member.rooms.values():
-            audience.update(room.members)
+            if self._summarizing(room):
+                self._note_rename(room, member, old, nick)
+            else:
+                audience.update(room.members)
         self._fanout(audience, NickChange(ts=self.clock.seconds(), old=old, new=nick))
 
     def quit(self, member: Member, reason: str) -> None:
@@ -311,7 +333,10 @@ class ChatService(service.Service):
         rooms = list(member.rooms.values())
         self._forget(member)
         for room in rooms:
-            self._fanout(room.members, make(room))
+            if self._summarizing(room, extra=1):
+                self._note_departure(room, member)
+            else:
+                self._fanout(room.members, make(room))
 
     def _forget(self, member: Member) -> None:
         """Take the member out of every structure, exactly once."""
@@ -356,6 +381,9 @@ class ChatService(service.Service):
         member.rooms.pop(room_key(room.name), None)
         if not room.members and room.name != LOBBY:
             self.rooms.pop(room_key(room.name), None)
+            if room.summary_call is not None and room.summary_call.active():
+                room.summary_call.cancel()
+            room.summary_call = None
 
     def join(self, member: Member, raw: str) -> None:
         name = validate_room(raw)
@@ -373,6 +401,14 @@ class ChatService(service.Service):
         room.version += 1
         member.rooms[key] = room
         member.current = room
+        if self._summarizing(room):
+            # A crowd: only the joiner hears of it now (no member list: /who has it).
+            self._tell(
+                member, Join(ts=now, room=room.name, nick=member.nick, count=len(room.members))
+            )
+            self._note_arrival(room, member)
+            self._tell(member, Current(ts=now, room=room.name))
+            return
         self._fanout(
             room.members, Join(ts=now, room=room.name, nick=member.nick, count=len(room.members))
         )
@@ -390,7 +426,12 @@ class ChatService(service.Service):
             raise NotInRoom(f"you are not in {room.name}")
         reason = _short(clean_text(reason), REASON_MAX)
         now = self.clock.seconds()
-        self._fanout(room.members, Part(ts=now, room=room.name, nick=member.nick, reason=reason))
+        part = Part(ts=now, room=room.name, nick=member.nick, reason=reason)
+        if self._summarizing(room):
+            self._tell(member, part)
+            self._note_departure(room, member)
+        else:
+            self._fanout(room.members, part)
         self._remove_from_room(member, room)
         if member.current is room:
             member.current = next(reversed(member.rooms.values()), None)
@@ -457,6 +498,60 @@ class ChatService(service.Service):
     def pong(self, token: str) -> Pong:
         """The answer to a heartbeat, its token cleaned and bounded."""
         return Pong(ts=self.clock.seconds(), token=_short(clean_text(token).strip(), TOKEN_MAX))
+
+    # -- crowded rooms: joins and leaves summarized -------------------------------------
+
+    def _summarizing(self, room: Room, extra: int = 0) -> bool:
+        """Crowded now (``extra``: members already taken out), or a summary is pending."""
+        return len(room.members) + extra > self.summarize_above or room.summary_call is not None
+
+    def _note_arrival(self, room: Room, member: Member) -> None:
+        room.arrived[member] = None
+        self._schedule_summary(room)
+
+    def _note_departure(self, room: Room, member: Member) -> None:
+        if member in room.arrived:
+            del room.arrived[member]
+            return  # came and went within one interval: nobody was told it came
+        room.left_count += 1
+        if len(room.left) < SHOWN:
+            room.left.append(member.nick)
+        self._schedule_summary(room)
+
+    def _note_rename(self, room: Room, member: Member, old: str, new: str) -> None:
+        if member in room.arrived:
+            return  # the summary names it by its new nickname anyway
+        room.renamed_count += 1
+        if len(room.renamed) < SHOWN:
+            room.renamed.append((old, new))
+        self._schedule_summary(room)
+
+    def _schedule_summary(self, room: Room) -> None:
+        if room.summary_call is None:
+            room.summary_call = self.clock.callLater(self.summary_interval, self._summarize, room)
+
+    def _summarize(self, room: Room) -> None:
+        """Tell a crowded room who came, went and was renamed since the last summary."""
+        room.summary_call = None
+        try:
+            joined = [m.nick for m in room.arrived]
+            event = Crowd(
+                ts=self.clock.seconds(),
+                room=room.name,
+                count=len(room.members),
+                joined=joined[:SHOWN],
+                joined_count=len(joined),
+                left=room.left,
+                left_count=room.left_count,
+                renamed=room.renamed,
+                renamed_count=room.renamed_count,
+            )
+            room.arrived, room.left, room.renamed = {}, [], []
+            room.left_count = room.renamed_count = 0
+            if event.joined_count or event.left_count or event.renamed_count:
+                self._fanout(room.members, event)
+        except Exception:
+            self.log.failure("summarizing {room} failed", room=room.name)
 
     # -- batching: one input turn, many lines -----------------------------------------
 

@@ -213,6 +213,21 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             _flush_interval,
         ],
         [
+            "summarize-above",
+            None,
+            100,
+            "Rooms with more members than this announce joins, leaves and nickname changes "
+            "in one summary line per --summary-interval, not one line per change.",
+            int,
+        ],
+        [
+            "summary-interval",
+            None,
+            10.0,
+            "How often a crowded room's summary of arrivals and departures is sent.",
+            _positive("summary-interval"),
+        ],
+        [
             "port-file",
             None,
             None,
@@ -236,7 +251,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise OptionError(f"--auth {description!r}: no such file")
 
     def postOptions(self) -> None:
-        for name in ("max-clients", "max-per-address"):
+        for name in ("max-clients", "max-per-address", "summarize-above"):
             if self[name] < 1:
                 raise OptionError(f"--{name} must be at least 1")
         if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
@@ -387,7 +402,14 @@ def makeService(options: Options) -> service.MultiService:
         flood_timeout=options["flood-timeout"],
     )
     top = service.MultiService()
-    chat = ChatService(clock, policy, max_line=options["max-line"], limits=limits)
+    chat = ChatService(
+        clock,
+        policy,
+        max_line=options["max-line"],
+        limits=limits,
+        summarize_above=options["summarize-above"],
+        summary_interval=options["summary-interval"],
+    )
     chat.setServiceParent(top)
     factory = ChatFactory(
         chat,

@@ -11,6 +11,7 @@ import time
 import zlib
 from typing import Any
 
+from twisted_chat.events import describe_crowd
 from twisted_chat.sanitize import clean_text
 
 Fragments = list[tuple[str, str]]
@@ -32,6 +33,10 @@ _PALETTE = [
 
 def _c(value: Any) -> str:
     return clean_text(str(value)) if value is not None else ""
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def nick_style(nick: str) -> str:
@@ -100,6 +105,16 @@ def system_line(event: dict[str, Any]) -> str | None:
         return f"{_c(event.get('old'))} is now known as {_c(event.get('new'))}"
     if kind == "current":
         return f"now talking in {room}" if event.get("room") else "you are in no room"
+    if kind == "crowd":
+        what = describe_crowd(
+            [_c(n) for n in event.get("joined", [])],
+            _int(event.get("joined_count")),
+            [_c(n) for n in event.get("left", [])],
+            _int(event.get("left_count")),
+            [(_c(p[0]), _c(p[1])) for p in event.get("renamed", []) if len(p) == 2],
+            _int(event.get("renamed_count")),
+        )
+        return f"{room}: {what}; {_c(event.get('count'))} here"
     if kind == "members":
         names = [_c(n) for n in event.get("members", [])]
         return f"{room}: {len(names)} here: {', '.join(names)}"
