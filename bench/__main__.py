@@ -1,163 +1,148 @@
-"""Fan-out benchmark: our server beside a minimal Twisted broadcast server.
+"""Benchmarks: our server beside a minimal Twisted server, redis-server and ngIRCd.
 
-    python -m bench fanout --receivers 10 100 --senders 1 --messages 2000 --repeat 3
+    python -m bench all                      # everything, as docs/PERFORMANCE.md reports it
+    python -m bench fanout --receivers 100 1000 --senders 1 10
+    python -m bench latency --rates 500 2000
+    python -m bench scale --clients 1000 5000 10000
 
 Each server runs in its own process pinned to CPU 0 (where possible); this load generator
-runs on CPU 1.  Receivers join one room; senders send 64-byte messages, never more than
-``--window`` messages ahead of the slowest receiver, so kernel buffers are not what is
-measured.  Deliveries per second = receivers x messages / time until every receiver has
-every message.  Loopback only; every run is bounded by ``--timeout``.
+(asyncio on uvloop when installed) runs on CPU 1.  Everyone joins one room; senders send
+64-byte messages, never more than ``--window`` messages ahead of the slowest receiver, so
+kernel buffers are not what is measured.  Deliveries per second = receivers x messages /
+time until every receiver has every message.  Loopback only; every run is bounded by
+``--timeout``; every server is started and stopped here, by its own PID.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import os
-import statistics
+import platform
+import shlex
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Coroutine
+from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
-HOST = "127.0.0.1"
-ROOT = Path(__file__).resolve().parent.parent
-MARK = b"M|"
-
-
-def _pin(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if os.path.exists("/usr/bin/taskset") else []
-
-
-@contextmanager
-def groupchat_server() -> Iterator[tuple[int, int]]:
-    """Our server, with every input limit lifted (they are not what is measured)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        port_file = Path(tmp) / "port"
-        twistd = Path(sys.executable).with_name("twistd")
-        argv = [
-            *_pin(0),
-            sys.executable,
-            str(twistd),
-            "-n",
-            "--pidfile=",
-            "groupchat",
-            "--port",
-            f"tcp:0:interface={HOST}",
-            "--port-file",
-            str(port_file),
-            "--rate",
-            "1e9",
-            "--burst",
-            "1e9",
-            "--byte-rate",
-            "1e12",
-            "--max-clients",
-            "100000",
-            "--max-per-address",
-            "100000",
-            "--send-queue",
-            "64M",
-            "--heartbeat-interval",
-            "60",
-            "--heartbeat-timeout",
-            "600",
-        ]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        with open(Path(tmp) / "log", "wb") as log:
-            proc = subprocess.Popen(argv, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 20
-            while not port_file.exists():
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("groupchat did not start")
-                time.sleep(0.05)
-            yield int(port_file.read_text().strip().rsplit(":", 1)[1]), proc.pid
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+from bench.common import (
+    MARK,
+    OUT,
+    SERVERS,
+    Conn,
+    cpu_seconds,
+    run_loop,
+    summarize,
+    tap,
+)
+from bench.references import DIALECTS, HOST, Dialect, Unavailable
 
 
-@contextmanager
-def minimal_server() -> Iterator[tuple[int, int]]:
-    argv = [*_pin(0), sys.executable, "-m", "bench.minimal_server", "0"]
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        yield int(proc.stdout.readline()), proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-SERVERS = {"groupchat": groupchat_server, "minimal-twisted": minimal_server}
-
-
-async def _settle(reader: asyncio.StreamReader) -> None:
-    """Read whatever greeting the server sends until it has been quiet for 50 ms."""
+async def _quiet(reader: asyncio.StreamReader, seconds: float = 0.05) -> None:
+    """Read (and drop) whatever arrives until the connection has been quiet for a while."""
     while True:
         try:
-            await asyncio.wait_for(reader.read(65536), 0.05)
+            if not await asyncio.wait_for(reader.read(262144), seconds):
+                return
         except TimeoutError:
             return
 
 
+async def open_room(dialect: Dialect, port: int, receivers: int, senders: int) -> list[Conn]:
+    """Receivers then senders, all in the one room, with every join notice read."""
+    # ngIRCd's listen backlog is 10: a wider burst of connects waits out SYN retries.
+    gate = asyncio.Semaphore(8 if dialect.name == "ngircd" else 100)
+
+    async def one(index: int, role: Any) -> Conn:
+        async with gate:
+            reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
+            await dialect.join(reader, writer, index, role)
+            return reader, writer
+
+    conns = await asyncio.gather(*(one(i, "receiver") for i in range(receivers)))
+    conns += await asyncio.gather(*(one(i, "sender") for i in range(senders)))
+    for _ in range(2):  # the last joins' notices may still be on their way
+        await asyncio.gather(*(_quiet(r) for r, _ in conns))
+    return list(conns)
+
+
+async def _drain_forever(reader: asyncio.StreamReader) -> None:
+    while await reader.read(262144):
+        pass
+
+
 async def fanout(
-    port: int, receivers: int, senders: int, messages: int, window: int, timeout: float
+    dialect: Dialect,
+    port: int,
+    pid: int,
+    receivers: int,
+    senders: int,
+    messages: int,
+    window: int,
+    timeout: float,
 ) -> dict[str, float]:
-    conns = []
-    for _ in range(receivers + senders):
-        conns.append(await asyncio.open_connection(HOST, port))
-    await asyncio.gather(*(_settle(r) for r, _ in conns))
-    # Everyone's join notices have gone out; drain once more so none is still in flight.
-    await asyncio.gather(*(_settle(r) for r, _ in conns))
+    conns = await open_room(dialect, port, receivers, senders)
     recv, send = conns[:receivers], conns[receivers:]
-    expected = senders * messages
+    per_sender = messages // senders
+    expected = per_sender * senders
     counts = [0] * receivers
     done = asyncio.Event()
     progress = asyncio.Event()
     finished = 0
 
-    async def receive(i: int, reader: asyncio.StreamReader) -> None:
-        nonlocal finished
+    def receiver(i: int) -> Callable[[bytes], None]:
         tail = b""
-        while counts[i] < expected:
-            data = await reader.read(262144)
-            if not data:
-                return
+
+        def on_data(data: bytes) -> None:
+            nonlocal tail, finished
+            before = counts[i]
             counts[i] += (tail + data).count(MARK)
             tail = data[-1:]
             progress.set()
-        finished += 1
-        if finished == receivers:
-            done.set()
+            if before < expected <= counts[i]:
+                finished += 1
+                if finished == receivers:
+                    done.set()
+
+        return on_data
 
     sent = 0
+    slowest = 0
 
     async def send_all(k: int, writer: asyncio.StreamWriter) -> None:
-        nonlocal sent
-        for n in range(messages):
-            while sent - min(counts) > window:
-                progress.clear()
-                await progress.wait()
+        nonlocal sent, slowest
+        for n in range(per_sender):
+            while sent - slowest > window:
+                slowest = min(counts)
+                if sent - slowest > window:
+                    progress.clear()
+                    await progress.wait()
             body = MARK + f"{k}|{n}|".encode()
-            writer.write(body.ljust(63, b".") + b"\n")
+            writer.write(dialect.wire(body.ljust(63, b".")))
             sent += 1
             if n % 16 == 0:
                 await writer.drain()
         await writer.drain()
 
-    tasks = [asyncio.create_task(receive(i, r)) for i, (r, _) in enumerate(recv)]
+    for i, conn in enumerate(recv):
+        tap(conn, receiver(i))
+    tasks = []
+    if dialect.sender_replies:
+        tasks += [asyncio.create_task(_drain_forever(r)) for r, _ in send]
+    cpu_before, gen_before = cpu_seconds(pid), time.process_time()
     start = time.perf_counter()
     await asyncio.gather(*(send_all(k, w) for k, (_, w) in enumerate(send)))
     with suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), timeout)
     elapsed = time.perf_counter() - start
-    delivered = sum(counts)
+    server_cpu = (cpu_seconds(pid) - cpu_before) / elapsed
+    generator_cpu = (time.process_time() - gen_before) / elapsed
+    delivered = min(sum(counts), receivers * expected)
     for task in tasks:
         task.cancel()
     for _, writer in conns:
@@ -166,32 +151,33 @@ async def fanout(
         "deliveries_per_s": delivered / elapsed,
         "seconds": elapsed,
         "lost": receivers * expected - delivered,
+        "server_cpu": server_cpu,
+        "generator_cpu": generator_cpu,
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def latency(
-    port: int, pid: int, receivers: int, rate: float, seconds: float, timeout: float
+    dialect: Dialect,
+    port: int,
+    pid: int,
+    receivers: int,
+    rate: float,
+    seconds: float,
+    timeout: float,
 ) -> dict[str, float]:
     """One sender at a fixed rate; each message carries its send time."""
-    conns = [await asyncio.open_connection(HOST, port) for _ in range(receivers + 1)]
-    await asyncio.gather(*(_settle(r) for r, _ in conns))
-    await asyncio.gather(*(_settle(r) for r, _ in conns))
+    conns = await open_room(dialect, port, receivers, 1)
     total = int(rate * seconds)
     samples: list[float] = []
     got = [0] * receivers
+    all_in = asyncio.Event()
+    finished = 0
 
-    async def receive(i: int, reader: asyncio.StreamReader) -> None:
+    def receiver(i: int) -> Callable[[bytes], None]:
         buffer = b""
-        while got[i] < total:
-            data = await reader.read(262144)
-            if not data:
-                return
+
+        def on_data(data: bytes) -> None:
+            nonlocal buffer, finished
             now = time.perf_counter()
             *lines, buffer = (buffer + data).split(b"\n")
             for line in lines:
@@ -200,9 +186,19 @@ async def latency(
                     sent = float(line[at + 2 :].split(b"|", 1)[0])
                     samples.append(now - sent)
                     got[i] += 1
+                    if got[i] == total:
+                        finished += 1
+                        if finished == receivers:
+                            all_in.set()
 
-    tasks = [asyncio.create_task(receive(i, r)) for i, (r, _) in enumerate(conns[:receivers])]
-    _, writer = conns[receivers]
+        return on_data
+
+    for i, conn in enumerate(conns[:receivers]):
+        tap(conn, receiver(i))
+    tasks = []
+    reader, writer = conns[receivers]
+    if dialect.sender_replies:
+        tasks.append(asyncio.create_task(_drain_forever(reader)))
     cpu_before = cpu_seconds(pid)
     start = time.perf_counter()
     for n in range(total):
@@ -210,11 +206,14 @@ async def latency(
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        writer.write((MARK + f"{time.perf_counter():.6f}|".encode()).ljust(63, b".") + b"\n")
+        body = (MARK + f"{time.perf_counter():.6f}|".encode()).ljust(63, b".")
+        writer.write(dialect.wire(body))
     with suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+        await asyncio.wait_for(all_in.wait(), timeout)
     wall = time.perf_counter() - start
     cpu = cpu_seconds(pid) - cpu_before
+    for task in tasks:
+        task.cancel()
     for _, w in conns:
         w.close()
     samples.sort()
@@ -232,93 +231,217 @@ async def latency(
     }
 
 
+def repeat(
+    name: str, times: int, measure: Callable[[Dialect, int, int], Coroutine[Any, Any, Any]]
+) -> list[dict[str, float]] | None:
+    runs = []
+    for _ in range(times):
+        try:
+            with SERVERS[name]() as (port, pid):
+                runs.append(run_loop(measure(DIALECTS[name], port, pid)))
+        except Unavailable as e:
+            print(f"{name:16} {e}", flush=True)
+            return None
+    return runs
+
+
+def run_fanout(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for receivers in args.receivers:
+        for senders in args.senders:
+            for name in args.servers:
+                runs = repeat(
+                    name,
+                    args.repeat,
+                    lambda d, port, pid, r=receivers, s=senders: fanout(
+                        d, port, pid, r, s, args.messages, args.window, args.timeout
+                    ),
+                )
+                if runs is None:
+                    continue
+                row = {"server": name, "receivers": receivers, "senders": senders}
+                row |= summarize(runs, ["deliveries_per_s", "server_cpu", "generator_cpu"])
+                row["lost"] = max(r["lost"] for r in runs)
+                rows.append(row)
+                print(
+                    f"{name:16} R={receivers:<5} S={senders:<3} "
+                    f"{row['deliveries_per_s']:>12,.0f} deliveries/s "
+                    f"(min {row['deliveries_per_s_min']:,.0f}, "
+                    f"max {row['deliveries_per_s_max']:,.0f})  "
+                    f"server CPU {row['server_cpu']:.0%}  generator CPU "
+                    f"{row['generator_cpu']:.0%}  lost {row['lost']}",
+                    flush=True,
+                )
+    return rows
+
+
+def run_latency(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    receivers = args.latency_receivers
+    for rate in args.rates:
+        for name in args.servers:
+            runs = repeat(
+                name,
+                args.repeat,
+                lambda d, port, pid, rate=rate: latency(
+                    d, port, pid, receivers, rate, args.seconds, args.timeout
+                ),
+            )
+            if runs is None:
+                continue
+            row = {"server": name, "rate": rate, "receivers": receivers}
+            row |= summarize(runs, ["p50_ms", "p99_ms", "p999_ms", "max_ms", "server_cpu"])
+            row["lost"] = max(r["lost"] for r in runs)
+            rows.append(row)
+            print(
+                f"{name:16} rate={rate:<6g} R={receivers:<4} "
+                f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms "
+                f"({row['p99_ms_min']:.2f}-{row['p99_ms_max']:.2f})  "
+                f"p99.9 {row['p999_ms']:.2f} ms  max {row['max_ms']:.2f} ms  "
+                f"server CPU {row['server_cpu']:.0%}  lost {row['lost']}",
+                flush=True,
+            )
+    return rows
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    """Throughput against receivers, one line per server (and per sender count)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no chart", flush=True)
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for senders in sorted({r["senders"] for r in rows}):
+        for name in dict.fromkeys(r["server"] for r in rows):
+            mine = sorted(
+                (r for r in rows if r["server"] == name and r["senders"] == senders),
+                key=lambda r: r["receivers"],
+            )
+            if not mine:
+                continue
+            xs = [r["receivers"] for r in mine]
+            ys = [r["deliveries_per_s"] / 1e6 for r in mine]
+            low = [y - r["deliveries_per_s_min"] / 1e6 for y, r in zip(ys, mine, strict=True)]
+            high = [r["deliveries_per_s_max"] / 1e6 - y for y, r in zip(ys, mine, strict=True)]
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[low, high],
+                marker="o",
+                capsize=3,
+                linestyle="-" if senders == 1 else "--",
+                label=f"{name}, {senders} sender{'s' if senders > 1 else ''}",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("receivers in the room")
+    ax.set_ylabel("million deliveries per second")
+    ax.set_title("Fan-out throughput (median, bars: min-max)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Date": None})
+    plt.close(fig)
+    print(f"wrote {path}", flush=True)
+
+
+def machine() -> dict[str, Any]:
+    import twisted
+
+    model = "?"
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for tool, argv in {
+        "redis-server": ["redis-server", "--version"],
+        "ngircd": ["/usr/sbin/ngircd", "--version"],
+    }.items():
+        try:
+            versions[tool] = subprocess.run(
+                argv, capture_output=True, text=True, timeout=10
+            ).stdout.splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            versions[tool] = "not installed"
+    try:
+        import uvloop
+
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio"
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "generator": loop,
+        **versions,
+    }
+
+
+def write_results(scenario: str, rows: list[dict[str, Any]], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    document = {
+        "scenario": scenario,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "python -m bench " + shlex.join(sys.argv[1:]),
+        "machine": machine(),
+        "results": rows,
+    }
+    path = out / f"{scenario}.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {path}", flush=True)
+    if scenario == "fanout" and rows:
+        chart(rows, out / "fanout.svg")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("scenario", choices=["fanout", "latency"])
+    parser.add_argument("scenario", choices=["fanout", "latency", "scale", "all"])
+    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
+    parser.add_argument("--receivers", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--senders", type=int, nargs="+", default=[1, 10])
+    parser.add_argument(
+        "--messages", type=int, default=2000, help="fanout: messages in all, split among senders"
+    )
+    parser.add_argument(
+        "--window", type=int, default=400, help="fanout: most messages senders may be ahead"
+    )
     parser.add_argument(
         "--rates", type=float, nargs="+", default=[500, 2000], help="latency: messages per second"
     )
+    parser.add_argument("--latency-receivers", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=3.0, help="latency: how long")
-    parser.add_argument("--receivers", type=int, nargs="+", default=[10, 100])
-    parser.add_argument("--senders", type=int, nargs="+", default=[1])
-    parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1000, 5000, 10000])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=60.0)
-    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--out", type=Path, default=OUT, help="where JSON and the chart go")
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
-    results: list[dict[str, object]] = []
-    if args.scenario == "latency":
-        for rate in args.rates:
-            for name in args.servers:
-                runs = []
-                for _ in range(args.repeat):
-                    with SERVERS[name]() as (port, pid):
-                        runs.append(
-                            asyncio.run(
-                                latency(
-                                    port, pid, args.receivers[0], rate, args.seconds, args.timeout
-                                )
-                            )
-                        )
-                row = {"server": name, "rate": rate, "receivers": args.receivers[0]}
-                for key in ("p50_ms", "p99_ms", "p999_ms", "max_ms", "server_cpu", "lost"):
-                    row[key] = statistics.median(r[key] for r in runs)
-                results.append(row)
-                print(
-                    f"{name:16} rate={rate:<6g} R={args.receivers[0]:<4} "
-                    f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
-                    f"p99.9 {row['p999_ms']:.2f} ms  max {row['max_ms']:.2f} ms  "
-                    f"server CPU {row['server_cpu']:.0%}  lost {row['lost']}",
-                    flush=True,
-                )
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
-        return
-    for receivers in args.receivers:
-        for senders in args.senders:
-            for name in args.servers:
-                runs = []
-                for _ in range(args.repeat):
-                    with SERVERS[name]() as (port, _pid):
-                        runs.append(
-                            asyncio.run(
-                                fanout(
-                                    port,
-                                    receivers,
-                                    senders,
-                                    args.messages,
-                                    args.window,
-                                    args.timeout,
-                                )
-                            )
-                        )
-                rates = [r["deliveries_per_s"] for r in runs]
-                row = {
-                    "server": name,
-                    "receivers": receivers,
-                    "senders": senders,
-                    "median": statistics.median(rates),
-                    "min": min(rates),
-                    "max": max(rates),
-                    "lost": max(r["lost"] for r in runs),
-                }
-                results.append(row)
-                print(
-                    f"{name:16} R={receivers:<5} S={senders:<3} "
-                    f"{row['median']:>12,.0f} deliveries/s "
-                    f"(min {row['min']:,.0f}, max {row['max']:,.0f}, lost {row['lost']})",
-                    flush=True,
-                )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    scenarios = ["fanout", "latency", "scale"] if args.scenario == "all" else [args.scenario]
+    for scenario in scenarios:
+        print(f"== {scenario}", flush=True)
+        if scenario == "fanout":
+            rows = run_fanout(args)
+        elif scenario == "latency":
+            rows = run_latency(args)
+        else:
+            from bench.scale import run_scale
+
+            rows = run_scale(args)
+        if not args.no_write:
+            write_results(scenario, rows, args.out)
 
 
 if __name__ == "__main__":

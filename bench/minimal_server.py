@@ -37,6 +37,8 @@ class BroadcastFactory(protocol.ServerFactory):
 
 
 if __name__ == "__main__":
-    port = reactor.listenTCP(int(sys.argv[1]), BroadcastFactory(), interface="127.0.0.1")  # type: ignore[attr-defined]
+    port = reactor.listenTCP(  # type: ignore[attr-defined]
+        int(sys.argv[1]), BroadcastFactory(), backlog=1024, interface="127.0.0.1"
+    )
     print(port.getHost().port, flush=True)
     reactor.run()  # type: ignore[attr-defined]

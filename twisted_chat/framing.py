@@ -17,6 +17,7 @@ class TelnetFilter:
     """Strips telnet commands; collects refusals to send back for options asked of us."""
 
     _DATA, _IAC, _OPTION, _SUB, _SUB_IAC = range(5)
+    __slots__ = ("_state", "_verb", "replies")
 
     def __init__(self) -> None:
         self._state = self._DATA
@@ -70,6 +71,8 @@ TOO_LONG = LineTooLong()
 
 
 class LineFramer:
+    __slots__ = ("_buffer", "_skipping", "max_line")
+
     def __init__(self, max_line: int) -> None:
         self.max_line = max_line
         self._buffer = b""

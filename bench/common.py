@@ -1,0 +1,163 @@
+"""What every benchmark shares: the servers we start, the generator's event loop, and
+reading a process's CPU time and memory from /proc."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from bench.references import HOST, ngircd_server, redis_server
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "bench"
+MARK = b"M|"
+
+
+def _pin(cpu: int) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if os.path.exists("/usr/bin/taskset") else []
+
+
+def groupchat_argv(extra: list[str]) -> list[str]:
+    """Our server, with every input limit lifted (they are not what is measured)."""
+    twistd = Path(sys.executable).with_name("twistd")
+    return [
+        *_pin(0),
+        sys.executable,
+        str(twistd),
+        "-n",
+        "--pidfile=",
+        "groupchat",
+        "--port",
+        f"tcp:0:interface={HOST}:backlog=1024",  # Twisted's default of 50 drops SYNs
+        "--rate",
+        "1e9",
+        "--burst",
+        "1e9",
+        "--byte-rate",
+        "1e12",
+        "--max-clients",
+        "100000",
+        "--max-per-address",
+        "100000",
+        "--send-queue",
+        "64M",
+        *extra,
+    ]
+
+
+@contextmanager
+def groupchat_server(extra: list[str] | None = None) -> Iterator[tuple[int, int]]:
+    extra = extra or ["--heartbeat-interval", "60", "--heartbeat-timeout", "600"]
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = Path(tmp) / "port"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        argv = [*groupchat_argv(extra), "--port-file", str(port_file)]
+        with open(Path(tmp) / "log", "wb") as log:
+            proc = subprocess.Popen(argv, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 20
+            while not port_file.exists():
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("groupchat did not start")
+                with suppress(subprocess.TimeoutExpired):
+                    proc.wait(0.05)
+            yield int(port_file.read_text().strip().rsplit(":", 1)[1]), proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def minimal_server() -> Iterator[tuple[int, int]]:
+    argv = [*_pin(0), sys.executable, "-m", "bench.minimal_server", "0"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        yield int(proc.stdout.readline()), proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+SERVERS: dict[str, Callable[[], AbstractContextManager[tuple[int, int]]]] = {
+    "groupchat": groupchat_server,
+    "minimal-twisted": minimal_server,
+    "ngircd": ngircd_server,
+    "redis": redis_server,
+}
+
+
+def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run the generator on uvloop when it is installed: it must not be the bottleneck."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class Tap(asyncio.Protocol):
+    """Hands each chunk a connection receives to a callback: no stream, no coroutine.
+
+    Receivers are switched to this once they are in the room; reading through asyncio
+    streams cost the generator about as much CPU per delivery as the server spent.
+    """
+
+    def __init__(
+        self, on_data: Callable[[bytes], None], on_close: Callable[[], None] | None
+    ) -> None:
+        self.on_data = on_data
+        self.on_close = on_close
+
+    def data_received(self, data: bytes) -> None:
+        self.on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.on_close is not None:
+            self.on_close()
+
+
+def tap(
+    conn: Conn, on_data: Callable[[bytes], None], on_close: Callable[[], None] | None = None
+) -> None:
+    reader, writer = conn
+    leftover = bytes(reader._buffer)  # type: ignore[attr-defined]  # read before the switch
+    reader._buffer.clear()  # type: ignore[attr-defined]
+    writer.transport.set_protocol(Tap(on_data, on_close))
+    if leftover:
+        on_data(leftover)
+
+
+def summarize(runs: list[dict[str, float]], keys: list[str]) -> dict[str, Any]:
+    """Median of each figure, and its spread (min, max) across the runs."""
+    out: dict[str, Any] = {"runs": len(runs)}
+    for key in keys:
+        values = [r[key] for r in runs]
+        out[key] = statistics.median(values)
+        out[f"{key}_min"], out[f"{key}_max"] = min(values), max(values)
+    return out
