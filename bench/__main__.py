@@ -5,6 +5,9 @@
     python -m bench latency --rates 500 2000
     python -m bench scale --clients 1000 5000 10000
 
+Extra options for our server (to try settings) go in ``GROUPCHAT_ARGS``, for example
+``GROUPCHAT_ARGS='--flush-interval 0' python -m bench latency``.
+
 Each server runs in its own process pinned to CPU 0 (where possible); this load generator
 (asyncio on uvloop when installed) runs on CPU 1.  Everyone joins one room; senders send
 64-byte messages, never more than ``--window`` messages ahead of the slowest receiver, so

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -56,7 +57,10 @@ def groupchat_argv(extra: list[str]) -> list[str]:
 
 @contextmanager
 def groupchat_server(extra: list[str] | None = None) -> Iterator[tuple[int, int]]:
-    extra = extra or ["--heartbeat-interval", "60", "--heartbeat-timeout", "600"]
+    extra = [
+        *(extra or ["--heartbeat-interval", "60", "--heartbeat-timeout", "600"]),
+        *shlex.split(os.environ.get("GROUPCHAT_ARGS", "")),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
         env = dict(os.environ, PYTHONPATH=str(ROOT))

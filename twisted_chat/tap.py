@@ -206,7 +206,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         [
             "flush-interval",
             None,
-            0.002,
+            0.001,
             "Under sustained traffic, write to each client at most this often (seconds), "
             "so a busy room costs one send per member per interval, not per line. "
             "Output after a quiet spell goes out at once.",
