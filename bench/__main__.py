@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -234,36 +235,79 @@ async def latency(
     }
 
 
+def steal_ticks(cpu: int = 0) -> int:
+    """Time the hypervisor gave CPU ``cpu`` to someone else (clock ticks, /proc/stat)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            return int(line.split()[8])
+    return 0
+
+
 def repeat(
-    name: str, times: int, measure: Callable[[Dialect, int, int], Coroutine[Any, Any, Any]]
-) -> list[dict[str, float]] | None:
-    runs = []
+    names: list[str],
+    times: int,
+    measure: Callable[[Dialect, int, int], Coroutine[Any, Any, dict[str, float]]],
+) -> dict[str, list[dict[str, float]]]:
+    """Run every server once per round, ``times`` rounds: a noisy minute on this shared
+    machine then spreads over all servers instead of landing on one."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for _ in range(times):
-        try:
-            with SERVERS[name]() as (port, pid):
-                runs.append(run_loop(measure(DIALECTS[name], port, pid)))
-        except Unavailable as e:
-            print(f"{name:16} {e}", flush=True)
-            return None
+        for name in list(runs):
+            try:
+                with SERVERS[name]() as (port, pid):
+                    stolen, start = steal_ticks(), time.monotonic()
+                    result = run_loop(measure(DIALECTS[name], port, pid))
+                    wall = (time.monotonic() - start) * os.sysconf("SC_CLK_TCK")
+                    result["steal"] = (steal_ticks() - stolen) / max(wall, 1.0)
+                    runs[name].append(result)
+            except Unavailable as e:
+                print(f"{name:16} {e}", flush=True)
+                del runs[name]
     return runs
+
+
+def paired_ratios(measured: dict[str, list[dict[str, float]]], keys: list[str]) -> dict[str, float]:
+    """groupchat over each other server, run by run within a round, then the median.
+
+    Runs of one round follow each other within seconds, so a ratio per round cancels
+    most of this shared machine's drift; the spread of raw figures across rounds does not.
+    """
+    ours = measured.get("groupchat")
+    out: dict[str, float] = {}
+    if not ours:
+        return out
+    for name, theirs in measured.items():
+        if name == "groupchat":
+            continue
+        for key in keys:
+            pairs = [(a[key], b[key]) for a, b in zip(ours, theirs, strict=False) if b[key]]
+            if pairs:
+                out[f"{key}_ratio_to_{name}"] = statistics.median(a / b for a, b in pairs)
+    return out
+
+
+def _ratios(row: dict[str, Any]) -> str:
+    shown = [f"{k.replace('_ratio_to_', ' / ')} {v:.2f}" for k, v in row.items() if "_ratio_" in k]
+    return ("\n    groupchat, run by run: " + ", ".join(shown)) if shown else ""
 
 
 def run_fanout(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for receivers in args.receivers:
         for senders in args.senders:
-            for name in args.servers:
-                runs = repeat(
-                    name,
-                    args.repeat,
-                    lambda d, port, pid, r=receivers, s=senders: fanout(
-                        d, port, pid, r, s, args.messages, args.window, args.timeout
-                    ),
-                )
-                if runs is None:
-                    continue
+            measured = repeat(
+                args.servers,
+                args.repeat,
+                lambda d, port, pid, r=receivers, s=senders: fanout(
+                    d, port, pid, r, s, args.messages, args.window, args.timeout
+                ),
+            )
+            ratios = paired_ratios(measured, ["deliveries_per_s"])
+            for name, runs in measured.items():
                 row = {"server": name, "receivers": receivers, "senders": senders}
-                row |= summarize(runs, ["deliveries_per_s", "server_cpu", "generator_cpu"])
+                if name == "groupchat":
+                    row |= ratios
+                row |= summarize(runs, ["deliveries_per_s", "server_cpu", "generator_cpu", "steal"])
                 row["lost"] = max(r["lost"] for r in runs)
                 rows.append(row)
                 print(
@@ -272,7 +316,8 @@ def run_fanout(args: argparse.Namespace) -> list[dict[str, Any]]:
                     f"(min {row['deliveries_per_s_min']:,.0f}, "
                     f"max {row['deliveries_per_s_max']:,.0f})  "
                     f"server CPU {row['server_cpu']:.0%}  generator CPU "
-                    f"{row['generator_cpu']:.0%}  lost {row['lost']}",
+                    f"{row['generator_cpu']:.0%}  steal {row['steal']:.0%}  lost {row['lost']}"
+                    + _ratios(row),
                     flush=True,
                 )
     return rows
@@ -282,18 +327,19 @@ def run_latency(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     receivers = args.latency_receivers
     for rate in args.rates:
-        for name in args.servers:
-            runs = repeat(
-                name,
-                args.repeat,
-                lambda d, port, pid, rate=rate: latency(
-                    d, port, pid, receivers, rate, args.seconds, args.timeout
-                ),
-            )
-            if runs is None:
-                continue
+        measured = repeat(
+            args.servers,
+            args.repeat,
+            lambda d, port, pid, rate=rate: latency(
+                d, port, pid, receivers, rate, args.seconds, args.timeout
+            ),
+        )
+        ratios = paired_ratios(measured, ["p99_ms", "server_cpu"])
+        for name, runs in measured.items():
             row = {"server": name, "rate": rate, "receivers": receivers}
-            row |= summarize(runs, ["p50_ms", "p99_ms", "p999_ms", "max_ms", "server_cpu"])
+            if name == "groupchat":
+                row |= ratios
+            row |= summarize(runs, ["p50_ms", "p99_ms", "p999_ms", "max_ms", "server_cpu", "steal"])
             row["lost"] = max(r["lost"] for r in runs)
             rows.append(row)
             print(
@@ -301,7 +347,8 @@ def run_latency(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms "
                 f"({row['p99_ms_min']:.2f}-{row['p99_ms_max']:.2f})  "
                 f"p99.9 {row['p999_ms']:.2f} ms  max {row['max_ms']:.2f} ms  "
-                f"server CPU {row['server_cpu']:.0%}  lost {row['lost']}",
+                f"server CPU {row['server_cpu']:.0%}  steal {row['steal']:.0%}  "
+                f"lost {row['lost']}" + _ratios(row),
                 flush=True,
             )
     return rows
