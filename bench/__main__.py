@@ -45,6 +45,7 @@ from bench.common import (
     tap,
 )
 from bench.references import DIALECTS, HOST, Dialect, Unavailable
+from bench.report import update
 
 
 async def _quiet(reader: asyncio.StreamReader, seconds: float = 0.05) -> None:
@@ -254,16 +255,34 @@ def repeat(
     for _ in range(times):
         for name in list(runs):
             try:
-                with SERVERS[name]() as (port, pid):
-                    stolen, start = steal_ticks(), time.monotonic()
-                    result = run_loop(measure(DIALECTS[name], port, pid))
-                    wall = (time.monotonic() - start) * os.sysconf("SC_CLK_TCK")
-                    result["steal"] = (steal_ticks() - stolen) / max(wall, 1.0)
-                    runs[name].append(result)
+                runs[name].append(least_stolen(name, measure))
             except Unavailable as e:
                 print(f"{name:16} {e}", flush=True)
                 del runs[name]
     return runs
+
+
+STEAL_RETRY = 0.03  # a run that lost more of CPU 0 than this to the hypervisor is redone
+TRIES = 3
+
+
+def least_stolen(
+    name: str, measure: Callable[[Dialect, int, int], Coroutine[Any, Any, dict[str, float]]]
+) -> dict[str, float]:
+    """One run; redone (up to 3 tries, the least disturbed kept) when the VM was busy."""
+    best: dict[str, float] | None = None
+    for _ in range(TRIES):
+        with SERVERS[name]() as (port, pid):
+            stolen, start = steal_ticks(), time.monotonic()
+            result = run_loop(measure(DIALECTS[name], port, pid))
+            wall = (time.monotonic() - start) * os.sysconf("SC_CLK_TCK")
+            result["steal"] = (steal_ticks() - stolen) / max(wall, 1.0)
+        if best is None or result["steal"] < best["steal"]:
+            best = result
+        if best["steal"] <= STEAL_RETRY:
+            break
+    assert best is not None
+    return best
 
 
 def paired_ratios(measured: dict[str, list[dict[str, float]]], keys: list[str]) -> dict[str, float]:
@@ -492,6 +511,7 @@ def main() -> None:
             rows = run_scale(args)
         if not args.no_write:
             write_results(scenario, rows, args.out)
+            update(args.out.parent / "PERFORMANCE.md", args.out)
 
 
 if __name__ == "__main__":
