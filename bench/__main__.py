@@ -1,6 +1,6 @@
 """Benchmarks: our server beside a minimal Twisted server, redis-server and ngIRCd.
 
-    python -m bench all                      # everything, as docs/PERFORMANCE.md reports it
+    python -m bench all --write              # everything; rewrites docs/bench and the tables
     python -m bench fanout --receivers 100 1000 --senders 1 10
     python -m bench latency --rates 500 2000
     python -m bench scale --clients 1000 5000 10000
@@ -37,6 +37,7 @@ from typing import Any
 from bench.common import (
     MARK,
     OUT,
+    ROOT,
     SERVERS,
     Conn,
     cpu_seconds,
@@ -310,6 +311,12 @@ def _ratios(row: dict[str, Any]) -> str:
     return ("\n    groupchat, run by run: " + ", ".join(shown)) if shown else ""
 
 
+def messages_for(args: argparse.Namespace, receivers: int) -> int:
+    """Enough messages that a run lasts about a second or more at millions per second:
+    shorter runs put CPU time (read in 10 ms ticks) and start-up jitter in the figures."""
+    return max(args.messages, int(args.deliveries) // receivers)
+
+
 def run_fanout(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for receivers in args.receivers:
@@ -318,7 +325,7 @@ def run_fanout(args: argparse.Namespace) -> list[dict[str, Any]]:
                 args.servers,
                 args.repeat,
                 lambda d, port, pid, r=receivers, s=senders: fanout(
-                    d, port, pid, r, s, args.messages, args.window, args.timeout
+                    d, port, pid, r, s, messages_for(args, r), args.window, args.timeout
                 ),
             )
             ratios = paired_ratios(measured, ["deliveries_per_s"])
@@ -384,8 +391,10 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
         print("matplotlib is not installed (pip install -e '.[bench]'): no chart", flush=True)
         return
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    names = list(dict.fromkeys(r["server"] for r in rows))
+    colour = {name: f"C{i}" for i, name in enumerate(names)}  # one colour per server
     for senders in sorted({r["senders"] for r in rows}):
-        for name in dict.fromkeys(r["server"] for r in rows):
+        for name in names:
             mine = sorted(
                 (r for r in rows if r["server"] == name and r["senders"] == senders),
                 key=lambda r: r["receivers"],
@@ -402,6 +411,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
                 yerr=[low, high],
                 marker="o",
                 capsize=3,
+                color=colour[name],
                 linestyle="-" if senders == 1 else "--",
                 label=f"{name}, {senders} sender{'s' if senders > 1 else ''}",
             )
@@ -453,12 +463,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def command() -> str:
+    """The command line as run, with any extra server options it was given."""
+    extra = os.environ.get("GROUPCHAT_ARGS", "").strip()
+    prefix = f"GROUPCHAT_ARGS={shlex.quote(extra)} " if extra else ""
+    return prefix + "python -m bench " + shlex.join(sys.argv[1:])
+
+
 def write_results(scenario: str, rows: list[dict[str, Any]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     document = {
         "scenario": scenario,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python -m bench " + shlex.join(sys.argv[1:]),
+        "command": command(),
         "machine": machine(),
         "results": rows,
     }
@@ -469,32 +486,41 @@ def write_results(scenario: str, rows: list[dict[str, Any]], out: Path) -> None:
         chart(rows, out / "fanout.svg")
 
 
+class Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Help,
     )
-    parser.add_argument("scenario", choices=["fanout", "latency", "scale", "all"])
-    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
-    parser.add_argument("--receivers", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--senders", type=int, nargs="+", default=[1, 10])
-    parser.add_argument(
-        "--messages", type=int, default=2000, help="fanout: messages in all, split among senders"
+    add = parser.add_argument
+    add("scenario", choices=["fanout", "latency", "scale", "all"], help="what to measure")
+    add("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS), help="which")
+    add("--receivers", type=int, nargs="+", default=[10, 100, 1000], help="fanout: room sizes")
+    add("--senders", type=int, nargs="+", default=[1, 10], help="fanout: senders per run")
+    add("--messages", type=int, default=2000, help="fanout: least messages per run, in all")
+    add(
+        "--deliveries",
+        type=float,
+        default=2e6,
+        help="fanout: deliveries per run at least (more messages for small rooms)",
     )
-    parser.add_argument(
-        "--window", type=int, default=400, help="fanout: most messages senders may be ahead"
+    add("--window", type=int, default=400, help="fanout: most messages senders may be ahead")
+    add("--rates", type=float, nargs="+", default=[500, 2000], help="latency: messages/s")
+    add("--latency-receivers", type=int, default=100, help="latency: room size")
+    add("--seconds", type=float, default=3.0, help="latency: sending time per run")
+    add("--clients", type=int, nargs="+", default=[1000, 5000, 10000], help="scale: sizes")
+    add("--repeat", type=int, default=5, help="rounds; each round runs every server once")
+    add("--timeout", type=float, default=60.0, help="longest wait for one run's deliveries")
+    add(
+        "--write",
+        action="store_true",
+        help="replace docs/bench/<scenario>.json, the chart and the tables in "
+        "docs/PERFORMANCE.md with this run's results (partial runs replace them too)",
     )
-    parser.add_argument(
-        "--rates", type=float, nargs="+", default=[500, 2000], help="latency: messages per second"
-    )
-    parser.add_argument("--latency-receivers", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=3.0, help="latency: how long")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1000, 5000, 10000])
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--timeout", type=float, default=60.0)
-    parser.add_argument("--out", type=Path, default=OUT, help="where JSON and the chart go")
-    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
@@ -509,9 +535,10 @@ def main() -> None:
             from bench.scale import run_scale
 
             rows = run_scale(args)
-        if not args.no_write:
-            write_results(scenario, rows, args.out)
-            update(args.out.parent / "PERFORMANCE.md", args.out)
+        if args.write:
+            write_results(scenario, rows, OUT)
+            update(ROOT / "docs" / "PERFORMANCE.md", OUT)
+            print(f"updated the {scenario} tables in docs/PERFORMANCE.md", flush=True)
 
 
 if __name__ == "__main__":

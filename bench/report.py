@@ -65,8 +65,10 @@ def latency_md(doc: dict[str, Any]) -> list[str]:
     others = [n for n in names if n != "groupchat"]
     lines = [
         "Milliseconds from send to receipt, over every delivery of every run, median of "
-        "the runs (p99 min-max). Ratios: groupchat over each reference, median of per-round "
-        "ratios. A server marked with steal lost that share of CPU 0 to the hypervisor "
+        "the runs (p99 min-max); max is the median of each run's maximum. Ratios: "
+        "groupchat over each reference (above 1: groupchat is slower or busier), median "
+        "of per-round ratios. A server marked with steal lost that share of CPU 0 to the "
+        "hypervisor "
         "during its runs (median): its figures measure the machine, not the server.",
         "",
         "| rate | server | p50 | p99 | p99.9 | max | server CPU | lost |"
@@ -118,12 +120,16 @@ def render(out: Path) -> str:
         if doc is None:
             continue
         m = doc["machine"]
+        ran = {r["server"] for r in doc["results"]}
+        refs = "".join(
+            f"; {m[tool]}" for tool in ("redis-server", "ngircd") if tool.split("-")[0] in ran
+        )
         parts += [
             f"### {title}",
             "",
             f"`{doc['command']}`, {doc['date']}; {m['cpu']}, {m['cores']} cores, "
-            f"Python {m['python']}, Twisted {m['twisted']}, generator on {m['generator']}; "
-            f"{m.get('redis-server', '')}; {m.get('ngircd', '')}.",
+            f"Python {m['python']}, Twisted {m['twisted']}, generator on {m['generator']}"
+            f"{refs}.",
             "",
             *table(doc),
             "",
