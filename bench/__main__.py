@@ -138,8 +138,9 @@ async def fanout(
     for i, conn in enumerate(recv):
         tap(conn, receiver(i))
     tasks = []
-    if dialect.sender_replies:
-        tasks += [asyncio.create_task(_drain_forever(r)) for r, _ in send]
+    # Senders read too: the server's replies (redis), and in a chat room every other
+    # sender's messages; ngIRCd drops a member that leaves 32 KiB of them unread.
+    tasks += [asyncio.create_task(_drain_forever(r)) for r, _ in send]
     cpu_before, gen_before = cpu_seconds(pid), time.process_time()
     start = time.perf_counter()
     await asyncio.gather(*(send_all(k, w) for k, (_, w) in enumerate(send)))
@@ -253,6 +254,7 @@ def repeat(
     """Run every server once per round, ``times`` rounds: a noisy minute on this shared
     machine then spreads over all servers instead of landing on one."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    FAILED.clear()
     for _ in range(times):
         for name in list(runs):
             try:
@@ -260,7 +262,15 @@ def repeat(
             except Unavailable as e:
                 print(f"{name:16} {e}", flush=True)
                 del runs[name]
-    return runs
+            except (OSError, RuntimeError, TimeoutError) as e:
+                # A server that drops one of our connections (ngIRCd's fixed buffers) fails
+                # that run; the others still count, and the row says how many failed.
+                print(f"{name:16} run failed: {e!r}", flush=True)
+                FAILED.setdefault(name, []).append(repr(e))
+    return {name: found for name, found in runs.items() if found}
+
+
+FAILED: dict[str, list[str]] = {}  # the current configuration's failed runs, per server
 
 
 STEAL_RETRY = 0.03  # a run that lost more of CPU 0 than this to the hypervisor is redone
@@ -335,6 +345,7 @@ def run_fanout(args: argparse.Namespace) -> list[dict[str, Any]]:
                     row |= ratios
                 row |= summarize(runs, ["deliveries_per_s", "server_cpu", "generator_cpu", "steal"])
                 row["lost"] = max(r["lost"] for r in runs)
+                row["failed_runs"] = FAILED.get(name, [])
                 rows.append(row)
                 print(
                     f"{name:16} R={receivers:<5} S={senders:<3} "
@@ -367,6 +378,7 @@ def run_latency(args: argparse.Namespace) -> list[dict[str, Any]]:
                 row |= ratios
             row |= summarize(runs, ["p50_ms", "p99_ms", "p999_ms", "max_ms", "server_cpu", "steal"])
             row["lost"] = max(r["lost"] for r in runs)
+            row["failed_runs"] = FAILED.get(name, [])
             rows.append(row)
             print(
                 f"{name:16} rate={rate:<6g} R={receivers:<4} "

@@ -51,6 +51,8 @@ def fanout_md(doc: dict[str, Any]) -> list[str]:
             for n in others
         )
         noisy = f" (steal {r['steal']:.0%})" if r.get("steal", 0) > NOISY else ""
+        if r.get("failed_runs"):
+            noisy += f" ({len(r['failed_runs'])} runs failed: {r['failed_runs'][0]})"
         lines.append(
             f"| {r['receivers']} | {r['senders']} | {r['server']}{noisy} | "
             f"{_k(r['deliveries_per_s'])} ({spread}) | {r['server_cpu']:.0%} | "

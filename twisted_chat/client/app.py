@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineReceiver
@@ -136,6 +136,13 @@ class ClientApp:
             waiting.addTimeout(QUIT_WAIT, self.reactor)
             with contextlib.suppress(defer.TimeoutError):
                 await waiting
+        await self._stop_service()
+
+    async def _stop_service(self) -> None:
+        # ``closed`` fires from inside ClientService's own state machine (the connection
+        # it was watching just ended); stopping it from that call stack is a reentrant
+        # transition it refuses with a RuntimeError.  One reactor turn later it is idle.
+        await task.deferLater(self.reactor, 0, lambda: None)
         await self.service.stopService()
 
     # -- modes -------------------------------------------------------------------------
@@ -163,7 +170,7 @@ class ClientApp:
         left = session.pending
         delivered = self.bye and left == 0
         self._started = False
-        await self.service.stopService()
+        await self._stop_service()
         if not delivered:
             self._error(
                 "no goodbye from the server in time: "
