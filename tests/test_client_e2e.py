@@ -36,11 +36,12 @@ CLIENT = [sys.executable, "-m", "twisted_chat.client"]
 class ListenProcess:
     """A client subprocess whose stdout lines are collected by a thread."""
 
-    def __init__(self, argv: list[str], stdin: bytes | None = None) -> None:
+    def __init__(self, argv: list[str], stdin: bytes | None = None, hold: bool = False) -> None:
+        """``hold``: give the client a stdin that stays open (a pipe nobody writes to)."""
         self.proc = subprocess.Popen(
             argv,
             env=server_env(),
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin is not None or hold else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -142,6 +143,25 @@ def test_piped_mode_delivers_every_line_and_exits_zero(
     bob.expect("*** [#ops] ci quit")  # a clean quit, not a timeout or lost connection
     bob.barrier()
     assert bob.count("ci lost connection") == 0 and bob.count("ci timed out") == 0
+
+
+def test_sigterm_while_piping_quits_cleanly_without_a_traceback(
+    start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    server = start_server()
+    bob = connect(server, "bob")
+    set_nick(bob, "bob")
+    ci = ListenProcess([*CLIENT, "--server", f"{HOST}:{server.port}", "--nick", "ci"], hold=True)
+    try:
+        ci.expect("is now known as ci")  # connected, named, still reading its input
+        ci.proc.terminate()
+        ci.proc.wait(timeout=20)  # bounded; its stderr is read once it has ended
+        assert ci.proc.stderr is not None
+        err = ci.proc.stderr.read().decode("utf-8", "replace")
+    finally:
+        ci.stop()
+    assert "Traceback" not in err and "Error" not in err, err
+    bob.expect("*** [#lobby] ci quit")  # it said goodbye on the way out
 
 
 def test_piped_mode_exits_one_when_the_server_is_unreachable(
