@@ -42,6 +42,7 @@ from bench.common import (
     Conn,
     cpu_seconds,
     run_loop,
+    steal_ticks,
     summarize,
     tap,
 )
@@ -236,14 +237,6 @@ async def latency(
         "server_cpu": cpu / wall,
         "lost": receivers * total - len(samples),
     }
-
-
-def steal_ticks(cpu: int = 0) -> int:
-    """Time the hypervisor gave CPU ``cpu`` to someone else (clock ticks, /proc/stat)."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{cpu} "):
-            return int(line.split()[8])
-    return 0
 
 
 def repeat(

@@ -165,3 +165,11 @@ def summarize(runs: list[dict[str, float]], keys: list[str]) -> dict[str, Any]:
         out[key] = statistics.median(values)
         out[f"{key}_min"], out[f"{key}_max"] = min(values), max(values)
     return out
+
+
+def steal_ticks(cpu: int = 0) -> int:
+    """Time the hypervisor gave CPU ``cpu`` to someone else (clock ticks, /proc/stat)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            return int(line.split()[8])
+    return 0

@@ -101,8 +101,9 @@ def scale_md(doc: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["results"]:
+        noisy = f" (steal up to {r['steal_max']:.0%})" if r.get("steal_max", 0) > NOISY else ""
         lines.append(
-            f"| {r['clients']:,} | {r['connect_s']:.2f} s ({r['connect_s_min']:.2f}-"
+            f"| {r['clients']:,}{noisy} | {r['connect_s']:.2f} s ({r['connect_s_min']:.2f}-"
             f"{r['connect_s_max']:.2f}) | {r['rss_per_conn_bytes'] / 1024:.1f} KiB | "
             f"{r['broadcast_ms']:.0f} ms; {r['broadcast_max_ms']:.0f} ms | "
             f"{r['not_reached']} | {r['timed_out']} | {r['sweep_steady_ms']:.3f} ms | "

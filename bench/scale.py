@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 from contextlib import suppress
@@ -28,6 +29,7 @@ from bench.common import (
     groupchat_server,
     rss_bytes,
     run_loop,
+    steal_ticks,
     summarize,
     tap,
 )
@@ -194,12 +196,18 @@ def run_scale(args: argparse.Namespace) -> list[dict[str, Any]]:
         runs = []
         for _ in range(args.repeat):
             with groupchat_server(extra) as (port, pid):
-                runs.append(run_loop(scale(port, pid, clients, hold)))
+                stolen, start = steal_ticks(), time.monotonic()
+                result = run_loop(scale(port, pid, clients, hold))
+                wall = (time.monotonic() - start) * os.sysconf("SC_CLK_TCK")
+                result["steal"] = (steal_ticks() - stolen) / max(wall, 1.0)
+                runs.append(result)
         row: dict[str, Any] = {"server": "groupchat", "clients": clients}
         row |= summarize(runs, ["connect_s", "rss_per_conn_bytes", "broadcast_ms"])
         row["broadcast_max_ms"] = max(r["broadcast_max_ms"] for r in runs)
         row["not_reached"] = max(r["expected"] - r["reached"] for r in runs)
         row["timed_out"] = max(r["timed_out"] for r in runs)
+        row["steal"] = statistics.median(r["steal"] for r in runs)
+        row["steal_max"] = max(r["steal"] for r in runs)
         row |= sweep_ms(clients)
         rows.append(row)
         print(
@@ -209,7 +217,7 @@ def run_scale(args: argparse.Namespace) -> list[dict[str, Any]]:
             f"one message to all {row['broadcast_ms']:.0f} ms (max {row['broadcast_max_ms']:.0f})  "
             f"not reached {row['not_reached']}  timed out {row['timed_out']}  "
             f"sweep {row['sweep_steady_ms']:.3f} ms (all timing out at once: "
-            f"{row['sweep_mass_timeout_ms']:.1f} ms)",
+            f"{row['sweep_mass_timeout_ms']:.1f} ms)  steal up to {row['steal_max']:.0%}",
             flush=True,
         )
     return rows
