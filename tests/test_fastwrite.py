@@ -65,3 +65,68 @@ def test_direct_sends_keep_every_byte_in_order_past_a_full_socket():
 
 def test_only_plain_tcp_is_written_directly():
     assert not can_write_directly(StringTransport())
+
+
+class FakeSocket:
+    def __init__(self, takes: int | None = None, error: OSError | None = None) -> None:
+        self.takes, self.error, self.sent = takes, error, b""
+
+    def send(self, data: bytes) -> int:
+        if self.error is not None:
+            raise self.error
+        n = len(data) if self.takes is None else min(self.takes, len(data))
+        self.sent += data[:n]
+        return n
+
+
+class FakeTransport:
+    """The attributes of ``tcp.Connection`` that ``write_now`` reads, and its ``write``."""
+
+    def __init__(self, sock: FakeSocket) -> None:
+        self.socket = sock
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataBuffer: list[bytes] = []
+        self._writeDisconnected = False
+        self.TLS = False
+        self.connected = True
+        self.disconnecting = False
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+        self._tempDataBuffer.append(data)
+
+
+def test_write_now_sends_at_once_only_when_nothing_waits_before_it():
+    t = FakeTransport(FakeSocket())
+    assert write_now(t, b"one") is None
+    assert (t.socket.sent, t.written) == (b"one", [])
+    t._tempDataBuffer.append(b"queued")  # Twisted holds earlier bytes: keep the order
+    write_now(t, b"two")
+    assert (t.socket.sent, t.written) == (b"one", [b"two"])
+
+
+def test_write_now_hands_the_rest_of_a_partial_send_to_twisted():
+    t = FakeTransport(FakeSocket(takes=2))
+    write_now(t, b"hello")
+    assert (t.socket.sent, t.written) == (b"he", [b"llo"])
+    write_now(t, b"again")  # the rest is queued now: this goes behind it
+    assert t.written == [b"llo", b"again"]
+
+
+def test_write_now_reports_a_reset_and_leaves_the_close_to_twisted():
+    t = FakeTransport(FakeSocket(error=ConnectionResetError(104, "reset")))
+    error = write_now(t, b"x")
+    assert isinstance(error, ConnectionResetError)
+    assert t.written == [b"x"]
+    blocked = FakeTransport(FakeSocket(error=BlockingIOError()))
+    assert write_now(blocked, b"y") is None and blocked.written == [b"y"]
+
+
+def test_write_now_leaves_tls_and_closing_transports_to_twisted():
+    for attribute, value in (("TLS", True), ("disconnecting", True), ("connected", False)):
+        t = FakeTransport(FakeSocket())
+        setattr(t, attribute, value)
+        write_now(t, b"z")
+        assert (t.socket.sent, t.written) == (b"", [b"z"]), attribute
