@@ -42,9 +42,9 @@ from bench.common import (
     Conn,
     cpu_seconds,
     run_loop,
-    steal_ticks,
     summarize,
     tap,
+    with_steal,
 )
 from bench.references import DIALECTS, HOST, Dialect, Unavailable
 from bench.report import update
@@ -277,10 +277,7 @@ def least_stolen(
     best: dict[str, float] | None = None
     for _ in range(TRIES):
         with SERVERS[name]() as (port, pid):
-            stolen, start = steal_ticks(), time.monotonic()
-            result = run_loop(measure(DIALECTS[name], port, pid))
-            wall = (time.monotonic() - start) * os.sysconf("SC_CLK_TCK")
-            result["steal"] = (steal_ticks() - stolen) / max(wall, 1.0)
+            result = with_steal(lambda: run_loop(measure(DIALECTS[name], port, pid)))
         if best is None or result["steal"] < best["steal"]:
             best = result
         if best["steal"] <= STEAL_RETRY:

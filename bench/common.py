@@ -167,6 +167,15 @@ def summarize(runs: list[dict[str, float]], keys: list[str]) -> dict[str, Any]:
     return out
 
 
+def with_steal(run: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """``run()``'s result, plus the share of CPU 0 the hypervisor took meanwhile."""
+    stolen, start = steal_ticks(), time.monotonic()
+    result = run()
+    wall = (time.monotonic() - start) * os.sysconf("SC_CLK_TCK")
+    result["steal"] = (steal_ticks() - stolen) / max(wall, 1.0)
+    return result
+
+
 def steal_ticks(cpu: int = 0) -> int:
     """Time the hypervisor gave CPU ``cpu`` to someone else (clock ticks, /proc/stat)."""
     for line in Path("/proc/stat").read_text().splitlines():

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -316,20 +316,3 @@ DIALECTS: dict[str, Dialect] = {
     "redis": RedisDialect(),
     "ngircd": IrcDialect(),
 }
-
-SERVERS: dict[str, Callable[[], AbstractContextManager[tuple[int, int]]]] = {
-    "redis": redis_server,
-    "ngircd": ngircd_server,
-}
-
-__all__ = [
-    "DIALECTS",
-    "SERVERS",
-    "Dialect",
-    "IrcDialect",
-    "LineDialect",
-    "RedisDialect",
-    "Unavailable",
-    "ngircd_server",
-    "redis_server",
-]

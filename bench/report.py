@@ -26,6 +26,16 @@ def _k(value: float) -> str:
     return f"{value / 1e6:.2f} M" if value >= 1e6 else f"{value / 1e3:.0f} k"
 
 
+def _marks(row: dict[str, Any], steal: str = "steal") -> str:
+    """What a reader must know before trusting a row: the VM was busy, runs failed."""
+    marks = ""
+    if row.get(steal, 0) > NOISY:
+        marks += f" (steal {row[steal]:.0%})"
+    if row.get("failed_runs"):
+        marks += f" ({len(row['failed_runs'])} runs failed: {row['failed_runs'][0]})"
+    return marks
+
+
 def _ratio(row: dict[str, Any], key: str, name: str) -> str:
     value = row.get(f"{key}_ratio_to_{name}")
     return "" if value is None else f"{value:.2f}"
@@ -50,11 +60,8 @@ def fanout_md(doc: dict[str, Any]) -> list[str]:
             f" {_ratio(r, 'deliveries_per_s', n)} |" if r["server"] == "groupchat" else " |"
             for n in others
         )
-        noisy = f" (steal {r['steal']:.0%})" if r.get("steal", 0) > NOISY else ""
-        if r.get("failed_runs"):
-            noisy += f" ({len(r['failed_runs'])} runs failed: {r['failed_runs'][0]})"
         lines.append(
-            f"| {r['receivers']} | {r['senders']} | {r['server']}{noisy} | "
+            f"| {r['receivers']} | {r['senders']} | {r['server']}{_marks(r)} | "
             f"{_k(r['deliveries_per_s'])} ({spread}) | {r['server_cpu']:.0%} | "
             f"{r['generator_cpu']:.0%} | {r['lost']} |{ratios}"
         )
@@ -70,8 +77,8 @@ def latency_md(doc: dict[str, Any]) -> list[str]:
         "the runs (p99 min-max); max is the median of each run's maximum. Ratios: "
         "groupchat over each reference (above 1: groupchat is slower or busier), median "
         "of per-round ratios. A server marked with steal lost that share of CPU 0 to the "
-        "hypervisor "
-        "during its runs (median): its figures measure the machine, not the server.",
+        "hypervisor during its runs (median): its figures measure the machine, not the "
+        "server.",
         "",
         "| rate | server | p50 | p99 | p99.9 | max | server CPU | lost |"
         + "".join(f" p99, CPU: ours / {n} |" for n in others),
@@ -84,9 +91,8 @@ def latency_md(doc: dict[str, Any]) -> list[str]:
             else " |"
             for n in others
         )
-        noisy = f" (steal {r['steal']:.0%})" if r.get("steal", 0) > NOISY else ""
         lines.append(
-            f"| {r['rate']:g}/s | {r['server']}{noisy} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+            f"| {r['rate']:g}/s | {r['server']}{_marks(r)} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
             f"({r['p99_ms_min']:.2f}-{r['p99_ms_max']:.2f}) | {r['p999_ms']:.2f} | "
             f"{r['max_ms']:.2f} | {r['server_cpu']:.0%} | {r['lost']} |{ratios}"
         )
@@ -101,9 +107,9 @@ def scale_md(doc: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["results"]:
-        noisy = f" (steal up to {r['steal_max']:.0%})" if r.get("steal_max", 0) > NOISY else ""
         lines.append(
-            f"| {r['clients']:,}{noisy} | {r['connect_s']:.2f} s ({r['connect_s_min']:.2f}-"
+            f"| {r['clients']:,}{_marks(r, 'steal_max')} | "
+            f"{r['connect_s']:.2f} s ({r['connect_s_min']:.2f}-"
             f"{r['connect_s_max']:.2f}) | {r['rss_per_conn_bytes'] / 1024:.1f} KiB | "
             f"{r['broadcast_ms']:.0f} ms; {r['broadcast_max_ms']:.0f} ms | "
             f"{r['not_reached']} | {r['timed_out']} | {r['sweep_steady_ms']:.3f} ms | "

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 from twisted.internet import task
@@ -29,9 +29,9 @@ from bench.common import (
     groupchat_server,
     rss_bytes,
     run_loop,
-    steal_ticks,
     summarize,
     tap,
+    with_steal,
 )
 from bench.references import HOST
 from twisted_chat.events import Event, Format
@@ -196,11 +196,7 @@ def run_scale(args: argparse.Namespace) -> list[dict[str, Any]]:
         runs = []
         for _ in range(args.repeat):
             with groupchat_server(extra) as (port, pid):
-                stolen, start = steal_ticks(), time.monotonic()
-                result = run_loop(scale(port, pid, clients, hold))
-                wall = (time.monotonic() - start) * os.sysconf("SC_CLK_TCK")
-                result["steal"] = (steal_ticks() - stolen) / max(wall, 1.0)
-                runs.append(result)
+                runs.append(with_steal(partial(run_loop, scale(port, pid, clients, hold))))
         row: dict[str, Any] = {"server": "groupchat", "clients": clients}
         row |= summarize(runs, ["connect_s", "rss_per_conn_bytes", "broadcast_ms"])
         row["broadcast_max_ms"] = max(r["broadcast_max_ms"] for r in runs)

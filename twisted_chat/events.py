@@ -46,14 +46,19 @@ class Event:
         if fmt is Format.TEXT:
             wire = self._text_wire
             if wire is None:
-                body = self.text().replace("\n", "\r\n")
-                wire = self._text_wire = body.encode("utf-8") + b"\r\n"
+                wire = self._text_wire = self.render(fmt)
             return wire
         wire = self._json_wire
         if wire is None:
-            body = json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
-            wire = self._json_wire = body.encode("utf-8") + b"\r\n"
+            wire = self._json_wire = self.render(fmt)
         return wire
+
+    def render(self, fmt: Format) -> bytes:
+        """The wire bytes for ``fmt``, uncached: ``encode`` is what callers use."""
+        if fmt is Format.TEXT:
+            return self.text().replace("\n", "\r\n").encode("utf-8") + b"\r\n"
+        body = json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
+        return body.encode("utf-8") + b"\r\n"
 
 
 def _secs(value: float) -> str:
@@ -478,6 +483,7 @@ class Batch(Event):
     Within one input turn the core keeps extending the open batch while the same room
     broadcasts to the same members, so N lines into a room of R members cost R
     deliveries, not N x R.  Encoding seals it: what a recipient has rendered never grows.
+    Its bytes are its events' bytes in order, cached like any event's.
     """
 
     type: ClassVar[str] = "batch"
@@ -492,12 +498,7 @@ class Batch(Event):
 
     def encode(self, fmt: Format) -> bytes:
         self.sealed = True
-        if fmt is Format.TEXT:
-            wire = self._text_wire
-            if wire is None:
-                wire = self._text_wire = b"".join(e.encode(fmt) for e in self.events)
-            return wire
-        wire = self._json_wire
-        if wire is None:
-            wire = self._json_wire = b"".join(e.encode(fmt) for e in self.events)
-        return wire
+        return Event.encode(self, fmt)  # slots dataclasses: no zero-argument super()
+
+    def render(self, fmt: Format) -> bytes:
+        return b"".join([event.encode(fmt) for event in self.events])

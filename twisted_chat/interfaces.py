@@ -25,8 +25,9 @@ class IParticipant(Interface):
         core drops this participant and carries on with everyone else.
 
         ``event`` may be a ``Batch``: during one input turn the core may append further
-        events to it, so an adapter that buffers output must encode it at write time.
-        Encoding seals it; so does delivering any other event to this participant.
+        events to it, so an adapter that buffers output must encode it at write time
+        (encoding seals it).  The core stops extending it before it delivers anything
+        else, so a batch never overtakes a later event.
         """
 
     def close(final: Event | None) -> None:

@@ -31,7 +31,7 @@ from zope.interface import implementer
 from twisted_chat.auth import Authenticator, LoginFailed, LoginInUse, LoginRequired
 from twisted_chat.commands import Dispatcher, parse_format
 from twisted_chat.errors import ChatError
-from twisted_chat.events import Batch, Bye, Event, Format, LoginNeeded, SlowDown
+from twisted_chat.events import Bye, Event, Format, LoginNeeded, SlowDown
 from twisted_chat.fastwrite import can_write_directly, write_now
 from twisted_chat.framing import LineFramer, LineTooLong, TelnetFilter
 from twisted_chat.interfaces import IParticipant
@@ -438,9 +438,6 @@ class ChatLineProtocol(LineReceiver):
         if out is not None:
             # Output is being gathered (an input turn, or a flush the factory delays):
             # keep order, and write once per recipient when the factory flushes.
-            last = out[-1]
-            if isinstance(last, Batch):
-                last.sealed = True  # what follows it must not be overtaken by its growth
             out.append(event)
             return
         batcher = self.batcher

@@ -570,7 +570,13 @@ class ChatService(service.Service):
             run.batch.sealed = True
 
     def _broadcast(self, room: Room, event: Event, exclude: Member | None = None) -> None:
-        """Tell a room; inside a batch, consecutive lines to one room share one delivery."""
+        """Tell a room; inside a batch, consecutive lines to one room share one delivery.
+
+        Every other delivery the core makes ends the run first.  What reaches a member
+        without passing through here (the dispatcher's errors and help, an adapter's own
+        notices) goes to the member whose input is being handled: the speaker, whom the
+        run excludes, so it cannot be overtaken either.
+        """
         if not self._batch_depth:
             self._fanout(room.members, event, exclude)
             return
