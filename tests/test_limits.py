@@ -36,11 +36,24 @@ def test_burst_passes_then_lines_are_delayed_in_order_and_reading_pauses():
     assert h.clock.getDelayedCalls() == []
 
 
-def test_heartbeats_are_not_held_back_by_the_line_rate():
+def test_heartbeats_pass_when_the_line_budget_is_spent():
+    h = ProtocolHarness(limits=LIMITS)
+    alice = h.connect()
+    alice.send(b"".join(b"chat %d\n" % i for i in range(10)))  # the whole line burst
+    alice.new_lines()
+    alice.send(b"/ping still-here\n")
+    assert alice.new_lines() == ["*** pong still-here"]
+
+
+def test_pings_beyond_a_few_per_second_are_charged_like_lines():
     h = ProtocolHarness(limits=LIMITS)
     alice = h.connect()
     alice.send(b"".join(b"/ping %d\n" % i for i in range(30)))
-    assert len([x for x in alice.new_lines() if x.startswith("*** pong")]) == 30
+    pongs = [x for x in alice.new_lines() if x.startswith("*** pong")]
+    assert len(pongs) == 15  # 5 free heartbeats, then the 10-line burst
+    assert alice.transport.producerState == "paused"
+    h.clock.pump([0.2] * 15)  # the rest at the line rate: about 5 a second
+    assert len([x for x in alice.new_lines() if x.startswith("*** pong")]) == 15
 
 
 def test_throttled_sender_is_not_timed_out_and_a_persistent_flooder_is_dropped():
@@ -73,16 +86,39 @@ def test_a_paste_well_within_the_flood_timeout_is_delivered_whole():
     assert alice.protocol.member is not None and alice.protocol.member.present
 
 
-def test_byte_rate_limits_big_lines():
-    limits = InputLimits(rate=1000.0, burst=1000.0, byte_rate=1000.0, byte_burst=4050.0)
+def test_every_byte_read_counts_and_reading_waits_for_the_byte_budget():
+    limits = InputLimits(rate=1000.0, burst=1000.0, byte_rate=1000.0, byte_burst=4000.0)
     h = ProtocolHarness(limits=limits)
     alice = h.connect("alice")
     bob = h.connect("bob")
     bob.new_lines()
-    alice.send((b"y" * 999 + b"\n") * 8)
-    assert len(bob.new_lines()) == 4
-    h.clock.pump([0.5] * 9)
-    assert len(bob.new_lines()) == 4
+    alice.send((b"y" * 999 + b"\n") * 8)  # 8000 bytes read: 4000 over the budget
+    assert len(bob.new_lines()) == 8  # what was read is acted on ...
+    assert alice.transport.producerState == "paused"  # ... but no more is read
+    h.clock.advance(3.9)
+    assert alice.transport.producerState == "paused"
+    h.clock.advance(0.2)
+    assert alice.transport.producerState == "producing"
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_bytes_that_never_make_a_line_count_too():
+    limits = InputLimits(byte_rate=1000.0, byte_burst=4000.0, flood_timeout=20.0)
+    h = ProtocolHarness(limits=limits)
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    bob.new_lines()
+    alice.send(b"\xff\xf1" * 3000)  # 6000 bytes of telnet NOPs: no line, no text
+    assert alice.transport.producerState == "paused"
+    h.clock.advance(2.1)
+    assert alice.transport.producerState == "producing"
+    for _ in range(30):  # keep sending as fast as reading allows: held back throughout
+        if alice.transport.producerState == "producing":
+            alice.send(b"\xff\xf1" * 3000)
+        h.clock.advance(1.0)
+    assert "*** [#lobby] alice lost connection (flooding: held at 1000 bytes/s for 20 s)" in (
+        bob.new_lines()
+    )
 
 
 def test_welcome_announces_the_limits():

@@ -380,7 +380,7 @@ def test_a_logged_in_name_cannot_be_taken_twice():
 
 def test_json_login_exchange_and_login_timeout():
     h = _login_harness()
-    h.service.heartbeat = type(h.service.heartbeat)(timeout=5.0, interval=1.0)
+    h.factory.register_timeout = 5.0
     conn = h.connect()
     conn.new_lines()
     conn.send(b"/format json\n")

@@ -11,54 +11,96 @@ from __future__ import annotations
 IAC = 255
 SE, SB = 240, 250
 WILL, WONT, DO, DONT = 251, 252, 253, 254
+TIMING_MARK = 6
+_IAC_BYTE = b"\xff"
+SUB_MAX = 512  # we accept no option, so a well-behaved client sends no subnegotiation
+
+
+class TelnetError(Exception):
+    """Negotiation no telnet client sends: the connection is ended with this reason."""
 
 
 class TelnetFilter:
-    """Strips telnet commands; collects refusals to send back for options asked of us."""
+    """Strips telnet commands; collects refusals to send back for options asked of us.
+
+    Each option is answered at most once per connection, so a peer repeating ``DO x``
+    cannot make us write more than it sends, and plain data between commands is copied
+    in slices, never byte by byte.  A subnegotiation longer than ``SUB_MAX`` raises
+    ``TelnetError``.  ``marks`` counts the peer's answers to ``DO TIMING-MARK``.
+    """
 
     _DATA, _IAC, _OPTION, _SUB, _SUB_IAC = range(5)
-    __slots__ = ("_state", "_verb", "replies")
+    __slots__ = ("_answered", "_state", "_sub", "_verb", "marks", "replies")
 
     def __init__(self) -> None:
         self._state = self._DATA
         self._verb = 0
+        self._sub = 0
+        self._answered: set[int] | None = None
+        self.marks = 0
         self.replies = bytearray()
 
     def feed(self, data: bytes) -> bytes:
-        if self._state == self._DATA and IAC not in data:
-            return data
-        out = bytearray()
         state = self._state
-        for byte in data:
+        if state == self._DATA and _IAC_BYTE not in data:
+            return data
+        out: list[bytes] = []
+        i, n = 0, len(data)
+        while i < n:
             if state == self._DATA:
-                if byte == IAC:
-                    state = self._IAC
-                else:
-                    out.append(byte)
-            elif state == self._IAC:
-                if byte == IAC:
-                    state = self._DATA  # an escaped 0xFF: never valid UTF-8 text, drop it
-                elif byte in (WILL, WONT, DO, DONT):
-                    self._verb = byte
-                    state = self._OPTION
+                j = data.find(_IAC_BYTE, i)
+                if j < 0:
+                    out.append(data[i:])
+                    break
+                if j > i:
+                    out.append(data[i:j])
+                i, state = j + 1, self._IAC
+                continue
+            if state == self._SUB:
+                j = data.find(_IAC_BYTE, i)
+                end = n if j < 0 else j
+                self._sub += end - i
+                if self._sub > SUB_MAX:
+                    self._state = state
+                    raise TelnetError(f"telnet subnegotiation longer than {SUB_MAX} bytes")
+                i = end
+                if j >= 0:
+                    i, state = j + 1, self._SUB_IAC
+                continue
+            byte = data[i]
+            i += 1
+            if state == self._IAC:
+                if byte in (WILL, WONT, DO, DONT):
+                    self._verb, state = byte, self._OPTION
                 elif byte == SB:
-                    state = self._SUB
+                    self._sub, state = 0, self._SUB
                 else:
-                    state = self._DATA  # two-byte command (NOP, AYT, GA, ...)
+                    # Two-byte commands (NOP, AYT, GA, ...) and an escaped 0xFF, which is
+                    # never valid UTF-8 text: dropped.
+                    state = self._DATA
             elif state == self._OPTION:
-                # We support no option: refuse whatever the client offers or asks.
-                if self._verb == DO:
-                    self.replies += bytes((IAC, WONT, byte))
-                elif self._verb == WILL:
-                    self.replies += bytes((IAC, DONT, byte))
+                self._option(self._verb, byte)
                 state = self._DATA
-            elif state == self._SUB:
-                if byte == IAC:
-                    state = self._SUB_IAC
-            elif state == self._SUB_IAC:
+            else:  # _SUB_IAC: SE ends it; IAC IAC is an escaped 0xFF inside it
                 state = self._DATA if byte == SE else self._SUB
         self._state = state
-        return bytes(out)
+        return b"".join(out)
+
+    def _option(self, verb: int, option: int) -> None:
+        if option == TIMING_MARK and verb in (WILL, WONT):
+            self.marks += 1  # an answer to our DO TIMING-MARK: never answered back
+            return
+        if verb not in (DO, WILL):
+            return
+        answered = self._answered
+        if answered is None:
+            answered = self._answered = set()
+        key = verb << 8 | option
+        if key in answered:
+            return
+        answered.add(key)
+        # We support no option: refuse whatever the client offers or asks, once.
+        self.replies += bytes((IAC, WONT if verb == DO else DONT, option))
 
 
 class LineTooLong:

@@ -33,14 +33,15 @@ from twisted_chat.commands import Dispatcher, parse_format
 from twisted_chat.errors import ChatError
 from twisted_chat.events import Bye, Event, Format, LoginNeeded, SlowDown
 from twisted_chat.fastwrite import can_write_directly, write_now
-from twisted_chat.framing import LineFramer, LineTooLong, TelnetFilter
+from twisted_chat.framing import LineFramer, LineTooLong, TelnetError, TelnetFilter
 from twisted_chat.interfaces import IParticipant
-from twisted_chat.limits import InputLimits, TokenBucket
+from twisted_chat.limits import InputGovernor, InputLimits
 from twisted_chat.names import validate_nick
 from twisted_chat.service import ChatService, Member
 
 CLOSE_GRACE = 1.0
 DEFAULT_SEND_QUEUE = 256 * 1024
+DEFAULT_REGISTER_TIMEOUT = 30.0
 
 
 class LineTooLongError(ChatError):
@@ -108,24 +109,25 @@ class ChatLineProtocol(LineReceiver):
         "address",
         "authenticator",
         "batcher",
-        "bytes",
         "clock",
         "dispatcher",
         "format",
         "framer",
         "gate",
+        "governor",
+        "held_by",
         "limits",
-        "lines",
         "member",
         "peer",
         "pending",
         "queue",
         "queued",
+        "register_timeout",
         "send_queue_limit",
         "service",
         "state",
         "telnet",
-        "throttled_since",
+        "why",
     )
 
     def __init__(
@@ -137,6 +139,7 @@ class ChatLineProtocol(LineReceiver):
         send_queue: int = DEFAULT_SEND_QUEUE,
         limits: InputLimits | None = None,
         authenticator: Authenticator | None = None,
+        register_timeout: float = DEFAULT_REGISTER_TIMEOUT,
     ) -> None:
         self.service = service
         self.dispatcher = dispatcher
@@ -152,13 +155,13 @@ class ChatLineProtocol(LineReceiver):
         self._abort_call: IDelayedCall | None = None
         self.send_queue_limit = send_queue
         self.limits = limits
-        now = clock.seconds()
-        self.lines = TokenBucket(limits.rate, limits.burst, now) if limits else None
-        self.bytes = TokenBucket(limits.byte_rate, limits.byte_burst, now) if limits else None
+        self.governor = InputGovernor(limits, clock.seconds()) if limits else None
+        self.held_by = ""  # which limit holds the connection back: "lines" or "bytes"
+        self.register_timeout = register_timeout
+        self.why = ""  # the reason the server gave when it closed the connection
         # Lines read but not yet acted on, and output the transport had no room for; both
         # exist only while needed: an idle deque costs 600 bytes, times 10,000 members.
         self.pending: deque[bytes | LineTooLong] | None = None
-        self.throttled_since: float | None = None
         self._reading_paused = False
         self._resume_call: IDelayedCall | None = None
         self.authenticator = authenticator
@@ -182,6 +185,9 @@ class ChatLineProtocol(LineReceiver):
         peer = transport.getPeer()
         host = getattr(peer, "host", None)
         self.peer = f"{host}:{getattr(peer, 'port', '')}" if host is not None else "unix socket"
+        # Every connection must be ready to chat within the deadline, whatever holds it
+        # up: a TLS handshake that never ends, a login that never comes.
+        self._login_call = self.clock.callLater(self.register_timeout, self._register_timeout)
         if IConsumer.providedBy(transport):
             cast(IConsumer, transport).registerProducer(self.gate, True)
         self._direct = can_write_directly(transport)
@@ -205,11 +211,10 @@ class ChatLineProtocol(LineReceiver):
         if self.authenticator is not None:
             self.state = Session.LOGIN
             self._attempts = self.authenticator.attempts
-            timeout = self.service.heartbeat.timeout
-            self._login_call = self.clock.callLater(timeout, self._login_timeout, timeout)
             self.log.info("connect {peer}, awaiting login", peer=self.peer)
             self.deliver(LoginNeeded(ts=self.clock.seconds(), attempts=self._attempts))
             return
+        self._cancel_deadline()
         self.member = self.service.connect(self)
         self.log.info("connect {peer} as {nick}", peer=self.peer, nick=self.member.nick)
 
@@ -269,8 +274,7 @@ class ChatLineProtocol(LineReceiver):
             if self.service.nick_in_use(nick):
                 self._tell(LoginInUse(f"{nick} (or a name that looks like it) is logged in"))
                 return
-            if self._login_call is not None and self._login_call.active():
-                self._login_call.cancel()
+            self._cancel_deadline()
             self.state = Session.OPEN
             self.member = self.service.connect(self, login=nick)
             self.log.info("login {peer} as {nick}", peer=self.peer, nick=nick)
@@ -279,9 +283,21 @@ class ChatLineProtocol(LineReceiver):
             if self.state is not Session.CLOSED:
                 self._drain()
 
-    def _login_timeout(self, timeout: float) -> None:
+    def _cancel_deadline(self) -> None:
+        if self._login_call is not None and self._login_call.active():
+            self._login_call.cancel()
         self._login_call = None
-        if self.state is Session.LOGIN:
+
+    def _register_timeout(self) -> None:
+        self._login_call = None
+        timeout = self.register_timeout
+        if self._awaiting_tls and self.transport is not None:
+            # Nothing can be said over TLS before the handshake: just end it.
+            self.why = f"no TLS handshake within {timeout:g} s"
+            self.state = Session.CLOSING
+            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+            abort()
+        elif self.state is Session.LOGIN:
             self.close(Bye(ts=self.clock.seconds(), reason=f"no login within {timeout:g} s"))
 
     def _tell(self, error: ChatError) -> None:
@@ -297,29 +313,49 @@ class ChatLineProtocol(LineReceiver):
         if self.address is not None and isinstance(self.factory, ChatFactory):
             self.factory.released(self.address)
             self.address = None
+        if self._send_error is not None and reason.check(ierror.ConnectionDone):
+            # A send found the socket reset first; the read then only saw its end.
+            reason = Failure(ierror.ConnectionLost(str(self._send_error)))
         if self.member is not None:
-            if self._send_error is not None and reason.check(ierror.ConnectionDone):
-                # A send found the socket reset first; the read then only saw its end.
-                reason = Failure(ierror.ConnectionLost(str(self._send_error)))
             self.service.connection_lost(self.member, _describe(reason))
+        else:
+            self.log.info(
+                "disconnect {peer} before login: {reason}",
+                peer=self.peer,
+                reason=self.why or _describe(reason),
+            )
 
     def dataReceived(self, data: bytes) -> None:
         if self.state not in (Session.OPEN, Session.LOGIN) or self._awaiting_tls:
             return
         if self.member is not None:
             self.service.touch(self.member)
-        data = self.telnet.feed(data)
-        if self.telnet.replies and self.transport is not None:
-            self.transport.write(bytes(self.telnet.replies))
-            self.telnet.replies.clear()
-        lines = self.framer.feed(data)
-        if not lines:
+        if self.governor is not None and self.governor.received(len(data), self.clock.seconds()):
+            self.held_by = "bytes"  # whatever the bytes are, reading waits for the budget
+        try:
+            data = self.telnet.feed(data)
+        except TelnetError as e:
+            self._abuse(str(e))
             return
-        if self.pending is None:
-            self.pending = deque(lines)
+        if self.telnet.replies:
+            replies = bytes(self.telnet.replies)
+            self.telnet.replies.clear()
+            self._send(replies)  # counted against the send queue like any output
+        lines = self.framer.feed(data)
+        if lines:
+            if self.pending is None:
+                self.pending = deque(lines)
+            else:
+                self.pending.extend(lines)
+        if lines or self.held_by:
+            self._drain()
+
+    def _abuse(self, reason: str) -> None:
+        self.pending = None
+        if self.member is not None:
+            self.service.drop(self.member, reason)
         else:
-            self.pending.extend(lines)
-        self._drain()
+            self.close(Bye(ts=self.clock.seconds(), reason=reason))
 
     def _drain(self) -> None:
         """Act on pending lines as fast as the input limits allow; pause reading if not.
@@ -340,15 +376,17 @@ class ChatLineProtocol(LineReceiver):
     def _drain_lines(self) -> None:
         self._resume_call = None
         now = self.clock.seconds()
+        governor = self.governor
         while self.pending and not self._checking:
             if self.state not in (Session.OPEN, Session.LOGIN):
                 self.pending = None
                 return
             item = self.pending[0]
-            if self.limits is not None:
-                wait = self._admit(item, now)
+            if governor is not None:
+                wait = governor.admit(now, heartbeat=_is_ping(item))
                 if wait > 0:
-                    self._throttle(now, wait)
+                    self.held_by = "lines"
+                    self._hold(now, wait)
                     return
             self.pending.popleft()
             if self.state is Session.LOGIN:
@@ -360,52 +398,51 @@ class ChatLineProtocol(LineReceiver):
                 self.lineLengthExceeded(b"")
         if not self.pending:
             self.pending = None
+        if self.state not in (Session.OPEN, Session.LOGIN):
+            return
+        if governor is not None:
+            wait = governor.reading_wait(now)
+            if wait > 0:
+                self.held_by = "bytes"
+                self._hold(now, wait)
+                return
+            if not self._checking:
+                governor.release(now)
+        self.held_by = ""
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             cast(IPushProducer, self.transport).resumeProducing()
 
-    def _admit(self, item: bytes | LineTooLong, now: float) -> float:
-        """0 and the tokens taken when ``item`` may go now, else the seconds to wait."""
-        assert self.limits is not None and self.lines is not None and self.bytes is not None
-        size = len(item) + 1 if isinstance(item, bytes) else self.MAX_LENGTH
-        heartbeat = isinstance(item, bytes) and item[:5].lower() == b"/ping"
-        wait = max(0.0 if heartbeat else self.lines.wait(now), self.bytes.wait(now, size))
-        if wait > 0:
-            return wait
-        if not heartbeat:
-            self.lines.take(now)
-        self.bytes.take(now, size)
-        if self.lines.tokens >= 1 and self.bytes.tokens >= self.MAX_LENGTH:
-            self.throttled_since = None  # it has slowed down: not flooding
-        return 0.0
-
-    def _throttle(self, now: float, wait: float) -> None:
-        assert self.limits is not None and self.pending is not None
+    def _hold(self, now: float, wait: float) -> None:
+        """Stop reading for ``wait`` seconds; disconnect a connection held back too long."""
+        assert self.limits is not None and self.governor is not None
         limits = self.limits
-        backlog = len(self.pending) / limits.rate
-        first = self.throttled_since is None
-        since = self.throttled_since = now if self.throttled_since is None else self.throttled_since
-        if backlog > limits.flood_timeout or now - since > limits.flood_timeout:
-            if backlog > limits.flood_timeout:
+        waiting = len(self.pending) if self.pending else 0
+        new_episode = self.governor.hold(now)
+        held = self.governor.held_for(now)
+        if waiting / limits.rate > limits.flood_timeout or held > limits.flood_timeout:
+            if waiting / limits.rate > limits.flood_timeout:
                 reason = (
-                    f"flooding: {len(self.pending)} lines at once, over "
+                    f"flooding: {waiting} lines at once, over "
                     f"{limits.flood_timeout:g} s of sending at {limits.rate:g} lines/s"
+                )
+            elif self.held_by == "bytes":
+                reason = (
+                    f"flooding: held at {limits.byte_rate:g} bytes/s for {limits.flood_timeout:g} s"
                 )
             else:
                 reason = f"flooding: held at {limits.rate:g} lines/s for {limits.flood_timeout:g} s"
-            self.pending = None
-            if self.member is not None:
-                self.service.drop(self.member, reason)
-            else:
-                self.close(Bye(ts=now, reason=reason))
+            self._abuse(reason)
             return
-        if first:
-            self.deliver(SlowDown(ts=now, rate=limits.rate, waiting=len(self.pending)))
+        if new_episode and self.held_by == "lines":
+            self.deliver(SlowDown(ts=now, rate=limits.rate, waiting=waiting))
         if not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             cast(IPushProducer, self.transport).pauseProducing()
         if self.member is not None:
             self.service.touch(self.member)  # it is sending, just too fast: alive
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
         self._resume_call = self.clock.callLater(max(wait, 0.001), self._drain)
 
     def lineReceived(self, line: bytes) -> None:
@@ -470,10 +507,11 @@ class ChatLineProtocol(LineReceiver):
             self.queue = deque()
         self.queue.append(data)
         self.queued += len(data)
-        if self.queued > self.send_queue_limit and self.member is not None:
+        if self.queued > self.send_queue_limit:
             self.queue = None
             self.queued = 0
-            self.service.drop(self.member, "send queue exceeded: not reading")
+            self._out = None
+            self._abuse("send queue exceeded: not reading")
 
     def flush_queue(self) -> None:
         """The transport has room again: hand it what waited, until it is full again."""
@@ -493,6 +531,8 @@ class ChatLineProtocol(LineReceiver):
             return
         self.flush_out()
         if final is not None:
+            if isinstance(final, Bye):
+                self.why = final.reason
             self.transport.write(final.encode(self.format))
         self.state = Session.CLOSING
         self.transport.loseConnection()
@@ -504,6 +544,14 @@ class ChatLineProtocol(LineReceiver):
         if self.state is Session.CLOSING and self.transport is not None:
             abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
             abort()
+
+
+def _is_ping(item: bytes | LineTooLong) -> bool:
+    return (
+        isinstance(item, bytes)
+        and item[:5].lower() == b"/ping"
+        and (len(item) == 5 or item[5:6] == b" ")
+    )
 
 
 def _describe(reason: Failure) -> str:
@@ -541,6 +589,7 @@ class ChatFactory(ServerFactory):
         self.send_queue = send_queue
         self.limits = limits
         self.authenticator: Authenticator | None = None
+        self.register_timeout = DEFAULT_REGISTER_TIMEOUT
 
         self.batch_depth = 0
         self.dirty: list[ChatLineProtocol] = []
@@ -554,7 +603,7 @@ class ChatFactory(ServerFactory):
         refusal = self._refusal(host)
         if refusal is not None:
             self.log.warn("refused {host}: {reason}", host=host, reason=refusal)
-            return Refusal(refusal)
+            return Refusal(refusal, self.clock)
         proto = ChatLineProtocol(
             self.service,
             self.dispatcher,
@@ -563,6 +612,7 @@ class ChatFactory(ServerFactory):
             self.send_queue,
             self.limits,
             self.authenticator,
+            self.register_timeout,
         )
         proto.factory = self
         proto.batcher = self
@@ -634,12 +684,30 @@ class ChatFactory(ServerFactory):
 
 
 class Refusal(Protocol):
-    """Says in one line why the connection is refused, then closes it."""
+    """Says in one line why the connection is refused, then closes it.
 
-    def __init__(self, reason: str) -> None:
+    Over TLS the line waits for a handshake the peer may never start: the connection is
+    aborted after a short grace whatever happens.
+    """
+
+    def __init__(self, reason: str, clock: IReactorTime) -> None:
         self.reason = reason
+        self.clock = clock
+        self._abort_call: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.write(f"!!! refused: {self.reason}\r\n".encode())
         self.transport.loseConnection()
+        self._abort_call = self.clock.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        if self.transport is not None:
+            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+            abort()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None

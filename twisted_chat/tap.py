@@ -148,6 +148,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             _positive("idle-warning"),
         ],
         [
+            "register-timeout",
+            None,
+            30.0,
+            "Seconds from accept within which a connection must be ready to chat (TLS "
+            "handshake done and, with --auth, logged in); slower ones are closed.",
+            _positive("register-timeout"),
+        ],
+        [
             "max-line",
             None,
             2048,
@@ -427,6 +435,7 @@ def makeService(options: Options) -> service.MultiService:
     checkers = options.get("credCheckers")
     if checkers:
         factory.authenticator = Authenticator(checkers)
+    factory.register_timeout = options["register-timeout"]
     factory.max_clients = options["max-clients"]
     factory.max_per_address = options["max-per-address"]
     listener = ListenerService(

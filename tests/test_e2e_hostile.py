@@ -1,0 +1,127 @@
+"""Hostile peers against the real server over real sockets: what each costs the others.
+
+The transport matters here (raw telnet bytes over TCP, a TLS port that never hears a
+handshake), so these run ``twistd -n groupchat`` as a subprocess.  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from pathlib import Path
+
+from tests.e2e_support import HOST, ChatClient, ClientFactory, ServerFactory
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _round_trip(client: ChatClient) -> float:
+    start = time.monotonic()
+    client.barrier()
+    return time.monotonic() - start
+
+
+def _raw(port: int, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect((HOST, port))
+    return sock
+
+
+def _read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return bytes(data)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+    raise AssertionError(f"still open after {timeout} s; got {bytes(data[-300:])!r}")
+
+
+def test_telnet_negotiation_flood_from_a_non_reader_is_bounded_and_removed(
+    start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    server = start_server("--flood-timeout", "3", "--byte-rate", "16384")
+    bob = connect(server, "bob")
+    quiet = sorted(_round_trip(bob) for _ in range(5))[2]
+    rss_before = _rss_kib(server.pid)
+
+    attacker = _raw(server.port, rcvbuf=4096)
+    attacker.setblocking(False)
+    chunk = b"\xff\xfd\x01" * 10_000
+    sent, trips = 0, []
+    deadline = time.monotonic() + 6.0
+    while time.monotonic() < deadline:
+        try:
+            sent += attacker.send(chunk)
+        except BlockingIOError:
+            pass
+        except OSError:
+            break  # the server gave up on it
+        trips.append(_round_trip(bob))
+        time.sleep(0.2)  # bob pings at a heartbeat's pace, well within every limit
+    rss_after = _rss_kib(server.pid)
+
+    attacker.setblocking(True)
+    received = _read_until_closed(attacker, timeout=5.0)
+    assert received.count(b"\xff\xfc\x01") == 1  # answered once, however often asked
+    assert b"Disconnected: flooding: held at 16384 bytes/s for 3 s" in received
+    bob.expect("lost connection (flooding: held at 16384 bytes/s for 3 s)")
+    # What it could send was bounded by the byte budget (64 KiB burst + 16 KiB/s) and
+    # the kernel's buffers; the server's memory did not follow it.
+    assert rss_after - rss_before < 8 * 1024, (rss_before, rss_after, sent)
+    trips.sort()
+    assert trips[len(trips) // 2] < max(0.05, 5 * quiet), (quiet, trips)
+
+
+def test_an_endless_subnegotiation_is_cut_off_at_once(
+    start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    server = start_server()
+    bob = connect(server, "bob")
+    attacker = _raw(server.port)
+    attacker.sendall(b"\xff\xfa\x18" + b"x" * 100_000)
+    received = _read_until_closed(attacker, timeout=5.0)
+    assert b"Disconnected: telnet subnegotiation longer than 512 bytes" in received
+    bob.expect("lost connection (telnet subnegotiation longer than 512 bytes)")
+
+
+def test_silent_connections_to_a_tls_port_are_closed_by_the_deadline(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    from tests.test_client_e2e import _make_certificate
+
+    key, cert, _ = _make_certificate(tmp_path)
+    server = start_server(
+        "--register-timeout", "1", "--max-per-address", "3",
+        port=f"ssl:0:privateKey={key}:certKey={cert}:interface={HOST}",
+    )  # fmt: skip
+    silent = [_raw(server.port) for _ in range(3)]
+    # Over the per-address limit: refused (the reason is written inside TLS, which this
+    # peer never starts), and closed all the same.
+    assert _read_until_closed(_raw(server.port), timeout=5.0) == b""
+    for sock in silent:
+        assert _read_until_closed(sock, timeout=5.0) == b""  # closed, nothing said
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with context.wrap_socket(_raw(server.port), server_hostname="localhost") as tls:
+        tls.settimeout(5.0)
+        assert b"Welcome to groupchat" in tls.recv(4096)
+    log = server.log()
+    assert log.count("before login: no TLS handshake within 1 s") == 3, log

@@ -1,0 +1,206 @@
+"""Misbehaving peers on the line protocol: each one may cost only itself.
+
+Unit level, on ``StringTransport`` and ``task.Clock``; the same attacks over real sockets
+are in ``tests/test_e2e.py`` and the chaos test.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.testing import StringTransport
+
+from tests.doubles import ProtocolHarness
+from twisted_chat.framing import SUB_MAX, TelnetError, TelnetFilter
+from twisted_chat.limits import InputGovernor, InputLimits
+
+LIMITS = InputLimits(
+    rate=5.0, burst=10.0, byte_rate=16384.0, byte_burst=65536.0, flood_timeout=20.0
+)
+
+
+# -- telnet negotiation ---------------------------------------------------------------
+
+
+def test_each_option_is_answered_once_per_connection():
+    f = TelnetFilter()
+    assert f.feed(b"\xff\xfd\x01" * 1000 + b"hi" + b"\xff\xfb\x03" * 1000) == b"hi"
+    assert bytes(f.replies) == b"\xff\xfc\x01\xff\xfe\x03"
+    f.replies.clear()
+    f.feed(b"\xff\xfd\x01\xff\xfb\x03")
+    assert f.replies == b""
+
+
+def test_commands_split_across_reads_are_understood():
+    f = TelnetFilter()
+    out = b"".join(f.feed(bytes([b])) for b in b"a\xff\xfd\x05b\xff\xfa\x18\x00xy\xff\xf0c\xff")
+    out += f.feed(b"\xffd")
+    assert out == b"abcd"
+    assert bytes(f.replies) == b"\xff\xfc\x05"
+
+
+def test_escaped_iac_inside_a_subnegotiation_does_not_end_it():
+    f = TelnetFilter()
+    assert f.feed(b"\xff\xfa\x18\xff\xff\xff\xf0ok") == b"ok"
+
+
+def test_an_unterminated_subnegotiation_is_bounded():
+    f = TelnetFilter()
+    f.feed(b"\xff\xfa\x18" + b"x" * (SUB_MAX - 1))
+    try:
+        f.feed(b"x")
+    except TelnetError as e:
+        assert "subnegotiation" in str(e)
+    else:
+        raise AssertionError("an endless subnegotiation was accepted")
+
+
+def test_answers_to_our_timing_mark_are_counted_not_answered():
+    f = TelnetFilter()
+    f.feed(b"\xff\xfb\x06\xff\xfc\x06")
+    assert f.marks == 2 and f.replies == b""
+
+
+def test_a_peer_that_never_reads_cannot_grow_our_output_with_negotiation():
+    h = ProtocolHarness(limits=LIMITS)
+    h.factory.send_queue = 4096
+    mallory = h.connect("mallory")
+    mallory.protocol.gate.pauseProducing()  # its transport is full: it does not read
+    before = len(mallory.output())
+    for _ in range(100):
+        mallory.send(bytes(b for option in range(256) for b in (255, 253, option)))
+    assert len(mallory.output()) - before == 0
+    assert mallory.protocol.queued == 256 * 3  # answered once each, and queued, not written
+
+
+def test_an_endless_subnegotiation_disconnects_with_a_reason():
+    h = ProtocolHarness(limits=LIMITS)
+    mallory = h.connect("mallory")
+    bob = h.connect("bob")
+    bob.new_lines()
+    mallory.send(b"\xff\xfa\x18")
+    mallory.send(b"z" * 4096)
+    assert mallory.transport.disconnecting
+    assert bob.new_lines() == [
+        f"*** [#lobby] mallory lost connection (telnet subnegotiation longer than {SUB_MAX} bytes)"
+    ]
+
+
+# -- the flood timer ------------------------------------------------------------------
+
+
+def test_server_stalls_do_not_restart_the_flood_timer():
+    """10 lines/s against a limit of 5, with the server stalling 0.6 s every 2 s."""
+    h = ProtocolHarness(limits=LIMITS, timeout=1000.0)
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    bob.new_lines()
+    now = 0.0
+    while now < 40 and alice.protocol.member is not None and alice.protocol.member.present:
+        if alice.transport.producerState == "producing":
+            alice.send(b"spam\n")
+        step = 0.6 if int(now * 10) % 20 == 0 else 0.1
+        h.clock.advance(step)
+        now += step
+    assert "*** [#lobby] alice lost connection (flooding: held at 5 lines/s for 20 s)" in (
+        bob.new_lines()
+    )
+    assert now < 25
+
+
+def test_a_client_below_the_rate_is_never_flooding():
+    h = ProtocolHarness(limits=LIMITS, timeout=1000.0)
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    bob.new_lines()
+    for i in range(600):  # 4.5 lines/s for 133 s, with bursts of 10 every 20 s
+        alice.send(b"steady\n" * (10 if i % 90 == 0 else 1))
+        h.clock.advance(1 / 4.5)
+    assert alice.protocol.member is not None and alice.protocol.member.present
+    assert not any("flooding" in line for line in bob.new_lines())
+
+
+def test_the_governor_measures_being_held_not_the_last_refill():
+    g = InputGovernor(LIMITS, now=0.0)
+    assert g.hold(0.0) is True
+    g.release(0.1)
+    assert g.hold(0.8) is False  # released briefly (a stall): the same episode
+    assert g.held_for(5.0) == 5.0
+    g.release(5.0)
+    assert g.held_for(7.5) == 0.0  # free for longer than the gap: over
+    assert g.hold(7.5) is True
+
+
+# -- limits before login ----------------------------------------------------------------
+
+
+def _login_harness() -> ProtocolHarness:
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+
+    from twisted_chat.auth import Authenticator
+
+    h = ProtocolHarness(limits=LIMITS)
+    checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
+    h.factory.authenticator = Authenticator([checker], attempts=3)
+    return h
+
+
+def test_the_send_queue_is_enforced_before_login():
+    h = _login_harness()
+    h.factory.send_queue = 4096
+    conn = h.connect()
+    conn.protocol.gate.pauseProducing()
+    conn.new_lines()
+    for _ in range(200):
+        if conn.transport.disconnecting:
+            break
+        conn.send(b"/format text\n")  # each answered with the login prompt
+        h.clock.advance(0.25)
+    assert conn.transport.disconnecting
+    assert conn.new_lines()[-1] == "*** Disconnected: send queue exceeded: not reading"
+    assert conn.protocol.queued == 0
+
+
+def test_a_connection_must_register_within_the_deadline_from_accept():
+    h = _login_harness()
+    h.factory.register_timeout = 20.0
+    conn = h.connect()
+    conn.new_lines()
+    h.clock.advance(19.9)
+    assert not conn.transport.disconnecting
+    h.clock.advance(0.1)
+    assert conn.new_lines() == ["*** Disconnected: no login within 20 s"]
+
+
+def test_a_plain_connection_is_registered_at_once_and_leaves_no_timer():
+    h = ProtocolHarness()
+    h.connect("alice")
+    assert h.clock.getDelayedCalls() == []
+
+
+class _TLSTransport(StringTransport):
+    """A transport that says it is TLS, and whose handshake never completes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+def test_a_tls_connection_that_never_completes_its_handshake_is_dropped():
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.interfaces import ISSLTransport
+    from zope.interface import directlyProvides
+
+    h = ProtocolHarness()
+    h.factory.register_timeout = 20.0
+    addr = IPv4Address("TCP", "127.0.0.1", 50000)
+    protocol = h.factory.buildProtocol(addr)
+    transport = _TLSTransport()
+    directlyProvides(transport, ISSLTransport)
+    protocol.makeConnection(transport)
+    assert h.factory.per_address["127.0.0.1"] == 1
+    h.clock.advance(20.0)
+    assert transport.aborted and transport.value() == b""
+    protocol.connectionLost()
+    assert h.factory.per_address["127.0.0.1"] == 0 and h.service.members == {}
