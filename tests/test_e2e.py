@@ -7,9 +7,11 @@ Every wait is bounded; "never received" is checked after a ``/ping`` barrier (se
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,7 +23,9 @@ from tests.e2e_support import (
     ChatClient,
     ClientFactory,
     ServerFactory,
+    server_env,
     set_nick,
+    twistd_command,
 )
 
 # -- tests -------------------------------------------------------------------------------
@@ -412,3 +416,59 @@ def test_client_that_never_reads_cannot_grow_server_memory_without_bound(
         )
     finally:
         stalled.close()
+
+
+def _daemon(tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run ``twistd groupchat`` without ``-n``: the parent returns once the child started."""
+    pidfile = tmp_path / "twistd.pid"
+    argv = [
+        *twistd_command(),
+        "--pidfile", str(pidfile),
+        "--logfile", str(tmp_path / "twistd.log"),
+        "groupchat", *options,
+    ]  # fmt: skip
+    done = subprocess.run(
+        argv, cwd=tmp_path, env=server_env(), capture_output=True, text=True, timeout=30
+    )
+    return done, pidfile
+
+
+def test_daemon_mode_reports_a_port_it_cannot_listen_on(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    first = start_server()
+    for case, port in (
+        ("in-use", f"tcp:{first.port}:interface={HOST}"),
+        ("missing-dir", f"unix:{tmp_path}/missing/dir/chat.sock"),
+    ):
+        folder = tmp_path / case
+        folder.mkdir()
+        done, pidfile = _daemon(folder, "--port", port)
+        assert done.returncode == 1, (case, done)
+        why = "Address already in use" if case == "in-use" else "No such file or directory"
+        assert f"{why}: cannot listen on" in done.stderr, (case, done.stderr)
+        assert not pidfile.exists(), case
+        assert "cannot listen on" in (folder / "twistd.log").read_text()
+
+
+def test_daemon_mode_starts_and_serves(tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    done, pidfile = _daemon(
+        tmp_path, "--port", f"tcp:0:interface={HOST}", "--port-file", str(port_file)
+    )
+    assert done.returncode == 0, done
+    pid = int(pidfile.read_text())
+    try:
+        deadline = time.monotonic() + 15
+        while not port_file.exists():
+            assert time.monotonic() < deadline, (tmp_path / "twistd.log").read_text()
+            time.sleep(0.05)
+        port = int(port_file.read_text().strip().rsplit(":", 1)[1])
+        client = ChatClient.connect(port, "daemon")
+        client.expect("Welcome to groupchat")
+        client.close()
+    finally:
+        os.kill(pid, signal.SIGTERM)  # the daemon we started, by the PID it wrote
+        deadline = time.monotonic() + 10
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)

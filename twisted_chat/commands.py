@@ -60,7 +60,9 @@ def _part(svc: ChatService, m: Member, args: str) -> None:
 
 
 def _rooms(svc: ChatService, m: Member, args: str) -> None:
-    svc.list_rooms(m)
+    if " " in args:
+        raise BadArguments("usage: /rooms [TEXT] (room names have no spaces)")
+    svc.list_rooms(m, args or None)
 
 
 def _who(svc: ChatService, m: Member, args: str) -> None:
@@ -113,7 +115,11 @@ COMMANDS: dict[str, Command] = {
     "nick": Command("/nick NAME", "choose or change your nickname", _nick),
     "join": Command("/join #room", "join a room (created if new) and talk there", _join),
     "part": Command("/part [#room] [reason]", "leave a room (default: the current one)", _part),
-    "rooms": Command("/rooms", "list rooms and how many are in each", _rooms),
+    "rooms": Command(
+        "/rooms [TEXT]",
+        "the largest rooms and how many are in each (TEXT: only names containing it)",
+        _rooms,
+    ),
     "who": Command("/who [#room]", "list the members of a room", _who),
     "msg": Command("/msg NICK text", "send a private message", _msg),
     "me": Command("/me action", "describe an action, shown as: * NICK action", _me),

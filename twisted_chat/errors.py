@@ -53,6 +53,18 @@ class NotInRoom(ChatError):
     code = "not-in-room"
 
 
+class TooManyRooms(ChatError):
+    """The member is in ``--max-rooms-per-member`` rooms already: each costs the server."""
+
+    code = "too-many-rooms"
+
+
+class ServerRoomsFull(ChatError):
+    """The server holds ``--max-rooms`` rooms: a new one is refused, existing ones still open."""
+
+    code = "server-rooms-full"
+
+
 class EmptyMessage(ChatError):
     code = "empty-message"
 

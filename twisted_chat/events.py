@@ -295,17 +295,34 @@ class Members(Event):
 
 @dataclass(kw_only=True, eq=False, slots=True)
 class RoomList(Event):
+    """Rooms with member counts, largest first, then by name: at most a page of them.
+
+    ``total`` counts every room that matched (all rooms, or those containing ``query``),
+    so a listing of thousands of rooms stays a few KiB and still says how many there are.
+    """
+
     type: ClassVar[str] = "rooms"
     rooms: Sequence[tuple[str, int]]
+    total: int
+    query: str | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {"rooms": [{"room": name, "count": count} for name, count in self.rooms]}
+        return {
+            "rooms": [{"room": name, "count": count} for name, count in self.rooms],
+            "total": self.total,
+            "query": self.query,
+        }
 
     def text(self) -> str:
         if not self.rooms:
-            return "*** No rooms"
+            return "*** No rooms" if self.query is None else f'*** No rooms match "{self.query}"'
         listing = ", ".join(f"{name} ({count})" for name, count in self.rooms)
-        return f"*** Rooms: {listing}"
+        what = "Rooms" if self.query is None else f'Rooms matching "{self.query}"'
+        if len(self.rooms) >= self.total:
+            return f"*** {what}: {listing}"
+        hint = "; /rooms TEXT to search" if self.query is None else ""
+        page = f"showing {len(self.rooms)} of {self.total}, largest first{hint}"
+        return f"*** {what} ({page}): {listing}"
 
 
 @dataclass(kw_only=True, eq=False, slots=True)

@@ -6,8 +6,10 @@ while it is running) and it takes its clock as an argument, so tests drive time.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import re
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ from twisted_chat.errors import (
     NoSuchNick,
     NoSuchRoom,
     NotInRoom,
+    ServerRoomsFull,
+    TooManyRooms,
 )
 from twisted_chat.events import (
     Action,
@@ -60,6 +64,8 @@ TOKEN_MAX = 64
 SHOWN = 20  # names listed per kind in a crowd summary; the rest are counted
 GUEST_NAME = re.compile(r"guest[0-9ol]+")
 REASON_MAX = 200
+ROOMS_SHOWN = 50  # rooms in one /rooms answer; the rest are counted
+QUERY_MAX = 40  # characters of a /rooms search echoed back
 
 
 @dataclass(frozen=True)
@@ -139,8 +145,16 @@ class ChatService(service.Service):
         limits: InputLimits | None = None,
         summarize_above: int = 100,
         summary_interval: float = 10.0,
+        max_rooms_per_member: int = 20,
+        max_rooms: int = 1000,
     ) -> None:
+        if max_rooms_per_member < 1 or max_rooms < 1:
+            raise ValueError("max_rooms_per_member and max_rooms must be at least 1 (#lobby)")
         self.clock = clock
+        # Every room costs memory and a line in /rooms, and every membership a share of each
+        # fan-out: one client must not be able to make the server hold thousands of rooms.
+        self.max_rooms_per_member = max_rooms_per_member  # #lobby counts as one
+        self.max_rooms = max_rooms  # rooms existing at once, #lobby included
         # Rooms larger than this announce joins, leaves and renames in one summary per
         # interval instead of one line per change to every member.
         self.summarize_above = summarize_above
@@ -152,6 +166,12 @@ class ChatService(service.Service):
         self.members: dict[Member, None] = {}
         self.nicks: dict[str, Member] = {}
         self.rooms: dict[str, Room] = {room_key(LOBBY): Room(LOBBY)}
+        # /rooms reads these instead of sorting every room on every call: the rooms by
+        # case-folded name (rebuilt only after a room is created or deleted), and the
+        # unfiltered first page (reused until any membership changes).
+        self._room_order: list[tuple[str, Room]] | None = None
+        self._rooms_version = 0
+        self._first_page: tuple[int, list[tuple[str, int]]] | None = None
         # Members ordered by last sign of life, oldest first: a sweep stops at the first
         # member that is not yet due, so it costs the number of stale members, not all.
         self._activity: OrderedDict[Member, None] = OrderedDict()
@@ -378,27 +398,46 @@ class ChatService(service.Service):
     def _remove_from_room(self, member: Member, room: Room) -> None:
         room.members.pop(member, None)
         room.version += 1
+        self._rooms_version += 1
         member.rooms.pop(room_key(room.name), None)
         if not room.members and room.name != LOBBY:
             self.rooms.pop(room_key(room.name), None)
+            self._room_order = None
             if room.summary_call is not None and room.summary_call.active():
                 room.summary_call.cancel()
             room.summary_call = None
 
     def join(self, member: Member, raw: str) -> None:
+        """Seat the member in a room, creating it if new, within the room limits.
+
+        Rejoining a room the member is in only makes it current.  An existing room is
+        never refused for the server's total: only creating one is.
+        """
         name = validate_room(raw)
         key = room_key(name)
-        room = self.rooms.get(key)
-        if room is None:
-            room = self.rooms[key] = Room(name)
-            self.log.info("room {room} created by {nick}", room=name, nick=member.nick)
         now = self.clock.seconds()
-        if member in room.members:
+        room = member.rooms.get(key)
+        if room is not None:
             member.current = room
             self._tell(member, Current(ts=now, room=room.name))
             return
+        if len(member.rooms) >= self.max_rooms_per_member:
+            raise TooManyRooms(
+                f"you are in {len(member.rooms)} rooms, the most allowed; /part one first"
+            )
+        room = self.rooms.get(key)
+        if room is None:
+            if len(self.rooms) >= self.max_rooms:
+                raise ServerRoomsFull(
+                    f"the server has {len(self.rooms)} rooms, the most it allows; "
+                    "join an existing one (/rooms)"
+                )
+            room = self.rooms[key] = Room(name)
+            self._room_order = None
+            self.log.info("room {room} created by {nick}", room=name, nick=member.nick)
         room.members[member] = None
         room.version += 1
+        self._rooms_version += 1
         member.rooms[key] = room
         member.current = room
         if self._summarizing(room):
@@ -453,12 +492,37 @@ class ChatService(service.Service):
             ),
         )
 
-    def list_rooms(self, member: Member) -> None:
-        listing = sorted(
-            ((r.name, len(r.members)) for r in self.rooms.values()),
-            key=lambda item: room_key(item[0]),
-        )
-        self._tell(member, RoomList(ts=self.clock.seconds(), rooms=listing))
+    def list_rooms(self, member: Member, query: str | None = None) -> None:
+        """Tell the member the largest rooms (those whose name contains ``query``).
+
+        At most ``ROOMS_SHOWN`` rooms and a count of all that matched, so the answer stays
+        a few KiB however many rooms exist; the unfiltered page is cached until the next
+        change of membership, so members polling /rooms cost next to nothing.
+        """
+        ts = self.clock.seconds()
+        query = _short(clean_text(query or "").strip(), QUERY_MAX) or None
+        if query is None:
+            page = self._first_page
+            if page is None or page[0] != self._rooms_version:
+                order = self._ordered_rooms()
+                page = self._first_page = (self._rooms_version, _largest(order))
+            self._tell(member, RoomList(ts=ts, rooms=page[1], total=len(self.rooms)))
+            return
+        needle = _fold(query)
+        matched = [entry for entry in self._ordered_rooms() if needle in entry[0]]
+        rooms = _largest(matched)
+        self._tell(member, RoomList(ts=ts, rooms=rooms, total=len(matched), query=query))
+
+    def _ordered_rooms(self) -> list[tuple[str, Room]]:
+        """Every room by folded name (the key, for searching); rebuilt after a change.
+
+        Not by room key: its look-alike folding sorts ``#r10`` as ``#rlo``.
+        """
+        if self._room_order is None:
+            entries = [(_fold(room.name), room) for room in self.rooms.values()]
+            entries.sort(key=lambda entry: (entry[0], entry[1].name))
+            self._room_order = entries
+        return self._room_order
 
     # -- talking -----------------------------------------------------------------------
 
@@ -680,3 +744,21 @@ class ChatService(service.Service):
 
 def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fold(text: str) -> str:
+    """What /rooms TEXT compares: case and compatibility forms ignored, nothing else.
+
+    Not the room key: its look-alike folding (``rn`` reads as ``m``) would make a plain
+    substring miss, as ``r`` would in ``#corn``.
+    """
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def _largest(order: list[tuple[str, Room]]) -> list[tuple[str, int]]:
+    """The first page of rooms, largest first; ``order`` is by name, which breaks ties.
+
+    ``heapq.nlargest`` is stable and costs O(n log page), not a full sort.
+    """
+    top = heapq.nlargest(ROOMS_SHOWN, order, key=lambda entry: len(entry[1].members))
+    return [(room.name, len(room.members)) for _, room in top]

@@ -222,6 +222,20 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             _flush_interval,
         ],
         [
+            "max-rooms-per-member",
+            None,
+            20,
+            "Rooms one member may be in at once, #lobby included.",
+            int,
+        ],
+        [
+            "max-rooms",
+            None,
+            1000,
+            "Rooms that may exist at once, #lobby included; joining existing ones still works.",
+            int,
+        ],
+        [
             "summarize-above",
             None,
             100,
@@ -260,7 +274,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise OptionError(f"--auth {description!r}: no such file")
 
     def postOptions(self) -> None:
-        for name in ("max-clients", "max-per-address", "summarize-above"):
+        for name in (
+            "max-clients",
+            "max-per-address",
+            "summarize-above",
+            "max-rooms-per-member",
+            "max-rooms",
+        ):
             if self[name] < 1:
                 raise OptionError(f"--{name} must be at least 1")
         if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
@@ -330,13 +350,10 @@ class ListenerService(service.Service):
         self._waiting.addCallbacks(self._listening, failed)
         starting = False
         if synchronous:
-            # twistd prints a SystemExit message on one line and exits with status 1, but
-            # skips removing its pidfile: remove it when it is the default one and ours.
+            # twistd skips removing its pidfile here: remove it when it is the default one
+            # and ours.
             _remove_own_pidfile()
-            raise SystemExit(
-                f"groupchat: cannot listen on {self.description}: "
-                f"{synchronous[0].getErrorMessage()}"
-            )
+            raise CannotListen(self.description, synchronous[0].value)
 
     def _listening(self, port: IListeningPort) -> None:
         # Everything loaded so far (Twisted, zope, our modules: some 45,000 objects) lives
@@ -367,6 +384,24 @@ class ListenerService(service.Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+class CannotListen(SystemExit, Exception):
+    """The listening port could not be opened: one line on stderr and exit status 1.
+
+    Both kinds on purpose.  In the foreground twistd lets a ``SystemExit`` through, which
+    prints its message and exits 1.  When daemonizing, twistd reports start-up failures
+    to the waiting parent only for an ``Exception`` (and its parent, holding the write
+    end of its own status pipe, would otherwise wait for ever); it reads at most 100
+    bytes of that report, so the exception's own text is short and starts with the reason.
+    """
+
+    def __init__(self, description: str, error: BaseException) -> None:
+        cause = getattr(error, "socketError", None) or error
+        why = getattr(cause, "strerror", None) or str(error)
+        short = f"{why}: cannot listen on {description}"  # the reason first: it fits
+        super().__init__(short)
+        self.code = f"groupchat: cannot listen on {description}: {error}"
 
 
 def _remove_own_pidfile(path: str = "twistd.pid") -> None:
@@ -422,6 +457,8 @@ def makeService(options: Options) -> service.MultiService:
         limits=limits,
         summarize_above=options["summarize-above"],
         summary_interval=options["summary-interval"],
+        max_rooms_per_member=options["max-rooms-per-member"],
+        max_rooms=options["max-rooms"],
     )
     chat.setServiceParent(top)
     factory = ChatFactory(

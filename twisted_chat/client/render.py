@@ -120,7 +120,12 @@ def system_line(event: dict[str, Any]) -> str | None:
         return f"{room}: {len(names)} here: {', '.join(names)}"
     if kind == "rooms":
         rooms = [f"{_c(r.get('room'))} ({_c(r.get('count'))})" for r in event.get("rooms", [])]
-        return "rooms: " + (", ".join(rooms) or "none")
+        query = _c(event.get("query"))
+        label = f'rooms matching "{query}"' if query else "rooms"
+        # ``total`` counts rooms the server did not list; servers before it sent them all.
+        more = _int(event.get("total")) - len(rooms)
+        tail = f" and {more} more" + ("" if query else " (/rooms TEXT to search)")
+        return f"{label}: " + (", ".join(rooms) or "none") + (tail if more > 0 else "")
     if kind == "help":
         rows = [f"{_c(c.get('usage')):<24} {_c(c.get('help'))}" for c in event.get("commands", [])]
         return "commands:\n" + "\n".join("   " + r for r in rows)
