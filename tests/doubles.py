@@ -103,6 +103,7 @@ class ProtocolHarness:
         )
         self.factory = ChatFactory(self.service, self.clock, max_line=max_line, limits=limits)
         self.factory.send_queue = 1 << 20
+        self.factory.seat_wait = 0.0  # seated at connect; tests of the wait set it
         self._ports = iter(range(40000, 50000))
 
     def connect(self, nick: str | None = None) -> Connection:

@@ -306,6 +306,14 @@ class Outcomes:
     garbage: str = ""
     garbage_errors: dict[str, list[str]] = field(default_factory=dict)
     rapid: int = 0
+    negotiator: str = ""  # loops IAC DO and never reads
+    negotiator_answers: int = 0
+    subnegotiator: str = ""  # opens IAC SB and never closes it
+    hoarder: str = ""  # joins more rooms than it may
+    hoarder_errors: list[str] = field(default_factory=list)
+    impostor: str = ""  # tries look-alikes of the observer's nickname
+    impostor_errors: list[str] = field(default_factory=list)
+    http_answer: bytes = b""  # a browser aimed at the chat port
 
 
 async def resetter(port: int, i: int) -> str:
@@ -395,6 +403,93 @@ async def garbage_sender(port: int, out: Outcomes) -> None:
         await peer.wait(lambda: peer.eof, "close after /quit")
     finally:
         peer.close()
+
+
+async def negotiator(port: int, observer: Observer, out: Outcomes) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer = await Peer.open(port, "negotiator", sock=sock)
+    try:
+        out.negotiator = nick = await peer.greeting()
+        peer.stop_reading()
+        chunk = b"\xff\xfd\x01" * 10_000
+        deadline = time.monotonic() + 15
+        while not observer.left(nick):
+            assert time.monotonic() < deadline, f"negotiator {nick} still there after 15 s"
+            if peer.writer.is_closing():
+                break
+            if peer.writer.transport.get_write_buffer_size() < len(chunk):
+                peer.send(chunk)
+            await asyncio.sleep(0.05)
+        await observer.wait_leave(nick, 5)
+        transport = peer.writer.transport
+        assert isinstance(transport, asyncio.Transport)
+        transport.resume_reading()
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(STEP_TIMEOUT):
+                while not peer.eof:
+                    await peer._readline()
+        out.negotiator_answers = bytes(peer.raw).count(b"\xff\xfc\x01")
+    finally:
+        peer.close()
+
+
+async def subnegotiator(port: int, observer: Observer, out: Outcomes) -> None:
+    peer = await Peer.open(port, "subnegotiator")
+    try:
+        out.subnegotiator = nick = await peer.greeting()
+        peer.send(b"\xff\xfa\x18" + b"x" * 65536)
+        await observer.wait_leave(nick, STEP_TIMEOUT)
+    finally:
+        peer.close()
+
+
+async def errors_then_quit(peer: Peer, lines: list[str], token: str) -> list[str]:
+    """Send ``lines`` and a /ping barrier; keep the error lines; then /quit."""
+    peer.start_pump()
+    start = len(peer.lines)
+    for line in lines:
+        peer.send(line)
+    peer.send(f"/ping {token}")
+    pong = f"*** pong {token}".encode()
+    await peer.wait(lambda: pong in peer.lines[start:], f"pong {token}")
+    errors = [x for x in peer.text_since(start) if x.startswith("!!! ")]
+    peer.send("/quit")
+    await peer.wait(lambda: peer.eof, "close after /quit")
+    return errors
+
+
+async def hoarder(port: int, out: Outcomes) -> None:
+    peer = await Peer.open(port, "hoarder")
+    try:
+        out.hoarder = await peer.greeting()
+        joins = [f"/join #hoard{i}" for i in range(30)]
+        out.hoarder_errors = await errors_then_quit(peer, joins, "hoarded")
+    finally:
+        peer.close()
+
+
+async def impostor(port: int, out: Outcomes) -> None:
+    peer = await Peer.open(port, "impostor")
+    try:
+        out.impostor = await peer.greeting()
+        # Small capital O, a Hangul filler appended, Cyrillic e, capitals.
+        fakes = ("\u1d0fbserver", "observer\u3164", "obs\u0435rver", "OBSERVER")
+        out.impostor_errors = await errors_then_quit(
+            peer, [f"/nick {fake}" for fake in fakes], "impostor"
+        )
+    finally:
+        peer.close()
+
+
+async def browser(port: int, out: Outcomes) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(b"GET /secret HTTP/1.1\r\nHost: chat\r\nCookie: session=abc\r\n\r\n")
+        async with asyncio.timeout(STEP_TIMEOUT):
+            out.http_answer = await reader.read()
+    finally:
+        writer.close()
 
 
 async def rapid(port: int) -> None:
@@ -493,6 +588,11 @@ async def scenario(server: ServerProcess, report: Report) -> None:
             non_reader(port, observer, out),
             flooder(port, observer, out),
             garbage_sender(port, out),
+            negotiator(port, observer, out),
+            subnegotiator(port, observer, out),
+            hoarder(port, out),
+            impostor(port, out),
+            browser(port, out),
         ]
         resetting = asyncio.gather(*(resetter(port, i) for i in range(RESETTERS)))
         rapids = asyncio.gather(*(rapid(port) for _ in range(RAPID)))
@@ -531,6 +631,7 @@ def test_chaos(start_server: ServerFactory) -> None:
     report = Report()
     asyncio.run(asyncio.wait_for(scenario(server, report), SCENARIO_TIMEOUT))
     wall = time.monotonic() - started
+    log = server.log()
     out = report.out
     assert report.observer is not None
     observer = Observer(report.observer)
@@ -597,18 +698,39 @@ def test_chaos(start_server: ServerFactory) -> None:
     assert "caf\ufffd" in garbage_said and "hi" in garbage_said, garbage_said
     assert not any("L" * 100 in text for text in garbage_said)
 
-    #    The rapid connections: each joined #lobby and was announced gone once.
+    (negotiator,) = observer.leaves_of(out.negotiator)
+    assert (negotiator["type"], negotiator.get("reason")) == (
+        "disconnect",
+        "flooding: held at 16384 bytes/s for 5 s",
+    ), negotiator
+    assert out.negotiator_answers <= 1  # however often it asked (an abort may lose it)
+    (subneg,) = observer.leaves_of(out.subnegotiator)
+    assert subneg["reason"] == "telnet subnegotiation longer than 512 bytes", subneg
+    assert [e.split(":")[0] for e in out.hoarder_errors] == ["!!! too-many-rooms"] * 11
+    assert [e.split(":")[0] for e in out.impostor_errors] == [
+        "!!! nick-taken",
+        "!!! nick-invalid",
+        "!!! nick-taken",
+        "!!! nick-taken",
+    ], out.impostor_errors
+    for nick in (out.hoarder, out.impostor):
+        assert [e["type"] for e in observer.leaves_of(nick)] == ["quit"], nick
+    assert out.http_answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), out.http_answer
+    assert not any("secret" in str(e) or "Cookie" in str(e) for e in report.observer.events)
+
+    #    The rapid connections closed before they were seated: nobody heard of them, and
+    #    the log has each one's end.
     named = {out.silent, out.nonreader, out.flooder, out.garbage, *out.resetters}
+    named |= {out.negotiator, out.subnegotiator, out.hoarder, out.impostor}
     renamed = {e["old"] for e in report.observer.events if e["type"] == "nick"}
     lobby_joins = [e["nick"] for e in observer.lobby("join")]
     assert len(lobby_joins) == len(set(lobby_joins)), Counter(lobby_joins).most_common(3)
     rapid_nicks = set(lobby_joins) - named - renamed - {"observer"}
-    assert len(rapid_nicks) == RAPID, sorted(rapid_nicks)
-    rapid_reasons: Counter[str] = Counter()
-    for nick in rapid_nicks:
-        (gone,) = observer.leaves_of(nick)
-        assert gone["type"] == "disconnect", gone
-        rapid_reasons[gone["reason"]] += 1
+    assert rapid_nicks == set(), sorted(rapid_nicks)
+    rapid_reasons = Counter(
+        m.group(1) for m in re.finditer(r"disconnect \S+ before login: (connection \w+)", log)
+    )
+    assert sum(rapid_reasons.values()) >= RAPID, rapid_reasons
     assert set(rapid_reasons) <= {"connection closed", "connection reset"}, rapid_reasons
 
     #    Nobody is left behind.
@@ -620,18 +742,17 @@ def test_chaos(start_server: ServerFactory) -> None:
         assert report.rss_mb < RSS_BOUND_MB, f"server RSS {report.rss_mb:.1f} MB"
 
     # 5. The server log is clean.
-    log = server.log()
     assert "Traceback" not in log, log
     assert "Unhandled" not in log, log
     bad = [line for line in log.splitlines() if "#critical" in line or "#error" in line]
     assert bad == [], bad
 
     rss = "n/a" if report.rss_mb is None else f"{report.rss_mb:.1f} MB"
-    misbehaving = RESETTERS + RAPID + 4
+    misbehaving = RESETTERS + RAPID + 9
     print(
         f"\nchaos summary: {len(report.members)} well-behaved clients, "
         f"{len(report.members) * MESSAGES} messages sent, {deliveries} deliveries checked, "
-        f"{misbehaving} misbehaving connections (6 kinds), "
+        f"{misbehaving} misbehaving connections (11 kinds), "
         f"rapid closes {dict(rapid_reasons)}, non-reader sent {out.nonreader_helps} /help, "
         f"server RSS {rss}, wall time {wall:.1f} s"
     )

@@ -448,7 +448,11 @@ def test_daemon_mode_reports_a_port_it_cannot_listen_on(
         why = "Address already in use" if case == "in-use" else "No such file or directory"
         assert f"{why}: cannot listen on" in done.stderr, (case, done.stderr)
         assert not pidfile.exists(), case
-        assert "cannot listen on" in (folder / "twistd.log").read_text()
+        # The daemon reports to its parent first and writes the log as it exits.
+        log, deadline = folder / "twistd.log", time.monotonic() + 10
+        while "cannot listen on" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
 
 
 def test_daemon_mode_starts_and_serves(tmp_path: Path) -> None:

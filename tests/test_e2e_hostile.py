@@ -93,11 +93,18 @@ def test_an_endless_subnegotiation_is_cut_off_at_once(
 ) -> None:
     server = start_server()
     bob = connect(server, "bob")
-    attacker = _raw(server.port)
-    attacker.sendall(b"\xff\xfa\x18" + b"x" * 100_000)
-    received = _read_until_closed(attacker, timeout=5.0)
-    assert b"Disconnected: telnet subnegotiation longer than 512 bytes" in received
-    bob.expect("lost connection (telnet subnegotiation longer than 512 bytes)")
+    seated = connect(server, "seated")  # a member when it starts
+    seated.send(b"\xff\xfa\x18" + b"x" * 100_000)
+    seated.expect_closed()
+    assert "*** Disconnected: telnet subnegotiation longer than 512 bytes" in seated.lines_so_far
+    bob.expect(f"{seated.nick} lost connection (telnet subnegotiation longer than 512 bytes)")
+
+    early = _raw(server.port)  # at once: it is never seated, so nobody hears of it
+    early.sendall(b"\xff\xfa\x18" + b"x" * 100_000)
+    received = _read_until_closed(early, timeout=5.0)
+    assert received == b"*** Disconnected: telnet subnegotiation longer than 512 bytes\r\n"
+    bob.barrier()
+    assert bob.count("joined") == 2, bob.lines_so_far  # its own and the seated one's
 
 
 def test_silent_connections_to_a_tls_port_are_closed_by_the_deadline(

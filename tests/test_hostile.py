@@ -139,7 +139,7 @@ def _login_harness() -> ProtocolHarness:
 
     h = ProtocolHarness(limits=LIMITS)
     checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
-    h.factory.authenticator = Authenticator([checker], attempts=3)
+    h.factory.authenticator = Authenticator([checker], h.clock, attempts=3, failure_floor=0)
     return h
 
 

@@ -331,7 +331,7 @@ def _login_harness():
 
     h = ProtocolHarness()
     checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", bob=b"hunter2")
-    h.factory.authenticator = Authenticator([checker], attempts=3)
+    h.factory.authenticator = Authenticator([checker], h.clock, attempts=3, failure_floor=0)
     return h
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import re
 from collections import Counter, deque
 from typing import cast
 
@@ -28,7 +29,13 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_chat.auth import Authenticator, LoginFailed, LoginInUse, LoginRequired
+from twisted_chat.auth import (
+    Authenticator,
+    LoginFailed,
+    LoginInUse,
+    LoginRefused,
+    LoginRequired,
+)
 from twisted_chat.commands import Dispatcher, parse_format
 from twisted_chat.errors import ChatError
 from twisted_chat.events import Bye, Event, Format, LoginNeeded, SlowDown
@@ -42,6 +49,12 @@ from twisted_chat.service import ChatService, Member
 CLOSE_GRACE = 1.0
 DEFAULT_SEND_QUEUE = 256 * 1024
 DEFAULT_REGISTER_TIMEOUT = 30.0
+# How long a new connection may take to say what it is before it is seated as a guest:
+# lines sent at once (an HTTP request, or /format, /nick and /join from a client) are
+# looked at first, so nobody is shown a browser or a guest that only renames itself.
+DEFAULT_SEAT_WAIT = 0.25
+HTTP_REQUEST = re.compile(rb"[A-Z]{3,10} \S+ HTTP/\d(\.\d)?")
+SETUP_COMMANDS = (b"/format", b"/nick", b"/join")
 
 
 class LineTooLongError(ChatError):
@@ -101,10 +114,12 @@ class ChatLineProtocol(LineReceiver):
         "_awaiting_tls",
         "_checking",
         "_direct",
+        "_fresh",
         "_login_call",
         "_out",
         "_reading_paused",
         "_resume_call",
+        "_seat_call",
         "_send_error",
         "address",
         "authenticator",
@@ -123,6 +138,7 @@ class ChatLineProtocol(LineReceiver):
         "queue",
         "queued",
         "register_timeout",
+        "seat_wait",
         "send_queue_limit",
         "service",
         "state",
@@ -140,6 +156,7 @@ class ChatLineProtocol(LineReceiver):
         limits: InputLimits | None = None,
         authenticator: Authenticator | None = None,
         register_timeout: float = DEFAULT_REGISTER_TIMEOUT,
+        seat_wait: float = 0.0,
     ) -> None:
         self.service = service
         self.dispatcher = dispatcher
@@ -158,6 +175,9 @@ class ChatLineProtocol(LineReceiver):
         self.governor = InputGovernor(limits, clock.seconds()) if limits else None
         self.held_by = ""  # which limit holds the connection back: "lines" or "bytes"
         self.register_timeout = register_timeout
+        self.seat_wait = seat_wait
+        self._seat_call: IDelayedCall | None = None
+        self._fresh = True  # no line read yet
         self.why = ""  # the reason the server gave when it closed the connection
         # Lines read but not yet acted on, and output the transport had no room for; both
         # exist only while needed: an idle deque costs 600 bytes, times 10,000 members.
@@ -200,23 +220,108 @@ class ChatLineProtocol(LineReceiver):
             # certificate) must not show up in #lobby as a guest joining and leaving.
             self._awaiting_tls = True
             return
-        self._seat()
+        self._arrive()
 
     def handshakeCompleted(self) -> None:
         if self._awaiting_tls and self.state is Session.OPEN:
             self._awaiting_tls = False
-            self._seat()
+            self.log.info("TLS handshake with {peer} completed", peer=self.peer)
+            self._arrive()
 
-    def _seat(self) -> None:
+    def _arrive(self) -> None:
+        """The connection can talk: ask for a login, or seat it once it has had its say."""
         if self.authenticator is not None:
             self.state = Session.LOGIN
             self._attempts = self.authenticator.attempts
             self.log.info("connect {peer}, awaiting login", peer=self.peer)
             self.deliver(LoginNeeded(ts=self.clock.seconds(), attempts=self._attempts))
+        elif self.seat_wait > 0:
+            self._seat_call = self.clock.callLater(self.seat_wait, self._seat)
+        else:
+            self._seat()
+
+    def _seat(self, setup: dict[bytes, str] | None = None) -> None:
+        """Admit the connection as a member, with what its first lines asked for."""
+        if self._seat_call is not None and self._seat_call.active():
+            self._seat_call.cancel()
+        self._seat_call = None
+        if self.state is not Session.OPEN or self.transport is None:
             return
         self._cancel_deadline()
-        self.member = self.service.connect(self)
-        self.log.info("connect {peer} as {nick}", peer=self.peer, nick=self.member.nick)
+        setup = setup or {}
+        fmt, bad_format = self.format, False
+        if b"/format" in setup:
+            try:
+                fmt = parse_format(setup[b"/format"])
+            except ChatError:
+                bad_format = True
+            self.set_format(fmt)
+        self.member = member = self.service.connect(
+            self, nick=setup.get(b"/nick"), room=setup.get(b"/join"), fmt=fmt
+        )
+        self.log.info("connect {peer} as {nick}", peer=self.peer, nick=member.nick)
+        # What could not be granted is replayed as typed, so its error is the usual one;
+        # a nickname already granted is a no-op, a room already joined is not repeated.
+        if bad_format:
+            self.dispatcher.dispatch(member, "/format " + setup[b"/format"])
+        if b"/nick" in setup:
+            self.dispatcher.dispatch(member, "/nick " + setup[b"/nick"])
+        room = setup.get(b"/join")
+        if room is not None and not self.service.is_member_of(member, room):
+            self.dispatcher.dispatch(member, "/join " + room)
+
+    def _setup_lines(self, lines: list[bytes | LineTooLong]) -> dict[bytes, str]:
+        """Take the /format, /nick and /join lines (one each) that open the input."""
+        setup: dict[bytes, str] = {}
+        while lines:
+            line = lines[0]
+            if not isinstance(line, bytes):
+                break
+            command, _, rest = line.partition(b" ")
+            command = command.lower()
+            if command not in SETUP_COMMANDS or command in setup:
+                break
+            try:
+                setup[command] = rest.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                break
+            lines.pop(0)
+        return setup
+
+    def _not_a_chat_client(self, line: bytes) -> None:
+        """An HTTP request on the chat port: answer in HTTP, say what this is, close."""
+        assert self.transport is not None
+        self.log.info(
+            "HTTP request from {peer} refused: {request}",
+            peer=self.peer,
+            request=line[:80].decode("ascii", "replace"),
+        )
+        body = (
+            b"This is a groupchat server: a chat for telnet, nc and the groupchat client, "
+            b"not a web server.\r\n"
+            b"Connect with: telnet HOST PORT, nc HOST PORT, "
+            b"or python -m twisted_chat.client --server HOST:PORT\r\n"
+        )
+        head = (
+            "HTTP/1.1 400 Bad Request\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        self.pending = None
+        if self._seat_call is not None and self._seat_call.active():
+            self._seat_call.cancel()
+        self._seat_call = None
+        reason = "not a chat client: an HTTP request"
+        self.why = reason
+        if self.member is not None:  # seated before its request arrived: a slow client
+            self._send(head + body)
+            self.service.drop(self.member, reason)
+            return
+        self.transport.write(head + body)
+        self.state = Session.CLOSING
+        self.transport.loseConnection()
+        self._abort_call = self.clock.callLater(CLOSE_GRACE, self._abort)
 
     # -- login (only with --auth) ------------------------------------------------------
 
@@ -258,10 +363,17 @@ class ChatLineProtocol(LineReceiver):
                 self._tell(LoginFailed(f"this login cannot be used as a nickname: {e.message}"))
                 return
             try:
-                login = await self.authenticator.check(nick, password)
+                login = await self.authenticator.check(nick, password, self.address or self.peer)
+            except LoginRefused as e:
+                if self.state is Session.LOGIN:
+                    self._tell(e)
+                    self.close(Bye(ts=self.clock.seconds(), reason="login refused"))
+                return
             except LoginFailed as e:
                 self._attempts -= 1
-                self.log.info("failed login from {peer}", peer=self.peer)
+                self.log.info("failed login from {peer} as {name}", peer=self.peer, name=nick)
+                if self.state is not Session.LOGIN:
+                    return  # closed (its deadline passed) while it was made to wait
                 if self._attempts <= 0:
                     self.close(Bye(ts=self.clock.seconds(), reason="too many failed logins"))
                 else:
@@ -305,10 +417,10 @@ class ChatLineProtocol(LineReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.state = Session.CLOSED
-        for call in (self._abort_call, self._resume_call, self._login_call):
+        for call in (self._abort_call, self._resume_call, self._login_call, self._seat_call):
             if call is not None and call.active():
                 call.cancel()
-        self._abort_call = self._resume_call = self._login_call = None
+        self._abort_call = self._resume_call = self._login_call = self._seat_call = None
         self.pending = None
         if self.address is not None and isinstance(self.factory, ChatFactory):
             self.factory.released(self.address)
@@ -342,6 +454,14 @@ class ChatLineProtocol(LineReceiver):
             self.telnet.replies.clear()
             self._send(replies)  # counted against the send queue like any output
         lines = self.framer.feed(data)
+        if lines and self._fresh:
+            self._fresh = False
+            first = lines[0]
+            if isinstance(first, bytes) and HTTP_REQUEST.fullmatch(first):
+                self._not_a_chat_client(first)
+                return
+            if self._seat_call is not None:
+                self._seat(self._setup_lines(lines))
         if lines:
             if self.pending is None:
                 self.pending = deque(lines)
@@ -443,7 +563,9 @@ class ChatLineProtocol(LineReceiver):
             self.service.touch(self.member)  # it is sending, just too fast: alive
         if self._resume_call is not None and self._resume_call.active():
             self._resume_call.cancel()
-        self._resume_call = self.clock.callLater(max(wait, 0.001), self._drain)
+        # Look again at least every second: a held connection is alive, and the heartbeat
+        # rule must keep hearing so while a large debt is paid off.
+        self._resume_call = self.clock.callLater(min(max(wait, 0.001), 1.0), self._drain)
 
     def lineReceived(self, line: bytes) -> None:
         assert self.member is not None
@@ -590,6 +712,7 @@ class ChatFactory(ServerFactory):
         self.limits = limits
         self.authenticator: Authenticator | None = None
         self.register_timeout = DEFAULT_REGISTER_TIMEOUT
+        self.seat_wait = DEFAULT_SEAT_WAIT
 
         self.batch_depth = 0
         self.dirty: list[ChatLineProtocol] = []
@@ -613,6 +736,7 @@ class ChatFactory(ServerFactory):
             self.limits,
             self.authenticator,
             self.register_timeout,
+            self.seat_wait,
         )
         proto.factory = self
         proto.batcher = self

@@ -218,23 +218,61 @@ class ChatService(service.Service):
     def nick_in_use(self, nick: str) -> bool:
         return skeleton(nick) in self.nicks
 
-    def connect(self, participant: IParticipant, login: str | None = None) -> Member:
-        """Admit a participant under a guest nickname, or under its login name.
+    def connect(
+        self,
+        participant: IParticipant,
+        login: str | None = None,
+        nick: str | None = None,
+        room: str | None = None,
+        fmt: Format = Format.TEXT,
+    ) -> Member:
+        """Admit a participant and seat it in ``room``, or in #lobby.
 
-        A logged-in member keeps its login name as its nickname: nobody else can take it.
+        Its nickname is its login name (which nobody else can take), else ``nick``, else
+        a guest name.  ``nick``, ``room`` and ``fmt`` are what the client asked for before
+        its welcome, so that nobody sees a guest arrive in #lobby only to be renamed and
+        leave; a request that cannot be granted is ignored here, and the adapter replays
+        it as a command, which says why.
         """
         now = self.clock.seconds()
-        nick = login if login is not None else self._guest_nick()
+        chosen = login if login is not None else self._free_nick(nick) or self._guest_nick()
+        start = self._open_room(room) or LOBBY
         member = Member(
-            participant=participant, nick=nick, last_seen=now, logged_in=login is not None
+            participant=participant,
+            nick=chosen,
+            last_seen=now,
+            logged_in=login is not None,
+            fmt=fmt,
         )
         self.members[member] = None
         self.nicks[skeleton(member.nick)] = member
         self._activity[member] = None
         self._close_run()
-        participant.deliver(self.welcome(member, starting_in=LOBBY))
-        self.join(member, LOBBY)
+        participant.deliver(self.welcome(member, starting_in=start))
+        self.join(member, start)
         return member
+
+    def _free_nick(self, raw: str | None) -> str | None:
+        if raw is None:
+            return None
+        try:
+            nick = validate_nick(raw)
+        except ChatError:
+            return None
+        key = skeleton(nick)
+        return None if key in self.nicks or GUEST_NAME.fullmatch(key) else nick
+
+    def _open_room(self, raw: str | None) -> str | None:
+        if raw is None:
+            return None
+        try:
+            name = validate_room(raw)
+        except ChatError:
+            return None
+        room = self.rooms.get(room_key(name))
+        if room is not None:
+            return room.name
+        return name if len(self.rooms) < self.max_rooms else None
 
     def welcome(self, member: Member, starting_in: str | None = None) -> Welcome:
         hb = self.heartbeat

@@ -19,8 +19,9 @@ from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTi
 from twisted.logger import Logger
 from twisted.python import usage
 
-from twisted_chat.auth import Authenticator
+from twisted_chat.auth import Authenticator, LoginThrottle
 from twisted_chat.limits import InputLimits
+from twisted_chat.names import skeleton
 from twisted_chat.protocol import ChatFactory
 from twisted_chat.service import ChatService, HeartbeatPolicy
 
@@ -471,7 +472,7 @@ def makeService(options: Options) -> service.MultiService:
     )
     checkers = options.get("credCheckers")
     if checkers:
-        factory.authenticator = Authenticator(checkers)
+        factory.authenticator = Authenticator(checkers, clock, throttle=LoginThrottle(key=skeleton))
     factory.register_timeout = options["register-timeout"]
     factory.max_clients = options["max-clients"]
     factory.max_per_address = options["max-per-address"]

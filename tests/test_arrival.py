@@ -1,0 +1,101 @@
+"""How a connection arrives: its first lines are looked at before anyone is told of it."""
+
+from __future__ import annotations
+
+import json
+
+from tests.doubles import Connection, ProtocolHarness
+
+SEAT_WAIT = 0.25
+
+
+def _harness() -> ProtocolHarness:
+    h = ProtocolHarness()
+    h.factory.seat_wait = SEAT_WAIT
+    return h
+
+
+def _arrive(h: ProtocolHarness) -> Connection:
+    conn = Connection(h.factory, next(h._ports))
+    return conn
+
+
+def test_an_http_request_gets_an_http_answer_and_never_reaches_a_room():
+    h = _harness()
+    bob = h.connect("bob")
+    bob.new_lines()
+    browser = _arrive(h)
+    browser.send(b"GET /secret HTTP/1.1\r\nHost: x\r\nCookie: session=abc\r\n\r\n")
+    answer = browser.output()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"This is a groupchat server" in answer and b"groupchat 0.1.0" not in answer
+    assert browser.transport.disconnecting
+    h.clock.advance(5)
+    assert bob.new_lines() == []
+    assert len(h.service.members) == 1
+
+
+def test_a_slow_http_client_is_answered_in_http_and_dropped():
+    h = _harness()
+    bob = h.connect("bob")
+    browser = _arrive(h)
+    h.clock.advance(SEAT_WAIT)  # seated as a guest before it said anything
+    bob.new_lines()
+    browser.send(b"POST / HTTP/1.0\r\n")
+    assert b"HTTP/1.1 400 Bad Request" in browser.output()
+    assert bob.new_lines()[-1].endswith("lost connection (not a chat client: an HTTP request)")
+
+
+def test_setup_lines_sent_at_once_seat_the_client_where_it_asked():
+    h = _harness()
+    lobby = h.connect("lobbyist")
+    ops = h.connect("opsie")
+    ops.send(b"/join #ops\n")
+    lobby.new_lines()
+    ops.new_lines()
+    notifier = _arrive(h)
+    notifier.send(b"/format json\n/nick ci\n/join #ops\ndeploy done\n/quit\n")
+    events = [json.loads(line) for line in notifier.new_lines()]
+    assert events[0]["type"] == "welcome"
+    assert (events[0]["nick"], events[0]["rooms"], events[0]["format"]) == ("ci", ["#ops"], "json")
+    assert not any(e["type"] == "error" for e in events), events
+    assert lobby.new_lines() == []  # #lobby never heard of it
+    assert ops.new_lines() == [
+        "*** [#ops] ci joined (2 here)",
+        "[#ops] <ci> deploy done",
+        "*** [#ops] ci quit",
+    ]
+
+
+def test_setup_that_cannot_be_granted_is_answered_after_the_welcome():
+    h = _harness()
+    h.connect("frank")
+    late = _arrive(h)
+    late.send(b"/nick Frank\n/join bad room\n")
+    lines = late.new_lines()
+    assert lines[0].startswith("*** Welcome to groupchat 0.1.0, guest")
+    errors = [line for line in lines if line.startswith("!!!")]
+    assert errors[0].startswith("!!! nick-taken: the nickname 'Frank' is taken")
+    assert errors[1].startswith("!!! bad-arguments: usage: /join #room")
+    member = late.protocol.member
+    assert member is not None and [r for r in member.rooms] == ["#lobby"]
+
+
+def test_a_quiet_connection_is_seated_as_a_guest_after_the_wait():
+    h = _harness()
+    bob = h.connect("bob")
+    bob.new_lines()
+    quiet = _arrive(h)
+    assert quiet.output() == b""
+    h.clock.advance(SEAT_WAIT)
+    assert quiet.new_lines()[0].startswith("*** Welcome to groupchat 0.1.0, guest")
+    assert bob.new_lines()[0].endswith("joined (2 here)")
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_a_connection_gone_before_it_was_seated_leaves_nothing_behind():
+    h = _harness()
+    gone = _arrive(h)
+    gone.protocol.connectionLost()
+    assert h.clock.getDelayedCalls() == []
+    assert h.service.members == {} and h.factory.total == 0

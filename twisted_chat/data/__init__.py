@@ -1,0 +1,1 @@
+"""Unicode data shipped with the package (names.txt) and the script that regenerates it."""
