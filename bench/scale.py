@@ -151,6 +151,9 @@ class _Quiet:
     def set_format(self, fmt: Format) -> None:
         pass
 
+    def nudge(self) -> None:
+        pass
+
 
 def sweep_ms(members: int) -> dict[str, float]:
     """One sweep over ``members``: when none is due, and when every one is due a warning."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from twisted.internet import task
@@ -16,6 +17,8 @@ from twisted_chat.limits import InputLimits
 from twisted_chat.protocol import ChatFactory, ChatLineProtocol
 from twisted_chat.service import ChatService, HeartbeatPolicy, Member
 
+TELNET_COMMAND = re.compile(rb"\xff[\xfb-\xfe].")
+
 
 @implementer(IParticipant)
 class RecordingParticipant:
@@ -23,6 +26,7 @@ class RecordingParticipant:
         self.events: list[Event] = []
         self.closed: list[Event | None] = []
         self.format = Format.TEXT
+        self.nudges = 0
 
     def deliver(self, event: Event) -> None:
         self.events.append(event)
@@ -32,6 +36,9 @@ class RecordingParticipant:
 
     def set_format(self, fmt: Format) -> None:
         self.format = fmt
+
+    def nudge(self) -> None:
+        self.nudges += 1
 
     def of_type(self, kind: str) -> list[Event]:
         return [e for e in self.events if e.type == kind]
@@ -81,6 +88,7 @@ class Connection:
     def new_lines(self) -> list[str]:
         data = self.transport.value()
         fresh, self._read = data[self._read :], len(data)
+        fresh = TELNET_COMMAND.sub(b"", fresh)  # what a telnet client would not show
         return [line.decode("utf-8") for line in fresh.split(b"\r\n") if line]
 
     def new_json(self) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ EXPECT_TIMEOUT = 5.0
 POLL_STEP = 0.05
 
 Match = str | Callable[[str], bool]
+TELNET_COMMAND = re.compile(rb"\xff[\xfb-\xfe].")
 
 
 # -- the server process ------------------------------------------------------------------
@@ -83,7 +84,7 @@ class ServerProcess:
         while True:
             if self.port_file.exists():
                 content = self.port_file.read_text().strip()
-                m = re.fullmatch(r"tcp:127\.0\.0\.1:(\d+)", content)
+                m = re.fullmatch(r"(?:tcp|ssl):127\.0\.0\.1:(\d+)", content)
                 assert m, f"unexpected port file content {content!r}"
                 self.port = int(m.group(1))
                 return self.port
@@ -210,6 +211,9 @@ class ChatClient:
             self.eof = True
             return False
         self.raw += data
+        # It sends CR LF like telnet, so the server may ask it for a timing mark (see
+        # docs/PROTOCOL.md); like telnet's, its lines do not show those three bytes.
+        data = TELNET_COMMAND.sub(b"", data)
         *complete, self._partial = (self._partial + data).split(b"\n")
         self.raw_lines += [line.removesuffix(b"\r") for line in complete]
         return True

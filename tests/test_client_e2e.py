@@ -6,9 +6,11 @@ plain socket clients from ``tests/e2e_support.py``.  Every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import queue
+import re
 import select
 import signal
 import subprocess
@@ -316,7 +318,10 @@ def test_piped_mode_exit_status_tells_refused_lines_and_bad_options(
     too_long = spawn(clients, server, "-q", stdin=b"x" * 3000 + b"\nfine\n")
     assert too_long.proc.wait(timeout=20) == 2
     assert too_long.proc.stderr is not None
-    assert "line longer than 2048 bytes" in too_long.proc.stderr.read().decode()
+    err = too_long.proc.stderr.read().decode()
+    # Refused by the client, which knows the limit from the welcome: never sent.
+    assert "not sent: that line is 3000 bytes, longer than the server's limit of 2048" in err
+    assert "line longer than" not in err  # the server's own refusal
     bad_room = spawn(clients, server, "--room", "#bad room", stdin=b"hello\n")
     assert bad_room.proc.wait(timeout=20) == 1
     assert bad_room.proc.stderr is not None
@@ -324,8 +329,11 @@ def test_piped_mode_exit_status_tells_refused_lines_and_bad_options(
     assert err.startswith("groupchat client:") and "room name" in err and len(err.splitlines()) == 1
 
 
-def _make_certificate(folder: Path) -> tuple[Path, Path, Path]:
-    """A self-signed certificate for localhost and 127.0.0.1, and a trust folder holding it."""
+def _make_certificate(
+    folder: Path, names: tuple[str, ...] = ("localhost",), ips: tuple[str, ...] = (HOST,)
+) -> tuple[Path, Path, Path]:
+    """A self-signed certificate (by default for localhost and 127.0.0.1), and a trust
+    folder holding it."""
     import datetime
     import ipaddress
 
@@ -335,7 +343,7 @@ def _make_certificate(folder: Path) -> tuple[Path, Path, Path]:
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -347,7 +355,8 @@ def _make_certificate(folder: Path) -> tuple[Path, Path, Path]:
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+                [x509.DNSName(n) for n in names]
+                + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
             ),
             critical=False,
         )
@@ -437,3 +446,162 @@ def test_login_with_a_password_file_and_refusals(
     watcher.barrier()
     assert watcher.count("should not arrive") == 0 and watcher.count("nor this") == 0
     watcher.close()
+
+
+def _exit_and_stderr(client: ListenProcess, timeout: float) -> tuple[int, list[str]]:
+    code = client.proc.wait(timeout=timeout)
+    assert client.proc.stderr is not None
+    return code, client.proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+
+
+def test_piped_mode_with_a_taken_nick_sends_nothing_and_exits_one(
+    start_server: ServerFactory, connect: ClientFactory, clients: list[ListenProcess]
+) -> None:
+    server = start_server()
+    frank = connect(server, "frank")
+    set_nick(frank, "Frank")
+    frank.say("/join #ops")
+    frank.expect("*** Now talking in #ops")
+    script = spawn(clients, server, "--nick", "frank", "--room", "#ops", stdin=b"deploy done\n")
+    code, err = _exit_and_stderr(script, timeout=20)
+    assert code == 1
+    assert err == [
+        "groupchat client: cannot talk as frank: the nickname 'frank' is taken (or looks too "
+        "much like one that is); nothing was sent"
+    ]
+    # Seated in #lobby as a guest by the server, it left cleanly, never reaching #ops.
+    quit_line = frank.expect(lambda line: line.startswith("*** [#lobby] guest") and " quit" in line)
+    guest = quit_line.split()[2]
+    frank.barrier()
+    assert frank.count("deploy done") == 0
+    assert frank.count(f"*** [#ops] {guest}") == 0
+    assert frank.count(f"{guest} lost connection") == 0
+
+
+def test_tls_mistakes_fail_with_one_clear_line(
+    start_server: ServerFactory, clients: list[ListenProcess], tmp_path: Path
+) -> None:
+    key, cert, trust = _make_certificate(tmp_path, names=("chat.example.org",), ips=())
+    tls = start_server(port=f"ssl:0:privateKey={key}:certKey={cert}:interface={HOST}")
+    # A certificate for another name: permanent, so no retrying for the connect timeout.
+    start = time.monotonic()
+    wrong_name = spawn(
+        clients,
+        f"tls:localhost:{tls.port}:trustRoots={trust}",
+        "--connect-timeout",
+        "20",
+        stdin=b"should not go\n",
+    )
+    code, err = _exit_and_stderr(wrong_name, timeout=20)
+    assert code == 1
+    assert time.monotonic() - start < 10
+    assert err == [
+        "groupchat client: the server's TLS certificate is not valid for localhost "
+        "(it is for chat.example.org); check the host name in --server"
+    ]
+    # A plain client on the TLS port: the server closes without a word.
+    plain = spawn(clients, tls, "--connect-timeout", "2", stdin=b"should not go\n")
+    code, err = _exit_and_stderr(plain, timeout=20)
+    assert code == 1
+    assert err == [
+        f"groupchat client: cannot reach {HOST}:{tls.port} (the server closed the connection "
+        f"before greeting us; is it a TLS port? try --server tls:{HOST}:{tls.port}) within 2 s"
+    ]
+    # A TLS client on a plain port: permanent too.
+    plain_server = start_server()
+    start = time.monotonic()
+    tls_client = spawn(
+        clients,
+        f"tls:{HOST}:{plain_server.port}",
+        "--connect-timeout",
+        "20",
+        stdin=b"should not go\n",
+    )
+    code, err = _exit_and_stderr(tls_client, timeout=20)
+    assert code == 1
+    assert time.monotonic() - start < 10
+    assert err == [
+        "groupchat client: the server did not answer in TLS: is it a plain port? "
+        f"try --server {HOST}:{plain_server.port}"
+    ]
+
+
+def _spawn_on_terminal(*args: str) -> tuple[int, int]:
+    """The client on a pseudo-terminal: (pid, fd of the terminal)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child
+        env = server_env()
+        env["TERM"] = "xterm"
+        env["PROMPT_TOOLKIT_NO_CPR"] = "1"
+        os.execve(sys.executable, [*CLIENT, *args], env)
+    return pid, fd
+
+
+_ESCAPES = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][0-9A-Za-z]")
+
+
+def _visible(screen: bytearray) -> str:
+    """The terminal's text without escape sequences (styles split a line into pieces)."""
+    return _ESCAPES.sub(b"", bytes(screen)).decode("utf-8", "replace")
+
+
+def _read_visible(fd: int, screen: bytearray, text: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in _visible(screen):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"{text!r} never appeared on the terminal: {_visible(screen)!r}")
+        if select.select([fd], [], [], remaining)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                raise AssertionError(f"terminal closed before {text!r}: {_visible(screen)!r}")
+            screen += chunk
+
+
+def _end_terminal(pid: int, fd: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(fd)
+
+
+def test_interactive_line_typed_offline_is_sent_and_shown_once_connected(
+    start_server: ServerFactory,
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on yet
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    pid, fd = _spawn_on_terminal("--server", f"{HOST}:{port}", "--nick", "alice")
+    screen = bytearray()
+    try:
+        _read_visible(fd, screen, "(offline)>")
+        os.write(fd, b"typed while offline\r")
+        _read_visible(fd, screen, "your line will be sent when the connection is back")
+        assert "? typed while offline" not in _visible(screen)  # not shown as sent
+        start_server(port=f"tcp:{port}:interface={HOST}")
+        # Shown when it really goes out: under the nickname the server confirmed.
+        _read_visible(fd, screen, "alice typed while offline", timeout=20)
+    finally:
+        _end_terminal(pid, fd)
+
+
+def test_interactive_taken_nick_says_which_name_you_have(
+    start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    server = start_server()
+    bob = connect(server, "bob")
+    set_nick(bob, "Frank")
+    pid, fd = _spawn_on_terminal("--server", f"{HOST}:{server.port}", "--nick", "frank")
+    screen = bytearray()
+    try:
+        _read_visible(fd, screen, "type /nick NAME to pick another name")
+        guest = _visible(screen).split("you are chatting as ")[-1].split(";")[0]
+        assert re.fullmatch(r"guest\d+", guest), guest
+        _read_visible(fd, screen, f"{guest}>")  # and the prompt says so too
+    finally:
+        _end_terminal(pid, fd)

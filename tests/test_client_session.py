@@ -8,17 +8,19 @@ from typing import Any
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
-from twisted_chat.client.session import ChatClientProtocol, ClientSession
+from twisted_chat.client.session import RESTORED_TOKEN, ChatClientProtocol, ClientSession
 from twisted_chat.events import Format
 
 
 class Client:
-    def __init__(self, nick: str | None = None, room: str | None = None) -> None:
+    def __init__(
+        self, nick: str | None = None, room: str | None = None, strict: bool = False
+    ) -> None:
         self.clock = task.Clock()
         self.events: list[dict[str, Any]] = []
         self.status: list[str] = []
         self.session = ClientSession(
-            self.clock, self.events.append, self.status.append, nick=nick, room=room
+            self.clock, self.events.append, self.status.append, nick=nick, room=room, strict=strict
         )
         self.protocol: ChatClientProtocol | None = None
         self.transport: StringTransport | None = None
@@ -49,6 +51,7 @@ class Client:
         interval: float = 10.0,
         timeout: float = 30.0,
         limits: dict[str, float] | None = None,
+        max_line: int = 2048,
     ) -> None:
         self.receive(
             type="welcome",
@@ -56,12 +59,16 @@ class Client:
             rooms=list(rooms),
             current=rooms[0],
             heartbeat={"interval": interval, "timeout": timeout, "sweep": 1.0, "warning": 5.0},
-            max_line=2048,
+            max_line=max_line,
             limits=limits,
             server="groupchat",
             version="0.1.0",
             format="json",
         )
+
+    def restored(self) -> None:
+        """The server's answer to the barrier after the restoring commands."""
+        self.receive(type="pong", token=RESTORED_TOKEN)
 
     def lose(self) -> None:
         assert self.protocol is not None and self.transport is not None
@@ -119,10 +126,13 @@ def test_missing_pong_aborts_the_connection_so_it_reconnects():
 
 def test_server_that_never_greets_is_dropped():
     c = Client()
+    early: list[str] = []
+    c.session.on_lost_early.append(early.append)
     c.connect()
     assert c.transport is not None
     c.clock.advance(10.0)
     assert c.transport.disconnecting
+    assert early == ["the server did not greet us within 10 s"]  # the reason, once
 
 
 def test_first_connection_asks_for_nick_and_room():
@@ -130,7 +140,7 @@ def test_first_connection_asks_for_nick_and_room():
     c.connect()
     c.sent()
     c.welcome()
-    assert c.sent() == ["/nick alice", "/join #ops"]
+    assert c.sent() == ["/nick alice", "/join #ops", f"/ping {RESTORED_TOKEN}"]
 
 
 def test_reconnect_restores_nick_rooms_current_room_and_pending_lines():
@@ -156,10 +166,14 @@ def test_reconnect_restores_nick_rooms_current_room_and_pending_lines():
         "/join #dev",
         "/part #lobby",
         "/join #ops",
-        "said while offline",
+        f"/ping {RESTORED_TOKEN}",
     ]
-    assert c.session.pending == 0
+    assert c.session.pending == 1  # held until the server has answered all of that
     assert c.events[-1]["type"] == "welcome" and c.events[-1]["restored"] is True
+    c.receive(type="nick", old="guest9", new="alice")
+    c.restored()
+    assert c.sent() == ["said while offline"]
+    assert c.session.pending == 0
 
 
 def test_nickname_still_held_by_the_old_connection_is_retried():
@@ -184,9 +198,10 @@ def test_taken_nick_on_first_connection_is_shown_and_given_up():
     c = Client(nick="bob")
     c.connect()
     c.welcome()
-    assert c.sent()[-1] == "/nick bob"
+    assert "/nick bob" in c.sent()
     c.receive(type="error", code="nick-taken", message="the nickname 'bob' is taken")
     assert c.events[-1]["type"] == "error"
+    assert c.status[-1] == "you are chatting as guest1; type /nick NAME to pick another name"
     assert c.session.wanted_nick is None
     c.clock.advance(30.0)
     assert "/nick bob" not in c.sent()
@@ -282,3 +297,282 @@ def test_crowd_summaries_read_the_same_in_the_client_as_in_text_mode():
     assert event.text() == "*** [#lobby] " + line.split(": ", 1)[1]
     hostile = {"type": "crowd", "room": "#x\x1b[2J", "joined": ["\x1b]0;x\x07"], "joined_count": 1}
     assert "\x1b" not in (system_line(hostile) or "x\x1b")
+
+
+# -- naming yourself: strict (scripts) and interactive ----------------------------------
+
+
+def test_strict_holds_lines_until_the_nick_and_room_are_confirmed():
+    c = Client(nick="ci", room="#ops", strict=True)
+    c.connect()
+    c.session.send("deploy done")  # a pipe is read before the server answers
+    c.welcome(nick="guest15")
+    assert c.sent() == ["/format json", "/nick ci"]  # #ops must not see a guest join
+    ready = c.session.when_ready()
+    c.receive(type="nick", old="guest15", new="ci")
+    assert c.sent() == ["/join #ops", f"/ping {RESTORED_TOKEN}"]
+    c.receive(type="join", room="#ops", nick="ci", count=1)
+    c.receive(type="current", room="#ops")
+    assert c.sent() == [] and not ready.called  # confirmed, but the barrier is not back
+    c.restored()
+    assert ready.called
+    assert c.sent() == ["deploy done"]
+
+
+def test_strict_taken_nick_sends_nothing_quits_and_fails_with_the_reason():
+    c = Client(nick="Frank", room="#ops", strict=True)
+    c.connect()
+    for line in ("deploy done", "second line"):
+        c.session.send(line)
+    ready = c.session.when_ready()
+    failures: list[str] = []
+    ready.addErrback(lambda f: failures.append(f.getErrorMessage()))
+    c.welcome(nick="guest15")
+    assert c.sent() == ["/format json", "/nick Frank"]
+    taken = "the nickname 'Frank' is taken (or looks too much like one that is)"
+    c.receive(type="error", code="nick-taken", message=taken)
+    assert c.sent() == ["/quit"]
+    assert c.session.fatal == f"cannot talk as Frank: {taken}; nothing was sent"
+    assert failures == [c.session.fatal]
+    assert not any(e["type"] == "error" for e in c.events)  # told once, in the reason
+    assert c.session.send("third line") is False
+    assert c.sent() == [] and c.session.pending == 0
+    c.receive(type="bye", reason="you quit")
+    c.lose()
+    assert c.session.closed.called
+    assert c.clock.getDelayedCalls() == []
+
+
+def test_strict_refused_room_sends_nothing_and_fails_with_the_servers_reason():
+    c = Client(nick="ci", room="#ops", strict=True)
+    c.connect()
+    c.session.send("deploy done")
+    c.welcome()
+    c.sent()
+    c.receive(type="nick", old="guest1", new="ci")
+    assert c.sent() == ["/join #ops", f"/ping {RESTORED_TOKEN}"]
+    c.receive(type="error", code="room-full", message="#ops is full (at most 2 members)")
+    c.restored()
+    assert c.sent() == ["/quit"]
+    assert c.session.fatal == (
+        "cannot talk in #ops: #ops is full (at most 2 members); nothing was sent"
+    )
+
+
+def test_strict_reconnect_holds_lines_while_the_nick_is_asked_back_and_gives_up():
+    c = Client(nick="ci", strict=True)
+    c.connect()
+    c.welcome()
+    c.receive(type="nick", old="guest1", new="ci")
+    c.restored()
+    c.session.send("before")
+    c.lose()
+    c.session.send("after the drop")
+    c.connect()
+    c.welcome(nick="guest2", timeout=10.0)
+    c.sent()
+    c.receive(type="error", code="nick-taken", message="taken")
+    assert c.sent() == []  # not as guest2
+    c.clock.advance(2.5)
+    assert c.sent() == ["/nick ci"]
+    c.receive(type="error", code="nick-taken", message="taken")
+    for _ in range(20):
+        c.clock.advance(2.5)
+        c.receive(type="pong", token="hb-x")
+        if c.session.fatal:
+            break
+        assert all(line.startswith(("/nick ci", "/ping hb-")) for line in c.sent())
+        c.receive(type="error", code="nick-taken", message="taken")
+    assert c.session.fatal == "could not get back the nickname ci; 1 line was not sent"
+    assert c.sent()[-1] == "/quit"
+
+
+def test_strict_reconnect_releases_lines_once_the_nick_is_back():
+    c = Client(nick="ci", strict=True)
+    c.connect()
+    c.welcome()
+    c.receive(type="nick", old="guest1", new="ci")
+    c.restored()
+    c.lose()
+    c.session.send("after the drop")
+    c.connect()
+    c.welcome(nick="guest2")
+    c.sent()
+    c.receive(type="error", code="nick-taken", message="taken")
+    c.clock.advance(5.0)
+    assert c.sent() == ["/nick ci"]
+    c.receive(type="nick", old="guest2", new="ci")
+    assert c.sent() == ["/join #lobby", f"/ping {RESTORED_TOKEN}"]
+    c.restored()
+    assert c.sent() == ["after the drop"]
+    assert c.session.fatal is None
+
+
+def test_interactive_taken_nick_says_which_name_you_have_and_lines_still_go():
+    c = Client(nick="Frank")
+    c.connect()
+    c.session.send("hello")
+    c.welcome(nick="guest15")
+    c.sent()
+    c.receive(type="error", code="nick-taken", message="the nickname 'Frank' is taken")
+    assert c.events[-1] == {
+        "type": "error",
+        "code": "nick-taken",
+        "message": "the nickname 'Frank' is taken",
+        "ts": 0.0,
+    }
+    assert c.status == ["you are chatting as guest15; type /nick NAME to pick another name"]
+    c.restored()
+    assert c.sent() == ["hello"]  # said as guest15, which the user was just told
+
+
+def test_quit_while_restoring_drops_the_held_lines():
+    c = Client(nick="ci", strict=True)
+    c.connect()
+    c.session.send("not yet")
+    c.welcome()
+    assert c.sent() == ["/format json", "/nick ci"]
+    c.session.quit()
+    assert c.sent() == ["/quit"] and c.session.pending == 0
+    c.receive(type="nick", old="guest1", new="ci")  # the answer still comes
+    assert c.sent() == []  # and nothing else goes
+
+
+def test_lines_are_shown_as_sent_when_they_are_sent():
+    c = Client(nick="alice")
+    sent: list[tuple[str, str | None]] = []
+    c.session.on_sent.append(lambda line: sent.append((line, c.session.nick)))
+    c.connect()
+    c.session.send("typed while offline")
+    assert sent == []
+    c.welcome()
+    c.receive(type="nick", old="guest1", new="alice")
+    assert sent == []
+    c.restored()
+    assert sent == [("typed while offline", "alice")]
+
+
+# -- bounds and limits -------------------------------------------------------------------
+
+
+def test_a_line_over_the_announced_limit_is_refused_locally():
+    c = Client()
+    c.connect()
+    c.welcome(max_line=10)
+    c.sent()
+    shown: list[str] = []
+    c.session.on_sent.append(shown.append)
+    assert c.session.send("x" * 11) is False
+    assert c.session.send("é" * 6) is False  # 12 bytes in UTF-8
+    assert c.session.send("x" * 10) is True
+    assert c.sent() == ["x" * 10] and shown == ["x" * 10]
+    assert c.status[0] == "not sent: that line is 11 bytes, longer than the server's limit of 10"
+    assert c.session.errors == 2  # a pipe then exits 2: some lines were refused
+
+
+def test_a_line_queued_before_the_limit_was_known_is_refused_when_due():
+    c = Client()
+    c.connect()
+    c.session.send("y" * 20)
+    c.session.send("short")
+    c.welcome(max_line=10)
+    assert c.sent() == ["/format json", "short"]
+    assert "20 bytes" in c.status[0] and c.session.errors == 1
+
+
+def test_lines_typed_offline_are_bounded():
+    c = Client()
+    c.session.outbox.max_lines = 3
+    assert all(c.session.send(f"line {i}") for i in range(3))
+    assert c.session.send("one too many") is False
+    assert c.status == ["not connected, and 3 lines are already waiting: this one was not kept"]
+    c.session.quit()  # leaving is always possible
+    assert list(c.session.outbox)[-1] == "/quit"
+
+
+def test_piped_input_stops_being_read_while_the_outbox_is_full():
+    from twisted_chat.client.app import StdinLines
+
+    c = Client()
+    c.session.outbox.max_lines = 4
+    reader = StdinLines(c.session)
+    stdin = StringTransport()
+    reader.makeConnection(stdin)
+    reader.dataReceived(b"".join(b"line %d\n" % i for i in range(10)) + b"last, no newline")
+    reader.readConnectionLost()
+    assert c.session.pending == 4 and stdin.producerState == "paused"
+    assert not reader.done.called
+    c.connect()
+    c.welcome(limits={"rate": 5.0, "burst": 4.0, "byte_rate": 16384.0, "flood_timeout": 60.0})
+    for _ in range(40):
+        c.clock.advance(0.25)
+    lines = [line for line in c.sent() if not line.startswith("/ping ")]
+    assert lines == ["/format json", *[f"line {i}" for i in range(10)], "last, no newline"]
+    assert stdin.producerState == "producing" and reader.done.called
+
+
+def test_piped_line_too_long_to_keep_is_skipped_and_counted():
+    from twisted_chat.client.app import StdinLines
+
+    c = Client()
+    reader = StdinLines(c.session)
+    reader.MAX_LENGTH = 8
+    reader.makeConnection(StringTransport())
+    reader.dataReceived(b"ok\n" + b"z" * 20)
+    reader.dataReceived(b"z" * 20 + b"\nfine\n")
+    reader.readConnectionLost()
+    assert list(c.session.outbox) == ["ok", "fine"]
+    assert c.session.errors == 1 and len(c.status) == 1
+
+
+# -- connections that end before the welcome ---------------------------------------------
+
+
+def test_certificate_for_another_name_fails_at_once():
+    from service_identity import VerificationError
+    from service_identity.exceptions import DNSMismatch
+    from service_identity.hazmat import DNS_ID
+    from twisted.python.failure import Failure
+
+    c = Client()
+    fatal: list[str] = []
+    c.session.on_fatal.append(fatal.append)
+    c.connect()
+    assert c.protocol is not None
+    mismatch = VerificationError(errors=[DNSMismatch(mismatched_id=DNS_ID("chat.example.org"))])
+    c.protocol.connectionLost(Failure(mismatch))
+    assert fatal == [
+        "the server's TLS certificate is not valid for chat.example.org; "
+        "check the host name in --server"
+    ]
+    assert c.clock.getDelayedCalls() == []
+
+
+def test_plain_connection_closed_before_any_byte_suggests_tls():
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    c = Client()
+    c.session.alternative_server = "tls:chat.example.org:9999"
+    early: list[str] = []
+    c.session.on_lost_early.append(early.append)
+    c.connect()
+    assert c.protocol is not None
+    c.protocol.connectionLost(Failure(ConnectionDone()))
+    assert early == [
+        "the server closed the connection before greeting us; is it a TLS port? "
+        "try --server tls:chat.example.org:9999"
+    ]
+    assert c.session.fatal is None  # retried: a proxy before a restarting server does this
+
+
+def test_refusal_line_is_the_reason_the_attempt_failed():
+    c = Client()
+    early: list[str] = []
+    c.session.on_lost_early.append(early.append)
+    p = c.connect()
+    p.dataReceived(b"!!! refused: the server is full (10000 connections); try again later\r\n")
+    c.lose()
+    assert early == [
+        "refused by the server: the server is full (10000 connections); try again later"
+    ]

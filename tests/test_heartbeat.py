@@ -154,3 +154,65 @@ def test_a_stalled_server_reads_waiting_heartbeats_before_sweeping():
     h.clock.advance(1.0)
     assert alice.present
     h.service.stopService()
+
+
+# -- nudges: letting an adapter ask the peer itself -----------------------------------
+
+
+def test_a_silent_member_is_nudged_once_per_silence_after_one_interval():
+    h = started(interval=10.0, timeout=30.0, sweep=1.0)
+    alice, pa = h.add("alice")
+    h.clock.pump([1.0] * 10)
+    assert pa.nudges == 0  # silent exactly one interval
+    h.clock.pump([1.0] * 5)
+    assert pa.nudges == 1  # not again every sweep
+    h.service.touch(alice)
+    h.clock.pump([1.0] * 11)
+    assert pa.nudges == 2
+    h.service.stopService()
+
+
+def _telnet_harness():
+    from tests.doubles import ProtocolHarness
+
+    h = ProtocolHarness(interval=10.0, timeout=30.0, sweep=1.0, warning=5.0)
+    h.service.startService()
+    return h
+
+
+DO_TM, WILL_TM = b"\xff\xfd\x06", b"\xff\xfb\x06"
+
+
+def test_a_telnet_reader_answering_timing_marks_stays_without_typing():
+    h = _telnet_harness()
+    reader = h.connect()
+    reader.send(b"\xff\xfb\x18")  # a telnet client's own negotiation: WILL TERMINAL-TYPE
+    reader.new_lines()
+    for _ in range(120):  # two minutes of reading, answering every timing mark
+        before = len(reader.output())
+        h.clock.advance(1.0)
+        if DO_TM in reader.output()[before:]:
+            reader.send(WILL_TM)
+    assert reader.protocol.member is not None and reader.protocol.member.present
+    assert not any("silent" in line for line in reader.new_lines())
+    h.service.stopService()
+
+
+def test_an_nc_user_gets_no_telnet_bytes_and_the_usual_warning():
+    h = _telnet_harness()
+    nc = h.connect()
+    nc.send(b"hello\n")  # bare LF: not telnet
+    nc.new_lines()
+    h.clock.pump([1.0] * 32)
+    assert b"\xff" not in nc.output()
+    lines = nc.new_lines()
+    assert any(line.startswith("*** You have been silent") for line in lines)
+    assert lines[-1].startswith("*** Disconnected: no heartbeat")
+
+
+def test_json_clients_are_never_sent_telnet_bytes():
+    h = _telnet_harness()
+    program = h.connect()
+    program.send(b"/format json\r\n")
+    h.clock.pump([1.0] * 32)
+    assert b"\xff" not in program.output()

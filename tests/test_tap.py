@@ -57,6 +57,11 @@ def test_port_forms(port, description):
         ["--flush-interval", "soon"],
         ["--summarize-above", "0"],
         ["--summary-interval", "0"],
+        ["--max-clients", "abc"],
+        ["--max-rooms", "0"],
+        ["--register-timeout", "0"],
+        ["--idle-warning", "20"],
+        ["--sweep-interval", "100"],
     ],
 )
 def test_bad_values_are_usage_errors(args):
@@ -79,3 +84,49 @@ def test_plugin_is_thin_and_names_tap_module():
     plugin = importlib.import_module("twisted.plugins.groupchat")
     assert plugin.groupchat.tapname == "groupchat"
     assert plugin.groupchat.module == "twisted_chat.tap"
+
+
+def test_messages_read_like_sentences():
+    def message(*args: str) -> str:
+        with pytest.raises(tap.OptionError) as info:
+            parse(*args)
+        return info.value.message
+
+    assert message("--max-line", "99999999") == "--max-line must be between 64 and 1048576 bytes"
+    assert message("--max-clients", "abc") == (
+        "--max-clients must be a whole number of connections, not 'abc'"
+    )
+    assert message("--idle-warning", "20") == (
+        "--idle-warning must be at most half of --heartbeat-timeout (15 s), not 20"
+    )
+
+
+def test_idle_warning_defaults_to_five_seconds_or_half_a_short_timeout():
+    assert parse()["idle-warning"] == 5.0
+    short = parse("--heartbeat-interval", "1", "--heartbeat-timeout", "3")
+    assert short["idle-warning"] == 1.5
+
+
+def test_version_names_groupchat(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse("--version")
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("groupchat 0.1.0 (Twisted ")
+
+
+def test_accounts_that_can_never_log_in_are_named_at_start(tmp_path):
+    from typing import cast
+
+    from twisted.logger import ILogObserver, globalLogPublisher
+
+    users = tmp_path / "users.txt"
+    users.write_text("alice:pw\nadmin:pw\n")
+    seen: list[dict] = []
+    observer = cast(ILogObserver, seen.append)
+    globalLogPublisher.addObserver(observer)
+    try:
+        tap.makeService(parse("--port", "tcp:0", "--auth", f"file:{users}"))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    named = [e.get("name") for e in seen if "can never log in" in e.get("log_format", "")]
+    assert named == ["admin"]

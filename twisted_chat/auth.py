@@ -18,7 +18,7 @@ import ipaddress
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -405,6 +405,22 @@ class Authenticator:
         self.attempts = attempts
         self.throttle = LoginThrottle() if throttle is None else throttle
         self.failure_floor = failure_floor
+
+    def known_names(self) -> list[str]:
+        """The login names the checkers can list (password files, memory), for warnings.
+
+        A checker that cannot list its users (PAM, Unix accounts) adds nothing.
+        """
+        names: list[str] = []
+        for checker in self.checkers:
+            if isinstance(checker, PasswordFile):
+                checker._refresh()
+                users: Iterable[bytes | str] = checker.users
+            else:
+                users = getattr(checker, "users", {})
+            for user in users:
+                names.append(user.decode("utf-8", "replace") if isinstance(user, bytes) else user)
+        return names
 
     async def check(self, name: str, password: str, address: str) -> str:
         """The login name when some checker accepts it.

@@ -30,7 +30,7 @@ class TelnetFilter:
     """
 
     _DATA, _IAC, _OPTION, _SUB, _SUB_IAC = range(5)
-    __slots__ = ("_answered", "_state", "_sub", "_verb", "marks", "replies")
+    __slots__ = ("_answered", "_state", "_sub", "_verb", "marks", "replies", "seen")
 
     def __init__(self) -> None:
         self._state = self._DATA
@@ -39,11 +39,13 @@ class TelnetFilter:
         self._answered: set[int] | None = None
         self.marks = 0
         self.replies = bytearray()
+        self.seen = False  # any telnet command at all: the peer is a telnet client
 
     def feed(self, data: bytes) -> bytes:
         state = self._state
         if state == self._DATA and _IAC_BYTE not in data:
             return data
+        self.seen = True
         out: list[bytes] = []
         i, n = 0, len(data)
         while i < n:
@@ -113,12 +115,16 @@ TOO_LONG = LineTooLong()
 
 
 class LineFramer:
-    __slots__ = ("_buffer", "_skipping", "max_line")
+    """Splits lines; ``endings`` records which line endings were seen (CRLF, LF)."""
+
+    CRLF, LF = 1, 2
+    __slots__ = ("_buffer", "_skipping", "endings", "max_line")
 
     def __init__(self, max_line: int) -> None:
         self.max_line = max_line
         self._buffer = b""
         self._skipping = False
+        self.endings = 0
 
     @property
     def buffered(self) -> int:
@@ -139,6 +145,9 @@ class LineFramer:
                 line = buffer[start:end]
                 if line.endswith(b"\r"):
                     line = line[:-1]
+                    self.endings |= self.CRLF
+                else:
+                    self.endings |= self.LF
                 if len(line) > self.max_line:
                     out.append(TOO_LONG)
                 else:

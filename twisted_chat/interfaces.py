@@ -40,6 +40,14 @@ class IParticipant(Interface):
     def set_format(fmt: Format) -> None:
         """Render every later event in ``fmt``."""
 
+    def nudge() -> None:
+        """The member has been silent for a heartbeat interval.
+
+        An adapter whose peer can answer without its user (a telnet client's timing
+        mark, a WebSocket pong) may ask for that answer now; its arrival counts as a sign
+        of life like any input.  Others do nothing.  Must not raise for a closed peer.
+        """
+
 
 class IChatService(Interface):
     """The chat core: members, rooms, the nickname registry, fan-out and heartbeats.

@@ -40,7 +40,15 @@ from twisted_chat.commands import Dispatcher, parse_format
 from twisted_chat.errors import ChatError
 from twisted_chat.events import Bye, Event, Format, LoginNeeded, SlowDown
 from twisted_chat.fastwrite import can_write_directly, write_now
-from twisted_chat.framing import LineFramer, LineTooLong, TelnetError, TelnetFilter
+from twisted_chat.framing import (
+    DO,
+    IAC,
+    TIMING_MARK,
+    LineFramer,
+    LineTooLong,
+    TelnetError,
+    TelnetFilter,
+)
 from twisted_chat.interfaces import IParticipant
 from twisted_chat.limits import InputGovernor, InputLimits
 from twisted_chat.names import validate_nick
@@ -257,7 +265,7 @@ class ChatLineProtocol(LineReceiver):
                 bad_format = True
             self.set_format(fmt)
         self.member = member = self.service.connect(
-            self, nick=setup.get(b"/nick"), room=setup.get(b"/join"), fmt=fmt
+            self, nick=setup.get(b"/nick"), room=setup.get(b"/join"), fmt=fmt, origin=self.peer
         )
         self.log.info("connect {peer} as {nick}", peer=self.peer, nick=member.nick)
         # What could not be granted is replayed as typed, so its error is the usual one;
@@ -388,7 +396,7 @@ class ChatLineProtocol(LineReceiver):
                 return
             self._cancel_deadline()
             self.state = Session.OPEN
-            self.member = self.service.connect(self, login=nick)
+            self.member = self.service.connect(self, login=nick, origin=self.peer)
             self.log.info("login {peer} as {nick}", peer=self.peer, nick=nick)
         finally:
             self._checking = False
@@ -430,6 +438,12 @@ class ChatLineProtocol(LineReceiver):
             reason = Failure(ierror.ConnectionLost(str(self._send_error)))
         if self.member is not None:
             self.service.connection_lost(self.member, _describe(reason))
+        elif self._awaiting_tls and not self.why:
+            self.log.warn(
+                "TLS handshake with {peer} failed: {reason}",
+                peer=self.peer,
+                reason=_describe(reason),
+            )
         else:
             self.log.info(
                 "disconnect {peer} before login: {reason}",
@@ -606,6 +620,22 @@ class ChatLineProtocol(LineReceiver):
             return
         self._send(event.encode(self.format))
 
+    def nudge(self) -> None:
+        """Ask a telnet client for a timing mark, which it answers by itself.
+
+        So a person reading on telnet stays without typing.  Not in JSON (programs
+        ping), and not to a peer known to send bare LF lines (``nc``), which would show
+        the three bytes; a peer not known either way is asked, once per silence.
+        """
+        if self.state is not Session.OPEN or self.transport is None:
+            return
+        if self.format is not Format.TEXT:
+            return
+        endings = self.framer.endings
+        if not self.telnet.seen and endings == LineFramer.LF:
+            return
+        self._send(bytes((IAC, DO, TIMING_MARK)))
+
     def flush_out(self) -> None:
         out, self._out = self._out, None
         if out and self.state in (Session.OPEN, Session.LOGIN) and self.transport is not None:
@@ -691,6 +721,10 @@ class ChatFactory(ServerFactory):
 
     protocol = ChatLineProtocol
     log = Logger()
+    noisy = False  # no "Starting factory <... at 0x...>" lines: the listener says it
+
+    def logPrefix(self) -> str:
+        return "groupchat"
 
     def __init__(
         self,

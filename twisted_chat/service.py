@@ -83,6 +83,11 @@ class HeartbeatPolicy:
     warning: float = 5.0
 
     @property
+    def nudge_after(self) -> float:
+        """Silence after which the adapter may ask the peer for a sign of life itself."""
+        return min(self.interval, self.warn_after)
+
+    @property
     def warn_after(self) -> float:
         # A warning window longer than half the timeout would nag; clamp it.
         return self.timeout - min(self.warning, self.timeout / 2)
@@ -124,9 +129,11 @@ class Member:
     rooms: dict[str, Room] = field(default_factory=dict)
     current: Room | None = None
     warned: bool = False
+    nudged: bool = False
     present: bool = True
     fmt: Format = Format.TEXT
     logged_in: bool = False
+    origin: str = ""  # where it connects from, as its adapter describes it (for the log)
 
 
 @implementer(IChatService)
@@ -225,6 +232,7 @@ class ChatService(service.Service):
         nick: str | None = None,
         room: str | None = None,
         fmt: Format = Format.TEXT,
+        origin: str = "",
     ) -> Member:
         """Admit a participant and seat it in ``room``, or in #lobby.
 
@@ -243,6 +251,7 @@ class ChatService(service.Service):
             last_seen=now,
             logged_in=login is not None,
             fmt=fmt,
+            origin=origin,
         )
         self.members[member] = None
         self.nicks[skeleton(member.nick)] = member
@@ -312,6 +321,7 @@ class ChatService(service.Service):
     def touch(self, member: Member) -> None:
         member.last_seen = self.clock.seconds()
         member.warned = False
+        member.nudged = False
         if member.present:
             self._activity.move_to_end(member)
 
@@ -351,7 +361,12 @@ class ChatService(service.Service):
         reason = _short(clean_text(reason), REASON_MAX)
         if not member.present:
             return
-        self.log.info("quit {nick} ({reason})", nick=member.nick, reason=reason or "no reason")
+        self.log.info(
+            "quit {nick} from {origin} ({reason})",
+            nick=member.nick,
+            origin=member.origin,
+            reason=reason or "no reason",
+        )
         self._leave_all(
             member,
             lambda room: Quit(
@@ -366,7 +381,12 @@ class ChatService(service.Service):
             self._drained.callback(None)
         if not member.present:
             return
-        self.log.info("disconnect {nick}: {reason}", nick=member.nick, reason=reason)
+        self.log.info(
+            "disconnect {nick} from {origin}: {reason}",
+            nick=member.nick,
+            origin=member.origin,
+            reason=reason,
+        )
         self._leave_all(
             member,
             lambda room: Disconnected(
@@ -378,7 +398,12 @@ class ChatService(service.Service):
         """Remove a member the server gave up on (an adapter error, abuse)."""
         if not member.present:
             return
-        self.log.warn("dropping {nick}: {reason}", nick=member.nick, reason=reason)
+        self.log.warn(
+            "dropping {nick} from {origin}: {reason}",
+            nick=member.nick,
+            origin=member.origin,
+            reason=reason,
+        )
         self._leave_all(
             member,
             lambda room: Disconnected(
@@ -741,14 +766,24 @@ class ChatService(service.Service):
                 return
             expired: list[Member] = []
             warn: list[Member] = []
+            nudge: list[Member] = []
             for member in self._activity:
                 idle = now - member.last_seen
-                if idle <= hb.warn_after:
+                if idle <= hb.nudge_after:
                     break
                 if idle > hb.timeout:
                     expired.append(member)
-                elif not member.warned:
+                    continue
+                if not member.nudged:
+                    nudge.append(member)
+                if idle > hb.warn_after and not member.warned:
                     warn.append(member)
+            for member in nudge:
+                try:
+                    member.nudged = True
+                    member.participant.nudge()
+                except Exception:
+                    self.log.failure("nudging {nick} failed", nick=member.nick)
             for member in warn:
                 try:
                     member.warned = True
@@ -768,7 +803,12 @@ class ChatService(service.Service):
             self.log.failure("heartbeat sweep failed")
 
     def _expire(self, member: Member, idle: float) -> None:
-        self.log.info("timeout {nick} after {idle:.1f} s", nick=member.nick, idle=idle)
+        self.log.info(
+            "timeout {nick} from {origin} after {idle:.1f} s",
+            nick=member.nick,
+            origin=member.origin,
+            idle=idle,
+        )
         self._leave_all(
             member,
             lambda room: TimedOut(

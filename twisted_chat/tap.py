@@ -6,8 +6,10 @@ install a reactor.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -19,9 +21,11 @@ from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTi
 from twisted.logger import Logger
 from twisted.python import usage
 
+from twisted_chat import __version__
 from twisted_chat.auth import Authenticator, LoginThrottle
+from twisted_chat.errors import ChatError
 from twisted_chat.limits import InputLimits
-from twisted_chat.names import skeleton
+from twisted_chat.names import skeleton, validate_nick
 from twisted_chat.protocol import ChatFactory
 from twisted_chat.service import ChatService, HeartbeatPolicy
 
@@ -64,10 +68,31 @@ def _between(
         except ValueError:
             raise OptionError(f"--{name} must be a number of {unit}, not {value!r}") from None
         if not low <= number <= high:
-            raise OptionError(f"--{name} must be between {low:g} and {high:g} {unit}")
+            raise OptionError(f"--{name} must be between {_num(low)} and {_num(high)} {unit}")
         return number
 
     coerce.coerceDoc = doc  # type: ignore[attr-defined]
+    return coerce
+
+
+def _num(value: float) -> str:
+    """A number as a person writes it: 1048576, not 1.04858e+06."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _count(name: str, unit: str) -> Callable[[str], int]:
+    """A whole number of ``unit``, at least 1."""
+
+    def coerce(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise OptionError(f"--{name} must be a whole number of {unit}, not {value!r}") from None
+        if number < 1:
+            raise OptionError(f"--{name} must be at least 1")
+        return number
+
+    coerce.coerceDoc = f"{unit.capitalize()}, at least 1."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -144,8 +169,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         [
             "idle-warning",
             None,
-            5.0,
-            "Warn a silent client this long before the timeout (at most half the timeout).",
+            None,
+            "Warn a silent client this long before the timeout, at most half the timeout "
+            "[default: 5, or half the timeout if that is less].",
             _positive("idle-warning"),
         ],
         [
@@ -196,14 +222,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             10000,
             "Connections accepted in total; more are refused with a one-line reason.",
-            int,
+            _count("max-clients", "connections"),
         ],
         [
             "max-per-address",
             None,
             20,
             "Connections accepted from one IP address; more are refused likewise.",
-            int,
+            _count("max-per-address", "connections"),
         ],
         [
             "send-queue",
@@ -227,14 +253,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             20,
             "Rooms one member may be in at once, #lobby included.",
-            int,
+            _count("max-rooms-per-member", "rooms"),
         ],
         [
             "max-rooms",
             None,
             1000,
             "Rooms that may exist at once, #lobby included; joining existing ones still works.",
-            int,
+            _count("max-rooms", "rooms"),
         ],
         [
             "summarize-above",
@@ -242,7 +268,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             100,
             "Rooms with more members than this announce joins, leaves and nickname changes "
             "in one summary line per --summary-interval, not one line per change.",
-            int,
+            _count("summarize-above", "members"),
         ],
         [
             "summary-interval",
@@ -255,12 +281,24 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "port-file",
             None,
             None,
-            "Once listening, write the bound address (for example tcp:127.0.0.1:9999) to "
-            "this file; useful with port 0.",
+            "Once listening, write the bound address (for example tcp:127.0.0.1:9999, or "
+            "ssl:... behind TLS) to this file, removed again at exit; useful with port 0.",
         ],
     ]
 
     supportedInterfaces = [IUsernamePassword]
+
+    def opt_version(self) -> None:
+        """Print groupchat's version (and Twisted's and Python's) and exit."""
+        import platform
+
+        import twisted
+
+        sys.stdout.write(
+            f"groupchat {__version__} (Twisted {twisted.__version__}, "
+            f"Python {platform.python_version()})\n"
+        )
+        raise SystemExit(0)
 
     def opt_auth(self, description: str) -> None:
         """Require a login, checked by a Twisted strcred checker such as file:users.txt
@@ -275,19 +313,23 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise OptionError(f"--auth {description!r}: no such file")
 
     def postOptions(self) -> None:
-        for name in (
-            "max-clients",
-            "max-per-address",
-            "summarize-above",
-            "max-rooms-per-member",
-            "max-rooms",
-        ):
-            if self[name] < 1:
-                raise OptionError(f"--{name} must be at least 1")
-        if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
+        timeout = self["heartbeat-timeout"]
+        if timeout <= self["heartbeat-interval"]:
             raise OptionError(
                 "--heartbeat-timeout must be greater than --heartbeat-interval "
-                f"(got {self['heartbeat-timeout']:g} <= {self['heartbeat-interval']:g})"
+                f"(got {timeout:g} <= {self['heartbeat-interval']:g})"
+            )
+        if self["sweep-interval"] >= timeout:
+            raise OptionError(
+                f"--sweep-interval must be shorter than --heartbeat-timeout ({timeout:g} s), "
+                f"or nobody is removed on time (got {self['sweep-interval']:g})"
+            )
+        if self["idle-warning"] is None:
+            self["idle-warning"] = min(5.0, timeout / 2)
+        elif self["idle-warning"] > timeout / 2:
+            raise OptionError(
+                f"--idle-warning must be at most half of --heartbeat-timeout ({timeout / 2:g} s), "
+                f"not {self['idle-warning']:g}"
             )
         from twisted.internet import endpoints, reactor
 
@@ -364,6 +406,8 @@ class ListenerService(service.Service):
         self.port = port
         address = port.getHost()
         where = describe_address(address)
+        if self.description.startswith("ssl:"):
+            where = "ssl:" + where.partition(":")[2]  # the same address, behind TLS
         self.log.info("groupchat listening on {address}", address=where)
         if self.port_file:
             tmp = f"{self.port_file}.tmp"
@@ -381,6 +425,9 @@ class ListenerService(service.Service):
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
+        if self.port_file and self.port is not None:
+            with contextlib.suppress(OSError):  # it says where we listen: not any more
+                os.remove(self.port_file)
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()
@@ -433,6 +480,20 @@ def _exit_with(reactor: IReactorCore, status: int) -> None:
     reactor.stop()
 
 
+def _warn_unusable_logins(authenticator: Authenticator) -> None:
+    """Accounts whose name breaks the nickname rules (``admin``) can never log in: say so."""
+    log = Logger(namespace="twisted_chat.tap")
+    for name in authenticator.known_names():
+        try:
+            validate_nick(name)
+        except ChatError as e:
+            log.warn(
+                "the account {name!r} can never log in: its name cannot be a nickname ({why})",
+                name=name,
+                why=e.message,
+            )
+
+
 def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
@@ -473,6 +534,7 @@ def makeService(options: Options) -> service.MultiService:
     checkers = options.get("credCheckers")
     if checkers:
         factory.authenticator = Authenticator(checkers, clock, throttle=LoginThrottle(key=skeleton))
+        _warn_unusable_logins(factory.authenticator)
     factory.register_timeout = options["register-timeout"]
     factory.max_clients = options["max-clients"]
     factory.max_per_address = options["max-per-address"]

@@ -4,6 +4,9 @@
 - piped (stdin is not a terminal): send each input line, quit cleanly on EOF, exit 0;
 - listen (``--listen``): print received messages one per line for scripts.
 
+Scripts (piped and listen) are strict about names: if the server refuses ``--nick`` or
+``--room``, they send nothing, quit cleanly and exit 1, rather than speak as a guest.
+
 Known failures become one line on stderr here, at the boundary, and exit status 1.
 """
 
@@ -26,7 +29,8 @@ class Options(usage.Options):
         "Chat on a groupchat server. Interactive when stdin is a terminal; otherwise each "
         "input line is sent in order and the client quits cleanly at end of input, so "
         "`printf 'build finished\\n' | python -m twisted_chat.client --nick ci --room "
-        "'#ops'` is a one-line notifier."
+        "'#ops'` is a one-line notifier. A script never speaks under another name: if the "
+        "server refuses --nick or --room, nothing is sent and the exit status is 1."
     )
     optParameters: list[Any] = [
         [
@@ -67,6 +71,8 @@ class Options(usage.Options):
         ["quiet", "q", "Piped mode: print only errors."],
         ["ask-password", "P", "Ask for the login password at start (on the terminal)."],
     ]
+
+    opt_h = usage.Options.opt_help
 
     def opt_version(self) -> None:
         """Display the groupchat version and exit."""
@@ -147,6 +153,9 @@ async def _run(reactor: Any, options: Options, interactive: bool) -> None:
     printer = _printer(options)
     app.on_output(printer)
     app.on_status(_status_printer(options))
+    if options["json"]:
+        # The reason for giving up goes to stderr too, as without --json.
+        app.session.on_fatal.append(_say)
     timeout = options["connect-timeout"]
     if options["listen"]:
         code = await app.listen(timeout)
@@ -226,6 +235,11 @@ def _password(options: Options) -> str | None:
     return None
 
 
-def _fail(message: str) -> None:
+def _say(message: str) -> None:
     sys.stderr.write(f"groupchat client: {message}\n")
+    sys.stderr.flush()
+
+
+def _fail(message: str) -> None:
+    _say(message)
     raise SystemExit(1)

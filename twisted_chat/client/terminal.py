@@ -46,6 +46,9 @@ class Terminal:
         app.on_output(self.show_event)
         app.on_status(self.show_status)
         app.session.on_fatal.append(self._stop_prompt)
+        # Our own lines are shown as they go out (the server does not echo them): under
+        # the name and in the room they are really sent with, never before.
+        app.session.on_sent.append(self.echo)
 
     def _stop_prompt(self, message: str) -> None:
         if self.prompt_session.app.is_running:
@@ -54,9 +57,10 @@ class Terminal:
     def prompt(self) -> FormattedText:
         s = self.app.session
         room = clean_text(s.current or "-")
-        nick = clean_text(s.nick or s.wanted_nick or "?")
-        state = "" if s.protocol is not None else " (offline)"
-        return FormattedText([("class:prompt", f"[{room}] {nick}{state}> ")])
+        nick = clean_text(s.nick or s.wanted_nick or "")
+        state = "" if s.protocol is not None else "(offline)"
+        text = " ".join(part for part in (f"[{room}]", nick, state) if part)
+        return FormattedText([("class:prompt", f"{text}> ")])
 
     def _print(self, fragments: Fragments) -> None:
         print_formatted_text(FormattedText(fragments), style=STYLE)
@@ -75,7 +79,7 @@ class Terminal:
         self._print([("class:time", time.strftime("%H:%M ")), ("class:status", f"** {text}")])
 
     def echo(self, line: str) -> None:
-        """Show our own message: the server does not send it back to us."""
+        """Show our own message as it is sent: the server does not send it back to us."""
         if line.startswith("/me "):
             kind, text = "action", line[4:]
         elif line.startswith("//") or not line.startswith("/"):
@@ -107,11 +111,13 @@ class Terminal:
                 if line.split(" ", 1)[0].lower() == "/quit":
                     self.app.session.quit(line[5:].strip())
                     break
-                if not self.app.session.send(line):
-                    continue
-                self.echo(line)
-                if not self.app.session.connected:
-                    self.show_status("not connected: this will be sent when the connection is back")
+                session = self.app.session
+                if session.send(line) and session.protocol is None:
+                    waiting = session.pending
+                    self.show_status(
+                        "not connected: your line will be sent when the connection is back"
+                        + (f" ({waiting} lines waiting)" if waiting > 1 else "")
+                    )
 
 
 def _keys() -> KeyBindings:
