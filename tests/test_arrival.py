@@ -71,14 +71,27 @@ def test_setup_that_cannot_be_granted_is_answered_after_the_welcome():
     h = _harness()
     h.connect("frank")
     late = _arrive(h)
-    late.send(b"/nick Frank\n/join bad room\n")
+    late.send(b"/nick carol\n/join bad room\n")
+    lines = late.new_lines()
+    assert lines[0] == "*** Welcome to groupchat 0.1.0, carol! You are in #lobby."
+    errors = [line for line in lines if line.startswith("!!!")]
+    assert len(errors) == 1 and errors[0].startswith("!!! bad-arguments: usage: /join #room")
+
+
+def test_a_taken_nickname_keeps_the_newcomer_out_of_the_room_it_named():
+    h = _harness()
+    frank = h.connect("frank")
+    frank.send(b"/join #ops\n")
+    frank.new_lines()
+    late = _arrive(h)
+    late.send(b"/nick Frank\n/join #ops\n")
     lines = late.new_lines()
     assert lines[0].startswith("*** Welcome to groupchat 0.1.0, guest")
     errors = [line for line in lines if line.startswith("!!!")]
-    assert errors[0].startswith("!!! nick-taken: the nickname 'Frank' is taken")
-    assert errors[1].startswith("!!! bad-arguments: usage: /join #room")
+    assert len(errors) == 1 and errors[0].startswith("!!! nick-taken: the nickname 'Frank'")
     member = late.protocol.member
-    assert member is not None and [r for r in member.rooms] == ["#lobby"]
+    assert member is not None and list(member.rooms) == ["#lobby"]
+    assert not any("[#ops]" in line for line in frank.new_lines())
 
 
 def test_a_quiet_connection_is_seated_as_a_guest_after_the_wait():

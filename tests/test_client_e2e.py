@@ -135,6 +135,8 @@ def test_piped_mode_delivers_every_line_and_exits_zero(
     bob = connect(server, "bob")
     set_nick(bob, "bob")
     bob.say("/join #ops")
+    bob.expect("*** Now talking in #ops")
+    before = len(bob.lines_so_far)
     lines = b"build finished\nsecond line\n/me deploys\nno newline at the end"
     ci = spawn(clients, server, "--nick", "ci", "--room", "#ops", stdin=lines)
     assert ci.proc.wait(timeout=20) == 0
@@ -145,6 +147,17 @@ def test_piped_mode_delivers_every_line_and_exits_zero(
     bob.expect("*** [#ops] ci quit")  # a clean quit, not a timeout or lost connection
     bob.barrier()
     assert bob.count("ci lost connection") == 0 and bob.count("ci timed out") == 0
+    # Seen once, under its name, in its room: no guest in #lobby, no rename.
+    about_ci = [line for line in bob.lines_so_far if re.search(r"(<| |\* )ci\b", line)]
+    assert about_ci == [
+        "*** [#ops] ci joined (2 here)",
+        "[#ops] <ci> build finished",
+        "[#ops] <ci> second line",
+        "[#ops] * ci deploys",
+        "[#ops] <ci> no newline at the end",
+        "*** [#ops] ci quit",
+    ], about_ci
+    assert not any("guest" in line for line in bob.lines_so_far[before:]), bob.lines_so_far
 
 
 def test_sigterm_while_piping_quits_cleanly_without_a_traceback(
@@ -155,7 +168,7 @@ def test_sigterm_while_piping_quits_cleanly_without_a_traceback(
     set_nick(bob, "bob")
     ci = ListenProcess([*CLIENT, "--server", f"{HOST}:{server.port}", "--nick", "ci"], hold=True)
     try:
-        ci.expect("is now known as ci")  # connected, named, still reading its input
+        ci.expect("connected as ci")  # connected, named, still reading its input
         ci.proc.terminate()
         ci.proc.wait(timeout=20)  # bounded; its stderr is read once it has ended
         assert ci.proc.stderr is not None
@@ -263,7 +276,7 @@ def test_interactive_typing_survives_an_incoming_message(
     screen = bytearray()
     try:
         _read_pty(fd, screen, b"alice>")
-        bob.expect("is now known as alice")
+        bob.expect("*** [#lobby] alice joined")  # it arrives under its name
         os.write(fd, b"discard me")
         _read_pty(fd, screen, b"discard me")
         os.write(fd, b"\x03")  # Ctrl-C on a half-typed line clears it, and stays
@@ -474,7 +487,7 @@ def test_piped_mode_with_a_taken_nick_sends_nothing_and_exits_one(
     guest = quit_line.split()[2]
     frank.barrier()
     assert frank.count("deploy done") == 0
-    assert frank.count(f"*** [#ops] {guest}") == 0
+    assert frank.count(f"*** [#ops] {guest}") == 0, "\n".join(frank.lines_so_far)
     assert frank.count(f"{guest} lost connection") == 0
 
 

@@ -79,7 +79,7 @@ class Client:
 def test_switches_to_json_and_ignores_the_text_greeting():
     c = Client()
     p = c.connect()
-    assert c.sent() == ["/format json"]
+    assert c.sent() == ["/format json"]  # no --nick, no --room: nothing else to ask
     p.dataReceived(b"*** Welcome to groupchat 0.1.0, guest1! You are in #lobby.\r\n")
     p.dataReceived(b"*** [#lobby] guest1 joined (1 here)\r\n")
     assert c.events == []
@@ -135,19 +135,20 @@ def test_server_that_never_greets_is_dropped():
     assert early == ["the server did not greet us within 10 s"]  # the reason, once
 
 
-def test_first_connection_asks_for_nick_and_room():
+def test_first_lines_ask_for_nick_and_room_before_the_welcome():
     c = Client(nick="alice", room="#ops")
     c.connect()
-    c.sent()
-    c.welcome()
-    assert c.sent() == ["/nick alice", "/join #ops", f"/ping {RESTORED_TOKEN}"]
+    assert c.sent() == ["/format json", "/nick alice", "/join #ops"]
+    assert c.transport is not None and c.transport.value().count(b"\n") == 3  # one write
+    ready = c.session.when_ready()
+    c.welcome(nick="alice", rooms=("#ops",))  # the server seated us as asked
+    assert c.sent() == [] and ready.called
 
 
 def test_reconnect_restores_nick_rooms_current_room_and_pending_lines():
     c = Client(nick="alice")
     c.connect()
-    c.welcome()
-    c.receive(type="nick", old="guest1", new="alice")
+    c.welcome(nick="alice")
     for room in ("#ops", "#dev"):
         c.receive(type="join", room=room, nick="alice", count=1)
         c.receive(type="current", room=room)
@@ -158,19 +159,11 @@ def test_reconnect_restores_nick_rooms_current_room_and_pending_lines():
     c.session.send("said while offline")
     assert c.session.pending == 1
     c.connect()
-    c.sent()
-    c.welcome(nick="guest9")
-    assert c.sent() == [
-        "/nick alice",
-        "/join #ops",
-        "/join #dev",
-        "/part #lobby",
-        "/join #ops",
-        f"/ping {RESTORED_TOKEN}",
-    ]
+    assert c.sent() == ["/format json", "/nick alice", "/join #ops"]
+    c.welcome(nick="alice", rooms=("#ops",))
+    assert c.sent() == ["/join #dev", "/join #ops", f"/ping {RESTORED_TOKEN}"]
     assert c.session.pending == 1  # held until the server has answered all of that
     assert c.events[-1]["type"] == "welcome" and c.events[-1]["restored"] is True
-    c.receive(type="nick", old="guest9", new="alice")
     c.restored()
     assert c.sent() == ["said while offline"]
     assert c.session.pending == 0
@@ -179,12 +172,12 @@ def test_reconnect_restores_nick_rooms_current_room_and_pending_lines():
 def test_nickname_still_held_by_the_old_connection_is_retried():
     c = Client(nick="alice")
     c.connect()
-    c.welcome()
-    c.receive(type="nick", old="guest1", new="alice")
+    c.welcome(nick="alice")
     c.lose()
     c.connect()
-    c.welcome(nick="guest2", timeout=30.0)
     c.sent()
+    c.welcome(nick="guest2", timeout=30.0)
+    assert c.sent() == [f"/ping {RESTORED_TOKEN}"]  # asked already: its answer follows
     c.receive(type="error", code="nick-taken", message="taken")
     assert not any(e["type"] == "error" for e in c.events)  # handled, not shown
     assert any("is taken (perhaps still by our previous connection" in s for s in c.status)
@@ -197,8 +190,9 @@ def test_nickname_still_held_by_the_old_connection_is_retried():
 def test_taken_nick_on_first_connection_is_shown_and_given_up():
     c = Client(nick="bob")
     c.connect()
-    c.welcome()
     assert "/nick bob" in c.sent()
+    c.welcome()
+    assert c.sent() == [f"/ping {RESTORED_TOKEN}"]  # not asked twice; its answer follows
     c.receive(type="error", code="nick-taken", message="the nickname 'bob' is taken")
     assert c.events[-1]["type"] == "error"
     assert c.status[-1] == "you are chatting as guest1; type /nick NAME to pick another name"
@@ -306,15 +300,10 @@ def test_strict_holds_lines_until_the_nick_and_room_are_confirmed():
     c = Client(nick="ci", room="#ops", strict=True)
     c.connect()
     c.session.send("deploy done")  # a pipe is read before the server answers
-    c.welcome(nick="guest15")
-    assert c.sent() == ["/format json", "/nick ci"]  # #ops must not see a guest join
+    assert c.sent() == ["/format json", "/nick ci", "/join #ops"]
     ready = c.session.when_ready()
-    c.receive(type="nick", old="guest15", new="ci")
-    assert c.sent() == ["/join #ops", f"/ping {RESTORED_TOKEN}"]
-    c.receive(type="join", room="#ops", nick="ci", count=1)
-    c.receive(type="current", room="#ops")
-    assert c.sent() == [] and not ready.called  # confirmed, but the barrier is not back
-    c.restored()
+    assert not ready.called
+    c.welcome(nick="ci", rooms=("#ops",))  # seated as ci in #ops: confirmed
     assert ready.called
     assert c.sent() == ["deploy done"]
 
@@ -327,8 +316,9 @@ def test_strict_taken_nick_sends_nothing_quits_and_fails_with_the_reason():
     ready = c.session.when_ready()
     failures: list[str] = []
     ready.addErrback(lambda f: failures.append(f.getErrorMessage()))
-    c.welcome(nick="guest15")
-    assert c.sent() == ["/format json", "/nick Frank"]
+    assert c.sent() == ["/format json", "/nick Frank", "/join #ops"]
+    c.welcome(nick="guest15")  # a guest in #lobby, never in #ops
+    assert c.sent() == []
     taken = "the nickname 'Frank' is taken (or looks too much like one that is)"
     c.receive(type="error", code="nick-taken", message=taken)
     assert c.sent() == ["/quit"]
@@ -347,10 +337,9 @@ def test_strict_refused_room_sends_nothing_and_fails_with_the_servers_reason():
     c = Client(nick="ci", room="#ops", strict=True)
     c.connect()
     c.session.send("deploy done")
-    c.welcome()
     c.sent()
-    c.receive(type="nick", old="guest1", new="ci")
-    assert c.sent() == ["/join #ops", f"/ping {RESTORED_TOKEN}"]
+    c.welcome(nick="ci")  # seated as ci, but in #lobby: #ops was refused
+    assert c.sent() == [f"/ping {RESTORED_TOKEN}"]  # collect the refusal, not ask again
     c.receive(type="error", code="room-full", message="#ops is full (at most 2 members)")
     c.restored()
     assert c.sent() == ["/quit"]
@@ -362,15 +351,13 @@ def test_strict_refused_room_sends_nothing_and_fails_with_the_servers_reason():
 def test_strict_reconnect_holds_lines_while_the_nick_is_asked_back_and_gives_up():
     c = Client(nick="ci", strict=True)
     c.connect()
-    c.welcome()
-    c.receive(type="nick", old="guest1", new="ci")
-    c.restored()
+    c.welcome(nick="ci")
     c.session.send("before")
     c.lose()
     c.session.send("after the drop")
     c.connect()
-    c.welcome(nick="guest2", timeout=10.0)
     c.sent()
+    c.welcome(nick="guest2", timeout=10.0)
     c.receive(type="error", code="nick-taken", message="taken")
     assert c.sent() == []  # not as guest2
     c.clock.advance(2.5)
@@ -390,21 +377,17 @@ def test_strict_reconnect_holds_lines_while_the_nick_is_asked_back_and_gives_up(
 def test_strict_reconnect_releases_lines_once_the_nick_is_back():
     c = Client(nick="ci", strict=True)
     c.connect()
-    c.welcome()
-    c.receive(type="nick", old="guest1", new="ci")
-    c.restored()
+    c.welcome(nick="ci")
     c.lose()
     c.session.send("after the drop")
     c.connect()
-    c.welcome(nick="guest2")
     c.sent()
+    c.welcome(nick="guest2")
     c.receive(type="error", code="nick-taken", message="taken")
     c.clock.advance(5.0)
     assert c.sent() == ["/nick ci"]
     c.receive(type="nick", old="guest2", new="ci")
-    assert c.sent() == ["/join #lobby", f"/ping {RESTORED_TOKEN}"]
-    c.restored()
-    assert c.sent() == ["after the drop"]
+    assert c.sent() == ["after the drop"]  # already in #lobby, its room: nothing to restore
     assert c.session.fatal is None
 
 
@@ -412,8 +395,9 @@ def test_interactive_taken_nick_says_which_name_you_have_and_lines_still_go():
     c = Client(nick="Frank")
     c.connect()
     c.session.send("hello")
-    c.welcome(nick="guest15")
     c.sent()
+    c.welcome(nick="guest15")
+    assert c.sent() == [f"/ping {RESTORED_TOKEN}"]  # hello waits for the answer to /nick
     c.receive(type="error", code="nick-taken", message="the nickname 'Frank' is taken")
     assert c.events[-1] == {
         "type": "error",
@@ -427,14 +411,15 @@ def test_interactive_taken_nick_says_which_name_you_have_and_lines_still_go():
 
 
 def test_quit_while_restoring_drops_the_held_lines():
-    c = Client(nick="ci", strict=True)
+    c = Client(nick="ci", room="#ops", strict=True)
     c.connect()
     c.session.send("not yet")
-    c.welcome()
-    assert c.sent() == ["/format json", "/nick ci"]
+    c.sent()
+    c.welcome(nick="ci")  # #ops not granted: its answer is awaited
+    assert c.sent() == [f"/ping {RESTORED_TOKEN}"]
     c.session.quit()
     assert c.sent() == ["/quit"] and c.session.pending == 0
-    c.receive(type="nick", old="guest1", new="ci")  # the answer still comes
+    c.restored()  # the answer still comes
     assert c.sent() == []  # and nothing else goes
 
 
@@ -445,10 +430,7 @@ def test_lines_are_shown_as_sent_when_they_are_sent():
     c.connect()
     c.session.send("typed while offline")
     assert sent == []
-    c.welcome()
-    c.receive(type="nick", old="guest1", new="alice")
-    assert sent == []
-    c.restored()
+    c.welcome(nick="alice")
     assert sent == [("typed while offline", "alice")]
 
 

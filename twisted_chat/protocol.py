@@ -272,10 +272,16 @@ class ChatLineProtocol(LineReceiver):
         # a nickname already granted is a no-op, a room already joined is not repeated.
         if bad_format:
             self.dispatcher.dispatch(member, "/format " + setup[b"/format"])
+        named = True
         if b"/nick" in setup:
             self.dispatcher.dispatch(member, "/nick " + setup[b"/nick"])
+            named = self.service.nick_in_use(setup[b"/nick"]) and (
+                self.service.nicks_match(member.nick, setup[b"/nick"])
+            )
         room = setup.get(b"/join")
-        if room is not None and not self.service.is_member_of(member, room):
+        # Under a name it did not ask for, it does not go where it asked: that room would
+        # see it as someone else.
+        if named and room is not None and not self.service.is_member_of(member, room):
             self.dispatcher.dispatch(member, "/join " + room)
 
     def _setup_lines(self, lines: list[bytes | LineTooLong]) -> dict[bytes, str]:

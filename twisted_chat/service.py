@@ -225,6 +225,10 @@ class ChatService(service.Service):
     def nick_in_use(self, nick: str) -> bool:
         return skeleton(nick) in self.nicks
 
+    def nicks_match(self, a: str, b: str) -> bool:
+        """Whether two spellings are the same nickname under the look-alike rule."""
+        return skeleton(a) == skeleton(b)
+
     def connect(
         self,
         participant: IParticipant,
@@ -243,8 +247,11 @@ class ChatService(service.Service):
         it as a command, which says why.
         """
         now = self.clock.seconds()
-        chosen = login if login is not None else self._free_nick(nick) or self._guest_nick()
-        start = self._open_room(room) or LOBBY
+        granted = self._free_nick(nick) if login is None else login
+        chosen = granted or self._guest_nick()
+        # Under a name it did not ask for, it waits in #lobby: a room it named must never
+        # see it as someone else.
+        start = (self._open_room(room) if granted or nick is None else None) or LOBBY
         member = Member(
             participant=participant,
             nick=chosen,

@@ -285,7 +285,9 @@ class ClientSession:
         for room in have:
             if not any(self._same(room, r) for r in self.rooms):
                 commands.append(f"/part {room}")
-        if self.current and (not commands or commands[-1] != f"/join {self.current}"):
+        current = welcome.get("current")
+        moved = not current or not self._same(self.current, current)
+        if self.current and (commands or moved) and commands[-1:] != [f"/join {self.current}"]:
             commands.append(f"/join {self.current}")
         return commands
 
@@ -318,6 +320,8 @@ class ChatClientProtocol(LineReceiver):
         # rooms never see us under a guest name.
         self._after_nick: list[str] | None = None
         self._restore_errors: list[Event] = []  # answers to restoring commands
+        self._setup_nick: str | None = None  # asked for with the first lines
+        self._setup_room: str | None = None
         self._expected_current: str | None = None
         self._control: deque[str] = deque()  # restoring commands: they go before user lines
         self._reconnected = False
@@ -329,9 +333,20 @@ class ChatClientProtocol(LineReceiver):
         self._pace: TokenBucket | None = None
 
     def connectionMade(self) -> None:
-        self.session.protocol = self
+        session = self.session
+        session.protocol = self
         self.last_heard = self.clock.seconds()
-        self.send("/format json")
+        # All at once, before the welcome: the server seats us under this name in this
+        # room, so nobody sees a guest arrive in #lobby and rename itself.
+        self._setup_nick = session.wanted_nick
+        self._setup_room = session.current if session.ever_connected else session.wanted_room
+        setup = ["/format json"]
+        if self._setup_nick:
+            setup.append(f"/nick {self._setup_nick}")
+        if self._setup_room:
+            setup.append(f"/join {self._setup_room}")
+        if self.transport is not None:
+            self.transport.write("".join(f"{line}\n" for line in setup).encode("utf-8"))
         self._welcome_timer = self.clock.callLater(WELCOME_WAIT, self._no_welcome)
 
     def send(self, line: str) -> None:
@@ -460,9 +475,25 @@ class ChatClientProtocol(LineReceiver):
         if session.wanted_nick and not session._same(session.wanted_nick, welcome["nick"]):
             self._restoring_nick = session.wanted_nick
         session.ever_connected = True
+        # What the first lines asked for and the welcome does not show, the server has
+        # already been asked: its answer (an error) follows the welcome.  Asking again
+        # would only repeat it; a barrier still collects it.
+        answered = not welcome.get("logged_in")
+        asked_nick = answered and self._restoring_nick is not None and bool(self._setup_nick)
+        barrier = asked_nick
+        if asked_nick:
+            commands = [c for c in commands if c != f"/nick {self._setup_nick}"]
+        room = self._setup_room
+        if answered and room and commands == [f"/join {room}"]:
+            commands = []
+            barrier = barrier or not any(session._same(room, r) for r in welcome["rooms"])
         if session.strict and self._restoring_nick:
-            self._after_nick = commands[1:]
-            commands = commands[:1]
+            if asked_nick:
+                self._after_nick = commands
+                commands = []
+            else:
+                self._after_nick = commands[1:]
+                commands = commands[:1]
         limits = session.limits
         if limits:
             # Stay just under the server's line rate so it never has to hold us back
@@ -478,13 +509,17 @@ class ChatClientProtocol(LineReceiver):
         session.on_event(welcome | {"restored": not first})
         self.ready.callback(self)
         if self._after_nick is not None:
-            self.send_control(commands[0])  # the rest once the nickname is ours
+            if commands:
+                self.send_control(commands[0])  # the rest once the nickname is ours
         else:
-            self._restore(commands)
+            self._restore(commands, barrier)
 
-    def _restore(self, commands: list[str]) -> None:
-        """Send the restoring commands and a barrier; with none, the session is restored."""
-        if not commands:
+    def _restore(self, commands: list[str], barrier: bool = False) -> None:
+        """Send the restoring commands and a barrier; with none, the session is restored.
+
+        ``barrier``: send one anyway, to collect answers to what was asked before.
+        """
+        if not commands and not barrier:
             self._release()
             return
         self._barrier = RESTORED_TOKEN
@@ -496,6 +531,8 @@ class ChatClientProtocol(LineReceiver):
         self._barrier = None
         session = self.session
         errors, self._restore_errors = self._restore_errors, []
+        if session.quitting:
+            return  # leaving anyway: nothing to restore, nothing to refuse
         expected = self._expected_current
         if session.strict and expected is not None and not session._same(session.current, expected):
             why = "; ".join(clean_text(str(e.get("message", ""))) for e in errors)
