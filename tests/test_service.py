@@ -440,3 +440,23 @@ def test_a_member_timing_out_of_a_crowd_is_summarized_too():
     assert carol.closed and carol.closed[0].type == "bye"  # type: ignore[union-attr]
     assert "carol" in bob.texts()[-1] and "1 left: carol" in bob.texts()[-1]
     h.service.stopService()
+
+
+def test_case_is_ignored_even_for_letters_whose_cases_look_like_different_latin_letters():
+    # Cyrillic capital BE looks like B but its small letter like 6 (Greek ETA: H and n):
+    # one skeleton cannot ignore both case and look-alikes, so a name holds several keys.
+    h = Harness()
+    boris, pb = h.add("Борис")
+    other, po = h.add("ilias")
+    for spelling in ("борис", "БОРИС", "Бopиc"):
+        with pytest.raises(NickTaken):
+            h.service.set_nick(other, spelling)
+    h.service.set_nick(other, "Ηλίας")
+    with pytest.raises(NickTaken):
+        h.service.set_nick(boris, "ηλίας")
+    h.service.private(other, "борис", "hello")
+    assert [e.type for e in pb.events][-1] == "private"
+    h.service.set_nick(boris, "БОРИС")  # only the case of one's own name: allowed
+    assert boris.nick == "БОРИС"
+    h.service.quit(boris, "")
+    assert h.service.nicks.keys().isdisjoint({"bopᴎc", "6opᴎc"})  # every key released

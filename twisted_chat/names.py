@@ -189,6 +189,22 @@ def skeleton(name: str) -> str:
     return _cached_skeleton(name)
 
 
+def skeletons(name: str) -> tuple[str, ...]:
+    """Every key ``name`` may collide on: as written, in small and in capital letters.
+
+    A few Greek and Cyrillic letters look like one Latin letter as a capital and another
+    as a small letter (Б/б: B and 6), so one skeleton cannot ignore both case and
+    look-alikes.  Two names are the same nickname when any of their keys are equal.
+    """
+    first = skeleton(name)
+    keys = [first]
+    for variant in (name.casefold(), name.upper()):
+        key = skeleton(variant)
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)
+
+
 def unicode_version() -> str:
     """Version of the confusables data in use, for logs and bug reports."""
     return _tables().unicode_version

@@ -57,7 +57,14 @@ from twisted_chat.events import (
 )
 from twisted_chat.interfaces import IChatService, IParticipant
 from twisted_chat.limits import InputLimits
-from twisted_chat.names import LOBBY, room_key, skeleton, validate_nick, validate_room
+from twisted_chat.names import (
+    LOBBY,
+    room_key,
+    skeleton,
+    skeletons,
+    validate_nick,
+    validate_room,
+)
 from twisted_chat.sanitize import clean_text
 
 TOKEN_MAX = 64
@@ -171,6 +178,8 @@ class ChatService(service.Service):
         self.shutdown_grace = shutdown_grace
         self.limits = limits  # enforced by the adapters; announced here
         self.members: dict[Member, None] = {}
+        # Every key of every member's nickname (see ``names.skeletons``): a name is free
+        # when none of its keys is here.
         self.nicks: dict[str, Member] = {}
         self.rooms: dict[str, Room] = {room_key(LOBBY): Room(LOBBY)}
         # /rooms reads these instead of sorting every room on every call: the rooms by
@@ -223,11 +232,27 @@ class ChatService(service.Service):
     # -- members -----------------------------------------------------------------------
 
     def nick_in_use(self, nick: str) -> bool:
-        return skeleton(nick) in self.nicks
+        return self._owner(nick) is not None
 
     def nicks_match(self, a: str, b: str) -> bool:
         """Whether two spellings are the same nickname under the look-alike rule."""
-        return skeleton(a) == skeleton(b)
+        return not set(skeletons(a)).isdisjoint(skeletons(b))
+
+    def _owner(self, nick: str) -> Member | None:
+        for key in skeletons(nick):
+            member = self.nicks.get(key)
+            if member is not None:
+                return member
+        return None
+
+    def _claim(self, member: Member, nick: str) -> None:
+        for key in skeletons(nick):
+            self.nicks[key] = member
+
+    def _release_nick(self, member: Member, nick: str) -> None:
+        for key in skeletons(nick):
+            if self.nicks.get(key) is member:
+                del self.nicks[key]
 
     def connect(
         self,
@@ -261,7 +286,7 @@ class ChatService(service.Service):
             origin=origin,
         )
         self.members[member] = None
-        self.nicks[skeleton(member.nick)] = member
+        self._claim(member, member.nick)
         self._activity[member] = None
         self._close_run()
         participant.deliver(self.welcome(member, starting_in=start))
@@ -275,8 +300,8 @@ class ChatService(service.Service):
             nick = validate_nick(raw)
         except ChatError:
             return None
-        key = skeleton(nick)
-        return None if key in self.nicks or GUEST_NAME.fullmatch(key) else nick
+        taken = self._owner(nick) is not None
+        return None if taken or GUEST_NAME.fullmatch(skeleton(nick)) else nick
 
     def _open_room(self, raw: str | None) -> str | None:
         if raw is None:
@@ -322,7 +347,7 @@ class ChatService(service.Service):
     def _guest_nick(self) -> str:
         while True:
             nick = f"guest{next(self._guests)}"
-            if skeleton(nick) not in self.nicks:
+            if self._owner(nick) is None:
                 return nick
 
     def touch(self, member: Member) -> None:
@@ -344,7 +369,7 @@ class ChatService(service.Service):
             )
         nick = validate_nick(raw)
         key = skeleton(nick)
-        owner = self.nicks.get(key)
+        owner = self._owner(nick)
         if GUEST_NAME.fullmatch(key) and owner is not member:
             raise NickReserved("names like guest12 are given out by the server; choose another")
         if owner is not None and owner is not member:
@@ -352,8 +377,8 @@ class ChatService(service.Service):
         if nick == member.nick:
             return
         old = member.nick
-        del self.nicks[skeleton(old)]
-        self.nicks[key] = member
+        self._release_nick(member, old)
+        self._claim(member, nick)
         member.nick = nick
         self.log.info("nick {old} -> {new}", old=old, new=nick)
         audience: dict[Member, None] = {member: None}
@@ -435,8 +460,7 @@ class ChatService(service.Service):
         member.present = False
         self.members.pop(member, None)
         self._activity.pop(member, None)
-        if self.nicks.get(skeleton(member.nick)) is member:
-            del self.nicks[skeleton(member.nick)]
+        self._release_nick(member, member.nick)
         for room in list(member.rooms.values()):
             self._remove_from_room(member, room)
         member.current = None
@@ -617,7 +641,7 @@ class ChatService(service.Service):
         self._broadcast(room, event, exclude=member)
 
     def private(self, member: Member, nick: str, raw: str) -> None:
-        target = self.nicks.get(skeleton(nick))
+        target = self._owner(nick)
         if target is None:
             raise NoSuchNick(f"nobody is called {clean_text(nick)!r}")
         text = self._message_text(raw)
