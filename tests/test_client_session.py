@@ -558,3 +558,13 @@ def test_refusal_line_is_the_reason_the_attempt_failed():
     assert early == [
         "refused by the server: the server is full (10000 connections); try again later"
     ]
+
+
+def test_someone_leaving_several_shared_rooms_is_shown_once():
+    from twisted_chat.client.render import system_line
+
+    event = {"type": "quit", "room": "#lobby", "rooms": ["#lobby", "#ops"], "nick": "bob"}
+    assert system_line(event | {"reason": "bye"}) == "#lobby, #ops: bob quit (bye)"
+    assert system_line({"type": "quit", "room": "#ops", "nick": "bob", "reason": ""}) == (
+        "#ops: bob quit"
+    )

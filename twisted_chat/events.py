@@ -203,13 +203,20 @@ class _Departure(Event):
     room: str
     nick: str
     reason: str
+    # Leaving the server: every room the recipient shared with it (``room`` is the first),
+    # so it is told once however many rooms they shared.  Empty for a /part.
+    rooms: Sequence[str] = ()
 
     def payload(self) -> dict[str, Any]:
-        return {"room": self.room, "nick": self.nick, "reason": self.reason}
+        body: dict[str, Any] = {"room": self.room, "nick": self.nick, "reason": self.reason}
+        if self.rooms:
+            body["rooms"] = list(self.rooms)
+        return body
 
     def text(self) -> str:
         why = f" ({self.reason})" if self.reason else ""
-        return f"*** [{self.room}] {self.nick} {self.verb}{why}"
+        where = ", ".join(self.rooms) if self.rooms else self.room
+        return f"*** [{where}] {self.nick} {self.verb}{why}"
 
 
 @dataclass(kw_only=True, eq=False, slots=True)
@@ -230,12 +237,17 @@ class TimedOut(Event):
     room: str
     nick: str
     after: float
+    rooms: Sequence[str] = ()  # as for a quit: every room shared with the recipient
 
     def payload(self) -> dict[str, Any]:
-        return {"room": self.room, "nick": self.nick, "after": round(self.after, 1)}
+        body: dict[str, Any] = {"room": self.room, "nick": self.nick, "after": round(self.after, 1)}
+        if self.rooms:
+            body["rooms"] = list(self.rooms)
+        return body
 
     def text(self) -> str:
-        return f"*** [{self.room}] {self.nick} timed out (no heartbeat for {self.after:.1f} s)"
+        where = ", ".join(self.rooms) if self.rooms else self.room
+        return f"*** [{where}] {self.nick} timed out (no heartbeat for {self.after:.1f} s)"
 
 
 @dataclass(kw_only=True, eq=False, slots=True)

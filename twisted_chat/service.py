@@ -401,8 +401,12 @@ class ChatService(service.Service):
         )
         self._leave_all(
             member,
-            lambda room: Quit(
-                ts=self.clock.seconds(), room=room.name, nick=member.nick, reason=reason
+            lambda rooms: Quit(
+                ts=self.clock.seconds(),
+                room=rooms[0],
+                rooms=rooms,
+                nick=member.nick,
+                reason=reason,
             ),
         )
         self._safe_close(member, Bye(ts=self.clock.seconds(), reason="you quit"))
@@ -421,8 +425,12 @@ class ChatService(service.Service):
         )
         self._leave_all(
             member,
-            lambda room: Disconnected(
-                ts=self.clock.seconds(), room=room.name, nick=member.nick, reason=reason
+            lambda rooms: Disconnected(
+                ts=self.clock.seconds(),
+                room=rooms[0],
+                rooms=rooms,
+                nick=member.nick,
+                reason=reason,
             ),
         )
 
@@ -438,20 +446,40 @@ class ChatService(service.Service):
         )
         self._leave_all(
             member,
-            lambda room: Disconnected(
-                ts=self.clock.seconds(), room=room.name, nick=member.nick, reason=reason
+            lambda rooms: Disconnected(
+                ts=self.clock.seconds(),
+                room=rooms[0],
+                rooms=rooms,
+                nick=member.nick,
+                reason=reason,
             ),
         )
         self._safe_close(member, Bye(ts=self.clock.seconds(), reason=reason))
 
-    def _leave_all(self, member: Member, make: Callable[[Room], Event]) -> None:
+    def _leave_all(self, member: Member, make: Callable[[list[str]], Event]) -> None:
+        """Tell everyone who shared a room with ``member`` that it left, once each.
+
+        Someone in two of its rooms gets one event naming both, not one per room;
+        recipients who shared the same rooms share one event (encoded once).
+        """
         rooms = list(member.rooms.values())
         self._forget(member)
+        shared: dict[Member, list[str]] = {}
         for room in rooms:
             if self._summarizing(room, extra=1):
                 self._note_departure(room, member)
-            else:
-                self._fanout(room.members, make(room))
+                continue
+            for other in room.members:
+                names = shared.get(other)
+                if names is None:
+                    shared[other] = [room.name]
+                else:
+                    names.append(room.name)
+        audiences: dict[tuple[str, ...], dict[Member, None]] = {}
+        for other, names in shared.items():
+            audiences.setdefault(tuple(names), {})[other] = None
+        for shared_rooms, audience in audiences.items():
+            self._fanout(audience, make(list(shared_rooms)))
 
     def _forget(self, member: Member) -> None:
         """Take the member out of every structure, exactly once."""
@@ -842,8 +870,8 @@ class ChatService(service.Service):
         )
         self._leave_all(
             member,
-            lambda room: TimedOut(
-                ts=self.clock.seconds(), room=room.name, nick=member.nick, after=idle
+            lambda rooms: TimedOut(
+                ts=self.clock.seconds(), room=rooms[0], rooms=rooms, nick=member.nick, after=idle
             ),
         )
         self._safe_close(

@@ -52,6 +52,9 @@ def stamp(ts: Any) -> str:
 
 
 def _room(event: dict[str, Any]) -> str:
+    rooms = event.get("rooms")
+    if isinstance(rooms, list) and rooms:  # someone left the server: every shared room
+        return ", ".join(_c(room) for room in rooms)
     return _c(event.get("room"))
 
 
