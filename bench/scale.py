@@ -61,7 +61,8 @@ async def scale(port: int, pid: int, clients: int, hold: float) -> dict[str, flo
     async def one(i: int) -> Conn:
         async with gate:
             reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
-            await _read_until(reader, b"*** Now talking in #lobby")
+            # As our client does: nickname and room with the first lines, so the server
+            # seats it there at once (see "Arriving" in docs/PROTOCOL.md).
             writer.write(b"/nick u%d\n/join %s\n" % (i, ROOM))
             await _read_until(reader, b"*** Now talking in " + ROOM)
             return reader, writer
