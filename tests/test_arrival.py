@@ -112,3 +112,30 @@ def test_a_connection_gone_before_it_was_seated_leaves_nothing_behind():
     gone.protocol.connectionLost()
     assert h.clock.getDelayedCalls() == []
     assert h.service.members == {} and h.factory.total == 0
+
+
+def test_a_tls_client_on_the_plain_port_is_closed_without_reaching_a_room():
+    h = _harness()
+    bob = h.connect("bob")
+    bob.new_lines()
+    tls = _arrive(h)
+    tls.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(200)) + b"\n\n")
+    assert tls.transport.disconnecting
+    assert tls.output() == b"!!! refused: this port speaks plain text, not TLS\r\n"
+    h.clock.advance(5)
+    assert bob.new_lines() == [] and len(h.service.members) == 1
+
+
+def test_escape_sequences_in_a_refused_request_do_not_reach_the_log():
+    from twisted.logger import globalLogPublisher
+
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
+    try:
+        h = _harness()
+        browser = _arrive(h)
+        browser.send(b"GET /\x1b[2J\x1b[31mFAKE HTTP/1.1\r\n\r\n")
+    finally:
+        globalLogPublisher.removeObserver(seen.append)  # type: ignore[arg-type]
+    requests = [e["request"] for e in seen if "request" in e]
+    assert requests == ["GET /FAKE HTTP/1.1"]

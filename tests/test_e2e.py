@@ -437,16 +437,16 @@ def test_daemon_mode_reports_a_port_it_cannot_listen_on(
     start_server: ServerFactory, tmp_path: Path
 ) -> None:
     first = start_server()
-    for case, port in (
-        ("in-use", f"tcp:{first.port}:interface={HOST}"),
-        ("missing-dir", f"unix:{tmp_path}/missing/dir/chat.sock"),
+    for case, port, why in (
+        ("in-use", f"tcp:{first.port}:interface={HOST}", "Address already in use"),
+        # An address this machine does not have (TEST-NET-1).
+        ("foreign", "tcp:0:interface=192.0.2.1", "Cannot assign requested address"),
     ):
         folder = tmp_path / case
         folder.mkdir()
         done, pidfile = _daemon(folder, "--port", port)
         assert done.returncode == 1, (case, done)
-        why = "Address already in use" if case == "in-use" else "No such file or directory"
-        assert f"{why}: cannot listen on" in done.stderr, (case, done.stderr)
+        assert f"groupchat: {why}: cannot listen on" in done.stderr, (case, done.stderr)
         assert not pidfile.exists(), case
         # The daemon reports to its parent first and writes the log as it exits.
         log, deadline = folder / "twistd.log", time.monotonic() + 10

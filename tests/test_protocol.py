@@ -477,3 +477,37 @@ def test_flush_interval_holds_output_under_load_but_not_after_a_quiet_spell():
     h.clock.advance(0.002)
     alice.send(b"/quit\n")  # a close writes what was held first
     assert bob.new_lines() == ["*** [#lobby] alice quit"]
+
+
+def test_a_stray_key_or_space_before_a_command_does_not_post_it_to_the_room():
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    bob.new_lines()
+    alice.send(b"\x0c/join #secret\n /msg bob my password\n\x1b[A/nick ally\n")
+    assert [x for x in bob.new_lines() if x.startswith("[#lobby]")] == []
+    assert alice.protocol.member is not None and alice.protocol.member.nick == "ally"
+    assert "#secret" in alice.protocol.member.rooms
+
+
+def test_guest_names_cannot_log_in_and_the_refusal_is_logged():
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.logger import globalLogPublisher
+
+    from twisted_chat.auth import Authenticator
+
+    h = ProtocolHarness()
+    checker = InMemoryUsernamePasswordDatabaseDontUse(guest3=b"pw")
+    h.factory.authenticator = Authenticator([checker], h.clock, failure_floor=0)
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
+    try:
+        conn = h.connect()
+        conn.new_lines()
+        conn.send(b"/login guest3 pw\n")
+    finally:
+        globalLogPublisher.removeObserver(seen.append)  # type: ignore[arg-type]
+    assert conn.new_lines()[0].startswith("!!! login-failed: this login cannot be used")
+    assert [e["name"] for e in seen if e.get("log_format", "").startswith("refused login")] == [
+        "guest3"
+    ]

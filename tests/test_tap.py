@@ -120,7 +120,7 @@ def test_accounts_that_can_never_log_in_are_named_at_start(tmp_path):
     from twisted.logger import ILogObserver, globalLogPublisher
 
     users = tmp_path / "users.txt"
-    users.write_text("alice:pw\nadmin:pw\n")
+    users.write_text("alice:pw\nadmin:pw\nguest3:pw\nAIice:pw\n")
     seen: list[dict] = []
     observer = cast(ILogObserver, seen.append)
     globalLogPublisher.addObserver(observer)
@@ -129,4 +129,15 @@ def test_accounts_that_can_never_log_in_are_named_at_start(tmp_path):
     finally:
         globalLogPublisher.removeObserver(observer)
     named = [e.get("name") for e in seen if "can never log in" in e.get("log_format", "")]
-    assert named == ["admin"]
+    assert named == ["admin", "guest3"]
+    alike = [(e["first"], e["name"]) for e in seen if "look alike" in e.get("log_format", "")]
+    assert alike == [("alice", "AIice")]
+
+
+def test_unknown_options_and_missing_socket_folders_are_one_line():
+    with pytest.raises(tap.OptionError) as info:
+        parse("--bogus")
+    assert info.value.message == "option --bogus not recognized"
+    with pytest.raises(tap.OptionError) as info:
+        parse("--port", "unix:/nonexistent/dir/chat.sock")
+    assert info.value.message.endswith("there is no folder /nonexistent/dir")

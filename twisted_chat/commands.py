@@ -147,6 +147,12 @@ class Dispatcher:
         line = line.rstrip()
         if not line.strip() or not member.present:
             return
+        # What decides a command is what a reader would see: a stray key (Ctrl-L, an
+        # arrow key's escape) or a space before "/msg bob secret" must not turn it into
+        # a message for the whole room.
+        visible = clean_text(line).lstrip()
+        if visible.startswith("/"):
+            line = visible
         try:
             if line.startswith("//"):
                 self.service.say(member, line[1:])

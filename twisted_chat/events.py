@@ -302,6 +302,8 @@ class Members(Event):
         shown = ", ".join(self.members[: self.TEXT_LIMIT])
         more = len(self.members) - self.TEXT_LIMIT
         tail = f" and {more} more" if more > 0 else ""
+        if not self.members:
+            return f"*** [{self.room}] nobody here"
         return f"*** [{self.room}] {len(self.members)} here: {shown}{tail}"
 
 

@@ -51,7 +51,7 @@ from twisted_chat.framing import (
 )
 from twisted_chat.interfaces import IParticipant
 from twisted_chat.limits import InputGovernor, InputLimits
-from twisted_chat.names import validate_nick
+from twisted_chat.sanitize import clean_text
 from twisted_chat.service import ChatService, Member
 
 CLOSE_GRACE = 1.0
@@ -63,6 +63,7 @@ DEFAULT_REGISTER_TIMEOUT = 30.0
 DEFAULT_SEAT_WAIT = 0.25
 HTTP_REQUEST = re.compile(rb"[A-Z]{3,10} \S+ HTTP/\d(\.\d)?")
 SETUP_COMMANDS = (b"/format", b"/nick", b"/join")
+TLS_HANDSHAKE = b"\x16"  # the first byte of a TLS ClientHello record: not typed by people
 
 
 class LineTooLongError(ChatError):
@@ -302,37 +303,48 @@ class ChatLineProtocol(LineReceiver):
             lines.pop(0)
         return setup
 
-    def _not_a_chat_client(self, line: bytes) -> None:
-        """An HTTP request on the chat port: answer in HTTP, say what this is, close."""
+    def _not_a_chat_client(self, line: bytes | None) -> None:
+        """An HTTP request (``line``) or a TLS handshake (None) on the chat port.
+
+        Answered in HTTP for a browser.  A TLS client gets one plain line: it cannot show
+        it, but reading it fails its handshake at once ("wrong version number") instead of
+        leaving it to wait and retry.  Either way no room hears of it.
+        """
         assert self.transport is not None
-        self.log.info(
-            "HTTP request from {peer} refused: {request}",
-            peer=self.peer,
-            request=line[:80].decode("ascii", "replace"),
-        )
-        body = (
-            b"This is a groupchat server: a chat for telnet, nc and the groupchat client, "
-            b"not a web server.\r\n"
-            b"Connect with: telnet HOST PORT, nc HOST PORT, "
-            b"or python -m twisted_chat.client --server HOST:PORT\r\n"
-        )
-        head = (
-            "HTTP/1.1 400 Bad Request\r\n"
-            "Content-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode()
+        if line is None:
+            reason = "not a chat client: a TLS handshake on a plain port"
+            self.log.info("TLS handshake from {peer} refused: this port is plain", peer=self.peer)
+            answer = b"!!! refused: this port speaks plain text, not TLS\r\n"
+        else:
+            reason = "not a chat client: an HTTP request"
+            self.log.info(
+                "HTTP request from {peer} refused: {request}",
+                peer=self.peer,
+                request=clean_text(line[:80].decode("ascii", "replace")),
+            )
+            body = (
+                b"This is a groupchat server: a chat for telnet, nc and the groupchat client, "
+                b"not a web server.\r\n"
+                b"Connect with: telnet HOST PORT, nc HOST PORT, "
+                b"or python -m twisted_chat.client --server HOST:PORT\r\n"
+            )
+            head = (
+                "HTTP/1.1 400 Bad Request\r\n"
+                "Content-Type: text/plain; charset=utf-8\r\n"
+                f"Content-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode()
+            answer = head + body
         self.pending = None
         if self._seat_call is not None and self._seat_call.active():
             self._seat_call.cancel()
         self._seat_call = None
-        reason = "not a chat client: an HTTP request"
         self.why = reason
         if self.member is not None:  # seated before its request arrived: a slow client
-            self._send(head + body)
+            self._send(answer)
             self.service.drop(self.member, reason)
             return
-        self.transport.write(head + body)
+        self.transport.write(answer)
         self.state = Session.CLOSING
         self.transport.loseConnection()
         self._abort_call = self.clock.callLater(CLOSE_GRACE, self._abort)
@@ -372,8 +384,14 @@ class ChatLineProtocol(LineReceiver):
         assert self.authenticator is not None
         try:
             try:
-                nick = validate_nick(name)  # before the password: reveals nothing about it
+                nick = self.service.login_nick(name)  # before the password: reveals nothing
             except ChatError as e:
+                self.log.info(
+                    "refused login from {peer} as {name}: {why}",
+                    peer=self.peer,
+                    name=clean_text(name)[:40],
+                    why=e.message,
+                )
                 self._tell(LoginFailed(f"this login cannot be used as a nickname: {e.message}"))
                 return
             try:
@@ -462,6 +480,9 @@ class ChatLineProtocol(LineReceiver):
             return
         if self.member is not None:
             self.service.touch(self.member)
+        if self._fresh and data[:1] == TLS_HANDSHAKE and self.member is None:
+            self._not_a_chat_client(None)  # a TLS client on a plain port
+            return
         if self.governor is not None and self.governor.received(len(data), self.clock.seconds()):
             self.held_by = "bytes"  # whatever the bytes are, reading waits for the budget
         try:

@@ -218,7 +218,11 @@ class ChatService(service.Service):
             room.summary_call = None
         notice = Shutdown(ts=self.clock.seconds(), reason="the server is stopping")
         members = list(self.members)
-        self.log.info("shutting down; closing {count} connections", count=len(members))
+        self.log.info(
+            "shutting down; closing {count} connection{s}",
+            count=len(members),
+            s="" if len(members) == 1 else "s",
+        )
         for member in members:
             self._forget(member)
             self._safe_close(member, notice)
@@ -237,6 +241,17 @@ class ChatService(service.Service):
     def nicks_match(self, a: str, b: str) -> bool:
         """Whether two spellings are the same nickname under the look-alike rule."""
         return not set(skeletons(a)).isdisjoint(skeletons(b))
+
+    @staticmethod
+    def login_nick(name: str) -> str:
+        """The nickname a login name gives, or the domain error that keeps it out.
+
+        Guest names are refused like reserved ones: the server gives them out.
+        """
+        nick = validate_nick(name)
+        if GUEST_NAME.fullmatch(skeleton(nick)):
+            raise NickReserved("names like guest12 are given out by the server")
+        return nick
 
     def _owner(self, nick: str) -> Member | None:
         for key in skeletons(nick):

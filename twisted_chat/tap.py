@@ -25,7 +25,7 @@ from twisted_chat import __version__
 from twisted_chat.auth import Authenticator, LoginThrottle
 from twisted_chat.errors import ChatError
 from twisted_chat.limits import InputLimits
-from twisted_chat.names import skeleton, validate_nick
+from twisted_chat.names import skeleton
 from twisted_chat.protocol import ChatFactory
 from twisted_chat.service import ChatService, HeartbeatPolicy
 
@@ -304,13 +304,20 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """Require a login, checked by a Twisted strcred checker such as file:users.txt
         (one name:password line each); may be repeated (any checker may accept). The login
         name becomes the nickname. See --help-auth. Default: no logins."""
+        path = description.partition(":")[2]
+        if description.startswith("file:") and not os.path.isfile(path):
+            raise OptionError(f"--auth {description!r}: no such file")
         try:
             super().opt_auth(description)
         except usage.UsageError as e:
             raise OptionError(f"--auth {description!r}: {e}") from None
-        path = description.partition(":")[2]
-        if description.startswith("file:") and not os.path.isfile(path):
-            raise OptionError(f"--auth {description!r}: no such file")
+
+    def parseOptions(self, options: Any = None) -> None:
+        """An unknown option is one line too, not the whole option list before it."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise OptionError(str(e)) from None
 
     def postOptions(self) -> None:
         timeout = self["heartbeat-timeout"]
@@ -334,6 +341,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         from twisted.internet import endpoints, reactor
 
         description = endpoint_description(self["port"])
+        if description.startswith("unix:"):
+            path = description[5:].split(":", 1)[0]
+            folder = os.path.dirname(path) or "."
+            if not os.path.isdir(folder):
+                raise OptionError(f"--port {self['port']!r}: there is no folder {folder}")
         try:
             self["endpoint"] = endpoints.serverFromString(reactor, description)
         except TypeError as e:
@@ -393,9 +405,6 @@ class ListenerService(service.Service):
         self._waiting.addCallbacks(self._listening, failed)
         starting = False
         if synchronous:
-            # twistd skips removing its pidfile here: remove it when it is the default one
-            # and ours.
-            _remove_own_pidfile()
             raise CannotListen(self.description, synchronous[0].value)
 
     def _listening(self, port: IListeningPort) -> None:
@@ -449,17 +458,12 @@ class CannotListen(SystemExit, Exception):
         why = getattr(cause, "strerror", None) or str(error)
         short = f"{why}: cannot listen on {description}"  # the reason first: it fits
         super().__init__(short)
-        self.code = f"groupchat: cannot listen on {description}: {error}"
+        self.code = f"groupchat: cannot listen on {description}: {why}"
 
 
-def _remove_own_pidfile(path: str = "twistd.pid") -> None:
-    try:
-        with open(path) as f:
-            mine = f.read().strip() == str(os.getpid())
-        if mine:
-            os.remove(path)
-    except OSError:
-        pass
+# twistd's parent prints the report as ``ClassName: message``: let that read "groupchat:".
+CannotListen.__module__ = "builtins"
+CannotListen.__qualname__ = "groupchat"
 
 
 def describe_address(address: Any) -> str:
@@ -481,17 +485,34 @@ def _exit_with(reactor: IReactorCore, status: int) -> None:
 
 
 def _warn_unusable_logins(authenticator: Authenticator) -> None:
-    """Accounts whose name breaks the nickname rules (``admin``) can never log in: say so."""
+    """Say at start which accounts can never log in, or never both at once.
+
+    A login name becomes the nickname: one that breaks the nickname rules (``admin``,
+    ``guest3``) is always refused, and two that look alike (``alice``, ``AIice``) hold
+    one nickname between them.
+    """
     log = Logger(namespace="twisted_chat.tap")
+    seen: dict[str, str] = {}
     for name in authenticator.known_names():
         try:
-            validate_nick(name)
+            ChatService.login_nick(name)
         except ChatError as e:
             log.warn(
                 "the account {name!r} can never log in: its name cannot be a nickname ({why})",
                 name=name,
                 why=e.message,
             )
+            continue
+        key = skeleton(name)
+        if key in seen:
+            log.warn(
+                "the accounts {first!r} and {name!r} look alike: only one of them can be "
+                "logged in at a time",
+                first=seen[key],
+                name=name,
+            )
+        else:
+            seen[key] = name
 
 
 def makeService(options: Options) -> service.MultiService:
