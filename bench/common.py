@@ -49,6 +49,8 @@ def groupchat_argv(extra: list[str]) -> list[str]:
         "100000",
         "--max-per-address",
         "100000",
+        "--connect-rate",
+        "1e9",
         "--send-queue",
         "64M",
         *extra,

@@ -42,6 +42,7 @@ SERVER_OPTIONS = (
     "--flood-timeout", "5",
     "--send-queue", "4096",
     "--max-per-address", "1000",
+    "--connect-rate", "1000",
 )  # fmt: skip
 
 ROOMS = 3
@@ -699,10 +700,8 @@ def test_chaos(start_server: ServerFactory) -> None:
     assert not any("L" * 100 in text for text in garbage_said)
 
     (negotiator,) = observer.leaves_of(out.negotiator)
-    assert (negotiator["type"], negotiator.get("reason")) == (
-        "disconnect",
-        "flooding: held at 16384 bytes/s for 5 s",
-    ), negotiator
+    assert negotiator["type"] == "disconnect", negotiator
+    assert negotiator["reason"].startswith("telnet negotiation flood: "), negotiator
     assert out.negotiator_answers <= 1  # however often it asked (an abort may lose it)
     (subneg,) = observer.leaves_of(out.subnegotiator)
     assert subneg["reason"] == "telnet subnegotiation longer than 512 bytes", subneg

@@ -22,11 +22,23 @@ LIMITS = InputLimits(
 
 def test_each_option_is_answered_once_per_connection():
     f = TelnetFilter()
-    assert f.feed(b"\xff\xfd\x01" * 1000 + b"hi" + b"\xff\xfb\x03" * 1000) == b"hi"
+    assert f.feed(b"\xff\xfd\x01" * 90 + b"hi" + b"\xff\xfb\x03" * 90, now=0.0) == b"hi"
     assert bytes(f.replies) == b"\xff\xfc\x01\xff\xfe\x03"
     f.replies.clear()
-    f.feed(b"\xff\xfd\x01\xff\xfb\x03")
+    f.feed(b"\xff\xfd\x01\xff\xfb\x03", now=10.0)
     assert f.replies == b""
+
+
+def test_a_flood_of_commands_is_refused_before_any_is_parsed():
+    f = TelnetFilter()
+    f.feed(b"\xff\xf1" * 150, now=0.0)  # 150 NOPs: within the burst
+    f.feed(b"\xff\xf1" * 100, now=5.0)  # 5 s later: 100 more have been allowed again
+    try:
+        f.feed(b"\xff\xfd\x01" * 21845, now=5.0)  # 64 KiB of DO: 11 ms of parsing
+    except TelnetError as e:
+        assert str(e).startswith("telnet negotiation flood")
+    else:
+        raise AssertionError("a negotiation flood was parsed")
 
 
 def test_commands_split_across_reads_are_understood():
@@ -65,10 +77,15 @@ def test_a_peer_that_never_reads_cannot_grow_our_output_with_negotiation():
     mallory = h.connect("mallory")
     mallory.protocol.gate.pauseProducing()  # its transport is full: it does not read
     before = len(mallory.output())
-    for _ in range(100):
-        mallory.send(bytes(b for option in range(256) for b in (255, 253, option)))
+    every_option = [bytes((255, 253, option)) for option in range(256)]
+    for _ in range(3):  # asking for every option three times, within the command rate
+        for i in range(0, 256, 16):
+            mallory.send(b"".join(every_option[i : i + 16]))
+            h.clock.advance(1.0)
     assert len(mallory.output()) - before == 0
     assert mallory.protocol.queued == 256 * 3  # answered once each, and queued, not written
+    mallory.send(b"".join(every_option))  # all at once: a flood
+    assert mallory.transport.disconnecting
 
 
 def test_an_endless_subnegotiation_disconnects_with_a_reason():
@@ -204,3 +221,39 @@ def test_a_tls_connection_that_never_completes_its_handshake_is_dropped():
     assert transport.aborted and transport.value() == b""
     protocol.connectionLost()
     assert h.factory.per_address["127.0.0.1"] == 0 and h.service.members == {}
+
+
+# -- reconnecting in a loop ---------------------------------------------------------------
+
+
+def test_new_connections_from_one_address_are_rate_limited():
+    from twisted.internet.address import IPv4Address
+
+    from twisted_chat.protocol import Refusal
+
+    h = ProtocolHarness()
+    h.factory.connect_rate = 10.0
+    here, there = IPv4Address("TCP", "10.0.0.1", 1), IPv4Address("TCP", "10.0.0.2", 1)
+    built = [h.factory.buildProtocol(here) for _ in range(25)]
+    refused = [p for p in built if isinstance(p, Refusal)]
+    assert len(refused) == 5  # a burst of 20, then no more this instant
+    assert "too many new connections from your address" in refused[0].reason
+    assert not isinstance(h.factory.buildProtocol(there), Refusal)  # others unaffected
+    h.clock.advance(0.1)
+    assert not isinstance(h.factory.buildProtocol(here), Refusal)  # one more per 0.1 s
+    assert isinstance(h.factory.buildProtocol(here), Refusal)
+
+
+def test_connection_rate_memory_is_bounded():
+    from twisted.internet.address import IPv4Address
+
+    from twisted_chat.protocol import MAX_TRACKED_ADDRESSES
+
+    h = ProtocolHarness()
+    h.factory.connect_rate = 10.0
+    for i in range(MAX_TRACKED_ADDRESSES + 500):
+        address = IPv4Address("TCP", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1)
+        protocol = h.factory.buildProtocol(address)
+        protocol.makeConnection(StringTransport())
+        protocol.connectionLost()
+    assert len(h.factory._arrivals) == MAX_TRACKED_ADDRESSES

@@ -14,6 +14,11 @@ WILL, WONT, DO, DONT = 251, 252, 253, 254
 TIMING_MARK = 6
 _IAC_BYTE = b"\xff"
 SUB_MAX = 512  # we accept no option, so a well-behaved client sends no subnegotiation
+# Telnet commands a connection may send: bursts of COMMAND_BURST, then COMMAND_RATE a
+# second.  A telnet client sends a handful (and one answer per timing mark we ask for);
+# the limit bounds the Python work per byte a hostile peer can make us do.
+COMMAND_RATE = 20.0
+COMMAND_BURST = 200.0
 
 
 class TelnetError(Exception):
@@ -25,12 +30,24 @@ class TelnetFilter:
 
     Each option is answered at most once per connection, so a peer repeating ``DO x``
     cannot make us write more than it sends, and plain data between commands is copied
-    in slices, never byte by byte.  A subnegotiation longer than ``SUB_MAX`` raises
-    ``TelnetError``.  ``marks`` counts the peer's answers to ``DO TIMING-MARK``.
+    in slices, never byte by byte.  A subnegotiation longer than ``SUB_MAX``, or more
+    commands than ``COMMAND_BURST`` at once or ``COMMAND_RATE`` a second (counted in C
+    before any is parsed), raises ``TelnetError``.  ``marks`` counts the peer's answers
+    to ``DO TIMING-MARK``.  ``now`` is the time, for the command rate.
     """
 
     _DATA, _IAC, _OPTION, _SUB, _SUB_IAC = range(5)
-    __slots__ = ("_answered", "_state", "_sub", "_verb", "marks", "replies", "seen")
+    __slots__ = (
+        "_allowance",
+        "_answered",
+        "_stamp",
+        "_state",
+        "_sub",
+        "_verb",
+        "marks",
+        "replies",
+        "seen",
+    )
 
     def __init__(self) -> None:
         self._state = self._DATA
@@ -40,12 +57,25 @@ class TelnetFilter:
         self.marks = 0
         self.replies = bytearray()
         self.seen = False  # any telnet command at all: the peer is a telnet client
+        self._allowance = COMMAND_BURST
+        self._stamp: float | None = None
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes, now: float = 0.0) -> bytes:
         state = self._state
         if state == self._DATA and _IAC_BYTE not in data:
             return data
         self.seen = True
+        if self._stamp is not None and now > self._stamp:
+            self._allowance = min(
+                COMMAND_BURST, self._allowance + (now - self._stamp) * COMMAND_RATE
+            )
+        self._stamp = now
+        self._allowance -= data.count(_IAC_BYTE)
+        if self._allowance < 0:
+            raise TelnetError(
+                f"telnet negotiation flood: more than {COMMAND_BURST:g} commands at once "
+                f"or {COMMAND_RATE:g} a second"
+            )
         out: list[bytes] = []
         i, n = 0, len(data)
         while i < n:

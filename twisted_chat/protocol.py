@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import re
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from typing import cast
 
 from twisted.internet import defer
@@ -50,13 +50,14 @@ from twisted_chat.framing import (
     TelnetFilter,
 )
 from twisted_chat.interfaces import IParticipant
-from twisted_chat.limits import InputGovernor, InputLimits
+from twisted_chat.limits import InputGovernor, InputLimits, TokenBucket
 from twisted_chat.sanitize import clean_text
 from twisted_chat.service import ChatService, Member
 
 CLOSE_GRACE = 1.0
 DEFAULT_SEND_QUEUE = 256 * 1024
 DEFAULT_REGISTER_TIMEOUT = 30.0
+MAX_TRACKED_ADDRESSES = 10_000  # connection-rate buckets kept, least recently seen dropped
 # How long a new connection may take to say what it is before it is seated as a guest:
 # lines sent at once (an HTTP request, or /format, /nick and /join from a client) are
 # looked at first, so nobody is shown a browser or a guest that only renames itself.
@@ -486,7 +487,7 @@ class ChatLineProtocol(LineReceiver):
         if self.governor is not None and self.governor.received(len(data), self.clock.seconds()):
             self.held_by = "bytes"  # whatever the bytes are, reading waits for the budget
         try:
-            data = self.telnet.feed(data)
+            data = self.telnet.feed(data, self.clock.seconds())
         except TelnetError as e:
             self._abuse(str(e))
             return
@@ -779,6 +780,10 @@ class ChatFactory(ServerFactory):
         self.dirty: list[ChatLineProtocol] = []
         self.max_clients: int | None = None
         self.max_per_address: int | None = None
+        # New connections per second from one address (bursts of twice that): a client
+        # reconnecting in a loop costs an accept and a refusal, not a session each time.
+        self.connect_rate: float | None = None
+        self._arrivals: OrderedDict[str, TokenBucket] = OrderedDict()
         self.total = 0
         self.per_address: Counter[str] = Counter()
 
@@ -859,6 +864,23 @@ class ChatFactory(ServerFactory):
             return f"the server is full ({self.max_clients} connections); try again later"
         if self.max_per_address is not None and self.per_address[host] >= self.max_per_address:
             return f"too many connections from your address (at most {self.max_per_address})"
+        if self.connect_rate is not None:
+            now = self.clock.seconds()
+            bucket = self._arrivals.get(host)
+            if bucket is None:
+                bucket = self._arrivals[host] = TokenBucket(
+                    self.connect_rate, 2 * self.connect_rate, now
+                )
+                if len(self._arrivals) > MAX_TRACKED_ADDRESSES:
+                    self._arrivals.popitem(last=False)  # the longest unseen: full again
+            else:
+                self._arrivals.move_to_end(host)
+            if bucket.wait(now) > 0:
+                return (
+                    "too many new connections from your address "
+                    f"(at most {self.connect_rate:g} a second); wait a moment"
+                )
+            bucket.take(now)
         return None
 
     def released(self, host: str) -> None:

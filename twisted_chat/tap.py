@@ -232,6 +232,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             _count("max-per-address", "connections"),
         ],
         [
+            "connect-rate",
+            None,
+            10.0,
+            "New connections per second accepted from one IP address (bursts of twice "
+            "that); faster ones are refused with a one-line reason.",
+            _positive("connect-rate", "connections per second"),
+        ],
+        [
             "send-queue",
             None,
             262144,
@@ -559,6 +567,7 @@ def makeService(options: Options) -> service.MultiService:
     factory.register_timeout = options["register-timeout"]
     factory.max_clients = options["max-clients"]
     factory.max_per_address = options["max-per-address"]
+    factory.connect_rate = options["connect-rate"]
     listener = ListenerService(
         options["endpoint"], factory, options["endpoint-description"], options["port-file"], reactor
     )
