@@ -213,6 +213,7 @@ def test_a_tls_connection_that_never_completes_its_handshake_is_dropped():
     h.factory.register_timeout = 20.0
     addr = IPv4Address("TCP", "127.0.0.1", 50000)
     protocol = h.factory.buildProtocol(addr)
+    assert protocol is not None
     transport = _TLSTransport()
     directlyProvides(transport, ISSLTransport)
     protocol.makeConnection(transport)
@@ -242,6 +243,10 @@ def test_new_connections_from_one_address_are_rate_limited():
     h.clock.advance(0.1)
     assert not isinstance(h.factory.buildProtocol(here), Refusal)  # one more per 0.1 s
     assert isinstance(h.factory.buildProtocol(here), Refusal)
+    h.clock.advance(1.0)
+    for _ in range(20):  # told why a second ago: now closed at once, silently
+        h.factory.buildProtocol(here)
+    assert h.factory.buildProtocol(here) is None
 
 
 def test_connection_rate_memory_is_bounded():
@@ -254,6 +259,131 @@ def test_connection_rate_memory_is_bounded():
     for i in range(MAX_TRACKED_ADDRESSES + 500):
         address = IPv4Address("TCP", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1)
         protocol = h.factory.buildProtocol(address)
+        assert protocol is not None
         protocol.makeConnection(StringTransport())
         protocol.connectionLost()
     assert len(h.factory._arrivals) == MAX_TRACKED_ADDRESSES
+
+
+# -- found in a second hostile trial -------------------------------------------------------
+
+
+def test_a_huge_msg_target_costs_no_unicode_work_and_is_not_echoed_whole(monkeypatch):
+    import twisted_chat.service as service_module
+
+    calls: list[str] = []
+    real = service_module.skeletons
+
+    def counting(name: str) -> tuple[str, ...]:
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(service_module, "skeletons", counting)
+    h = ProtocolHarness()
+    alice = h.connect("alice")
+    calls.clear()
+    alice.send(("/msg " + "\ufdfa" * 680 + " x\n").encode())
+    (error,) = alice.new_lines()
+    assert error.startswith("!!! no-such-nick: nobody is called") and len(error) < 100
+    assert calls == []  # far longer than any nickname: never normalised or folded
+    alice.send(("/join #" + "\ufdfa" * 600 + "\n").encode())
+    assert alice.new_lines()[0].startswith("!!! room-invalid: a room name is at most 32")
+
+
+def test_ipv6_addresses_are_counted_by_their_64():
+    from twisted.internet.address import IPv6Address
+
+    from twisted_chat.protocol import Refusal
+
+    h = ProtocolHarness()
+    h.factory.max_per_address = 20
+    built = [
+        h.factory.buildProtocol(IPv6Address("TCP", f"2001:db8::{i:x}", 1)) for i in range(1, 26)
+    ]
+    assert sum(isinstance(p, Refusal) for p in built) == 5
+
+
+def test_a_refusal_over_tls_is_an_abort_without_a_handshake():
+    from twisted.internet.interfaces import ISSLTransport
+    from zope.interface import directlyProvides
+
+    from twisted_chat.protocol import Refusal
+
+    class Aborted(StringTransport):
+        aborted = False
+
+        def abortConnection(self) -> None:
+            self.aborted = True
+
+    h = ProtocolHarness()
+    transport = Aborted()
+    directlyProvides(transport, ISSLTransport)
+    Refusal("the server is full", h.clock).makeConnection(transport)
+    assert transport.aborted and transport.value() == b""
+
+
+def test_refusals_are_logged_once_per_address_per_ten_seconds():
+    from twisted.internet.address import IPv4Address
+    from twisted.logger import globalLogPublisher
+
+    h = ProtocolHarness()
+    h.factory.max_per_address = 1
+    here = IPv4Address("TCP", "10.0.0.9", 1)
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
+    try:
+        h.factory.buildProtocol(here)  # accepted: now at the limit
+        for _ in range(500):
+            h.factory.buildProtocol(here)
+        h.clock.advance(10.0)
+        h.factory.buildProtocol(here)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)  # type: ignore[arg-type]
+    lines = [e for e in seen if e.get("log_format", "").startswith("refused {host}")]
+    assert [e["more"] for e in lines] == ["", " (499 more refused since the last line)"]
+
+
+def test_lines_sent_while_a_login_is_checked_stop_the_reading():
+    h = _login_harness()
+    assert h.factory.authenticator is not None
+    h.factory.authenticator.failure_floor = 5.0  # a slow answer, as when throttled
+    conn = h.connect()
+    conn.new_lines()
+    conn.send(b"/login alice wrong\n" + b"/ping\n" * 40)
+    assert conn.transport.producerState == "paused"
+    for _ in range(50):
+        conn.send(b"/ping\n" * 40)  # read anyway (a transport may deliver what it has)
+    h.clock.advance(5.0)
+    lines = conn.new_lines()
+    assert lines[0] == "!!! login-failed: wrong name or password (2 attempts left)"
+    assert conn.transport.disconnecting  # and the pile-up is a flood, as anywhere else
+
+
+def test_a_login_name_that_cannot_be_a_nickname_costs_an_attempt():
+    h = _login_harness()
+    conn = h.connect()
+    conn.new_lines()
+    for _ in range(3):
+        conn.send(b"/login admin pw\n")
+    assert conn.new_lines()[-1] == "*** Disconnected: too many failed logins"
+
+
+def test_other_protocols_and_sloppy_http_never_reach_a_room():
+    h = ProtocolHarness()
+    h.factory.seat_wait = 0.25
+    bob = h.connect("bob")
+    bob.new_lines()
+    for first in (
+        b"SSH-2.0-OpenSSH_9.2p1\r\n",
+        b"get / http/1.1\r\n",
+        b"GET  /  HTTP/1.1 \r\n",
+        b"OPTIONS sip:bob@example.org SIP/2.0\r\n",
+        b"OPTIONS rtsp://example.org/x RTSP/1.0\r\n",
+    ):
+        from tests.doubles import Connection
+
+        conn = Connection(h.factory, next(h._ports))
+        conn.send(first)
+        assert conn.transport.disconnecting, first
+    h.clock.advance(5)
+    assert bob.new_lines() == []

@@ -307,6 +307,7 @@ def test_connections_over_the_limits_are_refused_with_a_reason():
     def attempt(host: str) -> StringTransport:
         transport = StringTransport()
         protocol = h.factory.buildProtocol(IPv4Address("TCP", host, 5000))
+        assert protocol is not None
         protocol.makeConnection(transport)
         return transport
 

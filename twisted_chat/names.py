@@ -30,6 +30,9 @@ from typing import TypeVar
 from twisted_chat.errors import ChatError, NickInvalid, NickReserved, RoomInvalid
 
 NICK_MAX = 24
+# Characters typed may shrink under NFKC (ligatures, full-width forms); more than this
+# many times the limit can never fit, and is refused before normalising.
+RAW_SLACK = 4
 ROOM_MAX = 32
 LOBBY = "#lobby"
 
@@ -189,6 +192,15 @@ def skeleton(name: str) -> str:
     return _cached_skeleton(name)
 
 
+def could_be_nick(text: str) -> bool:
+    """Cheap first test for text that will be looked up as a nickname (a /msg target).
+
+    NFKC can turn one character into eighteen, and the skeleton runs three times per
+    lookup: text far longer than any nickname is answered without any of that work.
+    """
+    return 0 < len(text) <= NICK_MAX * RAW_SLACK
+
+
 def skeletons(name: str) -> tuple[str, ...]:
     """Every key ``name`` may collide on: as written, in small and in capital letters.
 
@@ -270,6 +282,8 @@ def validate_nick(raw: str) -> str:
     text = raw.strip()
     if not text:
         raise NickInvalid("a nickname cannot be empty")
+    if len(text) > NICK_MAX * RAW_SLACK:  # before any Unicode work, which grows with it
+        raise NickInvalid(f"a nickname is at most {NICK_MAX} characters")
     _refuse_invisible(text, "nickname", NickInvalid)  # before NFKC: name what was typed
     name = unicodedata.normalize("NFKC", text)
     _refuse_invisible(name, "nickname", NickInvalid)
@@ -303,6 +317,8 @@ def _room_char_ok(ch: str) -> bool:
 def validate_room(raw: str) -> str:
     """Return the room name as shown (always starting with '#'), or raise saying why."""
     text = raw.strip()
+    if len(text) > (ROOM_MAX + 1) * RAW_SLACK:
+        raise RoomInvalid(f"a room name is at most {ROOM_MAX} characters after '#'")
     _refuse_invisible(text, "room name", RoomInvalid)
     name = unicodedata.normalize("NFKC", text)
     _refuse_invisible(name, "room name", RoomInvalid)

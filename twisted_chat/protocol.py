@@ -35,6 +35,7 @@ from twisted_chat.auth import (
     LoginInUse,
     LoginRefused,
     LoginRequired,
+    network_key,
 )
 from twisted_chat.commands import Dispatcher, parse_format
 from twisted_chat.errors import ChatError
@@ -58,11 +59,15 @@ CLOSE_GRACE = 1.0
 DEFAULT_SEND_QUEUE = 256 * 1024
 DEFAULT_REGISTER_TIMEOUT = 30.0
 MAX_TRACKED_ADDRESSES = 10_000  # connection-rate buckets kept, least recently seen dropped
+REFUSAL_LOG_EVERY = 10.0  # seconds between log lines about one refused address
+REFUSAL_TELL_FOR = 1.0  # after one, its refusals say why for this long, then just close
 # How long a new connection may take to say what it is before it is seated as a guest:
 # lines sent at once (an HTTP request, or /format, /nick and /join from a client) are
 # looked at first, so nobody is shown a browser or a guest that only renames itself.
 DEFAULT_SEAT_WAIT = 0.25
-HTTP_REQUEST = re.compile(rb"[A-Z]{3,10} \S+ HTTP/\d(\.\d)?")
+# The request line of HTTP (and of RTSP and SIP, which look alike), however spaced or cased.
+HTTP_REQUEST = re.compile(rb"(?i)[a-z]{3,10}\s+\S+\s+(?:http|rtsp|sip)/\d(?:\.\d)?\s*")
+OTHER_PROTOCOL = re.compile(rb"SSH-\d\.\d-")  # an SSH client's first line
 SETUP_COMMANDS = (b"/format", b"/nick", b"/join")
 TLS_HANDSHAKE = b"\x16"  # the first byte of a TLS ClientHello record: not typed by people
 
@@ -304,8 +309,8 @@ class ChatLineProtocol(LineReceiver):
             lines.pop(0)
         return setup
 
-    def _not_a_chat_client(self, line: bytes | None) -> None:
-        """An HTTP request (``line``) or a TLS handshake (None) on the chat port.
+    def _not_a_chat_client(self, line: bytes | None, what: str = "") -> None:
+        """An HTTP request (``line``) or another protocol (``what``) on the chat port.
 
         Answered in HTTP for a browser.  A TLS client gets one plain line: it cannot show
         it, but reading it fails its handshake at once ("wrong version number") instead of
@@ -313,9 +318,10 @@ class ChatLineProtocol(LineReceiver):
         """
         assert self.transport is not None
         if line is None:
-            reason = "not a chat client: a TLS handshake on a plain port"
-            self.log.info("TLS handshake from {peer} refused: this port is plain", peer=self.peer)
-            answer = b"!!! refused: this port speaks plain text, not TLS\r\n"
+            reason = f"not a chat client: {what}"
+            self.log.info("{what} from {peer} refused", what=what, peer=self.peer)
+            speaks = "TLS" if "TLS" in what else "SSH"
+            answer = f"!!! refused: this port speaks plain text, not {speaks}\r\n".encode()
         else:
             reason = "not a chat client: an HTTP request"
             self.log.info(
@@ -393,6 +399,10 @@ class ChatLineProtocol(LineReceiver):
                     name=clean_text(name)[:40],
                     why=e.message,
                 )
+                self._attempts -= 1  # it costs an attempt like any other refusal
+                if self._attempts <= 0:
+                    self.close(Bye(ts=self.clock.seconds(), reason="too many failed logins"))
+                    return
                 self._tell(LoginFailed(f"this login cannot be used as a nickname: {e.message}"))
                 return
             try:
@@ -482,7 +492,7 @@ class ChatLineProtocol(LineReceiver):
         if self.member is not None:
             self.service.touch(self.member)
         if self._fresh and data[:1] == TLS_HANDSHAKE and self.member is None:
-            self._not_a_chat_client(None)  # a TLS client on a plain port
+            self._not_a_chat_client(None, "a TLS handshake on a plain port")
             return
         if self.governor is not None and self.governor.received(len(data), self.clock.seconds()):
             self.held_by = "bytes"  # whatever the bytes are, reading waits for the budget
@@ -501,6 +511,9 @@ class ChatLineProtocol(LineReceiver):
             first = lines[0]
             if isinstance(first, bytes) and HTTP_REQUEST.fullmatch(first):
                 self._not_a_chat_client(first)
+                return
+            if isinstance(first, bytes) and OTHER_PROTOCOL.match(first):
+                self._not_a_chat_client(None, "an SSH client")
                 return
             if self._seat_call is not None:
                 self._seat(self._setup_lines(lines))
@@ -561,6 +574,13 @@ class ChatLineProtocol(LineReceiver):
         if not self.pending:
             self.pending = None
         if self.state not in (Session.OPEN, Session.LOGIN):
+            return
+        if self._checking:
+            # A login is being checked (it may be made to wait for seconds): read nothing
+            # more until it is answered, or lines would pile up past every limit.
+            if not self._reading_paused and self.transport is not None:
+                self._reading_paused = True
+                cast(IPushProducer, self.transport).pauseProducing()
             return
         if governor is not None:
             wait = governor.reading_wait(now)
@@ -784,14 +804,19 @@ class ChatFactory(ServerFactory):
         # reconnecting in a loop costs an accept and a refusal, not a session each time.
         self.connect_rate: float | None = None
         self._arrivals: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._refusal_log: OrderedDict[str, list[float]] = OrderedDict()
         self.total = 0
         self.per_address: Counter[str] = Counter()
 
-    def buildProtocol(self, addr: object) -> Protocol:
-        host = str(getattr(addr, "host", "local"))
+    def buildProtocol(self, addr: object) -> Protocol | None:
+        # An IPv6 host usually holds a whole /64: counted as one address, not 2**64.
+        host = network_key(str(getattr(addr, "host", "local")))
         refusal = self._refusal(host)
         if refusal is not None:
-            self.log.warn("refused {host}: {reason}", host=host, reason=refusal)
+            if not self._log_refusal(host, refusal):
+                # Told why a moment ago and back already: None makes Twisted close the
+                # socket at once, the cheapest answer to a client connecting in a loop.
+                return None
             return Refusal(refusal, self.clock)
         proto = ChatLineProtocol(
             self.service,
@@ -883,6 +908,30 @@ class ChatFactory(ServerFactory):
             bucket.take(now)
         return None
 
+    def _log_refusal(self, host: str, reason: str) -> bool:
+        """One line per address per ``REFUSAL_LOG_EVERY`` seconds, with a count of the rest.
+
+        An address refused thousands of times a second must not fill the disk.  True
+        when the refused peer should be told why: the first time in a while.
+        """
+        now = self.clock.seconds()
+        entry = self._refusal_log.get(host)
+        if entry is not None and now < entry[0]:
+            entry[1] += 1
+            return now - (entry[0] - REFUSAL_LOG_EVERY) < REFUSAL_TELL_FOR
+        self._refusal_log[host] = [now + REFUSAL_LOG_EVERY, 0]
+        self._refusal_log.move_to_end(host)
+        if len(self._refusal_log) > MAX_TRACKED_ADDRESSES:
+            self._refusal_log.popitem(last=False)
+        more = entry[1] if entry is not None else 0
+        self.log.warn(
+            "refused {host}: {reason}{more}",
+            host=host,
+            reason=reason,
+            more=f" ({more} more refused since the last line)" if more else "",
+        )
+        return True
+
     def released(self, host: str) -> None:
         self.total -= 1
         self.per_address[host] -= 1
@@ -904,6 +953,11 @@ class Refusal(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        if ISSLTransport.providedBy(self.transport):
+            # Saying why would first cost a TLS handshake: the cost a flood of refused
+            # connections is meant to be spared.
+            self._abort()
+            return
         self.transport.write(f"!!! refused: {self.reason}\r\n".encode())
         self.transport.loseConnection()
         self._abort_call = self.clock.callLater(CLOSE_GRACE, self._abort)

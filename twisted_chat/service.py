@@ -59,6 +59,8 @@ from twisted_chat.interfaces import IChatService, IParticipant
 from twisted_chat.limits import InputLimits
 from twisted_chat.names import (
     LOBBY,
+    NICK_MAX,
+    could_be_nick,
     room_key,
     skeleton,
     skeletons,
@@ -254,6 +256,8 @@ class ChatService(service.Service):
         return nick
 
     def _owner(self, nick: str) -> Member | None:
+        if not could_be_nick(nick):
+            return None
         for key in skeletons(nick):
             member = self.nicks.get(key)
             if member is not None:
@@ -686,7 +690,7 @@ class ChatService(service.Service):
     def private(self, member: Member, nick: str, raw: str) -> None:
         target = self._owner(nick)
         if target is None:
-            raise NoSuchNick(f"nobody is called {clean_text(nick)!r}")
+            raise NoSuchNick(f"nobody is called {_short(clean_text(nick), NICK_MAX + 1)!r}")
         text = self._message_text(raw)
         event = Private(
             ts=self.clock.seconds(), sender=member.nick, recipient=target.nick, text_=text
