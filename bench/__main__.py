@@ -4,6 +4,7 @@
     python -m bench fanout --receivers 100 1000 --senders 1 10
     python -m bench latency --rates 500 2000
     python -m bench scale --clients 1000 5000 10000
+    python -m bench attack --rounds 3 --write   # members' latency and memory under attacks
 
 Extra options for our server (to try settings) go in ``GROUPCHAT_ARGS``, for example
 ``GROUPCHAT_ARGS='--flush-interval 0' python -m bench latency``.
@@ -34,6 +35,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from bench.attack import add_arguments as attack_arguments
+from bench.attack import run_attack
 from bench.common import (
     MARK,
     OUT,
@@ -499,7 +502,11 @@ def main() -> None:
         formatter_class=Help,
     )
     add = parser.add_argument
-    add("scenario", choices=["fanout", "latency", "scale", "all"], help="what to measure")
+    add(
+        "scenario",
+        choices=["fanout", "latency", "scale", "attack", "all"],
+        help="what to measure ('all' is the first three)",
+    )
     add("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS), help="which")
     add("--receivers", type=int, nargs="+", default=[10, 100, 1000], help="fanout: room sizes")
     add("--senders", type=int, nargs="+", default=[1, 10], help="fanout: senders per run")
@@ -517,6 +524,7 @@ def main() -> None:
     add("--clients", type=int, nargs="+", default=[1000, 5000, 10000], help="scale: sizes")
     add("--repeat", type=int, default=5, help="rounds; each round runs every server once")
     add("--timeout", type=float, default=60.0, help="longest wait for one run's deliveries")
+    attack_arguments(add)
     add(
         "--write",
         action="store_true",
@@ -533,6 +541,11 @@ def main() -> None:
             rows = run_fanout(args)
         elif scenario == "latency":
             rows = run_latency(args)
+        elif scenario == "attack":
+            rows = run_attack(args)
+            if args.write:  # its section of docs/PERFORMANCE.md is written by hand
+                write_results(scenario, rows, OUT)
+            continue
         else:
             from bench.scale import run_scale
 
