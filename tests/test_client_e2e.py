@@ -242,6 +242,15 @@ def test_client_reconnects_and_rejoins_after_a_server_restart(
     listener.expect(f"[#ops] <{observer2.nick}> welcome back")
 
 
+def _prompt_back(fd: int, buffer: bytearray, after: bytes) -> None:
+    """Wait until the prompt is drawn again after ``after``, printed above it."""
+    deadline = time.monotonic() + 15.0
+    while b"alice>" not in buffer[buffer.rfind(after) :]:
+        assert time.monotonic() < deadline, bytes(buffer[-500:])
+        if select.select([fd], [], [], 0.1)[0]:
+            buffer += os.read(fd, 65536)
+
+
 def _read_pty(fd: int, buffer: bytearray, until: bytes, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while until not in buffer:
@@ -277,6 +286,10 @@ def test_interactive_typing_survives_an_incoming_message(
     try:
         _read_pty(fd, screen, b"alice>")
         bob.expect("*** [#lobby] alice joined")  # it arrives under its name
+        # Type only when the prompt is back, as a person would: each line printed above
+        # it puts the terminal in cooked mode for a moment, where keys are the tty's.
+        _read_pty(fd, screen, b"now talking in #lobby")
+        _prompt_back(fd, screen, b"now talking in #lobby")
         os.write(fd, b"discard me")
         _read_pty(fd, screen, b"discard me")
         os.write(fd, b"\x03")  # Ctrl-C on a half-typed line clears it, and stays
@@ -284,6 +297,7 @@ def test_interactive_typing_survives_an_incoming_message(
         _read_pty(fd, screen, b"hello wor")
         bob.say("interrupting you")
         _read_pty(fd, screen, b"interrupting you")
+        _prompt_back(fd, screen, b"interrupting you")
         os.write(fd, b"ld\r")
         bob.expect("[#lobby] <alice> hello world")  # the typed line arrived whole
         assert bob.count("discard me") == 0

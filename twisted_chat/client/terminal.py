@@ -7,6 +7,7 @@ is never garbled; the prompt shows the current room and nickname.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import Any
 
@@ -139,7 +140,15 @@ async def run_terminal(app: ClientApp) -> None:
     """Runs under Twisted: the prompt loop is an asyncio task, awaited as a Deferred."""
     terminal = Terminal(app)
     app.start()
-    await defer.Deferred.fromFuture(asyncio.ensure_future(terminal.run()))
+    # Ctrl-C is a key here (clear the line, or leave on an empty one). But each line
+    # printed above the prompt puts the terminal in cooked mode for a moment, and a
+    # Ctrl-C typed then would arrive as SIGINT and end the client: ignore the signal
+    # while the prompt runs; the key binding does the rest.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        await defer.Deferred.fromFuture(asyncio.ensure_future(terminal.run()))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     terminal.show_status("leaving")
     await app.stop()
     if app.session.fatal is not None:
