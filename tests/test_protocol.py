@@ -466,18 +466,33 @@ def test_flush_interval_holds_output_under_load_but_not_after_a_quiet_spell():
     h.factory.flush_interval = 0.002
     alice = h.connect("alice")
     bob = h.connect("bob")
+    for nick in ("carol", "dave", "erin"):  # a room where one line reaches 4 members
+        h.connect(nick)
     h.clock.pump([0.002, 1])  # the joins' held flush, then a quiet second
     bob.new_lines()
     alice.send(b"first\n")
     assert bob.new_lines() == ["[#lobby] <alice> first"]  # quiet before: at once
     alice.send(b"second\n")
     alice.send(b"third\n")
-    assert bob.new_lines() == []  # held: the last flush was under 2 ms ago
+    assert bob.new_lines() == []  # held: the last flush, to 4 members, was under 2 ms ago
     h.clock.advance(0.002)
     assert bob.new_lines() == ["[#lobby] <alice> second", "[#lobby] <alice> third"]
     h.clock.advance(0.002)
     alice.send(b"/quit\n")  # a close writes what was held first
     assert bob.new_lines() == ["*** [#lobby] alice quit"]
+
+
+def test_answers_to_one_connection_do_not_hold_everyone_elses_lines():
+    h = ProtocolHarness()
+    h.factory.flush_interval = 0.002
+    pinger = h.connect("pinger")
+    alice = h.connect("alice")
+    bob = h.connect("bob")
+    h.clock.pump([0.002, 1])
+    bob.new_lines()
+    pinger.send(b"/ping 1\n")  # a flush that reaches one connection
+    alice.send(b"hello\n")  # right after it: not held for the interval
+    assert bob.new_lines() == ["[#lobby] <alice> hello"]
 
 
 def test_a_stray_key_or_space_before_a_command_does_not_post_it_to_the_room():

@@ -59,6 +59,7 @@ CLOSE_GRACE = 1.0
 DEFAULT_SEND_QUEUE = 256 * 1024
 DEFAULT_REGISTER_TIMEOUT = 30.0
 MAX_TRACKED_ADDRESSES = 10_000  # connection-rate buckets kept, least recently seen dropped
+HOLD_AFTER = 4  # recipients a flush must reach before later output is held (see end_batch)
 REFUSAL_LOG_EVERY = 10.0  # seconds between log lines about one refused address
 REFUSAL_TELL_FOR = 1.0  # after one, its refusals say why for this long, then just close
 # How long a new connection may take to say what it is before it is seated as a guest:
@@ -787,6 +788,7 @@ class ChatFactory(ServerFactory):
         self.dispatcher = Dispatcher(service)
         self.flush_interval = flush_interval
         self._last_flush = float("-inf")
+        self._last_flush_size = 0
         self._flush_call: IDelayedCall | None = None
         self.clock = clock
         self.max_line = max_line
@@ -856,7 +858,10 @@ class ChatFactory(ServerFactory):
             if self._flush_call is not None:
                 return  # a flush is already due; what was gathered waits for it
             wait = self._last_flush + self.flush_interval - self.clock.seconds()
-            if wait > 0 and self.dirty:
+            # Hold only after a flush that reached several members: a stream of single
+            # answers (pongs, errors, one connection's own traffic) is not the sustained
+            # broadcast the hold coalesces, and must not delay everyone else's lines.
+            if wait > 0 and self.dirty and self._last_flush_size >= HOLD_AFTER:
                 self._flush_call = self.clock.callLater(wait, self._timed_flush)
                 return
             self.flush()
@@ -876,13 +881,16 @@ class ChatFactory(ServerFactory):
             return
         self._last_flush = self.clock.seconds()
         self.batch_depth += 1
+        written = 0
         try:
             while self.dirty:
                 dirty, self.dirty = self.dirty, []
+                written += len(dirty)
                 for protocol in dirty:
                     protocol.flush_out()
         finally:
             self.batch_depth -= 1
+            self._last_flush_size = written
 
     def _refusal(self, host: str) -> str | None:
         if self.max_clients is not None and self.total >= self.max_clients:
