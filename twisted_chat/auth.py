@@ -108,6 +108,8 @@ def network_key(address: str) -> str:
     An IPv6 subscriber is usually given a whole /64, so one host could otherwise
     count as 2**64 addresses; IPv4 seen through an IPv6 socket is the IPv4 address.
     """
+    if ":" not in address:
+        return address  # IPv4 (or a UNIX socket's "local"): as it is, without parsing
     try:
         ip = ipaddress.ip_address(address.strip("[]").split("%")[0])
     except ValueError:
