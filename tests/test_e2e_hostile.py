@@ -132,3 +132,24 @@ def test_silent_connections_to_a_tls_port_are_closed_by_the_deadline(
         assert b"Welcome to groupchat" in tls.recv(4096)
     log = server.log()
     assert log.count("before login: no TLS handshake within 1 s") == 3, log
+
+
+def test_reconnecting_in_a_loop_to_a_tls_port_is_refused_cleanly(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    from tests.test_client_e2e import _make_certificate
+
+    key, cert, _ = _make_certificate(tmp_path)
+    server = start_server(
+        "--connect-rate", "1",
+        port=f"ssl:0:privateKey={key}:certKey={cert}:interface={HOST}",
+    )  # fmt: skip
+    deadline = time.monotonic() + 1.6  # past the second in which refusals say why
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            _raw(server.port).close()
+        time.sleep(0.03)
+    time.sleep(0.3)  # bounded: let the server take the last ones before reading its log
+    log = server.log()
+    assert "too many new connections from your address" in log
+    assert "Unhandled" not in log and "Traceback" not in log, log[-3000:]

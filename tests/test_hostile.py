@@ -246,7 +246,11 @@ def test_new_connections_from_one_address_are_rate_limited():
     h.clock.advance(1.0)
     for _ in range(20):  # told why a second ago: now closed at once, silently
         h.factory.buildProtocol(here)
-    assert h.factory.buildProtocol(here) is None
+    dropped = h.factory.buildProtocol(here)
+    transport = StringTransport()
+    dropped.makeConnection(transport)
+    assert not isinstance(dropped, Refusal) and transport.value() == b""
+    assert transport.disconnecting
 
 
 def test_connection_rate_memory_is_bounded():

@@ -810,15 +810,15 @@ class ChatFactory(ServerFactory):
         self.total = 0
         self.per_address: Counter[str] = Counter()
 
-    def buildProtocol(self, addr: object) -> Protocol | None:
+    def buildProtocol(self, addr: object) -> Protocol:
         # An IPv6 host usually holds a whole /64: counted as one address, not 2**64.
         host = network_key(str(getattr(addr, "host", "local")))
         refusal = self._refusal(host)
         if refusal is not None:
             if not self._log_refusal(host, refusal):
-                # Told why a moment ago and back already: None makes Twisted close the
-                # socket at once, the cheapest answer to a client connecting in a loop.
-                return None
+                # Told why a moment ago and back already: closed at once, unanswered.
+                # (Not None, which Twisted's TLS wrapper would fail on.)
+                return Dropped()
             return Refusal(refusal, self.clock)
         proto = ChatLineProtocol(
             self.service,
@@ -945,6 +945,15 @@ class ChatFactory(ServerFactory):
         self.per_address[host] -= 1
         if self.per_address[host] <= 0:
             del self.per_address[host]
+
+
+class Dropped(Protocol):
+    """Closes the connection at once, saying nothing: the cheapest refusal."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+        abort()
 
 
 class Refusal(Protocol):
