@@ -391,3 +391,37 @@ def test_other_protocols_and_sloppy_http_never_reach_a_room():
         assert conn.transport.disconnecting, first
     h.clock.advance(5)
     assert bob.new_lines() == []
+
+
+def test_a_flood_of_refusals_pauses_accepting_for_a_moment():
+    from twisted.internet.address import IPv4Address
+
+    from twisted_chat.protocol import ACCEPT_PAUSE, REFUSAL_BURST
+
+    class Port:
+        reading = True
+        pauses = 0
+
+        def stopReading(self) -> None:
+            self.reading = False
+            self.pauses += 1
+
+        def startReading(self) -> None:
+            self.reading = True
+
+    h = ProtocolHarness()
+    h.factory.max_per_address = 1
+    port = Port()
+    h.factory.listening_port = port
+    here = IPv4Address("TCP", "10.0.0.7", 1)
+    h.factory.buildProtocol(here)  # accepted: now at the limit
+    for _ in range(int(REFUSAL_BURST)):
+        h.factory.buildProtocol(here)
+    assert port.reading  # within the burst
+    for _ in range(50):
+        h.factory.buildProtocol(here)
+    assert not port.reading and port.pauses == 1  # paused once, however many more
+    h.clock.advance(ACCEPT_PAUSE)
+    assert port.reading and h.clock.getDelayedCalls() == []
+    h.factory.stop_pausing()
+    assert h.factory.listening_port is None

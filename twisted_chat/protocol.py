@@ -11,6 +11,7 @@ import contextlib
 import enum
 import re
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from typing import cast
 
 from twisted.internet import defer
@@ -59,6 +60,14 @@ CLOSE_GRACE = 1.0
 DEFAULT_SEND_QUEUE = 256 * 1024
 DEFAULT_REGISTER_TIMEOUT = 30.0
 MAX_TRACKED_ADDRESSES = 10_000  # connection-rate buckets kept, least recently seen dropped
+# Refusals a second the server makes before it stops accepting for ACCEPT_PAUSE: each one
+# costs an accept() (and on a TLS port an OpenSSL connection) before it can be refused,
+# so a client reconnecting as fast as it can would otherwise take the whole core.
+REFUSAL_BUDGET = 200.0
+# Refusals in a row before the budget applies.  Smaller bursts pause more often, and the
+# listen queue then overflows: measured, a newcomer waited 7.6 s at 20, 30-80 ms at 200.
+REFUSAL_BURST = 200.0
+ACCEPT_PAUSE = 0.05
 HOLD_AFTER = 4  # recipients a flush must reach before later output is held (see end_batch)
 REFUSAL_LOG_EVERY = 10.0  # seconds between log lines about one refused address
 REFUSAL_TELL_FOR = 1.0  # after one, its refusals say why for this long, then just close
@@ -807,6 +816,11 @@ class ChatFactory(ServerFactory):
         self.connect_rate: float | None = None
         self._arrivals: OrderedDict[str, TokenBucket] = OrderedDict()
         self._refusal_log: OrderedDict[str, list[float]] = OrderedDict()
+        # The listening port, set once listening, so a flood of refusals can pause it.
+        self.listening_port: object | None = None
+        self._refusals: TokenBucket | None = None
+        self._accept_resume: IDelayedCall | None = None
+        self._pauses = 0
         self.total = 0
         self.per_address: Counter[str] = Counter()
 
@@ -815,6 +829,7 @@ class ChatFactory(ServerFactory):
         host = network_key(str(getattr(addr, "host", "local")))
         refusal = self._refusal(host)
         if refusal is not None:
+            self._count_refusal()
             if not self._log_refusal(host, refusal):
                 # Told why a moment ago and back already: closed at once, unanswered.
                 # (Not None, which Twisted's TLS wrapper would fail on.)
@@ -915,6 +930,50 @@ class ChatFactory(ServerFactory):
                 )
             bucket.take(now)
         return None
+
+    def _count_refusal(self) -> None:
+        """Over ``REFUSAL_BUDGET`` refusals a second (bursts of ``REFUSAL_BURST``), stop
+        accepting for ``ACCEPT_PAUSE``.
+
+        Members keep their latency; newcomers wait a few milliseconds in the kernel's
+        listen queue.
+        """
+        now = self.clock.seconds()
+        if self._refusals is None:
+            self._refusals = TokenBucket(REFUSAL_BUDGET, REFUSAL_BURST, now)
+        self._refusals.take(now)
+        if self._refusals.tokens >= 0 or self._accept_resume is not None:
+            return
+        port = self.listening_port
+        stop = getattr(port, "stopReading", None)
+        start = getattr(port, "startReading", None)
+        if stop is None or start is None:
+            return
+        stop()
+        self._pauses += 1
+        if self._pauses == 1 or self._pauses % 100 == 0:
+            self.log.warn(
+                "refusing over {budget:g} connections a second: not accepting for "
+                "{pause:g} s at a time ({pauses} pauses so far)",
+                budget=REFUSAL_BUDGET,
+                pause=ACCEPT_PAUSE,
+                pauses=self._pauses,
+            )
+        self._accept_resume = self.clock.callLater(ACCEPT_PAUSE, self._resume_accepting, start)
+
+    def stop_pausing(self) -> None:
+        """The port is closing: no pause may outlive it."""
+        self.listening_port = None
+        if self._accept_resume is not None and self._accept_resume.active():
+            self._accept_resume.cancel()
+        self._accept_resume = None
+
+    def _resume_accepting(self, start: Callable[[], None]) -> None:
+        self._accept_resume = None
+        try:
+            start()
+        except Exception:
+            self.log.failure("resuming accepting failed")
 
     def _log_refusal(self, host: str, reason: str) -> bool:
         """One line per address per ``REFUSAL_LOG_EVERY`` seconds, with a count of the rest.

@@ -421,6 +421,7 @@ class ListenerService(service.Service):
         # for 13 ms or more mid-broadcast.  Frozen, later collections only walk what came after.
         gc.freeze()
         self.port = port
+        self.factory.listening_port = port  # so a flood of refusals can pause accepting
         address = port.getHost()
         where = describe_address(address)
         if self.description.startswith("ssl:"):
@@ -445,6 +446,7 @@ class ListenerService(service.Service):
         if self.port_file and self.port is not None:
             with contextlib.suppress(OSError):  # it says where we listen: not any more
                 os.remove(self.port_file)
+        self.factory.stop_pausing()
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()
