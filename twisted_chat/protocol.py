@@ -745,6 +745,11 @@ class ChatLineProtocol(LineReceiver):
                 self.why = final.reason
             self.transport.write(final.encode(self.format))
         self.state = Session.CLOSING
+        # Read nothing more: whatever the peer still sends is ignored anyway, and a
+        # flooder's megabytes would otherwise be copied in, 64 KiB a turn, until it goes.
+        if not self._reading_paused:
+            self._reading_paused = True
+            cast(IPushProducer, self.transport).pauseProducing()
         self.transport.loseConnection()
         # loseConnection waits for the peer to take our buffer; never wait for long.
         self._abort_call = self.clock.callLater(CLOSE_GRACE, self._abort)
