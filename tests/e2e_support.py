@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -115,6 +116,17 @@ class ServerProcess:
 
 
 ServerFactory = Callable[..., ServerProcess]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` every ``POLL_STEP`` until it holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        threading.Event().wait(min(POLL_STEP, remaining))
+    return True
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from tests.e2e_support import (
     server_env,
     set_nick,
     twistd_command,
+    wait_until,
 )
 
 # -- tests -------------------------------------------------------------------------------
@@ -449,10 +450,9 @@ def test_daemon_mode_reports_a_port_it_cannot_listen_on(
         assert f"groupchat: {why}: cannot listen on" in done.stderr, (case, done.stderr)
         assert not pidfile.exists(), case
         # The daemon reports to its parent first and writes the log as it exits.
-        log, deadline = folder / "twistd.log", time.monotonic() + 10
-        while "cannot listen on" not in log.read_text():
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        log = folder / "twistd.log"
+        logged = lambda log=log: "cannot listen on" in log.read_text()  # noqa: E731
+        assert wait_until(logged, 10), log.read_text()
 
 
 def test_daemon_mode_starts_and_serves(tmp_path: Path) -> None:
@@ -463,16 +463,11 @@ def test_daemon_mode_starts_and_serves(tmp_path: Path) -> None:
     assert done.returncode == 0, done
     pid = int(pidfile.read_text())
     try:
-        deadline = time.monotonic() + 15
-        while not port_file.exists():
-            assert time.monotonic() < deadline, (tmp_path / "twistd.log").read_text()
-            time.sleep(0.05)
+        assert wait_until(port_file.exists, 15), (tmp_path / "twistd.log").read_text()
         port = int(port_file.read_text().strip().rsplit(":", 1)[1])
         client = ChatClient.connect(port, "daemon")
         client.expect("Welcome to groupchat")
         client.close()
     finally:
         os.kill(pid, signal.SIGTERM)  # the daemon we started, by the PID it wrote
-        deadline = time.monotonic() + 10
-        while pidfile.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: not pidfile.exists(), 10)

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
     ISSLTransport,
+    ITransport,
 )
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
@@ -292,9 +293,7 @@ class ChatLineProtocol(LineReceiver):
         named = True
         if b"/nick" in setup:
             self.dispatcher.dispatch(member, "/nick " + setup[b"/nick"])
-            named = self.service.nick_in_use(setup[b"/nick"]) and (
-                self.service.nicks_match(member.nick, setup[b"/nick"])
-            )
+            named = self.service.nicks_match(member.nick, setup[b"/nick"])
         room = setup.get(b"/join")
         # Under a name it did not ask for, it does not go where it asked: that room would
         # see it as someone else.
@@ -361,10 +360,7 @@ class ChatLineProtocol(LineReceiver):
             self._send(answer)
             self.service.drop(self.member, reason)
             return
-        self.transport.write(answer)
-        self.state = Session.CLOSING
-        self.transport.loseConnection()
-        self._abort_call = self.clock.callLater(CLOSE_GRACE, self._abort)
+        self._end(answer)
 
     # -- login (only with --auth) ------------------------------------------------------
 
@@ -460,8 +456,7 @@ class ChatLineProtocol(LineReceiver):
             # Nothing can be said over TLS before the handshake: just end it.
             self.why = f"no TLS handshake within {timeout:g} s"
             self.state = Session.CLOSING
-            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
-            abort()
+            _abort_transport(self.transport)
         elif self.state is Session.LOGIN:
             self.close(Bye(ts=self.clock.seconds(), reason=f"no login within {timeout:g} s"))
 
@@ -740,10 +735,15 @@ class ChatLineProtocol(LineReceiver):
         if self.state not in (Session.OPEN, Session.LOGIN) or self.transport is None:
             return
         self.flush_out()
-        if final is not None:
-            if isinstance(final, Bye):
-                self.why = final.reason
-            self.transport.write(final.encode(self.format))
+        if final is not None and isinstance(final, Bye):
+            self.why = final.reason
+        self._end(final.encode(self.format) if final is not None else b"")
+
+    def _end(self, last: bytes) -> None:
+        """Write ``last``, stop reading, close, and abort if the peer stalls the close."""
+        assert self.transport is not None
+        if last:
+            self.transport.write(last)
         self.state = Session.CLOSING
         # Read nothing more: whatever the peer still sends is ignored anyway, and a
         # flooder's megabytes would otherwise be copied in, 64 KiB a turn, until it goes.
@@ -757,8 +757,13 @@ class ChatLineProtocol(LineReceiver):
     def _abort(self) -> None:
         self._abort_call = None
         if self.state is Session.CLOSING and self.transport is not None:
-            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
-            abort()
+            _abort_transport(self.transport)
+
+
+def _abort_transport(transport: ITransport) -> None:
+    """Close at once (an RST), where the transport can; otherwise close as usual."""
+    abort = getattr(transport, "abortConnection", None) or transport.loseConnection
+    abort()
 
 
 def _is_ping(item: bytes | LineTooLong) -> bool:
@@ -1016,8 +1021,7 @@ class Dropped(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
-        abort()
+        _abort_transport(self.transport)
 
 
 class Refusal(Protocol):
@@ -1046,8 +1050,7 @@ class Refusal(Protocol):
     def _abort(self) -> None:
         self._abort_call = None
         if self.transport is not None:
-            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
-            abort()
+            _abort_transport(self.transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._abort_call is not None and self._abort_call.active():

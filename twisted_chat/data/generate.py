@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     text = render(args.confusables.read_bytes(), args.properties.read_bytes())
     args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output} ({text.count(chr(10))} lines)")
+    sys.stdout.write(f"wrote {args.output} ({text.count(chr(10))} lines)\n")
 
 
 if __name__ == "__main__":
