@@ -435,9 +435,11 @@ async def _stop_attacker(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
-async def scenario(kind: str, server: Server, interval: float, tail: float) -> dict[str, Any]:
+async def scenario(
+    kind: str, server: Server, interval: float, tail: float, target: int
+) -> dict[str, Any]:
     pid = server.pid
-    attacker = await _spawn_attacker(kind, server.port, tail)
+    attacker = await _spawn_attacker(kind, target, tail)
     members: list[Any] = []
     talkers: list[asyncio.Task[None]] = []
     try:
@@ -600,10 +602,16 @@ def server_code() -> str:
     return head + (" + uncommitted changes" if changed else "")
 
 
-def one_run(kind: str, interval: float, tail: float) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp, attacked_server(kind, Path(tmp)) as server:
+def one_run(kind: str, interval: float, tail: float, decoy: bool = False) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        server = stack.enter_context(attacked_server(kind, Path(tmp)))
+        target = server.port
+        if decoy:
+            other = stack.enter_context(tempfile.TemporaryDirectory())
+            target = stack.enter_context(attacked_server(kind, Path(other))).port
         code = server_code()
-        row = run_loop(scenario(kind, server, interval, tail))
+        row = run_loop(scenario(kind, server, interval, tail, target))
         row["server_code"] = code
         row["server_args"] = shlex.join(server.args)
         row["server_log"] = server_reasons(server.log)
@@ -658,7 +666,7 @@ def run_attack(args: argparse.Namespace) -> list[dict[str, Any]]:
             best: dict[str, Any] | None = None
             for _ in range(2):
                 try:
-                    row = one_run(kind, args.interval, tail)
+                    row = one_run(kind, args.interval, tail, args.decoy)
                 except (OSError, RuntimeError, TimeoutError, ConnectionError) as e:
                     print(f"{kind:11} run failed: {e!r}", flush=True)
                     continue
@@ -761,6 +769,13 @@ def add_arguments(add: Callable[..., Any]) -> None:
         default=47.0,
         help="attack: first round only, how long the attacks the server lets live until "
         f"--flood-timeout ({', '.join(PERSISTENT)}) go on after the phase; 0: not at all",
+    )
+    add(
+        "--decoy",
+        action="store_true",
+        help="attack: a control run; the attack goes to a second server of ours on the same "
+        "core while the members measure the first, so the figures show what the machine "
+        "(kernel, shared cores) adds, not what the attacked server does",
     )
     add(
         "--interval",

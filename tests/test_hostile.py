@@ -246,11 +246,33 @@ def test_new_connections_from_one_address_are_rate_limited():
     h.clock.advance(1.0)
     for _ in range(20):  # told why a second ago: now closed at once, silently
         h.factory.buildProtocol(here)
-    dropped = h.factory.buildProtocol(here)
-    transport = StringTransport()
-    dropped.makeConnection(transport)
-    assert not isinstance(dropped, Refusal) and transport.value() == b""
-    assert transport.disconnecting
+    # None: the listening port closes the socket before any transport or TLS exists.
+    assert h.factory.buildProtocol(here) is None
+
+
+def test_over_tls_a_refused_connection_never_gets_tls_state():
+    from twisted.internet import endpoints
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.ssl import CertificateOptions
+    from twisted.internet.testing import MemoryReactor
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    from twisted_chat.protocol import ChatLineProtocol, RefusingTLSFactory
+    from twisted_chat.tap import listen
+
+    h = ProtocolHarness()
+    h.factory.max_per_address = 1
+    reactor = MemoryReactor()
+    endpoint = endpoints.SSL4ServerEndpoint(reactor, 0, CertificateOptions(), interface="::1")
+    listen(endpoint, h.factory)
+    ((port, tls, _, interface),) = reactor.tcpServers  # plain TCP, our own TLS wrapper
+    assert isinstance(tls, RefusingTLSFactory) and interface == "::1"
+    here = IPv4Address("TCP", "10.0.0.1", 1)
+    first = tls.buildProtocol(here)
+    assert isinstance(first, TLSMemoryBIOProtocol)
+    assert isinstance(first.wrappedProtocol, ChatLineProtocol)
+    assert tls.buildProtocol(here) is None  # over the limit: no reason can be said before
+    assert tls.buildProtocol(here) is None  # a handshake, so none is attempted
 
 
 def test_connection_rate_memory_is_bounded():

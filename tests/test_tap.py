@@ -37,6 +37,19 @@ def test_port_forms(port, description):
 
 
 @pytest.mark.parametrize(
+    "port,backlog",
+    [
+        ("9999", tap.LISTEN_BACKLOG),
+        (r"tcp6:9999:interface=\:\:1", tap.LISTEN_BACKLOG),
+        ("unix:/tmp/chat.sock", tap.LISTEN_BACKLOG),
+        ("tcp:9999:backlog=7", 7),  # the operator's own choice stands
+    ],
+)
+def test_listen_queue_outlasts_an_accept_pause(port, backlog):
+    assert parse("--port", port)["endpoint"]._backlog == backlog
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ["--port", "nonsense:1"],

@@ -17,6 +17,7 @@ from typing import cast
 from twisted.internet import defer
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import (
+    IAddress,
     IConsumer,
     IDelayedCall,
     IHandshakeListener,
@@ -28,6 +29,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -834,16 +836,16 @@ class ChatFactory(ServerFactory):
         self.total = 0
         self.per_address: Counter[str] = Counter()
 
-    def buildProtocol(self, addr: object) -> Protocol:
+    def buildProtocol(self, addr: object) -> Protocol | None:
         # An IPv6 host usually holds a whole /64: counted as one address, not 2**64.
         host = network_key(str(getattr(addr, "host", "local")))
         refusal = self._refusal(host)
         if refusal is not None:
             self._count_refusal()
             if not self._log_refusal(host, refusal):
-                # Told why a moment ago and back already: closed at once, unanswered.
-                # (Not None, which Twisted's TLS wrapper would fail on.)
-                return Dropped()
+                # Told why a moment ago and back already: the listening port closes the
+                # socket before any transport exists, the cheapest refusal there is.
+                return None
             return Refusal(refusal, self.clock)
         proto = ChatLineProtocol(
             self.service,
@@ -1016,12 +1018,20 @@ class ChatFactory(ServerFactory):
             del self.per_address[host]
 
 
-class Dropped(Protocol):
-    """Closes the connection at once, saying nothing: the cheapest refusal."""
+class RefusingTLSFactory(TLSMemoryBIOFactory):
+    """TLS that asks the chat factory first, so a refused connection costs no TLS state.
 
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        _abort_transport(self.transport)
+    Twisted's own wrapper builds an OpenSSL connection for every accepted socket before
+    the wrapped factory is asked; under a flood of refused connections that was most of
+    the server's work.  A refusal cannot be said before a handshake anyway, so every
+    refused connection is closed unanswered.
+    """
+
+    def buildProtocol(self, addr: IAddress | None) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
+        inner = self.wrappedFactory.buildProtocol(addr)
+        if inner is None or isinstance(inner, Refusal):
+            return None
+        return self.protocol(self, inner)
 
 
 class Refusal(Protocol):

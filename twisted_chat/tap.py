@@ -11,12 +11,12 @@ import gc
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
-from twisted.internet import defer
+from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
@@ -26,7 +26,7 @@ from twisted_chat.auth import Authenticator, LoginThrottle
 from twisted_chat.errors import ChatError
 from twisted_chat.limits import InputLimits
 from twisted_chat.names import skeleton
-from twisted_chat.protocol import ChatFactory
+from twisted_chat.protocol import ChatFactory, RefusingTLSFactory
 from twisted_chat.service import ChatService, HeartbeatPolicy
 
 
@@ -128,6 +128,21 @@ def endpoint_description(port: str) -> str:
             raise OptionError(f"--port {port} is not a port number (0 to 65535)")
         return f"tcp:{port}"
     return port
+
+
+# Twisted's default listen queue is 50.  While the server pauses accepting under a flood
+# of refused connections, a full queue makes the kernel drop newcomers' SYNs, and they
+# retry only after a second or more; with room for 1024 they wait for the pause instead.
+# (Linux caps it at net.core.somaxconn, 4096 by default.)
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """The endpoint description with our listen queue, unless it names one itself."""
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
 
 
 class Options(usage.Options, strcred.AuthOptionMixin):
@@ -346,7 +361,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 f"--idle-warning must be at most half of --heartbeat-timeout ({timeout / 2:g} s), "
                 f"not {self['idle-warning']:g}"
             )
-        from twisted.internet import endpoints, reactor
+        from twisted.internet import reactor
 
         description = endpoint_description(self["port"])
         if description.startswith("unix:"):
@@ -355,7 +370,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             if not os.path.isdir(folder):
                 raise OptionError(f"--port {self['port']!r}: there is no folder {folder}")
         try:
-            self["endpoint"] = endpoints.serverFromString(reactor, description)
+            self["endpoint"] = endpoints.serverFromString(reactor, with_backlog(description))
         except TypeError as e:
             raise OptionError(
                 f"--port {self['port']!r} is not usable ({e}); IPv6 addresses need their "
@@ -367,6 +382,24 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if isinstance(number, int) and not 0 <= number <= 65535:
             raise OptionError(f"--port {self['port']!r}: the port must be 0 to 65535")
         self["endpoint-description"] = description
+
+
+def listen(endpoint: Any, factory: ChatFactory) -> defer.Deferred[IListeningPort]:
+    """``endpoint.listen(factory)``, except that over TLS refusals come before TLS state.
+
+    Twisted's ``ssl:`` endpoint wraps the factory inside the reactor, where a refused
+    connection still costs an OpenSSL connection and its teardown.  The same listening
+    TCP port with our own wrapper (``RefusingTLSFactory``) asks the chat factory first.
+    """
+    if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
+        return defer.execute(
+            endpoint._reactor.listenTCP,
+            endpoint._port,
+            RefusingTLSFactory(endpoint._sslContextFactory, False, factory),
+            backlog=endpoint._backlog,
+            interface=endpoint._interface,
+        )
+    return cast(defer.Deferred[IListeningPort], endpoint.listen(factory))
 
 
 class ListenerService(service.Service):
@@ -409,7 +442,7 @@ class ListenerService(service.Service):
             else:
                 self._failed(failure)
 
-        self._waiting = self.endpoint.listen(self.factory)
+        self._waiting = listen(self.endpoint, self.factory)
         self._waiting.addCallbacks(self._listening, failed)
         starting = False
         if synchronous:
