@@ -34,9 +34,9 @@ from bench.common import (
     with_steal,
 )
 from bench.references import HOST
-from twisted_chat.events import Event, Format
-from twisted_chat.interfaces import IParticipant
-from twisted_chat.service import ChatService, HeartbeatPolicy
+from twisted_chat.core.events import Event, Format
+from twisted_chat.core.interfaces import IParticipant
+from twisted_chat.core.service import ChatService, HeartbeatPolicy
 
 INTERVAL = 5.0  # the server's --heartbeat-interval during the run
 TIMEOUT = 15.0  # and its --heartbeat-timeout: the run holds longer than this

@@ -11,11 +11,11 @@ from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from twisted_chat.events import Event, Format
-from twisted_chat.interfaces import IParticipant
-from twisted_chat.limits import InputLimits
-from twisted_chat.protocol import ChatFactory, ChatLineProtocol
-from twisted_chat.service import ChatService, HeartbeatPolicy, Member
+from twisted_chat.core.events import Event, Format
+from twisted_chat.core.interfaces import IParticipant
+from twisted_chat.core.service import ChatService, HeartbeatPolicy, Member
+from twisted_chat.doors.line import ChatFactory, ChatLineProtocol
+from twisted_chat.rules.limits import InputLimits
 
 TELNET_COMMAND = re.compile(rb"\xff[\xfb-\xfe].")
 

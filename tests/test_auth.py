@@ -18,11 +18,10 @@ from twisted.internet import defer, task
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from twisted_chat.auth import (
+from twisted_chat.core.errors import LoginFailed, LoginRefused
+from twisted_chat.rules.login import (
     MAX_KEYS,
     Authenticator,
-    LoginFailed,
-    LoginRefused,
     LoginThrottle,
     _duration,
     network_key,

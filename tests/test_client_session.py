@@ -9,7 +9,7 @@ from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
 from twisted_chat.client.session import RESTORED_TOKEN, ChatClientProtocol, ClientSession
-from twisted_chat.events import Format
+from twisted_chat.core.events import Format
 
 
 class Client:
@@ -272,7 +272,7 @@ def test_format_is_refused_locally_because_the_client_needs_json():
 
 def test_crowd_summaries_read_the_same_in_the_client_as_in_text_mode():
     from twisted_chat.client.render import system_line
-    from twisted_chat.events import Crowd
+    from twisted_chat.core.events import Crowd
 
     event = Crowd(
         ts=0,

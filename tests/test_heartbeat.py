@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.doubles import Harness
-from twisted_chat.service import HeartbeatPolicy
+from twisted_chat.core.service import HeartbeatPolicy
 
 
 def started(**policy):

@@ -9,8 +9,8 @@ from __future__ import annotations
 from twisted.internet.testing import StringTransport
 
 from tests.doubles import ProtocolHarness
-from twisted_chat.framing import SUB_MAX, TelnetError, TelnetFilter
-from twisted_chat.limits import InputGovernor, InputLimits
+from twisted_chat.doors.framing import SUB_MAX, TelnetError, TelnetFilter
+from twisted_chat.rules.limits import InputGovernor, InputLimits
 
 LIMITS = InputLimits(
     rate=5.0, burst=10.0, byte_rate=16384.0, byte_burst=65536.0, flood_timeout=20.0
@@ -152,7 +152,7 @@ def test_the_governor_measures_being_held_not_the_last_refill():
 def _login_harness() -> ProtocolHarness:
     from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 
-    from twisted_chat.auth import Authenticator
+    from twisted_chat.rules.login import Authenticator
 
     h = ProtocolHarness(limits=LIMITS)
     checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
@@ -230,7 +230,7 @@ def test_a_tls_connection_that_never_completes_its_handshake_is_dropped():
 def test_new_connections_from_one_address_are_rate_limited():
     from twisted.internet.address import IPv4Address
 
-    from twisted_chat.protocol import Refusal
+    from twisted_chat.doors.line import Refusal
 
     h = ProtocolHarness()
     h.factory.connect_rate = 10.0
@@ -257,7 +257,7 @@ def test_over_tls_a_refused_connection_never_gets_tls_state():
     from twisted.internet.testing import MemoryReactor
     from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-    from twisted_chat.protocol import ChatLineProtocol, RefusingTLSFactory
+    from twisted_chat.doors.line import ChatLineProtocol, RefusingTLSFactory
     from twisted_chat.tap import listen
 
     h = ProtocolHarness()
@@ -278,7 +278,7 @@ def test_over_tls_a_refused_connection_never_gets_tls_state():
 def test_connection_rate_memory_is_bounded():
     from twisted.internet.address import IPv4Address
 
-    from twisted_chat.protocol import MAX_TRACKED_ADDRESSES
+    from twisted_chat.doors.line import MAX_TRACKED_ADDRESSES
 
     h = ProtocolHarness()
     h.factory.connect_rate = 10.0
@@ -295,7 +295,7 @@ def test_connection_rate_memory_is_bounded():
 
 
 def test_a_huge_msg_target_costs_no_unicode_work_and_is_not_echoed_whole(monkeypatch):
-    import twisted_chat.service as service_module
+    import twisted_chat.core.service as service_module
 
     calls: list[str] = []
     real = service_module.skeletons
@@ -319,7 +319,7 @@ def test_a_huge_msg_target_costs_no_unicode_work_and_is_not_echoed_whole(monkeyp
 def test_ipv6_addresses_are_counted_by_their_64():
     from twisted.internet.address import IPv6Address
 
-    from twisted_chat.protocol import Refusal
+    from twisted_chat.doors.line import Refusal
 
     h = ProtocolHarness()
     h.factory.max_per_address = 20
@@ -333,7 +333,7 @@ def test_a_refusal_over_tls_is_an_abort_without_a_handshake():
     from twisted.internet.interfaces import ISSLTransport
     from zope.interface import directlyProvides
 
-    from twisted_chat.protocol import Refusal
+    from twisted_chat.doors.line import Refusal
 
     class Aborted(StringTransport):
         aborted = False
@@ -418,7 +418,7 @@ def test_other_protocols_and_sloppy_http_never_reach_a_room():
 def test_a_flood_of_refusals_pauses_accepting_for_a_moment():
     from twisted.internet.address import IPv4Address
 
-    from twisted_chat.protocol import ACCEPT_PAUSE, REFUSAL_BURST
+    from twisted_chat.doors.line import ACCEPT_PAUSE, REFUSAL_BURST
 
     class Port:
         reading = True

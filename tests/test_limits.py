@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.doubles import ProtocolHarness
-from twisted_chat.limits import InputLimits, TokenBucket
+from twisted_chat.rules.limits import InputLimits, TokenBucket
 
 LIMITS = InputLimits(
     rate=5.0, burst=10.0, byte_rate=16384.0, byte_burst=65536.0, flood_timeout=20.0

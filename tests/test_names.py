@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from twisted_chat.data.generate import render
-from twisted_chat.errors import ChatError, NickInvalid, NickReserved, RoomInvalid
-from twisted_chat.names import (
+from twisted_chat.core.data.generate import render
+from twisted_chat.core.errors import ChatError, NickInvalid, NickReserved, RoomInvalid
+from twisted_chat.core.names import (
     LOBBY,
     room_key,
     skeleton,
@@ -23,7 +23,7 @@ from twisted_chat.names import (
     validate_nick,
     validate_room,
 )
-from twisted_chat.service import GUEST_NAME
+from twisted_chat.core.service import GUEST_NAME
 
 FILLERS = ["\u115f", "\u1160", "\u3164", "\uffa0"]  # Hangul fillers: category Lo, blank
 
@@ -191,7 +191,7 @@ def test_room_names_with_invisible_characters_are_refused(filler):
 
 
 def test_data_file_names_its_source_and_version():
-    header = resources.files("twisted_chat.data").joinpath("names.txt").read_text("utf-8")
+    header = resources.files("twisted_chat.core.data").joinpath("names.txt").read_text("utf-8")
     assert f"confusables.txt, UTS #39 Version {unicode_version()}" in header
     assert "Default_Ignorable_Code_Point from DerivedCoreProperties" in header
 

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.doubles import ProtocolHarness
-from twisted_chat.framing import TOO_LONG, LineFramer, LineTooLong, TelnetFilter
-from twisted_chat.names import skeleton, validate_nick
-from twisted_chat.sanitize import clean_text, is_clean
+from twisted_chat.core.names import skeleton, validate_nick
+from twisted_chat.core.sanitize import clean_text, is_clean
+from twisted_chat.doors.framing import TOO_LONG, LineFramer, LineTooLong, TelnetFilter
 
 
 @given(st.text())
@@ -66,7 +66,7 @@ def test_protocol_survives_any_bytes(data):
 
 @given(st.text(max_size=30))
 def test_nick_validation_either_accepts_clean_name_or_raises_chat_error(raw):
-    from twisted_chat.errors import ChatError
+    from twisted_chat.core.errors import ChatError
 
     try:
         nick = validate_nick(raw)

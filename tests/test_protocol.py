@@ -328,7 +328,7 @@ def test_connections_over_the_limits_are_refused_with_a_reason():
 def _login_harness():
     from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 
-    from twisted_chat.auth import Authenticator
+    from twisted_chat.rules.login import Authenticator
 
     h = ProtocolHarness()
     checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", bob=b"hunter2")
@@ -510,7 +510,7 @@ def test_guest_names_cannot_log_in_and_the_refusal_is_logged():
     from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
     from twisted.logger import globalLogPublisher
 
-    from twisted_chat.auth import Authenticator
+    from twisted_chat.rules.login import Authenticator
 
     h = ProtocolHarness()
     checker = InMemoryUsernamePasswordDatabaseDontUse(guest3=b"pw")

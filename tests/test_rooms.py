@@ -10,10 +10,10 @@ import pytest
 
 from tests.doubles import Harness, RecordingParticipant
 from twisted_chat.client.render import system_line
-from twisted_chat.commands import Dispatcher
-from twisted_chat.errors import ServerRoomsFull, TooManyRooms
-from twisted_chat.events import Format, RoomList
-from twisted_chat.service import ROOMS_SHOWN, ChatService, Member
+from twisted_chat.core.commands import Dispatcher
+from twisted_chat.core.errors import ServerRoomsFull, TooManyRooms
+from twisted_chat.core.events import Format, RoomList
+from twisted_chat.core.service import ROOMS_SHOWN, ChatService, Member
 
 
 def _harness(**limits: Any) -> Harness:

@@ -6,7 +6,7 @@ import pytest
 from zope.interface.verify import verifyObject
 
 from tests.doubles import Harness, RecordingParticipant
-from twisted_chat.errors import (
+from twisted_chat.core.errors import (
     EmptyMessage,
     NickInvalid,
     NickReserved,
@@ -16,8 +16,8 @@ from twisted_chat.errors import (
     NotInRoom,
     RoomInvalid,
 )
-from twisted_chat.events import Format
-from twisted_chat.interfaces import IChatService
+from twisted_chat.core.events import Format
+from twisted_chat.core.interfaces import IChatService
 
 
 def test_service_provides_interface():

@@ -6,7 +6,7 @@ import pytest
 from twisted.application.service import IServiceCollection
 
 from twisted_chat import tap
-from twisted_chat.service import ChatService
+from twisted_chat.core.service import ChatService
 
 
 def parse(*args: str) -> tap.Options:

@@ -22,12 +22,12 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from twisted_chat import __version__
-from twisted_chat.auth import Authenticator, LoginThrottle
-from twisted_chat.errors import ChatError
-from twisted_chat.limits import InputLimits
-from twisted_chat.names import skeleton
-from twisted_chat.protocol import ChatFactory, RefusingTLSFactory
-from twisted_chat.service import ChatService, HeartbeatPolicy
+from twisted_chat.core.errors import ChatError
+from twisted_chat.core.names import skeleton
+from twisted_chat.core.service import ChatService, HeartbeatPolicy
+from twisted_chat.doors.line import ChatFactory, RefusingTLSFactory
+from twisted_chat.rules.limits import InputLimits
+from twisted_chat.rules.login import Authenticator, LoginThrottle
 
 
 class OptionError(SystemExit):

@@ -16,7 +16,7 @@ from twisted.internet import error
 from twisted.internet.interfaces import ISSLTransport
 from twisted.python.failure import Failure
 
-from twisted_chat.sanitize import clean_text
+from twisted_chat.core.sanitize import clean_text
 
 
 @dataclass(frozen=True)

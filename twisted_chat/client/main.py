@@ -82,8 +82,8 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def postOptions(self) -> None:
-        from twisted_chat.errors import ChatError
-        from twisted_chat.names import validate_nick, validate_room
+        from twisted_chat.core.errors import ChatError
+        from twisted_chat.core.names import validate_nick, validate_room
 
         if self["connect-timeout"] <= 0:
             raise usage.UsageError("--connect-timeout must be greater than 0")

@@ -11,8 +11,8 @@ import time
 import zlib
 from typing import Any
 
-from twisted_chat.events import describe_crowd
-from twisted_chat.sanitize import clean_text
+from twisted_chat.core.events import describe_crowd
+from twisted_chat.core.sanitize import clean_text
 
 Fragments = list[tuple[str, str]]
 

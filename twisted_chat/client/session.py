@@ -27,9 +27,9 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from twisted_chat.client.diagnose import ended_before_welcome, why_lost
-from twisted_chat.limits import TokenBucket
-from twisted_chat.names import skeleton
-from twisted_chat.sanitize import clean_text
+from twisted_chat.core.names import skeleton
+from twisted_chat.core.sanitize import clean_text
+from twisted_chat.rules.limits import TokenBucket
 
 Event = dict[str, Any]
 WELCOME_WAIT = 10.0

@@ -21,7 +21,7 @@ from twisted.internet import defer
 
 from twisted_chat.client.app import ClientApp
 from twisted_chat.client.render import Fragments, render
-from twisted_chat.sanitize import clean_text
+from twisted_chat.core.sanitize import clean_text
 
 STYLE = Style.from_dict(
     {

@@ -9,8 +9,8 @@ be typed in any case.  Accents are dropped.  Because ``I`` looks like ``l`` and 
 ignored, ``i``, ``I``, ``l`` and ``L`` cannot be kept apart, so the skeleton makes ``i``
 and ``l`` one letter: ``AIice``, ``ALlCE``, ``alice`` and a Cyrillic ``Аlice`` collide.
 
-The data (``twisted_chat/data/names.txt``) is generated from Unicode's own files by
-``python -m twisted_chat.data.generate``; its header names the versions.  Invisible
+The data (``twisted_chat/core/data/names.txt``) is generated from Unicode's own files by
+``python -m twisted_chat.core.data.generate``; its header names the versions.  Invisible
 characters (Default_Ignorable_Code_Point, such as the Hangul fillers and zero-width
 characters, and the blank Braille pattern) are refused outright: a skeleton could only
 drop them, and a name that hides characters cannot be trusted on sight.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TypeVar
 
-from twisted_chat.errors import ChatError, NickInvalid, NickReserved, RoomInvalid
+from twisted_chat.core.errors import ChatError, NickInvalid, NickReserved, RoomInvalid
 
 NICK_MAX = 24
 # Characters typed may shrink under NFKC (ligatures, full-width forms); more than this
@@ -159,14 +159,14 @@ def _parse(text: str) -> _Tables:
         elif kind == "unicode":
             version = rest.strip()
     if not prototypes or not starts or not version:
-        raise RuntimeError("twisted_chat/data/names.txt is incomplete: regenerate it")
+        raise RuntimeError("twisted_chat/core/data/names.txt is incomplete: regenerate it")
     return _Tables(version, prototypes, tuple(starts), tuple(ends), _case_repairs(prototypes))
 
 
 @functools.cache
 def _tables() -> _Tables:
     """Loaded on first use, so importing this module (the client does) costs nothing."""
-    text = resources.files("twisted_chat.data").joinpath("names.txt").read_text("utf-8")
+    text = resources.files("twisted_chat.core.data").joinpath("names.txt").read_text("utf-8")
     return _parse(text)
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from twisted_chat.events import Event, Format
+    from twisted_chat.core.events import Event, Format
 
 
 class IParticipant(Interface):
@@ -52,7 +52,7 @@ class IParticipant(Interface):
 class IChatService(Interface):
     """The chat core: members, rooms, the nickname registry, fan-out and heartbeats.
 
-    Every command method raises a ``twisted_chat.errors.ChatError`` with a message fit for
+    Every command method raises a ``twisted_chat.core.errors.ChatError`` with a message fit for
     the user when the request cannot be served; none of them returns a Deferred.
     """
 

@@ -11,17 +11,17 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
-from twisted_chat.errors import (
+from twisted_chat.core.errors import (
     BadArguments,
     ChatError,
     NotNeeded,
     UnknownCommand,
     UnsupportedFormat,
 )
-from twisted_chat.events import Error, Format, Help
-from twisted_chat.interfaces import IParticipant
-from twisted_chat.sanitize import clean_text
-from twisted_chat.service import ChatService, Member
+from twisted_chat.core.events import Error, Format, Help
+from twisted_chat.core.interfaces import IParticipant
+from twisted_chat.core.sanitize import clean_text
+from twisted_chat.core.service import ChatService, Member
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""Domain errors: each carries a stable wire code and a message fit for the user.
+"""Every error a user may be told about, in one place: a stable wire code each (the
+``error`` codes of docs/PROTOCOL.md) and a message fit for the user.
 
-The dispatcher is the one place that turns these into ``error`` events; adapters never
-format errors themselves.
+The dispatcher is the one place that turns these into ``error`` events; front doors and
+rules raise them and never format errors themselves.
 """
 
 from __future__ import annotations
@@ -75,3 +76,35 @@ class NotNeeded(ChatError):
 
 class UnsupportedFormat(ChatError):
     code = "bad-format"
+
+
+# -- input, found by the rules every connection obeys ----------------------------------
+
+
+class LineTooLongError(ChatError):
+    code = "line-too-long"
+
+
+class InvalidUTF8(ChatError):
+    code = "invalid-utf8"
+
+
+# -- logging in (servers with --auth) -----------------------------------------------------
+
+
+class LoginFailed(ChatError):
+    code = "login-failed"
+
+
+class LoginRefused(ChatError):
+    """Too many recent failures: the password was not checked.  The connection closes."""
+
+    code = "login-refused"
+
+
+class LoginInUse(ChatError):
+    code = "login-in-use"
+
+
+class LoginRequired(ChatError):
+    code = "login-required"

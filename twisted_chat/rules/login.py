@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from twisted_chat.errors import ChatError
+from twisted_chat.core.errors import LoginFailed, LoginRefused
 
 MAX_ATTEMPTS = 3
 # Longer than any check takes (a dict lookup, or a hash callback): every failure is
@@ -38,24 +38,6 @@ MAX_ATTEMPTS = 3
 FAILURE_FLOOR = 0.25
 MAX_KEYS = 10_000  # per table: addresses, names, trusted (address, name) pairs
 TRUST_FOR = 7 * 24 * 3600.0
-
-
-class LoginFailed(ChatError):
-    code = "login-failed"
-
-
-class LoginRefused(ChatError):
-    """Too many recent failures: the password was not checked.  The connection closes."""
-
-    code = "login-refused"
-
-
-class LoginInUse(ChatError):
-    code = "login-in-use"
-
-
-class LoginRequired(ChatError):
-    code = "login-required"
 
 
 # -- the throttle: a pure rule, told the time ------------------------------------------

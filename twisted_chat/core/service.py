@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted_chat import __version__
-from twisted_chat.errors import (
+from twisted_chat.core.errors import (
     ChatError,
     EmptyMessage,
     NickReserved,
@@ -32,7 +32,7 @@ from twisted_chat.errors import (
     ServerRoomsFull,
     TooManyRooms,
 )
-from twisted_chat.events import (
+from twisted_chat.core.events import (
     Action,
     Batch,
     Bye,
@@ -55,9 +55,8 @@ from twisted_chat.events import (
     TimedOut,
     Welcome,
 )
-from twisted_chat.interfaces import IChatService, IParticipant
-from twisted_chat.limits import InputLimits
-from twisted_chat.names import (
+from twisted_chat.core.interfaces import IChatService, IParticipant
+from twisted_chat.core.names import (
     LOBBY,
     NICK_MAX,
     could_be_nick,
@@ -67,7 +66,8 @@ from twisted_chat.names import (
     validate_nick,
     validate_room,
 )
-from twisted_chat.sanitize import clean_text
+from twisted_chat.core.sanitize import clean_text
+from twisted_chat.rules.limits import InputLimits
 
 TOKEN_MAX = 64
 SHOWN = 20  # names listed per kind in a crowd summary; the rest are counted

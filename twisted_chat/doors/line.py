@@ -33,19 +33,21 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_chat.auth import (
-    Authenticator,
+from twisted_chat.core.commands import Dispatcher, parse_format
+from twisted_chat.core.errors import (
+    ChatError,
+    InvalidUTF8,
+    LineTooLongError,
     LoginFailed,
     LoginInUse,
     LoginRefused,
     LoginRequired,
-    network_key,
 )
-from twisted_chat.commands import Dispatcher, parse_format
-from twisted_chat.errors import ChatError
-from twisted_chat.events import Bye, Event, Format, LoginNeeded, SlowDown
-from twisted_chat.fastwrite import can_write_directly, write_now
-from twisted_chat.framing import (
+from twisted_chat.core.events import Bye, Event, Format, LoginNeeded, SlowDown
+from twisted_chat.core.interfaces import IParticipant
+from twisted_chat.core.sanitize import clean_text
+from twisted_chat.core.service import ChatService, Member
+from twisted_chat.doors.framing import (
     DO,
     IAC,
     TIMING_MARK,
@@ -54,10 +56,9 @@ from twisted_chat.framing import (
     TelnetError,
     TelnetFilter,
 )
-from twisted_chat.interfaces import IParticipant
-from twisted_chat.limits import InputGovernor, InputLimits, TokenBucket
-from twisted_chat.sanitize import clean_text
-from twisted_chat.service import ChatService, Member
+from twisted_chat.fastwrite import can_write_directly, write_now
+from twisted_chat.rules.limits import InputGovernor, InputLimits, TokenBucket
+from twisted_chat.rules.login import Authenticator, network_key
 
 CLOSE_GRACE = 1.0
 DEFAULT_SEND_QUEUE = 256 * 1024
@@ -83,14 +84,6 @@ HTTP_REQUEST = re.compile(rb"(?i)[a-z]{3,10}\s+\S+\s+(?:http|rtsp|sip)/\d(?:\.\d
 OTHER_PROTOCOL = re.compile(rb"SSH-\d\.\d-")  # an SSH client's first line
 SETUP_COMMANDS = (b"/format", b"/nick", b"/join")
 TLS_HANDSHAKE = b"\x16"  # the first byte of a TLS ClientHello record: not typed by people
-
-
-class LineTooLongError(ChatError):
-    code = "line-too-long"
-
-
-class InvalidUTF8(ChatError):
-    code = "invalid-utf8"
 
 
 class Session(enum.Enum):
