@@ -15,6 +15,7 @@ from twisted_chat.core.events import Event, Format
 from twisted_chat.core.interfaces import IParticipant
 from twisted_chat.core.service import ChatService, HeartbeatPolicy, Member
 from twisted_chat.doors.line import ChatFactory, ChatLineProtocol
+from twisted_chat.rules.connection import Rules
 from twisted_chat.rules.limits import InputLimits
 
 TELNET_COMMAND = re.compile(rb"\xff[\xfb-\xfe].")
@@ -109,9 +110,10 @@ class ProtocolHarness:
         self.service = ChatService(
             self.clock, HeartbeatPolicy(**policy), max_line=max_line, limits=limits
         )
-        self.factory = ChatFactory(self.service, self.clock, max_line=max_line, limits=limits)
-        self.factory.send_queue = 1 << 20
-        self.factory.seat_wait = 0.0  # seated at connect; tests of the wait set it
+        self.rules = Rules(self.service, self.clock, max_line=max_line, limits=limits)
+        self.rules.send_queue = 1 << 20
+        self.rules.seat_wait = 0.0  # seated at connect; tests of the wait set it
+        self.factory = ChatFactory(self.rules)
         self._ports = iter(range(40000, 50000))
 
     def connect(self, nick: str | None = None) -> Connection:

@@ -11,7 +11,7 @@ SEAT_WAIT = 0.25
 
 def _harness() -> ProtocolHarness:
     h = ProtocolHarness()
-    h.factory.seat_wait = SEAT_WAIT
+    h.rules.seat_wait = SEAT_WAIT
     return h
 
 
@@ -111,7 +111,7 @@ def test_a_connection_gone_before_it_was_seated_leaves_nothing_behind():
     gone = _arrive(h)
     gone.protocol.connectionLost()
     assert h.clock.getDelayedCalls() == []
-    assert h.service.members == {} and h.factory.total == 0
+    assert h.service.members == {} and h.rules.admission.total == 0
 
 
 def test_a_tls_client_on_the_plain_port_is_closed_without_reaching_a_room():

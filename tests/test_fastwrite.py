@@ -63,6 +63,56 @@ def test_direct_sends_keep_every_byte_in_order_past_a_full_socket():
     assert data == b"".join(_payload(n) for n in range(COUNT))
 
 
+class Inspector(protocol.Protocol):
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.factory.seen.callback(self.transport)
+        self.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_installed_twisted_still_offers_what_write_now_reads():
+    """CI installs the newest Twisted: if a release renames what ``write_now`` reads, this
+    fails and names it, instead of the server quietly losing its fast path."""
+    from twisted.internet import reactor, tcp
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    from twisted_chat.fastwrite import missing
+
+    factory = protocol.ServerFactory.forProtocol(Inspector)
+    factory.seen = defer.Deferred()  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)  # type: ignore[attr-defined]
+        client = yield endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
+        transport = yield factory.seen.addTimeout(10, reactor)  # type: ignore[attr-defined]
+        client.transport.loseConnection()
+    finally:
+        yield port.stopListening()
+    assert type(transport) is tcp.Server, type(transport)
+    assert missing(transport) == [], f"Twisted no longer has {missing(transport)}"
+    assert isinstance(transport.dataBuffer, bytes) and isinstance(transport.offset, int)
+    assert isinstance(transport._tempDataBuffer, list)
+    assert transport.TLS is False and transport._writeDisconnected is False
+    assert can_write_directly(transport)
+
+
+def test_a_tcp_transport_without_those_attributes_is_refused_and_said_once():
+    from twisted.internet import tcp
+    from twisted.logger import capturedLogs
+
+    from twisted_chat import fastwrite
+
+    stripped = tcp.Server.__new__(tcp.Server)  # no __init__: none of its attributes
+    fastwrite._warned.clear()
+    with capturedLogs() as events:
+        assert not can_write_directly(stripped)
+        assert not can_write_directly(stripped)
+    warnings = [e for e in events if "without the fast path" in e["log_format"]]
+    assert len(warnings) == 1 and "socket" in warnings[0]["missing"]
+    fastwrite._warned.clear()
+
+
 def test_only_plain_tcp_is_written_directly():
     assert not can_write_directly(StringTransport())
 

@@ -73,7 +73,7 @@ def test_answers_to_our_timing_mark_are_counted_not_answered():
 
 def test_a_peer_that_never_reads_cannot_grow_our_output_with_negotiation():
     h = ProtocolHarness(limits=LIMITS)
-    h.factory.send_queue = 4096
+    h.rules.send_queue = 4096
     mallory = h.connect("mallory")
     mallory.protocol.gate.pauseProducing()  # its transport is full: it does not read
     before = len(mallory.output())
@@ -156,13 +156,13 @@ def _login_harness() -> ProtocolHarness:
 
     h = ProtocolHarness(limits=LIMITS)
     checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
-    h.factory.authenticator = Authenticator([checker], h.clock, attempts=3, failure_floor=0)
+    h.rules.authenticator = Authenticator([checker], h.clock, attempts=3, failure_floor=0)
     return h
 
 
 def test_the_send_queue_is_enforced_before_login():
     h = _login_harness()
-    h.factory.send_queue = 4096
+    h.rules.send_queue = 4096
     conn = h.connect()
     conn.protocol.gate.pauseProducing()
     conn.new_lines()
@@ -178,7 +178,7 @@ def test_the_send_queue_is_enforced_before_login():
 
 def test_a_connection_must_register_within_the_deadline_from_accept():
     h = _login_harness()
-    h.factory.register_timeout = 20.0
+    h.rules.register_timeout = 20.0
     conn = h.connect()
     conn.new_lines()
     h.clock.advance(19.9)
@@ -210,18 +210,18 @@ def test_a_tls_connection_that_never_completes_its_handshake_is_dropped():
     from zope.interface import directlyProvides
 
     h = ProtocolHarness()
-    h.factory.register_timeout = 20.0
+    h.rules.register_timeout = 20.0
     addr = IPv4Address("TCP", "127.0.0.1", 50000)
     protocol = h.factory.buildProtocol(addr)
     assert protocol is not None
     transport = _TLSTransport()
     directlyProvides(transport, ISSLTransport)
     protocol.makeConnection(transport)
-    assert h.factory.per_address["127.0.0.1"] == 1
+    assert h.rules.admission.per_address["127.0.0.1"] == 1
     h.clock.advance(20.0)
     assert transport.aborted and transport.value() == b""
     protocol.connectionLost()
-    assert h.factory.per_address["127.0.0.1"] == 0 and h.service.members == {}
+    assert h.rules.admission.per_address["127.0.0.1"] == 0 and h.service.members == {}
 
 
 # -- reconnecting in a loop ---------------------------------------------------------------
@@ -233,7 +233,7 @@ def test_new_connections_from_one_address_are_rate_limited():
     from twisted_chat.doors.line import Refusal
 
     h = ProtocolHarness()
-    h.factory.connect_rate = 10.0
+    h.rules.admission.connect_rate = 10.0
     here, there = IPv4Address("TCP", "10.0.0.1", 1), IPv4Address("TCP", "10.0.0.2", 1)
     built = [h.factory.buildProtocol(here) for _ in range(25)]
     refused = [p for p in built if isinstance(p, Refusal)]
@@ -261,7 +261,7 @@ def test_over_tls_a_refused_connection_never_gets_tls_state():
     from twisted_chat.tap import listen
 
     h = ProtocolHarness()
-    h.factory.max_per_address = 1
+    h.rules.admission.max_per_address = 1
     reactor = MemoryReactor()
     endpoint = endpoints.SSL4ServerEndpoint(reactor, 0, CertificateOptions(), interface="::1")
     listen(endpoint, h.factory)
@@ -278,17 +278,17 @@ def test_over_tls_a_refused_connection_never_gets_tls_state():
 def test_connection_rate_memory_is_bounded():
     from twisted.internet.address import IPv4Address
 
-    from twisted_chat.doors.line import MAX_TRACKED_ADDRESSES
+    from twisted_chat.rules.admission import MAX_TRACKED_ADDRESSES
 
     h = ProtocolHarness()
-    h.factory.connect_rate = 10.0
+    h.rules.admission.connect_rate = 10.0
     for i in range(MAX_TRACKED_ADDRESSES + 500):
         address = IPv4Address("TCP", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1)
         protocol = h.factory.buildProtocol(address)
         assert protocol is not None
         protocol.makeConnection(StringTransport())
         protocol.connectionLost()
-    assert len(h.factory._arrivals) == MAX_TRACKED_ADDRESSES
+    assert len(h.rules.admission._arrivals) == MAX_TRACKED_ADDRESSES
 
 
 # -- found in a second hostile trial -------------------------------------------------------
@@ -322,7 +322,7 @@ def test_ipv6_addresses_are_counted_by_their_64():
     from twisted_chat.doors.line import Refusal
 
     h = ProtocolHarness()
-    h.factory.max_per_address = 20
+    h.rules.admission.max_per_address = 20
     built = [
         h.factory.buildProtocol(IPv6Address("TCP", f"2001:db8::{i:x}", 1)) for i in range(1, 26)
     ]
@@ -353,7 +353,7 @@ def test_refusals_are_logged_once_per_address_per_ten_seconds():
     from twisted.logger import globalLogPublisher
 
     h = ProtocolHarness()
-    h.factory.max_per_address = 1
+    h.rules.admission.max_per_address = 1
     here = IPv4Address("TCP", "10.0.0.9", 1)
     seen: list[dict] = []
     globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
@@ -371,8 +371,8 @@ def test_refusals_are_logged_once_per_address_per_ten_seconds():
 
 def test_lines_sent_while_a_login_is_checked_stop_the_reading():
     h = _login_harness()
-    assert h.factory.authenticator is not None
-    h.factory.authenticator.failure_floor = 5.0  # a slow answer, as when throttled
+    assert h.rules.authenticator is not None
+    h.rules.authenticator.failure_floor = 5.0  # a slow answer, as when throttled
     conn = h.connect()
     conn.new_lines()
     conn.send(b"/login alice wrong\n" + b"/ping\n" * 40)
@@ -396,7 +396,7 @@ def test_a_login_name_that_cannot_be_a_nickname_costs_an_attempt():
 
 def test_other_protocols_and_sloppy_http_never_reach_a_room():
     h = ProtocolHarness()
-    h.factory.seat_wait = 0.25
+    h.rules.seat_wait = 0.25
     bob = h.connect("bob")
     bob.new_lines()
     for first in (
@@ -418,7 +418,7 @@ def test_other_protocols_and_sloppy_http_never_reach_a_room():
 def test_a_flood_of_refusals_pauses_accepting_for_a_moment():
     from twisted.internet.address import IPv4Address
 
-    from twisted_chat.doors.line import ACCEPT_PAUSE, REFUSAL_BURST
+    from twisted_chat.rules.admission import ACCEPT_PAUSE, REFUSAL_BURST
 
     class Port:
         reading = True
@@ -432,9 +432,10 @@ def test_a_flood_of_refusals_pauses_accepting_for_a_moment():
             self.reading = True
 
     h = ProtocolHarness()
-    h.factory.max_per_address = 1
-    port = Port()
-    h.factory.listening_port = port
+    h.rules.admission.max_per_address = 1
+    port, other = Port(), Port()  # every listening port pauses: the limits are shared
+    h.rules.admission.listening(port)
+    h.rules.admission.listening(other)
     here = IPv4Address("TCP", "10.0.0.7", 1)
     h.factory.buildProtocol(here)  # accepted: now at the limit
     for _ in range(int(REFUSAL_BURST)):
@@ -443,7 +444,12 @@ def test_a_flood_of_refusals_pauses_accepting_for_a_moment():
     for _ in range(50):
         h.factory.buildProtocol(here)
     assert not port.reading and port.pauses == 1  # paused once, however many more
+    assert not other.reading and other.pauses == 1
     h.clock.advance(ACCEPT_PAUSE)
-    assert port.reading and h.clock.getDelayedCalls() == []
-    h.factory.stop_pausing()
-    assert h.factory.listening_port is None
+    assert port.reading and other.reading and h.clock.getDelayedCalls() == []
+    for _ in range(300):  # paused again; then the ports close: no pause outlives them
+        h.factory.buildProtocol(here)
+    assert not port.reading
+    h.rules.admission.closing(port)
+    h.rules.admission.closing(other)
+    assert h.rules.admission.ports == [] and h.clock.getDelayedCalls() == []

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from tests.doubles import ProtocolHarness
 from twisted_chat.core.names import skeleton, validate_nick
 from twisted_chat.core.sanitize import clean_text, is_clean
-from twisted_chat.doors.framing import TOO_LONG, LineFramer, LineTooLong, TelnetFilter
+from twisted_chat.doors.framing import LineFramer, TelnetFilter
+from twisted_chat.rules.limits import TOO_LONG, LineTooLong
 
 
 @given(st.text())

@@ -263,7 +263,7 @@ def test_format_without_argument_is_bad_arguments():
 
 def test_member_that_stops_reading_is_dropped_when_its_send_queue_overflows():
     h = ProtocolHarness(max_line=2048)
-    h.factory.send_queue = 8192
+    h.rules.send_queue = 8192
     alice = h.connect("alice")
     bob = h.connect("bob")
     carol = h.connect("carol")
@@ -300,8 +300,8 @@ def test_connections_over_the_limits_are_refused_with_a_reason():
     from twisted.internet.testing import StringTransport
 
     h = ProtocolHarness()
-    h.factory.max_per_address = 2
-    h.factory.max_clients = 3
+    h.rules.admission.max_per_address = 2
+    h.rules.admission.max_clients = 3
     first, second = h.connect(), h.connect()  # both from 127.0.0.1
 
     def attempt(host: str) -> StringTransport:
@@ -320,9 +320,9 @@ def test_connections_over_the_limits_are_refused_with_a_reason():
     assert b"the server is full (3 connections)" in full.value()
     first.protocol.connectionLost()
     assert b"Welcome" in attempt("127.0.0.1").value()  # a freed slot is reusable
-    assert h.factory.total == 3 and h.factory.per_address["127.0.0.1"] == 2
+    assert h.rules.admission.total == 3 and h.rules.admission.per_address["127.0.0.1"] == 2
     second.protocol.connectionLost()
-    assert h.factory.per_address["127.0.0.1"] == 1
+    assert h.rules.admission.per_address["127.0.0.1"] == 1
 
 
 def _login_harness():
@@ -332,7 +332,7 @@ def _login_harness():
 
     h = ProtocolHarness()
     checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", bob=b"hunter2")
-    h.factory.authenticator = Authenticator([checker], h.clock, attempts=3, failure_floor=0)
+    h.rules.authenticator = Authenticator([checker], h.clock, attempts=3, failure_floor=0)
     return h
 
 
@@ -381,7 +381,7 @@ def test_a_logged_in_name_cannot_be_taken_twice():
 
 def test_json_login_exchange_and_login_timeout():
     h = _login_harness()
-    h.factory.register_timeout = 5.0
+    h.rules.register_timeout = 5.0
     conn = h.connect()
     conn.new_lines()
     conn.send(b"/format json\n")
@@ -463,7 +463,7 @@ def test_one_turn_is_rendered_per_recipient_format_and_format_switch_keeps_earli
 
 def test_flush_interval_holds_output_under_load_but_not_after_a_quiet_spell():
     h = ProtocolHarness()
-    h.factory.flush_interval = 0.002
+    h.rules.batcher.flush_interval = 0.002
     alice = h.connect("alice")
     bob = h.connect("bob")
     for nick in ("carol", "dave", "erin"):  # a room where one line reaches 4 members
@@ -484,7 +484,7 @@ def test_flush_interval_holds_output_under_load_but_not_after_a_quiet_spell():
 
 def test_answers_to_one_connection_do_not_hold_everyone_elses_lines():
     h = ProtocolHarness()
-    h.factory.flush_interval = 0.002
+    h.rules.batcher.flush_interval = 0.002
     pinger = h.connect("pinger")
     alice = h.connect("alice")
     bob = h.connect("bob")
@@ -514,7 +514,7 @@ def test_guest_names_cannot_log_in_and_the_refusal_is_logged():
 
     h = ProtocolHarness()
     checker = InMemoryUsernamePasswordDatabaseDontUse(guest3=b"pw")
-    h.factory.authenticator = Authenticator([checker], h.clock, failure_floor=0)
+    h.rules.authenticator = Authenticator([checker], h.clock, failure_floor=0)
     seen: list[dict] = []
     globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
     try:

@@ -17,13 +17,33 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.logger import Logger
 
 _NEEDED = ("socket", "dataBuffer", "offset", "_tempDataBuffer", "_writeDisconnected", "TLS")
+_log = Logger()
+_warned: list[str] = []
+
+
+def missing(transport: object) -> list[str]:
+    """What ``write_now`` reads that ``transport`` lacks (tests/test_fastwrite.py checks
+    the installed Twisted against it)."""
+    return [name for name in _NEEDED if not hasattr(transport, name)]
 
 
 def can_write_directly(transport: object) -> bool:
     """Plain TCP (not TLS, not UNIX sockets with their descriptor passing)."""
-    return type(transport) is tcp.Server and all(hasattr(transport, a) for a in _NEEDED)
+    if type(transport) is not tcp.Server:
+        return False
+    gone = missing(transport)
+    if gone and not _warned:
+        # Still correct (every write goes through Twisted), but the fan-out fast path
+        # is off: say so once rather than be silently slower.
+        _warned.extend(gone)
+        _log.warn(
+            "this Twisted's TCP transport lacks {missing}: writing without the fast path",
+            missing=", ".join(gone),
+        )
+    return not gone
 
 
 def write_now(transport: Any, data: bytes) -> OSError | None:

@@ -11,13 +11,19 @@ import gc
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from twisted.application import service
 from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -26,6 +32,8 @@ from twisted_chat.core.errors import ChatError
 from twisted_chat.core.names import skeleton
 from twisted_chat.core.service import ChatService, HeartbeatPolicy
 from twisted_chat.doors.line import ChatFactory, RefusingTLSFactory
+from twisted_chat.rules.admission import Admission
+from twisted_chat.rules.connection import Rules
 from twisted_chat.rules.limits import InputLimits
 from twisted_chat.rules.login import Authenticator, LoginThrottle
 
@@ -363,28 +371,56 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             )
         from twisted.internet import reactor
 
-        description = endpoint_description(self["port"])
-        if description.startswith("unix:"):
-            path = description[5:].split(":", 1)[0]
-            folder = os.path.dirname(path) or "."
-            if not os.path.isdir(folder):
-                raise OptionError(f"--port {self['port']!r}: there is no folder {folder}")
-        try:
-            self["endpoint"] = endpoints.serverFromString(reactor, with_backlog(description))
-        except TypeError as e:
-            raise OptionError(
-                f"--port {self['port']!r} is not usable ({e}); IPv6 addresses need their "
-                r"colons escaped, as in tcp6:9999:interface=\:\:1"
-            ) from None
-        except (ValueError, ImportError, OSError, KeyError) as e:
-            raise OptionError(f"--port {self['port']!r} is not usable: {e}") from None
-        number = getattr(self["endpoint"], "_port", 0)
-        if isinstance(number, int) and not 0 <= number <= 65535:
-            raise OptionError(f"--port {self['port']!r}: the port must be 0 to 65535")
-        self["endpoint-description"] = description
+        self["doors"] = {}
+        for door in FRONT_DOORS:
+            value = self[door.option]
+            self["doors"][door.option] = (
+                (None, "") if value is None else parse_endpoint(door.option, value, reactor)
+            )
+        self["endpoint"], self["endpoint-description"] = self["doors"]["port"]
 
 
-def listen(endpoint: Any, factory: ChatFactory) -> defer.Deferred[IListeningPort]:
+def parse_endpoint(option: str, value: str, reactor: Any) -> tuple[Any, str]:
+    """A front door's listening option as a server endpoint, and its description."""
+    description = endpoint_description(value)
+    if description.startswith("unix:"):
+        path = description[5:].split(":", 1)[0]
+        folder = os.path.dirname(path) or "."
+        if not os.path.isdir(folder):
+            raise OptionError(f"--{option} {value!r}: there is no folder {folder}")
+    try:
+        endpoint = endpoints.serverFromString(reactor, with_backlog(description))
+    except TypeError as e:
+        raise OptionError(
+            f"--{option} {value!r} is not usable ({e}); IPv6 addresses need their "
+            r"colons escaped, as in tcp6:9999:interface=\:\:1"
+        ) from None
+    except (ValueError, ImportError, OSError, KeyError) as e:
+        raise OptionError(f"--{option} {value!r} is not usable: {e}") from None
+    number = getattr(endpoint, "_port", 0)
+    if isinstance(number, int) and not 0 <= number <= 65535:
+        raise OptionError(f"--{option} {value!r}: the port must be 0 to 65535")
+    return endpoint, description
+
+
+@dataclass(frozen=True)
+class FrontDoor:
+    """A way into the chat: the option that says where it listens, and its factory.
+
+    Every door's factory takes the shared ``Rules``, so it gets the same limits, logins
+    and output coalescing as every other door.
+    """
+
+    option: str
+    what: str
+    factory: Callable[[Rules], IProtocolFactory]
+
+
+# Every front door, in one place: adding one is one entry here and one option above.
+FRONT_DOORS = (FrontDoor("port", "the line protocol (telnet, nc, the client)", ChatFactory),)
+
+
+def listen(endpoint: Any, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
     """``endpoint.listen(factory)``, except that over TLS refusals come before TLS state.
 
     Twisted's ``ssl:`` endpoint wraps the factory inside the reactor, where a refused
@@ -410,13 +446,15 @@ class ListenerService(service.Service):
     def __init__(
         self,
         endpoint: Any,
-        factory: ChatFactory,
+        factory: IProtocolFactory,
+        admission: Admission,
         description: str,
         port_file: str | None,
         reactor: IReactorCore,
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
+        self.admission = admission
         self.description = description
         self.port_file = port_file
         self.reactor = reactor
@@ -454,7 +492,7 @@ class ListenerService(service.Service):
         # for 13 ms or more mid-broadcast.  Frozen, later collections only walk what came after.
         gc.freeze()
         self.port = port
-        self.factory.listening_port = port  # so a flood of refusals can pause accepting
+        self.admission.listening(port)  # so a flood of refusals can pause accepting
         address = port.getHost()
         where = describe_address(address)
         if self.description.startswith("ssl:"):
@@ -479,8 +517,8 @@ class ListenerService(service.Service):
         if self.port_file and self.port is not None:
             with contextlib.suppress(OSError):  # it says where we listen: not any more
                 os.remove(self.port_file)
-        self.factory.stop_pausing()
         if self.port is not None:
+            self.admission.closing(self.port)
             port, self.port = self.port, None
             return port.stopListening()
         return None
@@ -587,7 +625,7 @@ def makeService(options: Options) -> service.MultiService:
         max_rooms=options["max-rooms"],
     )
     chat.setServiceParent(top)
-    factory = ChatFactory(
+    rules = Rules(
         chat,
         clock,
         max_line=options["max-line"],
@@ -597,14 +635,24 @@ def makeService(options: Options) -> service.MultiService:
     )
     checkers = options.get("credCheckers")
     if checkers:
-        factory.authenticator = Authenticator(checkers, clock, throttle=LoginThrottle(key=skeleton))
-        _warn_unusable_logins(factory.authenticator)
-    factory.register_timeout = options["register-timeout"]
-    factory.max_clients = options["max-clients"]
-    factory.max_per_address = options["max-per-address"]
-    factory.connect_rate = options["connect-rate"]
-    listener = ListenerService(
-        options["endpoint"], factory, options["endpoint-description"], options["port-file"], reactor
-    )
-    listener.setServiceParent(top)
+        rules.authenticator = Authenticator(checkers, clock, throttle=LoginThrottle(key=skeleton))
+        _warn_unusable_logins(rules.authenticator)
+    rules.register_timeout = options["register-timeout"]
+    admission = rules.admission
+    admission.max_clients = options["max-clients"]
+    admission.max_per_address = options["max-per-address"]
+    admission.connect_rate = options["connect-rate"]
+    for door in FRONT_DOORS:
+        endpoint, description = options["doors"][door.option]
+        if endpoint is None:
+            continue
+        listener = ListenerService(
+            endpoint,
+            door.factory(rules),
+            admission,
+            description,
+            options["port-file"] if door.option == "port" else None,
+            reactor,
+        )
+        listener.setServiceParent(top)
     return top

@@ -8,6 +8,8 @@ reported once and skipped up to its end.
 
 from __future__ import annotations
 
+from twisted_chat.rules.limits import TOO_LONG, LineTooLong
+
 IAC = 255
 SE, SB = 240, 250
 WILL, WONT, DO, DONT = 251, 252, 253, 254
@@ -133,15 +135,6 @@ class TelnetFilter:
         answered.add(key)
         # We support no option: refuse whatever the client offers or asks, once.
         self.replies += bytes((IAC, WONT if verb == DO else DONT, option))
-
-
-class LineTooLong:
-    """Marker yielded once per over-long line, in place of the line."""
-
-    __slots__ = ()
-
-
-TOO_LONG = LineTooLong()
 
 
 class LineFramer:

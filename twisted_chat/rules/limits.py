@@ -124,3 +124,12 @@ class InputGovernor:
         if self.released_at is not None and now - self.released_at > self.gap:
             return 0.0
         return now - self.held_since
+
+
+class LineTooLong:
+    """Marker a front door hands on once per line over ``--max-line``, in place of it."""
+
+    __slots__ = ()
+
+
+TOO_LONG = LineTooLong()

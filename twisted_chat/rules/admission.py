@@ -1,0 +1,181 @@
+"""Who may connect: limits counted over every front door of one server.
+
+A connection is counted by network (an IPv6 /64 is one host) from the moment a front
+door accepts it until it is gone, whichever door it used; a flood of refusals pauses
+accepting on every listening port for a moment.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from twisted_chat.rules.limits import TokenBucket
+from twisted_chat.rules.login import network_key
+
+MAX_TRACKED_ADDRESSES = 10_000  # connection-rate buckets kept, least recently seen dropped
+# Refusals a second the server makes before it stops accepting for ACCEPT_PAUSE: each one
+# costs an accept() before it can be refused, so a client reconnecting as fast as it can
+# would otherwise take the whole core.
+REFUSAL_BUDGET = 200.0
+# Refusals in a row before the budget applies.  Smaller bursts pause more often, and the
+# listen queue then overflows: measured, a newcomer waited 7.6 s at 20, 30-80 ms at 200.
+REFUSAL_BURST = 200.0
+ACCEPT_PAUSE = 0.05
+REFUSAL_LOG_EVERY = 10.0  # seconds between log lines about one refused address
+REFUSAL_TELL_FOR = 1.0  # after one, its refusals say why for this long, then just close
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Why a connection may not come in, and whether it is worth saying."""
+
+    reason: str
+    tell: bool  # False: told a moment ago and back already; close it unanswered
+
+
+class Admission:
+    """Connection limits: in total, per address, and new connections per address a second."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.max_clients: int | None = None
+        self.max_per_address: int | None = None
+        # New connections per second from one address (bursts of twice that): a client
+        # reconnecting in a loop costs an accept and a refusal, not a session each time.
+        self.connect_rate: float | None = None
+        self.total = 0
+        self.per_address: Counter[str] = Counter()
+        self._arrivals: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._refusal_log: OrderedDict[str, list[float]] = OrderedDict()
+        # Listening ports (anything with stopReading/startReading), so that a flood of
+        # refusals can pause them.
+        self.ports: list[Any] = []
+        self._refusals: TokenBucket | None = None
+        self._accept_resume: IDelayedCall | None = None
+        self._pauses = 0
+
+    def admit(self, addr: object) -> tuple[str, Refused | None]:
+        """Count a new connection from ``addr`` in, or say why not: (its key, refusal)."""
+        # An IPv6 host usually holds a whole /64: counted as one address, not 2**64.
+        host = network_key(str(getattr(addr, "host", "local")))
+        reason = self._refusal(host)
+        if reason is not None:
+            self._count_refusal()
+            return host, Refused(reason, self._log_refusal(host, reason))
+        self.total += 1
+        self.per_address[host] += 1
+        return host, None
+
+    def released(self, host: str) -> None:
+        """A connection counted by ``admit`` is gone."""
+        self.total -= 1
+        self.per_address[host] -= 1
+        if self.per_address[host] <= 0:
+            del self.per_address[host]
+
+    def _refusal(self, host: str) -> str | None:
+        if self.max_clients is not None and self.total >= self.max_clients:
+            return f"the server is full ({self.max_clients} connections); try again later"
+        if self.max_per_address is not None and self.per_address[host] >= self.max_per_address:
+            return f"too many connections from your address (at most {self.max_per_address})"
+        if self.connect_rate is not None:
+            now = self.clock.seconds()
+            bucket = self._arrivals.get(host)
+            if bucket is None:
+                bucket = self._arrivals[host] = TokenBucket(
+                    self.connect_rate, 2 * self.connect_rate, now
+                )
+                if len(self._arrivals) > MAX_TRACKED_ADDRESSES:
+                    self._arrivals.popitem(last=False)  # the longest unseen: full again
+            else:
+                self._arrivals.move_to_end(host)
+            if bucket.wait(now) > 0:
+                return (
+                    "too many new connections from your address "
+                    f"(at most {self.connect_rate:g} a second); wait a moment"
+                )
+            bucket.take(now)
+        return None
+
+    def _count_refusal(self) -> None:
+        """Over ``REFUSAL_BUDGET`` refusals a second (bursts of ``REFUSAL_BURST``), stop
+        accepting for ``ACCEPT_PAUSE``.
+
+        Members keep their latency; newcomers wait a few milliseconds in the kernel's
+        listen queue.
+        """
+        now = self.clock.seconds()
+        if self._refusals is None:
+            self._refusals = TokenBucket(REFUSAL_BUDGET, REFUSAL_BURST, now)
+        self._refusals.take(now)
+        if self._refusals.tokens >= 0 or self._accept_resume is not None:
+            return
+        ports = [p for p in self.ports if hasattr(p, "stopReading") and hasattr(p, "startReading")]
+        if not ports:
+            return
+        for port in ports:
+            port.stopReading()
+        self._pauses += 1
+        if self._pauses == 1 or self._pauses % 100 == 0:
+            self.log.warn(
+                "refusing over {budget:g} connections a second: not accepting for "
+                "{pause:g} s at a time ({pauses} pauses so far)",
+                budget=REFUSAL_BUDGET,
+                pause=ACCEPT_PAUSE,
+                pauses=self._pauses,
+            )
+        self._accept_resume = self.clock.callLater(ACCEPT_PAUSE, self._resume_accepting, ports)
+
+    def listening(self, port: object) -> None:
+        """``port`` accepts connections counted here: a flood of refusals may pause it."""
+        self.ports.append(port)
+
+    def closing(self, port: object) -> None:
+        """``port`` is closing: no pause may outlive it."""
+        if port in self.ports:
+            self.ports.remove(port)
+        if not self.ports and self._accept_resume is not None:
+            if self._accept_resume.active():
+                self._accept_resume.cancel()
+            self._accept_resume = None
+
+    def _resume_accepting(self, paused: list[Any]) -> None:
+        self._accept_resume = None
+        for port in paused:
+            if port not in self.ports:
+                continue  # closed meanwhile
+            try:
+                port.startReading()
+            except Exception:
+                self.log.failure("resuming accepting failed")
+
+    def _log_refusal(self, host: str, reason: str) -> bool:
+        """One line per address per ``REFUSAL_LOG_EVERY`` seconds, with a count of the rest.
+
+        An address refused thousands of times a second must not fill the disk.  True
+        when the refused peer should be told why: the first time in a while.
+        """
+        now = self.clock.seconds()
+        entry = self._refusal_log.get(host)
+        if entry is not None and now < entry[0]:
+            entry[1] += 1
+            return now - (entry[0] - REFUSAL_LOG_EVERY) < REFUSAL_TELL_FOR
+        self._refusal_log[host] = [now + REFUSAL_LOG_EVERY, 0]
+        self._refusal_log.move_to_end(host)
+        if len(self._refusal_log) > MAX_TRACKED_ADDRESSES:
+            self._refusal_log.popitem(last=False)
+        more = entry[1] if entry is not None else 0
+        self.log.warn(
+            "refused {host}: {reason}{more}",
+            host=host,
+            reason=reason,
+            more=f" ({more} more refused since the last line)" if more else "",
+        )
+        return True
