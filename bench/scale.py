@@ -34,7 +34,7 @@ from bench.common import (
     with_steal,
 )
 from bench.references import HOST
-from twisted_chat.core.events import Event, Format
+from twisted_chat.core.events import Event
 from twisted_chat.core.interfaces import IParticipant
 from twisted_chat.core.service import ChatService, HeartbeatPolicy
 
@@ -149,7 +149,7 @@ class _Quiet:
     def close(self, final: Event | None) -> None:
         pass
 
-    def set_format(self, fmt: Format) -> None:
+    def set_format(self, name: str) -> None:
         pass
 
     def nudge(self) -> None:

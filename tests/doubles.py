@@ -11,10 +11,11 @@ from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from twisted_chat.core.events import Event, Format
+from twisted_chat.core.events import Event
 from twisted_chat.core.interfaces import IParticipant
 from twisted_chat.core.service import ChatService, HeartbeatPolicy, Member
 from twisted_chat.doors.line import ChatFactory, ChatLineProtocol
+from twisted_chat.render import TEXT, Renderer, renderer_for
 from twisted_chat.rules.connection import Rules
 from twisted_chat.rules.limits import InputLimits
 
@@ -26,7 +27,7 @@ class RecordingParticipant:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.closed: list[Event | None] = []
-        self.format = Format.TEXT
+        self.format: Renderer = TEXT
         self.nudges = 0
 
     def deliver(self, event: Event) -> None:
@@ -35,8 +36,8 @@ class RecordingParticipant:
     def close(self, final: Event | None) -> None:
         self.closed.append(final)
 
-    def set_format(self, fmt: Format) -> None:
-        self.format = fmt
+    def set_format(self, name: str) -> None:
+        self.format = renderer_for(name)
 
     def nudge(self) -> None:
         self.nudges += 1
@@ -45,7 +46,7 @@ class RecordingParticipant:
         return [e for e in self.events if e.type == kind]
 
     def texts(self) -> list[str]:
-        return [e.text() for e in self.events]
+        return [TEXT.text(e) for e in self.events]
 
     def clear(self) -> None:
         self.events.clear()

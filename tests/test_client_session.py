@@ -9,7 +9,7 @@ from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
 from twisted_chat.client.session import RESTORED_TOKEN, ChatClientProtocol, ClientSession
-from twisted_chat.core.events import Format
+from twisted_chat.render import JSON, TEXT
 
 
 class Client:
@@ -285,10 +285,10 @@ def test_crowd_summaries_read_the_same_in_the_client_as_in_text_mode():
         renamed=[("dee", "dora")],
         renamed_count=1,
     )
-    wire = json.loads(event.encode(Format.JSON))
+    wire = json.loads(JSON.encode(event))
     line = system_line(wire)
     assert line == "#lobby: 40 joined: ann, bo (+38); 1 left: cy; 1 renamed: dee -> dora; 5000 here"
-    assert event.text() == "*** [#lobby] " + line.split(": ", 1)[1]
+    assert TEXT.text(event) == "*** [#lobby] " + line.split(": ", 1)[1]
     hostile = {"type": "crowd", "room": "#x\x1b[2J", "joined": ["\x1b]0;x\x07"], "joined_count": 1}
     assert "\x1b" not in (system_line(hostile) or "x\x1b")
 

@@ -70,6 +70,13 @@ class Inspector(protocol.Protocol):
         self.transport.loseConnection()
 
 
+class InspectorFactory(protocol.ServerFactory):
+    protocol = Inspector
+
+    def __init__(self) -> None:
+        self.seen: defer.Deferred[object] = defer.Deferred()
+
+
 @pytest_twisted.inlineCallbacks
 def test_the_installed_twisted_still_offers_what_write_now_reads():
     """CI installs the newest Twisted: if a release renames what ``write_now`` reads, this
@@ -79,13 +86,12 @@ def test_the_installed_twisted_still_offers_what_write_now_reads():
 
     from twisted_chat.fastwrite import missing
 
-    factory = protocol.ServerFactory.forProtocol(Inspector)
-    factory.seen = defer.Deferred()  # type: ignore[attr-defined]
+    factory = InspectorFactory()
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     try:
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)  # type: ignore[attr-defined]
         client = yield endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
-        transport = yield factory.seen.addTimeout(10, reactor)  # type: ignore[attr-defined]
+        transport = yield factory.seen.addTimeout(10, reactor)
         client.transport.loseConnection()
     finally:
         yield port.stopListening()

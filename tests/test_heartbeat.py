@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.doubles import Harness
 from twisted_chat.core.service import HeartbeatPolicy
+from twisted_chat.render import JSON, TEXT
 
 
 def started(**policy):
@@ -24,9 +25,11 @@ def test_present_just_before_timeout_and_removed_by_timeout_plus_sweep():
     assert not alice.present  # removed no later than timeout + one sweep period
     timeouts = pb.of_type("timeout")
     assert len(timeouts) == 1
-    assert timeouts[0].text().startswith("*** [#lobby] alice timed out (no heartbeat for 31.0 s")
+    assert TEXT.text(timeouts[0]).startswith(
+        "*** [#lobby] alice timed out (no heartbeat for 31.0 s"
+    )
     assert [e.type for e in pa.closed if e] == ["bye"]
-    assert "heartbeat" in pa.closed[0].text()
+    assert "heartbeat" in TEXT.text(pa.closed[0])
     h.service.stopService()
 
 
@@ -68,7 +71,7 @@ def test_room_told_exactly_once_even_after_connection_lost():
         h.clock.advance(1.0)
     h.service.connection_lost(alice, "connection aborted")  # the adapter's close follows
     (timeout,) = pb.of_type("timeout")  # once, naming both shared rooms
-    assert timeout.to_json()["rooms"] == ["#lobby", "#ops"]
+    assert JSON.document(timeout)["rooms"] == ["#lobby", "#ops"]
     assert pb.of_type("disconnect") == []
     h.service.stopService()
 
@@ -82,7 +85,7 @@ def test_silent_member_is_warned_once_and_privately():
         h.clock.advance(1.0)
     warnings = pa.of_type("idle")
     assert len(warnings) == 1
-    assert "send any line" in warnings[0].text()
+    assert "send any line" in TEXT.text(warnings[0])
     assert pb.of_type("idle") == []
     h.clock.pump([1.0] * 3)
     assert len(pa.of_type("idle")) == 1  # not repeated every sweep

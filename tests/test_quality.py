@@ -36,3 +36,44 @@ def test_mypy_clean():
 def test_no_init_in_twisted_plugin_folders():
     assert not (ROOT / "twisted" / "__init__.py").exists()
     assert not (ROOT / "twisted" / "plugins" / "__init__.py").exists()
+
+
+# What each part of the package may import (docs/ARCHITECTURE.md, "Layers").  The root
+# package itself (``__version__``) is open to all.
+LAYERS = {
+    "core": {"core"},
+    "render": {"core", "render"},
+    "rules": {"core", "rules", "render", "fastwrite"},
+    "doors": {"core", "rules", "render", "doors", "fastwrite"},
+    "fastwrite": {"fastwrite"},
+    "client": {"client", "core", "rules.limits"},
+    "tap": {"core", "rules", "render", "doors", "fastwrite", "tap"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.startswith("twisted_chat.")}
+
+
+def test_layers_import_only_downwards():
+    package = ROOT / "twisted_chat"
+    wrong = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).with_suffix("").parts
+        if parts == ("__init__",):
+            continue
+        layer = parts[0]
+        allowed = LAYERS[layer]
+        for name in _imports(path):
+            target = name.removeprefix("twisted_chat.")
+            if not any(target == ok or target.startswith(ok + ".") for ok in allowed):
+                wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert wrong == []

@@ -12,8 +12,9 @@ from tests.doubles import Harness, RecordingParticipant
 from twisted_chat.client.render import system_line
 from twisted_chat.core.commands import Dispatcher
 from twisted_chat.core.errors import ServerRoomsFull, TooManyRooms
-from twisted_chat.core.events import Format, RoomList
+from twisted_chat.core.events import RoomList
 from twisted_chat.core.service import ROOMS_SHOWN, ChatService, Member
+from twisted_chat.render import JSON, TEXT
 
 
 def _harness(**limits: Any) -> Harness:
@@ -50,7 +51,10 @@ def test_rejoining_a_room_you_are_in_is_not_a_new_room():
     pa.clear()
     h.service.join(alice, "#LOBBY")
     h.service.join(alice, "a")
-    assert [e.text() for e in pa.events] == ["*** Now talking in #lobby", "*** Now talking in #a"]
+    assert [TEXT.text(e) for e in pa.events] == [
+        "*** Now talking in #lobby",
+        "*** Now talking in #a",
+    ]
 
 
 def test_parting_makes_room_for_another_join():
@@ -137,11 +141,11 @@ def test_rooms_shows_the_largest_first_then_by_name_and_counts_the_rest():
     assert list(event.rooms[:13]) == expected
     assert len(event.rooms) == ROOMS_SHOWN == 50
     assert event.rooms[-1] == ("#r48", 1)
-    assert event.text().startswith(
+    assert TEXT.text(event).startswith(
         "*** Rooms (showing 50 of 61, largest first; /rooms TEXT to search): "
         "#lobby (3), #r07 (3), #r42 (2), #r00 (1), "
     )
-    wire = json.loads(event.encode(Format.JSON))
+    wire = json.loads(JSON.encode(event))
     assert wire["total"] == 61 and wire["query"] is None
     assert wire["rooms"][:2] == [{"room": "#lobby", "count": 3}, {"room": "#r07", "count": 3}]
 
@@ -150,21 +154,21 @@ def test_rooms_text_lists_only_names_containing_it_ignoring_case():
     h, alice, pa = _sixty_rooms()
     h.service.join(alice, "#Ops-Team")
     event = _rooms(h, alice, pa, "R4")
-    assert event.text() == (
+    assert TEXT.text(event) == (
         '*** Rooms matching "R4": #r42 (2), #r40 (1), #r41 (1), #r43 (1), #r44 (1), '
         "#r45 (1), #r46 (1), #r47 (1), #r48 (1), #r49 (1)"
     )
-    assert event.to_json()["total"] == 10 and event.to_json()["query"] == "R4"
-    assert _rooms(h, alice, pa, "oPS").text() == '*** Rooms matching "oPS": #Ops-Team (1)'
+    assert JSON.document(event)["total"] == 10 and JSON.document(event)["query"] == "R4"
+    assert TEXT.text(_rooms(h, alice, pa, "oPS")) == '*** Rooms matching "oPS": #Ops-Team (1)'
     assert _rooms(h, alice, pa, "#r0").total == 10
-    assert _rooms(h, alice, pa, "zzz").text() == '*** No rooms match "zzz"'
+    assert TEXT.text(_rooms(h, alice, pa, "zzz")) == '*** No rooms match "zzz"'
 
 
 def test_a_search_is_capped_too():
     h, alice, pa = _sixty_rooms()
     event = _rooms(h, alice, pa, "r")
     assert len(event.rooms) == 50 and event.total == 60
-    assert event.text().startswith(
+    assert TEXT.text(event).startswith(
         '*** Rooms matching "r" (showing 50 of 60, largest first): #r07 (3), #r42 (2), #r00 (1)'
     )
 
@@ -174,7 +178,7 @@ def test_rooms_search_text_is_cleaned_and_bounded_before_it_is_echoed():
     alice, pa = h.add("alice")
     event = _rooms(h, alice, pa, "\x1b[2J" + "x" * 500)
     assert event.query == "x" * 39 + "…"
-    assert "\x1b" not in event.text()
+    assert "\x1b" not in TEXT.text(event)
 
 
 def test_rooms_through_the_dispatcher_and_help():
@@ -191,7 +195,7 @@ def test_rooms_through_the_dispatcher_and_help():
     ]
     pa.clear()
     dispatcher.dispatch(alice, "/help")
-    usages = [c["usage"] for c in pa.events[0].to_json()["commands"]]
+    usages = [c["usage"] for c in JSON.document(pa.events[0])["commands"]]
     assert "/rooms [TEXT]" in usages
 
 
@@ -236,17 +240,17 @@ def test_a_rooms_answer_stays_small_with_a_thousand_rooms():
         h.service.join(h.add("bob")[0], "#one-more")
     event = _rooms(h, alice, pa)
     assert event.total == 1000 and len(event.rooms) == 50
-    assert len(event.encode(Format.TEXT)) < 3 * 1024
-    assert len(event.encode(Format.JSON)) < 3 * 1024
+    assert len(TEXT.encode(event)) < 3 * 1024
+    assert len(JSON.encode(event)) < 3 * 1024
 
 
 def test_the_client_shows_how_many_more_rooms_there_are():
     h, alice, pa = _sixty_rooms()
-    shown = system_line(json.loads(_rooms(h, alice, pa).encode(Format.JSON)))
+    shown = system_line(json.loads(JSON.encode(_rooms(h, alice, pa))))
     assert shown is not None
     assert shown.startswith("rooms: #lobby (3), #r07 (3), #r42 (2), ")
     assert shown.endswith("#r48 (1) and 11 more (/rooms TEXT to search)")
-    found = system_line(json.loads(_rooms(h, alice, pa, "r").encode(Format.JSON)))
+    found = system_line(json.loads(JSON.encode(_rooms(h, alice, pa, "r"))))
     assert found is not None and found.startswith('rooms matching "r": #r07 (3)')
     assert found.endswith(" and 10 more")
     # A server from before the limits sent every room and no total: nothing more to say.

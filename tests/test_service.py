@@ -16,8 +16,8 @@ from twisted_chat.core.errors import (
     NotInRoom,
     RoomInvalid,
 )
-from twisted_chat.core.events import Format
 from twisted_chat.core.interfaces import IChatService
+from twisted_chat.render import JSON, TEXT
 
 
 def test_service_provides_interface():
@@ -30,15 +30,15 @@ def test_connect_greets_with_guest_nick_and_seats_in_lobby():
     member = h.service.connect(p)
     welcome = p.events[0]
     assert welcome.type == "welcome"
-    assert welcome.to_json()["nick"] == member.nick
+    assert JSON.document(welcome)["nick"] == member.nick
     assert member.nick.startswith("guest")
-    assert welcome.to_json()["heartbeat"] == {
+    assert JSON.document(welcome)["heartbeat"] == {
         "interval": 10.0,
         "timeout": 30.0,
         "sweep": 1.0,
         "warning": 5.0,
     }
-    assert "#lobby" in welcome.text()
+    assert "#lobby" in TEXT.text(welcome)
     assert [e.type for e in p.events[1:]] == ["join", "members", "current"]
     assert member.current is not None and member.current.name == "#lobby"
 
@@ -72,7 +72,7 @@ def test_own_nick_case_change_allowed():
     member, p = h.add("alice")
     h.service.set_nick(member, "Alice")
     assert member.nick == "Alice"
-    assert p.of_type("nick")[0].text() == "*** alice is now known as Alice"
+    assert TEXT.text(p.of_type("nick")[0]) == "*** alice is now known as Alice"
 
 
 @pytest.mark.parametrize(
@@ -157,15 +157,15 @@ def test_join_part_rooms_who():
     alice, pa = h.add("alice")
     bob, pb = h.add("bob")
     h.service.join(alice, "ops")  # '#' is optional
-    assert pa.of_type("join")[-1].text() == "*** [#ops] alice joined (1 here)"
+    assert TEXT.text(pa.of_type("join")[-1]) == "*** [#ops] alice joined (1 here)"
     h.service.join(bob, "#OPS")  # same room, ignoring case
-    assert pa.of_type("join")[-1].text() == "*** [#ops] bob joined (2 here)"
+    assert TEXT.text(pa.of_type("join")[-1]) == "*** [#ops] bob joined (2 here)"
     pa.clear()
     h.service.list_rooms(alice)
     assert pa.texts() == ["*** Rooms: #lobby (2), #ops (2)"]
     pa.clear()
     h.service.who(alice, "#ops")
-    assert pa.events[0].to_json()["members"] == ["alice", "bob"]
+    assert JSON.document(pa.events[0])["members"] == ["alice", "bob"]
     pb.clear()
     h.service.part(alice, None, "lunch")
     assert pb.texts() == ["*** [#ops] alice left (lunch)"]
@@ -267,9 +267,9 @@ def test_connection_lost_tells_rooms_once():
 def test_format_switch_resends_welcome_in_new_format():
     h = Harness()
     alice, pa = h.add("alice")
-    h.service.set_format(alice, Format.JSON)
-    assert pa.format is Format.JSON
-    welcome = pa.events[-1].to_json()
+    h.service.set_format(alice, "json")
+    assert pa.format is JSON
+    welcome = JSON.document(pa.events[-1])
     assert welcome["type"] == "welcome" and welcome["format"] == "json"
     assert welcome["rooms"] == ["#lobby"] and welcome["nick"] == "alice"
 
@@ -278,7 +278,7 @@ def test_ping_answers_with_token_cleaned_and_bounded():
     h = Harness()
     alice, pa = h.add("alice")
     h.service.ping(alice, "abc\x1b[2J" + "x" * 100)
-    token = pa.events[-1].to_json()["token"]
+    token = JSON.document(pa.events[-1])["token"]
     assert token.startswith("abc") and "\x1b" not in token and len(token) <= 64
 
 
@@ -287,7 +287,7 @@ def _flat(p: RecordingParticipant) -> list[str]:
     shown: list[str] = []
     for event in p.events:
         inner = getattr(event, "events", None)
-        shown.extend(e.text() for e in (inner if inner is not None else [event]))
+        shown.extend(TEXT.text(e) for e in (inner if inner is not None else [event]))
     return shown
 
 
@@ -346,7 +346,7 @@ def test_a_batch_is_sealed_once_encoded_or_the_turn_ends():
     bob.clear()
     h.service.begin_batch()
     h.service.say(alice, "one")
-    assert bob.events[0].encode(Format.TEXT) == b"[#lobby] <alice> one\r\n"
+    assert TEXT.encode(bob.events[0]) == b"[#lobby] <alice> one\r\n"
     h.service.say(alice, "two")  # a fresh delivery: what was encoded never grows
     h.service.end_batch()
     assert [len(e.events) for e in bob.events] == [1, 1]  # type: ignore[attr-defined]
@@ -382,7 +382,7 @@ def test_a_crowded_room_summarizes_arrivals_instead_of_telling_everyone_each_one
     h.clock.advance(5)
     assert alice.texts() == ["*** [#lobby] 2 joined: dave, eve; 5 here"]
     assert dave.texts()[-1] == alice.texts()[-1]
-    crowd = alice.events[-1].to_json()
+    crowd = JSON.document(alice.events[-1])
     assert (crowd["joined"], crowd["joined_count"], crowd["count"]) == (["dave", "eve"], 2, 5)
     h.clock.advance(60)
     assert len(alice.events) == 1  # nothing happened: no summary
@@ -412,9 +412,9 @@ def test_crowd_summary_lists_twenty_names_and_counts_the_rest():
         h.service.connect(RecordingParticipant())
     h.clock.advance(5)
     (summary,) = first.events
-    assert summary.to_json()["joined_count"] == 30
-    assert len(summary.to_json()["joined"]) == 20
-    assert summary.text().endswith("(+10); 31 here")
+    assert JSON.document(summary)["joined_count"] == 30
+    assert len(JSON.document(summary)["joined"]) == 20
+    assert TEXT.text(summary).endswith("(+10); 31 here")
 
 
 def test_a_member_timing_out_of_a_crowd_is_summarized_too():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
@@ -16,12 +17,13 @@ from twisted_chat.core.errors import (
     ChatError,
     NotNeeded,
     UnknownCommand,
-    UnsupportedFormat,
 )
-from twisted_chat.core.events import Error, Format, Help
+from twisted_chat.core.events import Error, Help
 from twisted_chat.core.interfaces import IParticipant
 from twisted_chat.core.sanitize import clean_text
-from twisted_chat.core.service import ChatService, Member
+
+if TYPE_CHECKING:  # the service imports this module for the welcome's command list
+    from twisted_chat.core.service import ChatService, Member
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,12 @@ class Command:
     usage: str
     help: str
     run: Callable[[ChatService, Member, str], None]
+    # The short form the welcome lists (the usage, unless that is too long for it).
+    brief: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.brief:
+            object.__setattr__(self, "brief", self.usage)
 
 
 def _need(args: str, usage: str) -> str:
@@ -84,11 +92,10 @@ def _ping(svc: ChatService, m: Member, args: str) -> None:
     svc.ping(m, args)
 
 
-def parse_format(args: str) -> Format:
-    try:
-        return Format(_need(args, "/format json|text").strip().lower())
-    except ValueError:
-        raise UnsupportedFormat("usage: /format json|text") from None
+def parse_format(args: str) -> str:
+    """The format name ``/format NAME`` asks for; whether it exists is the participant's
+    to say (``IParticipant.set_format``), as front doors hold the renderers."""
+    return _need(args, "/format json|text").strip().lower()
 
 
 def _format(svc: ChatService, m: Member, args: str) -> None:
@@ -114,11 +121,17 @@ def _quit(svc: ChatService, m: Member, args: str) -> None:
 COMMANDS: dict[str, Command] = {
     "nick": Command("/nick NAME", "choose or change your nickname", _nick),
     "join": Command("/join #room", "join a room (created if new) and talk there", _join),
-    "part": Command("/part [#room] [reason]", "leave a room (default: the current one)", _part),
+    "part": Command(
+        "/part [#room] [reason]",
+        "leave a room (default: the current one)",
+        _part,
+        brief="/part [#room]",
+    ),
     "rooms": Command(
         "/rooms [TEXT]",
         "the largest rooms and how many are in each (TEXT: only names containing it)",
         _rooms,
+        brief="/rooms",
     ),
     "who": Command("/who [#room]", "list the members of a room", _who),
     "msg": Command("/msg NICK text", "send a private message", _msg),
@@ -129,11 +142,19 @@ COMMANDS: dict[str, Command] = {
     "quit": Command("/quit [reason]", "leave the chat", _quit),
 }
 _UNIQUE = list(COMMANDS.values())
+_BRIEFS = tuple(c.brief for c in _UNIQUE)
+# A logged-in member's nickname is its login name: /nick is refused, so not offered.
+_LOGGED_IN_BRIEFS = tuple(c.brief for c in _UNIQUE if c is not COMMANDS["nick"])
 # Not listed in /help: only meaningful before logging in, which the protocol handles.
 COMMANDS["login"] = Command("/login NAME PASSWORD", "log in (servers with --auth)", _login)
 COMMANDS["leave"] = COMMANDS["part"]
 COMMANDS["names"] = COMMANDS["who"]
 COMMANDS["list"] = COMMANDS["rooms"]
+
+
+def welcome_commands(logged_in: bool) -> tuple[str, ...]:
+    """The commands a member's welcome lists, in their short forms."""
+    return _LOGGED_IN_BRIEFS if logged_in else _BRIEFS
 
 
 class Dispatcher:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from twisted_chat.core.events import Event, Format
+    from twisted_chat.core.events import Event
 
 
 class IParticipant(Interface):
@@ -37,8 +37,13 @@ class IParticipant(Interface):
         the connection within a short grace period even if the peer stops reading.
         """
 
-    def set_format(fmt: Format) -> None:
-        """Render every later event in ``fmt``."""
+    def set_format(name: str) -> None:
+        """Render every later event in the format called ``name`` (``json``, ``text``).
+
+        The core passes on what the member asked for; the renderers are the adapter's,
+        so it raises ``UnsupportedFormat("usage: /format json|text")`` for a name it has
+        no renderer for, before anything changes.
+        """
 
     def nudge() -> None:
         """The member has been silent for a heartbeat interval.

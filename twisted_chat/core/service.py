@@ -13,6 +13,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted_chat import __version__
+from twisted_chat.core.commands import welcome_commands
 from twisted_chat.core.errors import (
     ChatError,
     EmptyMessage,
@@ -40,7 +42,6 @@ from twisted_chat.core.events import (
     Current,
     Disconnected,
     Event,
-    Format,
     IdleWarning,
     Join,
     Members,
@@ -67,7 +68,23 @@ from twisted_chat.core.names import (
     validate_room,
 )
 from twisted_chat.core.sanitize import clean_text
-from twisted_chat.rules.limits import InputLimits
+
+
+class InputLimits(Protocol):
+    """The input limits the front doors enforce, as the welcome announces them."""
+
+    @property
+    def rate(self) -> float: ...
+
+    @property
+    def burst(self) -> float: ...
+
+    @property
+    def byte_rate(self) -> float: ...
+
+    @property
+    def flood_timeout(self) -> float: ...
+
 
 TOKEN_MAX = 64
 SHOWN = 20  # names listed per kind in a crowd summary; the rest are counted
@@ -140,7 +157,7 @@ class Member:
     warned: bool = False
     nudged: bool = False
     present: bool = True
-    fmt: Format = Format.TEXT
+    fmt: str = "text"  # the name of its rendering, for the welcome to announce
     logged_in: bool = False
     origin: str = ""  # where it connects from, as its adapter describes it (for the log)
 
@@ -279,7 +296,7 @@ class ChatService(service.Service):
         login: str | None = None,
         nick: str | None = None,
         room: str | None = None,
-        fmt: Format = Format.TEXT,
+        fmt: str = "text",
         origin: str = "",
     ) -> Member:
         """Admit a participant and seat it in ``room``, or in #lobby.
@@ -352,6 +369,7 @@ class ChatService(service.Service):
             max_line=self.max_line,
             version=__version__,
             format=member.fmt,
+            commands=welcome_commands(member.logged_in),
             logged_in=member.logged_in,
             limits=None
             if self.limits is None
@@ -376,9 +394,10 @@ class ChatService(service.Service):
         if member.present:
             self._activity.move_to_end(member)
 
-    def set_format(self, member: Member, fmt: Format) -> None:
-        member.participant.set_format(fmt)
-        member.fmt = fmt
+    def set_format(self, member: Member, name: str) -> None:
+        """Switch the member's rendering by name; its adapter refuses a name it lacks."""
+        member.participant.set_format(name)
+        member.fmt = name
         self._tell(member, self.welcome(member))
 
     def set_nick(self, member: Member, raw: str) -> None:

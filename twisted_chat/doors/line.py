@@ -23,7 +23,6 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_chat.core.events import Format
 from twisted_chat.core.sanitize import clean_text
 from twisted_chat.core.service import ChatService
 from twisted_chat.doors.framing import (
@@ -34,6 +33,7 @@ from twisted_chat.doors.framing import (
     TelnetError,
     TelnetFilter,
 )
+from twisted_chat.render import TEXT
 from twisted_chat.rules.connection import CLOSE_GRACE, Connection, Rules, Session, _abort_transport
 
 # The request line of HTTP (and of RTSP and SIP, which look alike), however spaced or cased.
@@ -96,7 +96,7 @@ class ChatLineProtocol(Connection, LineReceiver):
         """
         if self.state is not Session.OPEN or self.transport is None:
             return
-        if self.format is not Format.TEXT:
+        if self.format is not TEXT:
             return
         endings = self.framer.endings
         if not self.telnet.seen and endings == LineFramer.LF:

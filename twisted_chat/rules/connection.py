@@ -38,10 +38,11 @@ from twisted_chat.core.errors import (
     LoginRefused,
     LoginRequired,
 )
-from twisted_chat.core.events import Bye, Event, Format, LoginNeeded, SlowDown
+from twisted_chat.core.events import Bye, Event, LoginNeeded, SlowDown
 from twisted_chat.core.interfaces import IParticipant
 from twisted_chat.core.service import ChatService, Member
 from twisted_chat.fastwrite import can_write_directly, write_now
+from twisted_chat.render import TEXT, Renderer, renderer_for
 from twisted_chat.rules.admission import Admission
 from twisted_chat.rules.limits import InputGovernor, InputLimits, LineTooLong
 from twisted_chat.rules.login import Authenticator
@@ -148,7 +149,7 @@ class Connection:
         self.service = rules.service
         self.clock = rules.clock
         self.batcher: Batcher | None = rules.batcher
-        self.format = Format.TEXT
+        self.format: Renderer = TEXT
         self.state = Session.OPEN
         self.member: Member | None = None
         self.peer = "?"
@@ -230,15 +231,18 @@ class Connection:
             return
         self._cancel_deadline()
         setup = setup or {}
-        fmt, bad_format = self.format, False
+        bad_format = False
         if b"/format" in setup:
             try:
-                fmt = parse_format(setup[b"/format"])
+                self.set_format(parse_format(setup[b"/format"]))
             except ChatError:
                 bad_format = True
-            self.set_format(fmt)
         self.member = member = self.service.connect(
-            self, nick=setup.get(b"/nick"), room=setup.get(b"/join"), fmt=fmt, origin=self.peer
+            self,
+            nick=setup.get(b"/nick"),
+            room=setup.get(b"/join"),
+            fmt=self.format.name,
+            origin=self.peer,
         )
         self.log.info("connect {peer} as {nick}", peer=self.peer, nick=member.nick)
         # What could not be granted is replayed as typed, so its error is the usual one;
@@ -574,7 +578,7 @@ class Connection:
             self._out = [event]
             batcher.dirty.append(self)
             return
-        self._send(event.encode(self.format))
+        self._send(self.format.encode(event))
 
     def nudge(self) -> None:
         """Nothing to ask for by default; a front door whose peer can answer by itself
@@ -583,11 +587,11 @@ class Connection:
     def flush_out(self) -> None:
         out, self._out = self._out, None
         if out and self.state in (Session.OPEN, Session.LOGIN) and self.transport is not None:
-            fmt = self.format
+            renderer = self.format
             if len(out) == 1:
-                self._send(out[0].encode(fmt))
+                self._send(renderer.encode(out[0]))
             else:
-                self._send(b"".join([event.encode(fmt) for event in out]))
+                self._send(b"".join([renderer.encode(event) for event in out]))
 
     def _send(self, data: bytes) -> None:
         assert self.transport is not None
@@ -618,9 +622,10 @@ class Connection:
         if not self.queue:
             self.queue = None
 
-    def set_format(self, fmt: Format) -> None:
+    def set_format(self, name: str) -> None:
+        renderer = renderer_for(name)  # raises UnsupportedFormat before anything changes
         self.flush_out()  # what was said before the switch is rendered the old way
-        self.format = fmt
+        self.format = renderer
 
     def close(self, final: Event | None) -> None:
         if self.state not in (Session.OPEN, Session.LOGIN) or self.transport is None:
@@ -628,7 +633,7 @@ class Connection:
         self.flush_out()
         if final is not None and isinstance(final, Bye):
             self.why = final.reason
-        self._end(final.encode(self.format) if final is not None else b"")
+        self._end(self.format.encode(final) if final is not None else b"")
 
     def _end(self, last: bytes) -> None:
         """Write ``last``, stop reading, close, and abort if the peer stalls the close."""
