@@ -6,6 +6,7 @@ are in ``tests/test_e2e.py`` and the chaos test.
 
 from __future__ import annotations
 
+import pytest_twisted
 from twisted.internet.testing import StringTransport
 
 from tests.doubles import ProtocolHarness
@@ -453,3 +454,21 @@ def test_a_flood_of_refusals_pauses_accepting_for_a_moment():
     h.rules.admission.closing(port)
     h.rules.admission.closing(other)
     assert h.rules.admission.ports == [] and h.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_port_accepts_a_bounded_number_of_connections_per_turn():
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    from twisted_chat.tap import MAX_ACCEPTS, BoundedAcceptPort, listen
+
+    h = ProtocolHarness()
+    port = yield listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), h.factory)
+    try:
+        assert isinstance(port, BoundedAcceptPort)
+        assert port.numberAccepts == MAX_ACCEPTS  # Twisted starts at 100
+        port.numberAccepts += 20  # what Twisted does after a turn that took all it could
+        assert port.numberAccepts == MAX_ACCEPTS
+    finally:
+        yield port.stopListening()

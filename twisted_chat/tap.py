@@ -17,7 +17,7 @@ from typing import Any, cast
 from twisted.application import service
 from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, tcp
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
@@ -420,22 +420,52 @@ class FrontDoor:
 FRONT_DOORS = (FrontDoor("port", "the line protocol (telnet, nc, the client)", ChatFactory),)
 
 
+# Connections a TCP port accepts in one reactor turn.  Twisted starts at 100 and adds 20
+# whenever a turn takes all it may; under a flood of connections that are refused at
+# once, those turns ran for milliseconds while members' lines waited behind them.
+MAX_ACCEPTS = 16
+
+
+class BoundedAcceptPort(tcp.Port):
+    """A TCP port that accepts at most ``MAX_ACCEPTS`` connections per reactor turn."""
+
+    @property
+    def numberAccepts(self) -> int:
+        return self._accepts
+
+    @numberAccepts.setter
+    def numberAccepts(self, n: int) -> None:
+        self._accepts = max(1, min(n, MAX_ACCEPTS))
+
+
+def bound_accepts(port: IListeningPort) -> IListeningPort:
+    """Make a listening ``tcp.Port`` a ``BoundedAcceptPort`` (anything else is left as is)."""
+    if type(port) is tcp.Port:
+        accepts = port.__dict__.pop("numberAccepts", MAX_ACCEPTS)
+        port.__class__ = BoundedAcceptPort
+        port.numberAccepts = accepts
+    return port
+
+
 def listen(endpoint: Any, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
-    """``endpoint.listen(factory)``, except that over TLS refusals come before TLS state.
+    """``endpoint.listen(factory)``, except that over TLS refusals come before TLS state,
+    and a TCP port accepts a bounded number of connections per reactor turn.
 
     Twisted's ``ssl:`` endpoint wraps the factory inside the reactor, where a refused
     connection still costs an OpenSSL connection and its teardown.  The same listening
     TCP port with our own wrapper (``RefusingTLSFactory``) asks the chat factory first.
     """
     if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
-        return defer.execute(
+        d = defer.execute(
             endpoint._reactor.listenTCP,
             endpoint._port,
             RefusingTLSFactory(endpoint._sslContextFactory, False, factory),
             backlog=endpoint._backlog,
             interface=endpoint._interface,
         )
-    return cast(defer.Deferred[IListeningPort], endpoint.listen(factory))
+    else:
+        d = cast(defer.Deferred[IListeningPort], endpoint.listen(factory))
+    return d.addCallback(bound_accepts)
 
 
 class ListenerService(service.Service):
