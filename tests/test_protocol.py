@@ -527,3 +527,49 @@ def test_guest_names_cannot_log_in_and_the_refusal_is_logged():
     assert [e["name"] for e in seen if e.get("log_format", "").startswith("refused login")] == [
         "guest3"
     ]
+
+
+def test_a_command_answered_later_holds_the_connections_next_lines_in_order(monkeypatch):
+    from twisted.internet import defer
+
+    from twisted_chat.core import commands
+    from twisted_chat.core.errors import NickTaken
+
+    pending: list[defer.Deferred[None]] = []
+
+    def slow(svc, member, args):
+        d: defer.Deferred[None] = defer.Deferred()
+        pending.append(d)
+        return d
+
+    monkeypatch.setitem(commands.COMMANDS, "slow", commands.Command("/slow", "test", slow))
+    h = ProtocolHarness()
+    alice, bob = h.connect("alice"), h.connect("bob")
+    alice.send(b"/slow\r\nafter the slow one\r\n/slow\r\nlast\r\n")
+    assert bob.new_lines() == []  # nothing said while /slow is being answered
+    assert alice.transport.producerState == "paused"  # and nothing more read
+    pending[0].callback(None)
+    assert bob.new_lines() == ["[#lobby] <alice> after the slow one"]
+    assert alice.transport.producerState == "paused"  # the second /slow now
+    pending[1].errback(NickTaken("taken, later"))  # a domain error, told as usual
+    assert alice.new_lines()[-1] == "!!! nick-taken: taken, later"
+    assert bob.new_lines() == ["[#lobby] <alice> last"]
+    assert alice.transport.producerState == "producing"
+
+
+def test_before_login_lines_are_read_by_the_same_parser():
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+
+    from twisted_chat.rules.login import Authenticator
+
+    h = ProtocolHarness()
+    checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
+    h.rules.authenticator = Authenticator([checker], h.clock)
+    conn = h.connect()
+    conn.send(b"\x0c  /PING tok\r\n")  # a stray key and spaces, as for a member
+    assert conn.new_lines() == ["*** pong tok"]
+    conn.send(b"/who\r\nhello\r\n")
+    assert conn.new_lines() == [
+        "!!! login-required: log in first: /login NAME PASSWORD",
+        "!!! login-required: log in first: /login NAME PASSWORD",
+    ]

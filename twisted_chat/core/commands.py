@@ -1,7 +1,12 @@
-"""The one dispatch point for everything a participant types.
+"""The one dispatch point for everything a participant types, logged in or not.
 
-Adapters hand each decoded line to :meth:`Dispatcher.dispatch`; it parses the command,
-calls the core, and is the one place where a domain error becomes an ``error`` event.
+Front doors hand each decoded line to :meth:`Dispatcher.dispatch` (or, before a login,
+:meth:`Dispatcher.dispatch_login`); one parser reads it, the command tables say what it
+means, and this is the one place where a domain error becomes an ``error`` event.
+
+A command may return a Deferred (a nickname claim or a login checked elsewhere): the
+dispatcher hands it back, and the connection reads nothing more until it has fired, so
+one connection's lines are acted on in order.
 """
 
 from __future__ import annotations
@@ -10,16 +15,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_chat.core.errors import (
     BadArguments,
     ChatError,
+    LoginRequired,
     NotNeeded,
     UnknownCommand,
 )
-from twisted_chat.core.events import Error, Help
-from twisted_chat.core.interfaces import IParticipant
+from twisted_chat.core.events import Bye, Error, Help
+from twisted_chat.core.interfaces import ILoginSession, IParticipant
 from twisted_chat.core.sanitize import clean_text
 
 if TYPE_CHECKING:  # the service imports this module for the welcome's command list
@@ -30,7 +38,7 @@ if TYPE_CHECKING:  # the service imports this module for the welcome's command l
 class Command:
     usage: str
     help: str
-    run: Callable[[ChatService, Member, str], None]
+    run: Callable[[ChatService, Member, str], defer.Deferred[None] | None]
     # The short form the welcome lists (the usage, unless that is too long for it).
     brief: str = ""
 
@@ -157,43 +165,112 @@ def welcome_commands(logged_in: bool) -> tuple[str, ...]:
     return _LOGGED_IN_BRIEFS if logged_in else _BRIEFS
 
 
+def parse(line: str) -> tuple[str | None, str]:
+    """``(command, arguments)`` for ``/command arguments``, ``(None, text)`` for talk.
+
+    What decides a command is what a reader would see: a stray key (Ctrl-L, an arrow
+    key's escape) or a space before "/msg bob secret" must not turn it into a message
+    for the whole room.  ``//text`` says "/text".
+    """
+    line = line.rstrip()
+    visible = clean_text(line).lstrip()
+    if visible.startswith("/"):
+        line = visible
+    if line.startswith("//"):
+        return None, line[1:]
+    if line.startswith("/"):
+        name, _, args = line[1:].partition(" ")
+        return name.lower(), args.strip()
+    return None, line
+
+
+def _before_login(
+    svc: ChatService, session: ILoginSession, args: str, command: str
+) -> defer.Deferred[None] | None:
+    if command == "login":
+        name, _, password = args.partition(" ")
+        if not name or not password:
+            raise LoginRequired("usage: /login NAME PASSWORD")
+        return session.login(name, password)
+    if command == "format":
+        session.set_format(parse_format(args))
+        session.prompt()  # the login prompt again, now in the format asked for
+    elif command == "ping":
+        session.deliver(svc.pong(args))
+    elif command == "quit":
+        session.close(Bye(ts=svc.clock.seconds(), reason="you quit"))
+    return None
+
+
+# What a connection may do before it has logged in (servers with --auth).
+LOGIN_COMMANDS = ("login", "format", "ping", "quit")
+
+
 class Dispatcher:
     log = Logger()
 
     def __init__(self, service: ChatService) -> None:
         self.service = service
 
-    def dispatch(self, member: Member, line: str) -> None:
-        """Act on one line; never raises, whatever the line holds."""
-        line = line.rstrip()
+    def dispatch(self, member: Member, line: str) -> defer.Deferred[None] | None:
+        """Act on one line; never raises, whatever the line holds.
+
+        Returns the command's Deferred when it has one (the caller waits for it).
+        """
         if not line.strip() or not member.present:
-            return
-        # What decides a command is what a reader would see: a stray key (Ctrl-L, an
-        # arrow key's escape) or a space before "/msg bob secret" must not turn it into
-        # a message for the whole room.
-        visible = clean_text(line).lstrip()
-        if visible.startswith("/"):
-            line = visible
+            return None
+        command, args = parse(line)
         try:
-            if line.startswith("//"):
-                self.service.say(member, line[1:])
-            elif line.startswith("/"):
-                name, _, args = line[1:].partition(" ")
-                command = COMMANDS.get(name.lower())
-                if command is None:
-                    shown = clean_text(name)[:30]
-                    raise UnknownCommand(
-                        f"unknown command /{shown}; type /help for the list "
-                        "(start a line with // to say something beginning with /)"
-                    )
-                command.run(self.service, member, args.strip())
-            else:
-                self.service.say(member, line)
+            if command is None:
+                self.service.say(member, args)
+                return None
+            found = COMMANDS.get(command)
+            if found is None:
+                shown = clean_text(command)[:30]
+                raise UnknownCommand(
+                    f"unknown command /{shown}; type /help for the list "
+                    "(start a line with // to say something beginning with /)"
+                )
+            result = found.run(self.service, member, args)
         except ChatError as e:
             self.report(member, e)
+            return None
         except Exception:
             self.log.failure("command from {nick} failed", nick=member.nick)
             self.report(member, ChatError("internal error; the server has logged it"))
+            return None
+        if isinstance(result, defer.Deferred):
+            return result.addErrback(self._failed, member.participant, member.nick)
+        return None
+
+    def dispatch_login(self, session: ILoginSession, line: str) -> defer.Deferred[None] | None:
+        """Act on one line from a connection that has not logged in yet."""
+        if not line.strip():
+            return None
+        command, args = parse(line)
+        try:
+            if command not in LOGIN_COMMANDS:
+                raise LoginRequired("log in first: /login NAME PASSWORD")
+            assert command is not None
+            result = _before_login(self.service, session, args, command)
+        except ChatError as e:
+            self.tell(session, e)
+            return None
+        except Exception:
+            self.log.failure("command before login failed")
+            self.tell(session, ChatError("internal error; the server has logged it"))
+            return None
+        if isinstance(result, defer.Deferred):
+            return result.addErrback(self._failed, session, "(logging in)")
+        return None
+
+    def _failed(self, failure: Failure, participant: IParticipant, who: str) -> None:
+        """A command's Deferred failed: a domain error is told, anything else logged."""
+        error = failure.value
+        if not isinstance(error, ChatError):
+            self.log.failure("command from {nick} failed", failure, nick=who)
+            error = ChatError("internal error; the server has logged it")
+        self.tell(participant, error)
 
     def report(self, member: Member, error: ChatError) -> None:
         """Turn a domain error into the wire error for this member."""

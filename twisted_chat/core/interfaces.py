@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from twisted_chat.core.events import Event
 
 
@@ -54,23 +56,80 @@ class IParticipant(Interface):
         """
 
 
-class IChatService(Interface):
-    """The chat core: members, rooms, the nickname registry, fan-out and heartbeats.
+class ILoginSession(IParticipant):
+    """A connection that has not logged in yet (servers with ``--auth``).
 
-    Every command method raises a ``twisted_chat.core.errors.ChatError`` with a message fit for
-    the user when the request cannot be served; none of them returns a Deferred.
+    The dispatcher reads its lines with the same parser as a member's and calls these.
+    """
+
+    def login(name: str, password: str) -> Deferred[None]:
+        """Check ``name`` and ``password`` and, when they are right, seat the member.
+
+        Fires once the attempt is answered (the connection reads nothing meanwhile).
+        Refusals are told to the connection by then, or fail with a ``ChatError``.
+        """
+
+    def prompt() -> None:
+        """Say again that a login is needed (after ``/format``, in the new format)."""
+
+
+class IChatService(Interface):
+    """The chat core as front doors and the rules see it.
+
+    Members are handles returned by ``connect``.  Commands typed by members reach the
+    core through ``commands.Dispatcher``, which is part of it; a command may raise a
+    ``twisted_chat.core.errors.ChatError`` with a message fit for the user, or return a
+    Deferred that fails with one.
     """
 
     members = Attribute("The connected members, in connection order.")
+    clock = Attribute("The IReactorTime the core schedules on and reads the time from.")
+    dispatcher = Attribute(
+        "The core's commands.Dispatcher: front doors hand it every line a connection types."
+    )
 
-    def connect(participant: IParticipant) -> Any:
-        """Admit a participant: assign a guest nickname, greet it, seat it in the lobby.
+    def connect(
+        participant: IParticipant,
+        login: str | None = None,
+        nick: str | None = None,
+        room: str | None = None,
+        fmt: str = "text",
+        origin: str = "",
+    ) -> Any:
+        """Admit a participant, greet it and seat it; returns its member handle.
 
-        Returns the member handle the adapter passes to every later call.
+        ``login``: the name it logged in as, which becomes its nickname.  Otherwise a
+        guest name, or ``nick`` when that is free; ``room`` (when allowed) instead of
+        the lobby; ``fmt`` is the format the welcome is announced in; ``origin`` is for
+        the log.
         """
 
     def touch(member: Any) -> None:
         """Record a sign of life (any input) for the heartbeat rule."""
 
     def connection_lost(member: Any, reason: str) -> None:
-        """The adapter's connection ended; tell the rooms unless already removed."""
+        """The front door's connection ended; tell the rooms unless already removed."""
+
+    def drop(member: Any, reason: str) -> None:
+        """Remove a member for abuse (``reason`` is told to it and its rooms)."""
+
+    def pong(token: str) -> Event:
+        """The answer to a heartbeat ``/ping token``, also before a login."""
+
+    def login_nick(name: str) -> str:
+        """The nickname a login name would have; raises ``ChatError`` when it cannot."""
+
+    def nick_in_use(nick: str) -> bool:
+        """Whether ``nick`` (or a name that looks like it) is held now."""
+
+    def nicks_match(a: str, b: str) -> bool:
+        """Whether two names are the same nickname (look-alikes included)."""
+
+    def is_member_of(member: Any, room: str) -> bool:
+        """Whether ``member`` is in ``room`` now."""
+
+    def begin_batch() -> None:
+        """A front door starts acting on one chunk of input (possibly many lines)."""
+
+    def end_batch() -> None:
+        """That chunk is done: output gathered for it may be written."""

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted_chat import __version__
-from twisted_chat.core.commands import welcome_commands
+from twisted_chat.core.commands import Dispatcher, welcome_commands
 from twisted_chat.core.errors import (
     ChatError,
     EmptyMessage,
@@ -218,6 +218,7 @@ class ChatService(service.Service):
         self._closing: set[Member] = set()
         self._last_sweep: float | None = None
         self._batch_depth = 0
+        self.dispatcher = Dispatcher(self)  # what members type reaches the core through it
         self._run: _Run | None = None
 
     # -- lifecycle ---------------------------------------------------------------------

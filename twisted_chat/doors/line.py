@@ -23,8 +23,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_chat.core.interfaces import IChatService
 from twisted_chat.core.sanitize import clean_text
-from twisted_chat.core.service import ChatService
 from twisted_chat.doors.framing import (
     DO,
     IAC,
@@ -163,7 +163,7 @@ class ChatFactory(ServerFactory):
         self.rules = rules
 
     @property
-    def service(self) -> ChatService:
+    def service(self) -> IChatService:
         return self.rules.service
 
     def buildProtocol(self, addr: object) -> Protocol | None:

@@ -36,11 +36,10 @@ from twisted_chat.core.errors import (
     LoginFailed,
     LoginInUse,
     LoginRefused,
-    LoginRequired,
 )
 from twisted_chat.core.events import Bye, Event, LoginNeeded, SlowDown
-from twisted_chat.core.interfaces import IParticipant
-from twisted_chat.core.service import ChatService, Member
+from twisted_chat.core.interfaces import IChatService, ILoginSession
+from twisted_chat.core.service import Member
 from twisted_chat.fastwrite import can_write_directly, write_now
 from twisted_chat.render import TEXT, Renderer, renderer_for
 from twisted_chat.rules.admission import Admission
@@ -67,7 +66,7 @@ class Rules:
 
     def __init__(
         self,
-        service: ChatService,
+        service: IChatService,
         clock: IReactorTime,
         max_line: int = 2048,
         send_queue: int = DEFAULT_SEND_QUEUE,
@@ -76,7 +75,7 @@ class Rules:
     ) -> None:
         self.service = service
         self.clock = clock
-        self.dispatcher = Dispatcher(service)
+        self.dispatcher: Dispatcher = service.dispatcher
         self.admission = Admission(clock)
         self.batcher = Batcher(service, clock, flush_interval)
         self.max_line = max_line
@@ -98,7 +97,7 @@ class Session(enum.Enum):
     CLOSED = "closed"
 
 
-@implementer(IParticipant)
+@implementer(ILoginSession)
 class Connection:
     """The shared part of every front door's protocol (an ``IParticipant``).
 
@@ -117,7 +116,6 @@ class Connection:
         "_abort_call",
         "_attempts",
         "_awaiting_tls",
-        "_checking",
         "_direct",
         "_fresh",
         "_login_call",
@@ -126,6 +124,7 @@ class Connection:
         "_resume_call",
         "_seat_call",
         "_send_error",
+        "_waiting",
         "address",
         "batcher",
         "clock",
@@ -166,7 +165,7 @@ class Connection:
         self._reading_paused = False
         self._resume_call: IDelayedCall | None = None
         self._attempts = 0
-        self._checking = False
+        self._waiting = False  # a command is being answered: act on nothing more
         self._login_call: IDelayedCall | None = None
         self._awaiting_tls = False
         self._out: list[Event] | None = None  # output gathered, encoded when written
@@ -325,86 +324,57 @@ class Connection:
 
     # -- login (only with --auth) ------------------------------------------------------
 
-    def _login_line(self, line: bytes) -> None:
-        text = line.decode("utf-8", errors="replace").strip()
-        command, _, rest = text.partition(" ")
-        command = command.lower()
-        now = self.clock.seconds()
-        if not text:
-            return
-        if command == "/login":
-            name, _, password = rest.strip().partition(" ")
-            if not name or not password:
-                self._tell(LoginRequired("usage: /login NAME PASSWORD"))
-                return
-            self._checking = True
-            d = defer.ensureDeferred(self._login(name, password))
-            d.addErrback(lambda f: self.log.failure("login failed unexpectedly", f))
-        elif command == "/format":
-            try:
-                self.set_format(parse_format(rest))
-            except ChatError as e:
-                self._tell(e)
-                return
-            self.deliver(LoginNeeded(ts=now, attempts=self._attempts))
-        elif command == "/ping":
-            self.deliver(self.service.pong(rest))
-        elif command == "/quit":
-            self.close(Bye(ts=now, reason="you quit"))
-        else:
-            self._tell(LoginRequired("log in first: /login NAME PASSWORD"))
+    def login(self, name: str, password: str) -> defer.Deferred[None]:
+        """``ILoginSession.login``: the dispatcher waits for it, and so does reading."""
+        return defer.ensureDeferred(self._login(name, password))
+
+    def prompt(self) -> None:
+        self.deliver(LoginNeeded(ts=self.clock.seconds(), attempts=self._attempts))
 
     async def _login(self, name: str, password: str) -> None:
+        """Check a login; a refusal the connection survives fails with its ``ChatError``,
+        which the dispatcher tells."""
         authenticator = self.rules.authenticator
         assert authenticator is not None
         try:
-            try:
-                nick = self.service.login_nick(name)  # before the password: reveals nothing
-            except ChatError as e:
-                self.log.info(
-                    "refused login from {peer} as {name}: {why}",
-                    peer=self.peer,
-                    name=_shown(name),
-                    why=e.message,
-                )
-                self._attempts -= 1  # it costs an attempt like any other refusal
-                if self._attempts <= 0:
-                    self.close(Bye(ts=self.clock.seconds(), reason="too many failed logins"))
-                    return
-                self._tell(LoginFailed(f"this login cannot be used as a nickname: {e.message}"))
+            nick = self.service.login_nick(name)  # before the password: reveals nothing
+        except ChatError as e:
+            self.log.info(
+                "refused login from {peer} as {name}: {why}",
+                peer=self.peer,
+                name=_shown(name),
+                why=e.message,
+            )
+            self._attempts -= 1  # it costs an attempt like any other refusal
+            if self._attempts <= 0:
+                self.close(Bye(ts=self.clock.seconds(), reason="too many failed logins"))
                 return
-            try:
-                login = await authenticator.check(nick, password, self.address or self.peer)
-            except LoginRefused as e:
-                if self.state is Session.LOGIN:
-                    self._tell(e)
-                    self.close(Bye(ts=self.clock.seconds(), reason="login refused"))
-                return
-            except LoginFailed as e:
-                self._attempts -= 1
-                self.log.info("failed login from {peer} as {name}", peer=self.peer, name=nick)
-                if self.state is not Session.LOGIN:
-                    return  # closed (its deadline passed) while it was made to wait
-                if self._attempts <= 0:
-                    self.close(Bye(ts=self.clock.seconds(), reason="too many failed logins"))
-                else:
-                    left = f"{self._attempts} attempt{'s' if self._attempts > 1 else ''} left"
-                    self._tell(LoginFailed(f"{e.message} ({left})"))
-                return
+            raise LoginFailed(f"this login cannot be used as a nickname: {e.message}") from None
+        try:
+            login = await authenticator.check(nick, password, self.address or self.peer)
+        except LoginRefused as e:
+            if self.state is Session.LOGIN:
+                self._tell(e)  # before the close, which ends all output
+                self.close(Bye(ts=self.clock.seconds(), reason="login refused"))
+            return
+        except LoginFailed as e:
+            self._attempts -= 1
+            self.log.info("failed login from {peer} as {name}", peer=self.peer, name=nick)
             if self.state is not Session.LOGIN:
-                return  # the connection went away while the password was checked
-            nick = login
-            if self.service.nick_in_use(nick):
-                self._tell(LoginInUse(f"{nick} (or a name that looks like it) is logged in"))
+                return  # closed (its deadline passed) while it was made to wait
+            if self._attempts <= 0:
+                self.close(Bye(ts=self.clock.seconds(), reason="too many failed logins"))
                 return
-            self._cancel_deadline()
-            self.state = Session.OPEN
-            self.member = self.service.connect(self, login=nick, origin=self.peer)
-            self.log.info("login {peer} as {nick}", peer=self.peer, nick=nick)
-        finally:
-            self._checking = False
-            if self.state is not Session.CLOSED:
-                self._drain()
+            left = f"{self._attempts} attempt{'s' if self._attempts > 1 else ''} left"
+            raise LoginFailed(f"{e.message} ({left})") from None
+        if self.state is not Session.LOGIN:
+            return  # the connection went away while the password was checked
+        if self.service.nick_in_use(login):
+            raise LoginInUse(f"{login} (or a name that looks like it) is logged in")
+        self._cancel_deadline()
+        self.state = Session.OPEN
+        self.member = self.service.connect(self, login=login, origin=self.peer)
+        self.log.info("login {peer} as {nick}", peer=self.peer, nick=login)
 
     def _tell(self, error: ChatError) -> None:
         self.rules.dispatcher.tell(self, error)
@@ -462,7 +432,7 @@ class Connection:
         self._resume_call = None
         now = self.clock.seconds()
         governor = self.governor
-        while self.pending and not self._checking:
+        while self.pending and not self._waiting:
             if self.state not in (Session.OPEN, Session.LOGIN):
                 self.pending = None
                 return
@@ -474,20 +444,22 @@ class Connection:
                     self._hold(now, wait)
                     return
             self.pending.popleft()
-            if self.state is Session.LOGIN:
-                if isinstance(item, bytes):
-                    self._login_line(item)
-            elif isinstance(item, bytes):
-                self._line(item)
-            else:
+            if isinstance(item, bytes):
+                result = self._line(item)
+                if result is not None and not result.called:
+                    # A command answered later (a login check, a claim elsewhere): read
+                    # nothing more and act on nothing more until it is done.
+                    self._waiting = True
+                    result.addBoth(self._answered)
+            elif self.state is not Session.LOGIN:
                 self._too_long()
         if not self.pending:
             self.pending = None
         if self.state not in (Session.OPEN, Session.LOGIN):
             return
-        if self._checking:
-            # A login is being checked (it may be made to wait for seconds): read nothing
-            # more until it is answered, or lines would pile up past every limit.
+        if self._waiting:
+            # A command is being answered (a login may be made to wait for seconds): read
+            # nothing more until it is, or lines would pile up past every limit.
             self._pause_reading()
             return
         if governor is not None:
@@ -496,8 +468,7 @@ class Connection:
                 self.held_by = "bytes"
                 self._hold(now, wait)
                 return
-            if not self._checking:
-                governor.release(now)
+            governor.release(now)
         self.held_by = ""
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
@@ -540,9 +511,11 @@ class Connection:
         # rule must keep hearing so while a large debt is paid off.
         self._resume_call = self.clock.callLater(min(max(wait, 0.001), 1.0), self._drain)
 
-    def _line(self, line: bytes) -> None:
-        assert self.member is not None
+    def _line(self, line: bytes) -> defer.Deferred[None] | None:
         dispatcher = self.rules.dispatcher
+        if self.state is Session.LOGIN:
+            return dispatcher.dispatch_login(self, line.decode("utf-8", errors="replace"))
+        assert self.member is not None
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
@@ -553,7 +526,13 @@ class Connection:
                     "that line was not valid UTF-8; the bad bytes were replaced with \ufffd"
                 ),
             )
-        dispatcher.dispatch(self.member, text)
+        return dispatcher.dispatch(self.member, text)
+
+    def _answered(self, result: object) -> None:
+        """The command the connection waited for is done: go on with its lines."""
+        self._waiting = False
+        if self.state is not Session.CLOSED:
+            self._drain()
 
     def _too_long(self) -> None:
         assert self.member is not None

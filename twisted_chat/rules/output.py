@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 if TYPE_CHECKING:
-    from twisted_chat.core.service import ChatService
+    from twisted_chat.core.interfaces import IChatService
 
 HOLD_AFTER = 4  # recipients a flush must reach before later output is held (see end_batch)
 
@@ -35,7 +35,7 @@ class Batcher:
 
     log = Logger()
 
-    def __init__(self, service: ChatService, clock: IReactorTime, flush_interval: float = 0.0):
+    def __init__(self, service: IChatService, clock: IReactorTime, flush_interval: float = 0.0):
         self.service = service
         self.clock = clock
         self.flush_interval = flush_interval
