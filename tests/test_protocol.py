@@ -208,7 +208,7 @@ def test_connection_dropping_mid_line_tells_rooms_once():
     bob.protocol.connectionLost(Failure(ConnectionLost("reset")))
     assert alice.new_lines() == ["*** [#lobby] bob lost connection (connection reset)"]
     alice.send(b"still talking\n")
-    assert h.service.nicks.get("bob") is None
+    assert h.service.nicks.owner("bob") is None
 
 
 def test_broadcast_to_a_closed_transport_costs_others_nothing():

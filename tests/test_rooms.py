@@ -40,7 +40,7 @@ def test_the_lobby_counts_toward_the_rooms_per_member():
         h.service.join(alice, "#c")
     assert caught.value.code == "too-many-rooms"
     assert caught.value.message == "you are in 3 rooms, the most allowed; /part one first"
-    assert "#c" not in h.service.rooms  # refused before anything was created
+    assert h.service.rooms.find("#c") is None  # refused before anything was created
     assert alice.current is not None and alice.current.name == "#b"
 
 
@@ -91,7 +91,7 @@ def test_the_server_refuses_a_new_room_beyond_max_rooms_but_not_existing_ones():
     assert caught.value.message == (
         "the server has 3 rooms, the most it allows; join an existing one (/rooms)"
     )
-    assert "#c" not in h.service.rooms
+    assert h.service.rooms.find("#c") is None
     pb.clear()
     h.service.join(bob, "#A")
     assert pb.texts()[0] == "*** [#a] bob joined (2 here)"
@@ -110,7 +110,7 @@ def test_a_room_freed_when_emptied_can_be_created_again():
         h.service.join(alice, "#b")  # bob still holds #a open
     h.service.quit(bob, "bye")  # leaving by any route frees it
     h.service.join(alice, "#b")
-    assert sorted(h.service.rooms) == ["#b", "#lobby"]
+    assert sorted(r.name for r in h.service.rooms.rooms()) == ["#b", "#lobby"]
 
 
 @pytest.mark.parametrize("limits", [{"max_rooms_per_member": 0}, {"max_rooms": 0}])
@@ -221,7 +221,7 @@ def test_rooms_follows_every_change_despite_its_caches():
                 query = rng.choice(["", "a", "B", "#c"])
                 got = _rooms(h, member, p, query or None)
                 everything = sorted(
-                    ((r.name, len(r.members)) for r in h.service.rooms.values()),
+                    ((r.name, len(r.members)) for r in h.service.rooms.rooms()),
                     key=lambda item: (-item[1], item[0].casefold()),
                 )
                 want = [item for item in everything if query.lower() in item[0].lower()]
@@ -235,7 +235,7 @@ def test_a_rooms_answer_stays_small_with_a_thousand_rooms():
     alice, pa = h.add("alice")
     for i in range(999):
         h.service.join(alice, f"#{i:04}" + "x" * 28)  # the longest names allowed
-    assert len(h.service.rooms) == h.service.max_rooms == 1000
+    assert h.service.rooms.count() == h.service.max_rooms == 1000
     with pytest.raises(ServerRoomsFull, match="the server has 1000 rooms"):
         h.service.join(h.add("bob")[0], "#one-more")
     event = _rooms(h, alice, pa)

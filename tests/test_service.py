@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from zope.interface.verify import verifyObject
 
@@ -17,6 +19,7 @@ from twisted_chat.core.errors import (
     RoomInvalid,
 )
 from twisted_chat.core.interfaces import IChatService
+from twisted_chat.core.local import LocalNicks
 from twisted_chat.render import JSON, TEXT
 
 
@@ -124,7 +127,7 @@ def test_nick_change_told_once_to_everyone_sharing_a_room():
     assert len(pb.of_type("nick")) == 1  # shares #lobby and #ops, told once
     assert len(pc.of_type("nick")) == 1
     assert len(pa.of_type("nick")) == 1
-    assert h.service.nicks.get("alice") is None
+    assert h.service.nicks.owner("alice") is None
 
 
 def test_message_reaches_every_other_member_of_the_room_only():
@@ -171,7 +174,7 @@ def test_join_part_rooms_who():
     assert pb.texts() == ["*** [#ops] alice left (lunch)"]
     assert alice.current is not None and alice.current.name == "#lobby"
     h.service.part(bob, "#ops")
-    assert "#ops" not in [r.name for r in h.service.rooms.values()]  # empty rooms go away
+    assert "#ops" not in [r.name for r in h.service.rooms.rooms()]  # empty rooms go away
     with pytest.raises(NoSuchRoom):
         h.service.who(alice, "#ops")
     with pytest.raises(RoomInvalid):
@@ -251,7 +254,7 @@ def test_quit_is_told_once_per_member_and_later_connection_lost_is_silent():
     h.service.quit(alice, "again")
     assert pb.texts() == ["*** [#lobby, #ops] alice quit (bye now)"]  # once for both rooms
     assert [e.type for e in pa.closed if e] == ["bye"]
-    assert "alice" not in h.service.nicks
+    assert h.service.nicks.owner("alice") is None
 
 
 def test_connection_lost_tells_rooms_once():
@@ -456,4 +459,54 @@ def test_case_is_ignored_even_for_letters_whose_cases_look_like_different_latin_
     h.service.set_nick(boris, "БОРИС")  # only the case of one's own name: allowed
     assert boris.nick == "БОРИС"
     h.service.quit(boris, "")
-    assert h.service.nicks.keys().isdisjoint({"bopᴎc", "6opᴎc"})  # every key released
+    assert cast(LocalNicks, h.service.nicks).keys().isdisjoint({"bopᴎc", "6opᴎc"})  # all keys
+
+
+def test_nicknames_rooms_and_delivery_go_through_the_seams_a_backplane_replaces():
+    from twisted.internet import task
+    from zope.interface.verify import verifyObject
+
+    from tests.doubles import RecordingParticipant
+    from twisted_chat.core.interfaces import IDelivery, INickRegistry, IRoomDirectory
+    from twisted_chat.core.local import LocalDelivery, LocalRooms
+    from twisted_chat.core.service import ChatService
+
+    seen: list[str] = []
+
+    class Nicks(LocalNicks):
+        def claim(self, nick, holder):
+            seen.append(f"claim {nick}")
+            super().claim(nick, holder)
+
+        def release(self, nick, holder):
+            seen.append(f"release {nick}")
+            super().release(nick, holder)
+
+    class Rooms(LocalRooms):
+        def enter(self, room, member):
+            seen.append(f"enter {room.name}")
+            super().enter(room, member)
+
+    class Delivery(LocalDelivery):
+        def fanout(self, members, event, exclude):
+            seen.append(f"fanout {event.type}")
+            return super().fanout(members, event, exclude)
+
+    nicks, rooms, delivery = Nicks(), Rooms(), Delivery()
+    for interface, provider in (
+        (INickRegistry, nicks),
+        (IRoomDirectory, rooms),
+        (IDelivery, delivery),
+    ):
+        assert verifyObject(interface, provider)
+    svc = ChatService(task.Clock(), nicks=nicks, rooms=rooms, delivery=delivery)
+    alice = svc.connect(RecordingParticipant())
+    svc.connect(RecordingParticipant())
+    svc.set_nick(alice, "alice")
+    svc.join(alice, "#ops")
+    svc.say(alice, "hello")
+    assert "claim alice" in seen and "enter #ops" in seen and "fanout message" in seen
+    assert rooms.find("#ops") is not None and nicks.owner("alice") is alice
+    svc.quit(alice, "bye")
+    assert "release alice" in seen
+    assert rooms.find("#ops") is None  # its last member left

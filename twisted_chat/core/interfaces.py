@@ -133,3 +133,58 @@ class IChatService(Interface):
 
     def end_batch() -> None:
         """That chunk is done: output gathered for it may be written."""
+
+
+# -- what differs between one process and several -----------------------------------------
+#
+# On one node each of these is a dictionary (``core/local.py``).  Across nodes (a Redis
+# backplane) the nickname registry becomes an arbiter every node asks, room membership
+# lives where every node can read it, and delivery also publishes to the other nodes.
+
+
+class INickRegistry(Interface):
+    """Who holds which nickname, look-alikes included (every key of ``names.skeletons``)."""
+
+    def owner(nick: str) -> Any:
+        """The member holding ``nick`` or a name that looks like it, or None."""
+
+    def claim(nick: str, holder: Any) -> None:
+        """``holder`` now holds ``nick`` (the caller has seen ``owner(nick)`` is None)."""
+
+    def release(nick: str, holder: Any) -> None:
+        """``holder`` gives ``nick`` up; a name held by someone else stays theirs."""
+
+
+class IRoomDirectory(Interface):
+    """The rooms that exist and who is in each."""
+
+    def find(key: str) -> Any:
+        """The room whose ``names.room_key`` is ``key``, or None."""
+
+    def create(key: str, name: str) -> Any:
+        """A new, empty room called ``name`` (the caller has seen ``find(key)`` is None)."""
+
+    def remove(key: str) -> None:
+        """The room is gone (its last member left)."""
+
+    def count() -> int:
+        """How many rooms exist."""
+
+    def rooms() -> Any:
+        """Every room (an iterable)."""
+
+    def enter(room: Any, member: Any) -> None:
+        """``member`` is in ``room`` from now on."""
+
+    def leave(room: Any, member: Any) -> None:
+        """``member`` is no longer in ``room``."""
+
+
+class IDelivery(Interface):
+    """How an event reaches its audience."""
+
+    def fanout(members: Any, event: Event, exclude: Any) -> list[Any]:
+        """Hand ``event`` to each member but ``exclude``; the members it failed for.
+
+        One recipient failing must not keep it from the others.
+        """

@@ -56,11 +56,17 @@ from twisted_chat.core.events import (
     TimedOut,
     Welcome,
 )
-from twisted_chat.core.interfaces import IChatService, IParticipant
+from twisted_chat.core.interfaces import (
+    IChatService,
+    IDelivery,
+    INickRegistry,
+    IParticipant,
+    IRoomDirectory,
+)
+from twisted_chat.core.local import LocalDelivery, LocalNicks, LocalRooms
 from twisted_chat.core.names import (
     LOBBY,
     NICK_MAX,
-    could_be_nick,
     room_key,
     skeleton,
     skeletons,
@@ -180,6 +186,9 @@ class ChatService(service.Service):
         summary_interval: float = 10.0,
         max_rooms_per_member: int = 20,
         max_rooms: int = 1000,
+        nicks: INickRegistry | None = None,
+        rooms: IRoomDirectory | None = None,
+        delivery: IDelivery | None = None,
     ) -> None:
         if max_rooms_per_member < 1 or max_rooms < 1:
             raise ValueError("max_rooms_per_member and max_rooms must be at least 1 (#lobby)")
@@ -197,10 +206,12 @@ class ChatService(service.Service):
         self.shutdown_grace = shutdown_grace
         self.limits = limits  # enforced by the adapters; announced here
         self.members: dict[Member, None] = {}
-        # Every key of every member's nickname (see ``names.skeletons``): a name is free
-        # when none of its keys is here.
-        self.nicks: dict[str, Member] = {}
-        self.rooms: dict[str, Room] = {room_key(LOBBY): Room(LOBBY)}
+        # What one process keeps in dictionaries and several nodes share: the seams.
+        self.nicks: INickRegistry = LocalNicks() if nicks is None else nicks
+        self.rooms: IRoomDirectory = LocalRooms() if rooms is None else rooms
+        self.delivery: IDelivery = LocalDelivery() if delivery is None else delivery
+        if self.rooms.find(room_key(LOBBY)) is None:
+            self.rooms.create(room_key(LOBBY), LOBBY)
         # /rooms reads these instead of sorting every room on every call: the rooms by
         # case-folded name (rebuilt only after a room is created or deleted), and the
         # unfiltered first page (reused until any membership changes).
@@ -232,7 +243,7 @@ class ChatService(service.Service):
         super().stopService()
         if self._sweeper.running:
             self._sweeper.stop()
-        for room in self.rooms.values():
+        for room in self.rooms.rooms():
             if room.summary_call is not None and room.summary_call.active():
                 room.summary_call.cancel()
             room.summary_call = None
@@ -256,7 +267,7 @@ class ChatService(service.Service):
     # -- members -----------------------------------------------------------------------
 
     def nick_in_use(self, nick: str) -> bool:
-        return self._owner(nick) is not None
+        return self.nicks.owner(nick) is not None
 
     def nicks_match(self, a: str, b: str) -> bool:
         """Whether two spellings are the same nickname under the look-alike rule."""
@@ -272,24 +283,6 @@ class ChatService(service.Service):
         if GUEST_NAME.fullmatch(skeleton(nick)):
             raise NickReserved("names like guest12 are given out by the server")
         return nick
-
-    def _owner(self, nick: str) -> Member | None:
-        if not could_be_nick(nick):
-            return None
-        for key in skeletons(nick):
-            member = self.nicks.get(key)
-            if member is not None:
-                return member
-        return None
-
-    def _claim(self, member: Member, nick: str) -> None:
-        for key in skeletons(nick):
-            self.nicks[key] = member
-
-    def _release_nick(self, member: Member, nick: str) -> None:
-        for key in skeletons(nick):
-            if self.nicks.get(key) is member:
-                del self.nicks[key]
 
     def connect(
         self,
@@ -323,7 +316,7 @@ class ChatService(service.Service):
             origin=origin,
         )
         self.members[member] = None
-        self._claim(member, member.nick)
+        self.nicks.claim(member.nick, member)
         self._activity[member] = None
         self._close_run()
         participant.deliver(self.welcome(member, starting_in=start))
@@ -337,7 +330,7 @@ class ChatService(service.Service):
             nick = validate_nick(raw)
         except ChatError:
             return None
-        taken = self._owner(nick) is not None
+        taken = self.nicks.owner(nick) is not None
         return None if taken or GUEST_NAME.fullmatch(skeleton(nick)) else nick
 
     def _open_room(self, raw: str | None) -> str | None:
@@ -347,10 +340,10 @@ class ChatService(service.Service):
             name = validate_room(raw)
         except ChatError:
             return None
-        room = self.rooms.get(room_key(name))
+        room = self.rooms.find(room_key(name))
         if room is not None:
             return room.name
-        return name if len(self.rooms) < self.max_rooms else None
+        return name if self.rooms.count() < self.max_rooms else None
 
     def welcome(self, member: Member, starting_in: str | None = None) -> Welcome:
         hb = self.heartbeat
@@ -385,7 +378,7 @@ class ChatService(service.Service):
     def _guest_nick(self) -> str:
         while True:
             nick = f"guest{next(self._guests)}"
-            if self._owner(nick) is None:
+            if self.nicks.owner(nick) is None:
                 return nick
 
     def touch(self, member: Member) -> None:
@@ -408,7 +401,7 @@ class ChatService(service.Service):
             )
         nick = validate_nick(raw)
         key = skeleton(nick)
-        owner = self._owner(nick)
+        owner = self.nicks.owner(nick)
         if GUEST_NAME.fullmatch(key) and owner is not member:
             raise NickReserved("names like guest12 are given out by the server; choose another")
         if owner is not None and owner is not member:
@@ -416,8 +409,8 @@ class ChatService(service.Service):
         if nick == member.nick:
             return
         old = member.nick
-        self._release_nick(member, old)
-        self._claim(member, nick)
+        self.nicks.release(old, member)
+        self.nicks.claim(nick, member)
         member.nick = nick
         self.log.info("nick {old} -> {new}", old=old, new=nick)
         audience: dict[Member, None] = {member: None}
@@ -527,7 +520,7 @@ class ChatService(service.Service):
         member.present = False
         self.members.pop(member, None)
         self._activity.pop(member, None)
-        self._release_nick(member, member.nick)
+        self.nicks.release(member.nick, member)
         for room in list(member.rooms.values()):
             self._remove_from_room(member, room)
         member.current = None
@@ -551,18 +544,17 @@ class ChatService(service.Service):
 
     def _find_room(self, raw: str) -> Room:
         name = validate_room(raw)
-        room = self.rooms.get(room_key(name))
+        room = self.rooms.find(room_key(name))
         if room is None:
             raise NoSuchRoom(f"there is no room {name}")
         return room
 
     def _remove_from_room(self, member: Member, room: Room) -> None:
-        room.members.pop(member, None)
-        room.version += 1
+        self.rooms.leave(room, member)
         self._rooms_version += 1
         member.rooms.pop(room_key(room.name), None)
         if not room.members and room.name != LOBBY:
-            self.rooms.pop(room_key(room.name), None)
+            self.rooms.remove(room_key(room.name))
             self._room_order = None
             if room.summary_call is not None and room.summary_call.active():
                 room.summary_call.cancel()
@@ -586,18 +578,17 @@ class ChatService(service.Service):
             raise TooManyRooms(
                 f"you are in {len(member.rooms)} rooms, the most allowed; /part one first"
             )
-        room = self.rooms.get(key)
+        room = self.rooms.find(key)
         if room is None:
-            if len(self.rooms) >= self.max_rooms:
+            if self.rooms.count() >= self.max_rooms:
                 raise ServerRoomsFull(
-                    f"the server has {len(self.rooms)} rooms, the most it allows; "
+                    f"the server has {self.rooms.count()} rooms, the most it allows; "
                     "join an existing one (/rooms)"
                 )
-            room = self.rooms[key] = Room(name)
+            room = self.rooms.create(key, name)
             self._room_order = None
             self.log.info("room {room} created by {nick}", room=name, nick=member.nick)
-        room.members[member] = None
-        room.version += 1
+        self.rooms.enter(room, member)
         self._rooms_version += 1
         member.rooms[key] = room
         member.current = room
@@ -667,7 +658,7 @@ class ChatService(service.Service):
             if page is None or page[0] != self._rooms_version:
                 order = self._ordered_rooms()
                 page = self._first_page = (self._rooms_version, _largest(order))
-            self._tell(member, RoomList(ts=ts, rooms=page[1], total=len(self.rooms)))
+            self._tell(member, RoomList(ts=ts, rooms=page[1], total=self.rooms.count()))
             return
         needle = _fold(query)
         matched = [entry for entry in self._ordered_rooms() if needle in entry[0]]
@@ -680,7 +671,7 @@ class ChatService(service.Service):
         Not by room key: its look-alike folding sorts ``#r10`` as ``#rlo``.
         """
         if self._room_order is None:
-            entries = [(_fold(room.name), room) for room in self.rooms.values()]
+            entries = [(_fold(room.name), room) for room in self.rooms.rooms()]
             entries.sort(key=lambda entry: (entry[0], entry[1].name))
             self._room_order = entries
         return self._room_order
@@ -708,7 +699,7 @@ class ChatService(service.Service):
         self._broadcast(room, event, exclude=member)
 
     def private(self, member: Member, nick: str, raw: str) -> None:
-        target = self._owner(nick)
+        target = self.nicks.owner(nick)
         if target is None:
             raise NoSuchNick(f"nobody is called {_short(clean_text(nick), NICK_MAX + 1)!r}")
         text = self._message_text(raw)
@@ -831,18 +822,7 @@ class ChatService(service.Service):
     ) -> None:
         """Deliver to each member; one failing recipient is dropped, the rest still get it."""
         self._close_run()
-        failed = []
-        for member in list(members):
-            if member is exclude:
-                continue
-            try:
-                member.participant.deliver(event)
-            except Exception:
-                self.log.failure(
-                    "delivering {type} to {nick} failed", type=event.type, nick=member.nick
-                )
-                failed.append(member)
-        for member in failed:
+        for member in self.delivery.fanout(members, event, exclude):
             self.drop(member, "internal error while sending to you")
 
     # -- heartbeat ---------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""The seams of ``core/interfaces.py`` for one process: dictionaries and a loop.
+
+Each is what ``ChatService`` used inline before the seams existed, so one node costs
+what it did.  A backplane replaces them, not the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from twisted_chat.core.interfaces import IDelivery, INickRegistry, IRoomDirectory
+from twisted_chat.core.names import could_be_nick, skeletons
+
+if TYPE_CHECKING:
+    from twisted_chat.core.events import Event
+    from twisted_chat.core.service import Member, Room
+
+
+@implementer(INickRegistry)
+class LocalNicks(dict[str, Any]):
+    """Every key of every held nickname, to its holder: a name is free when none of its
+    keys is here."""
+
+    def owner(self, nick: str) -> Member | None:
+        if not could_be_nick(nick):
+            return None
+        for key in skeletons(nick):
+            member = self.get(key)
+            if member is not None:
+                return member
+        return None
+
+    def claim(self, nick: str, holder: Member) -> None:
+        for key in skeletons(nick):
+            self[key] = holder
+
+    def release(self, nick: str, holder: Member) -> None:
+        for key in skeletons(nick):
+            if self.get(key) is holder:
+                del self[key]
+
+
+@implementer(IRoomDirectory)
+class LocalRooms(dict[str, "Room"]):
+    """Rooms by key; each room's members are its own ordered dict."""
+
+    def find(self, key: str) -> Room | None:
+        return self.get(key)
+
+    def create(self, key: str, name: str) -> Room:
+        from twisted_chat.core.service import Room
+
+        room = self[key] = Room(name)
+        return room
+
+    def remove(self, key: str) -> None:
+        self.pop(key, None)
+
+    def count(self) -> int:
+        return len(self)
+
+    def rooms(self) -> Iterable[Room]:
+        return self.values()
+
+    def enter(self, room: Room, member: Member) -> None:
+        room.members[member] = None
+        room.version += 1
+
+    def leave(self, room: Room, member: Member) -> None:
+        room.members.pop(member, None)
+        room.version += 1
+
+
+@implementer(IDelivery)
+class LocalDelivery:
+    """Straight to each member's participant."""
+
+    log = Logger()
+
+    def fanout(
+        self, members: Iterable[Member], event: Event, exclude: Member | None
+    ) -> list[Member]:
+        failed = []
+        for member in list(members):
+            if member is exclude:
+                continue
+            try:
+                member.participant.deliver(event)
+            except Exception:
+                self.log.failure(
+                    "delivering {type} to {nick} failed", type=event.type, nick=member.nick
+                )
+                failed.append(member)
+        return failed
