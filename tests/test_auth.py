@@ -339,3 +339,25 @@ def test_a_missing_file_refuses_everyone_and_says_so_once(users, logged_errors):
     assert [e["log_format"] for e in events if "cannot read" in e["log_format"]] == [
         "cannot read logins from {filename}: {e}"
     ]
+
+
+def test_logins_go_through_a_cred_portal_and_the_chat_realm():
+    from twisted.cred.credentials import UsernamePassword
+    from twisted.cred.error import UnauthorizedLogin
+    from zope.interface import Interface
+
+    from twisted_chat.rules.login import ChatRealm, ILoginName
+
+    clock = task.Clock()
+    auth = memory_auth(clock)
+    d = auth.portal.login(UsernamePassword(b"alice", b"secret"), None, ILoginName)
+    interface, avatar, logout = settle(clock, d)[1]
+    assert (interface, avatar) == (ILoginName, "alice")
+    wrong = auth.portal.login(UsernamePassword(b"alice", b"nope"), None, ILoginName)
+    assert isinstance(settle(clock, wrong)[1], UnauthorizedLogin)
+
+    class IOther(Interface):
+        pass
+
+    with pytest.raises(NotImplementedError):
+        ChatRealm().requestAvatar(b"alice", None, IOther)

@@ -20,15 +20,16 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.cred.checkers import FilePasswordDB, ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from twisted_chat.core.errors import LoginFailed, LoginRefused
 
@@ -385,6 +386,10 @@ class Authenticator:
         failure_floor: float = FAILURE_FLOOR,
     ) -> None:
         self.checkers = [_constant_time(c) for c in checkers]
+        # Logins go through twisted.cred's portal and the chat's realm, like any cred
+        # service; the portal holds one checker per kind of credentials, so the --auth
+        # checkers stand behind it as one.
+        self.portal = Portal(ChatRealm(), [AnyOf(self.checkers)])
         self.clock = clock
         self.attempts = attempts
         self.throttle = LoginThrottle() if throttle is None else throttle
@@ -454,19 +459,67 @@ class Authenticator:
         raise LoginFailed("wrong name or password")
 
     async def _verify(self, name: str, password: str) -> bool:
+        credentials = UsernamePassword(name.encode("utf-8"), password.encode("utf-8"))
+        try:
+            await self.portal.login(credentials, None, ILoginName)
+        except UnauthorizedLogin:
+            return False
+        return True
+
+
+class ILoginName(Interface):
+    """What a login to the chat yields: the name the member is seated under."""
+
+
+@implementer(IRealm)
+class ChatRealm:
+    """The ``twisted.cred`` realm of the chat: an accepted login is its login name.
+
+    Seating under that name is the connection's business once the portal says yes, so
+    the avatar is just the name, and logging out needs nothing.
+    """
+
+    def requestAvatar(
+        self,
+        avatarId: Any,  # bytes from file checkers, str from memory: (their stubs say bytes)
+        mind: object,
+        *interfaces: Any,
+    ) -> tuple[Any, str, Callable[[], None]]:
+        if ILoginName not in interfaces:
+            raise NotImplementedError("the chat only gives login names")
+        name = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
+        return ILoginName, name, lambda: None
+
+
+@implementer(ICredentialsChecker)
+class AnyOf:
+    """Every ``--auth`` checker in turn, as the one checker a portal holds per kind of
+    credentials.  A checker that fails unexpectedly is logged and skipped."""
+
+    credentialInterfaces = (IUsernamePassword,)
+    log = Logger()
+
+    def __init__(self, checkers: Sequence[ICredentialsChecker]) -> None:
+        self.checkers = list(checkers)
+
+    async def _check(self, credentials: IUsernamePassword) -> bytes | str:
+        name, password = credentials.username, credentials.password
         candidates = [
-            UsernamePassword(name.encode("utf-8"), password.encode("utf-8")),
+            credentials,
             # The memory: checker stores str and compares str (its type hints say bytes).
-            UsernamePassword(name, password),  # type: ignore[arg-type]
+            UsernamePassword(name.decode("utf-8"), password.decode("utf-8")),  # type: ignore[arg-type]
         ]
         for checker in self.checkers:
-            for credentials in candidates:
+            for candidate in candidates:
                 try:
-                    await defer.maybeDeferred(checker.requestAvatarId, credentials)
+                    found = await defer.maybeDeferred(checker.requestAvatarId, candidate)
                 except UnauthorizedLogin:
                     continue
                 except Exception:
                     self.log.failure("checker {checker!r} failed", checker=checker)
                     continue
-                return True
-        return False
+                return cast("bytes | str", found)
+        raise UnauthorizedLogin("wrong name or password")
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Any:
+        return defer.ensureDeferred(self._check(credentials))
