@@ -11,6 +11,7 @@ from zope.interface import implementer
 
 # End-to-end fixtures (they start subprocesses only when a test asks for them).
 from tests.e2e_support import connect, start_server  # noqa: F401
+from tests.redis_support import redis_server  # noqa: F401
 
 
 @implementer(ILogObserver)
