@@ -17,7 +17,7 @@ def parse(*args: str) -> tap.Options:
 
 def test_defaults():
     o = parse()
-    assert o["port"] == "9999" and o["endpoint-description"] == "tcp:9999"
+    assert o["port"] == "9999" and o["doors"]["port"][1] == "tcp:9999"
     assert o["heartbeat-interval"] == 10.0 and o["heartbeat-timeout"] == 30.0
     assert o["sweep-interval"] == 1.0 and o["max-line"] == 2048
 
@@ -33,7 +33,7 @@ def test_defaults():
     ],
 )
 def test_port_forms(port, description):
-    assert parse("--port", port)["endpoint-description"] == description
+    assert parse("--port", port)["doors"]["port"][1] == description
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_port_forms(port, description):
     ],
 )
 def test_listen_queue_outlasts_an_accept_pause(port, backlog):
-    assert parse("--port", port)["endpoint"]._backlog == backlog
+    assert parse("--port", port)["doors"]["port"][0]._backlog == backlog
 
 
 @pytest.mark.parametrize(

@@ -377,7 +377,6 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self["doors"][door.option] = (
                 (None, "") if value is None else parse_endpoint(door.option, value, reactor)
             )
-        self["endpoint"], self["endpoint-description"] = self["doors"]["port"]
 
 
 def parse_endpoint(option: str, value: str, reactor: Any) -> tuple[Any, str]:

@@ -455,16 +455,7 @@ class ChatService(service.Service):
             origin=member.origin,
             reason=reason,
         )
-        self._leave_all(
-            member,
-            lambda rooms: Disconnected(
-                ts=self.clock.seconds(),
-                room=rooms[0],
-                rooms=rooms,
-                nick=member.nick,
-                reason=reason,
-            ),
-        )
+        self._leave_disconnected(member, reason)
 
     def drop(self, member: Member, reason: str) -> None:
         """Remove a member the server gave up on (an adapter error, abuse)."""
@@ -476,6 +467,11 @@ class ChatService(service.Service):
             origin=member.origin,
             reason=reason,
         )
+        self._leave_disconnected(member, reason)
+        self._safe_close(member, Bye(ts=self.clock.seconds(), reason=reason))
+
+    def _leave_disconnected(self, member: Member, reason: str) -> None:
+        """Its connection went without a /quit: its rooms hear it was lost, and why."""
         self._leave_all(
             member,
             lambda rooms: Disconnected(
@@ -486,7 +482,6 @@ class ChatService(service.Service):
                 reason=reason,
             ),
         )
-        self._safe_close(member, Bye(ts=self.clock.seconds(), reason=reason))
 
     def _leave_all(self, member: Member, make: Callable[[list[str]], Event]) -> None:
         """Tell everyone who shared a room with ``member`` that it left, once each.

@@ -23,7 +23,6 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_chat.core.interfaces import IChatService
 from twisted_chat.core.sanitize import clean_text
 from twisted_chat.doors.framing import (
     DO,
@@ -34,7 +33,7 @@ from twisted_chat.doors.framing import (
     TelnetFilter,
 )
 from twisted_chat.render import TEXT
-from twisted_chat.rules.connection import CLOSE_GRACE, Connection, Rules, Session, _abort_transport
+from twisted_chat.rules.connection import CLOSE_GRACE, Connection, Rules, Session, abort_transport
 
 # The request line of HTTP (and of RTSP and SIP, which look alike), however spaced or cased.
 HTTP_REQUEST = re.compile(rb"(?i)[a-z]{3,10}\s+\S+\s+(?:http|rtsp|sip)/\d(?:\.\d)?\s*")
@@ -44,7 +43,6 @@ TLS_HANDSHAKE = b"\x16"  # the first byte of a TLS ClientHello record: not typed
 
 @implementer(IHandshakeListener)
 class ChatLineProtocol(Connection, LineReceiver):
-    log = Logger()
     delimiter = b"\n"
     __slots__ = ("framer", "telnet")
 
@@ -162,10 +160,6 @@ class ChatFactory(ServerFactory):
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
 
-    @property
-    def service(self) -> IChatService:
-        return self.rules.service
-
     def buildProtocol(self, addr: object) -> Protocol | None:
         host, refused = self.rules.admission.admit(addr)
         if refused is not None:
@@ -222,7 +216,7 @@ class Refusal(Protocol):
     def _abort(self) -> None:
         self._abort_call = None
         if self.transport is not None:
-            _abort_transport(self.transport)
+            abort_transport(self.transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._abort_call is not None and self._abort_call.active():

@@ -39,6 +39,7 @@ from twisted_chat.core.errors import (
 )
 from twisted_chat.core.events import Bye, Event, LoginNeeded, SlowDown
 from twisted_chat.core.interfaces import IChatService, ILoginSession
+from twisted_chat.core.sanitize import clean_text
 from twisted_chat.core.service import Member
 from twisted_chat.fastwrite import can_write_directly, write_now
 from twisted_chat.render import TEXT, Renderer, renderer_for
@@ -289,7 +290,7 @@ class Connection:
             # Nothing can be said over TLS before the handshake: just end it.
             self.why = f"no TLS handshake within {timeout:g} s"
             self.state = Session.CLOSING
-            _abort_transport(self.transport)
+            abort_transport(self.transport)
         elif self.state is Session.LOGIN:
             self.close(Bye(ts=self.clock.seconds(), reason=f"no login within {timeout:g} s"))
 
@@ -342,7 +343,7 @@ class Connection:
             self.log.info(
                 "refused login from {peer} as {name}: {why}",
                 peer=self.peer,
-                name=_shown(name),
+                name=clean_text(name)[:40],
                 why=e.message,
             )
             self._attempts -= 1  # it costs an attempt like any other refusal
@@ -630,10 +631,10 @@ class Connection:
     def _abort(self) -> None:
         self._abort_call = None
         if self.state is Session.CLOSING and self.transport is not None:
-            _abort_transport(self.transport)
+            abort_transport(self.transport)
 
 
-def _abort_transport(transport: ITransport) -> None:
+def abort_transport(transport: ITransport) -> None:
     """Close at once (an RST), where the transport can; otherwise close as usual."""
     abort = getattr(transport, "abortConnection", None) or transport.loseConnection
     abort()
@@ -645,12 +646,6 @@ def _is_ping(item: bytes | LineTooLong) -> bool:
         and item[:5].lower() == b"/ping"
         and (len(item) == 5 or item[5:6] == b" ")
     )
-
-
-def _shown(name: str) -> str:
-    from twisted_chat.core.sanitize import clean_text
-
-    return clean_text(name)[:40]
 
 
 def _describe(reason: Failure) -> str:
