@@ -554,6 +554,7 @@ def test_refusal_line_is_the_reason_the_attempt_failed():
     c.session.on_lost_early.append(early.append)
     p = c.connect()
     p.dataReceived(b"!!! refused: the server is full (10000 connections); try again later\r\n")
+    assert c.transport is not None and c.transport.disconnecting  # not waiting for the server
     c.lose()
     assert early == [
         "refused by the server: the server is full (10000 connections); try again later"

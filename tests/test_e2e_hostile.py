@@ -112,8 +112,8 @@ def test_silent_connections_to_a_tls_port_are_closed_by_the_deadline(
         port=f"ssl:0:privateKey={key}:certKey={cert}:interface={HOST}",
     )  # fmt: skip
     silent = [_raw(server.port) for _ in range(3)]
-    # Over the per-address limit: refused (the reason is written inside TLS, which this
-    # peer never starts), and closed all the same.
+    # Over the per-address limit: held on plain TCP with nothing said (a reason would need
+    # a TLS handshake), and closed all the same.
     assert _read_until_closed(_raw(server.port), timeout=5.0) == b""
     for sock in silent:
         assert _read_until_closed(sock, timeout=5.0) == b""  # closed, nothing said
@@ -150,3 +150,19 @@ def test_reconnecting_in_a_loop_to_a_tls_port_is_refused_cleanly(
     log = server.log()
     assert "too many new connections from your address" in log
     assert "Unhandled" not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_a_client_reconnecting_whenever_it_is_closed_is_held_at_each_refusal(
+    start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    server = start_server("--max-per-address", "1")
+    member = connect(server, "alice")
+    began = time.monotonic()
+    answers = []
+    while time.monotonic() - began < 3.0:  # the reconnect loop of a password guesser
+        with _raw(server.port) as sock:
+            answers.append(_read_until_closed(sock, timeout=5.0))
+    took = time.monotonic() - began
+    assert len(answers) <= 2 and took >= 2 * 1.9, (answers, took)  # one per two seconds
+    assert answers[0] == b"!!! refused: too many connections from your address (at most 1)\r\n"
+    member.barrier()  # unharmed

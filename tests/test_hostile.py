@@ -245,10 +245,73 @@ def test_new_connections_from_one_address_are_rate_limited():
     assert not isinstance(h.factory.buildProtocol(here), Refusal)  # one more per 0.1 s
     assert isinstance(h.factory.buildProtocol(here), Refusal)
     h.clock.advance(1.0)
-    for _ in range(20):  # told why a second ago: now closed at once, silently
-        h.factory.buildProtocol(here)
-    # None: the listening port closes the socket before any transport or TLS exists.
+    for _ in range(10):  # the second's ten
+        assert not isinstance(h.factory.buildProtocol(here), Refusal)
+    later = h.factory.buildProtocol(here)  # told why over a second ago: now held, silently
+    assert isinstance(later, Refusal) and not later.tell and later.hold
+
+
+class _Abortable(StringTransport):
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.loseConnection()
+
+
+def test_a_refused_connection_is_told_then_held_unread_before_it_is_closed():
+    """A client reconnecting whenever it is closed costs one accept per hold."""
+    from twisted.internet.address import IPv4Address
+
+    from twisted_chat.doors.line import Refusal
+    from twisted_chat.rules.admission import REFUSAL_HOLD
+
+    h = ProtocolHarness()
+    h.rules.admission.max_per_address = 1
+    here = IPv4Address("TCP", "10.0.0.1", 1)
+    h.factory.buildProtocol(here)
+    refusal = h.factory.buildProtocol(here)
+    assert isinstance(refusal, Refusal)
+    transport = _Abortable()
+    refusal.makeConnection(transport)
+    told = b"!!! refused: too many connections from your address (at most 1)\r\n"
+    assert transport.value() == told
+    assert transport.producerState == "paused"  # nothing it sends is read
+    assert h.rules.admission.held == 1 and h.rules.admission.per_address["10.0.0.1"] == 1
+    h.clock.advance(REFUSAL_HOLD - 0.01)
+    assert not transport.disconnecting
+    h.clock.advance(0.01)
+    assert transport.disconnecting and not transport.aborted
+    refusal.connectionLost()
+    assert h.rules.admission.held == 0 and h.clock.getDelayedCalls() == []
+
+
+def test_held_refusals_are_bounded_and_then_closed_at_once():
+    from twisted.internet.address import IPv4Address
+
+    from twisted_chat.doors.line import Refusal
+    from twisted_chat.rules.admission import MAX_HELD_REFUSALS
+
+    h = ProtocolHarness()
+    h.rules.admission.max_per_address = 1
+    here = IPv4Address("TCP", "10.0.0.1", 1)
+    h.factory.buildProtocol(here)
+    held = []
+    for _ in range(MAX_HELD_REFUSALS):
+        refusal = h.factory.buildProtocol(here)
+        assert isinstance(refusal, Refusal)
+        refusal.makeConnection(_Abortable())
+        held.append(refusal)
+    assert h.rules.admission.held == MAX_HELD_REFUSALS
+    told = h.factory.buildProtocol(here)  # still in its second of saying why: closed at once
+    assert isinstance(told, Refusal) and not told.hold
+    transport = _Abortable()
+    told.makeConnection(transport)
+    assert transport.value().startswith(b"!!! refused:") and transport.disconnecting
+    h.clock.advance(1.0)  # past that second: nothing to say and no room, so no transport
     assert h.factory.buildProtocol(here) is None
+    held[0].connectionLost()
+    assert isinstance(h.factory.buildProtocol(here), Refusal)  # room again
 
 
 def test_over_tls_a_refused_connection_never_gets_tls_state():
@@ -258,7 +321,7 @@ def test_over_tls_a_refused_connection_never_gets_tls_state():
     from twisted.internet.testing import MemoryReactor
     from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-    from twisted_chat.doors.line import ChatLineProtocol, RefusingTLSFactory
+    from twisted_chat.doors.line import ChatLineProtocol, Refusal, RefusingTLSFactory
     from twisted_chat.tap import listen
 
     h = ProtocolHarness()
@@ -272,8 +335,12 @@ def test_over_tls_a_refused_connection_never_gets_tls_state():
     first = tls.buildProtocol(here)
     assert isinstance(first, TLSMemoryBIOProtocol)
     assert isinstance(first.wrappedProtocol, ChatLineProtocol)
-    assert tls.buildProtocol(here) is None  # over the limit: no reason can be said before
-    assert tls.buildProtocol(here) is None  # a handshake, so none is attempted
+    # Over the limit: held on plain TCP, since no reason can be said before a handshake.
+    held = tls.buildProtocol(here)
+    assert isinstance(held, Refusal) and not held.tell
+    transport = StringTransport()
+    held.makeConnection(transport)
+    assert transport.value() == b"" and h.rules.admission.held == 1
 
 
 def test_connection_rate_memory_is_bounded():
@@ -342,10 +409,14 @@ def test_a_refusal_over_tls_is_an_abort_without_a_handshake():
         def abortConnection(self) -> None:
             self.aborted = True
 
+    from twisted_chat.rules.admission import REFUSAL_HOLD, Refused
+
     h = ProtocolHarness()
     transport = Aborted()
     directlyProvides(transport, ISSLTransport)
-    Refusal("the server is full", h.clock).makeConnection(transport)
+    refused = Refused("the server is full", tell=True, hold=True)
+    Refusal(refused, h.rules.admission, h.clock).makeConnection(transport)
+    h.clock.advance(REFUSAL_HOLD)
     assert transport.aborted and transport.value() == b""
 
 

@@ -299,6 +299,8 @@ def test_connections_over_the_limits_are_refused_with_a_reason():
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
 
+    from twisted_chat.rules.admission import REFUSAL_HOLD
+
     h = ProtocolHarness()
     h.rules.admission.max_per_address = 2
     h.rules.admission.max_clients = 3
@@ -313,6 +315,7 @@ def test_connections_over_the_limits_are_refused_with_a_reason():
 
     refused = attempt("127.0.0.1")
     assert refused.value() == b"!!! refused: too many connections from your address (at most 2)\r\n"
+    h.clock.advance(REFUSAL_HOLD)  # held open a moment, unread, then closed
     assert refused.disconnecting
     other = attempt("10.0.0.7")  # another address still gets in
     assert b"Welcome to groupchat" in other.value()

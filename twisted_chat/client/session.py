@@ -367,6 +367,8 @@ class ChatClientProtocol(LineReceiver):
             if line.startswith(b"!!! refused:"):  # the server turned the connection away
                 reason = clean_text(line[12:].decode("utf-8", "replace")).strip()
                 self._refusal = f"refused by the server: {reason}"
+                if self.transport is not None:  # the server holds it open a moment: go now
+                    self.transport.loseConnection()
             return  # otherwise the text greeting, sent before /format json took effect
         try:
             event = json.loads(line)

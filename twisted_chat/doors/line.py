@@ -13,13 +13,14 @@ from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHandshakeListener,
+    IPushProducer,
     IReactorTime,
     ISSLTransport,
 )
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -33,6 +34,7 @@ from twisted_chat.doors.framing import (
     TelnetFilter,
 )
 from twisted_chat.render import TEXT
+from twisted_chat.rules.admission import REFUSAL_HOLD, Admission, Refused
 from twisted_chat.rules.connection import CLOSE_GRACE, Connection, Rules, Session, abort_transport
 
 # The request line of HTTP (and of RTSP and SIP, which look alike), however spaced or cased.
@@ -163,11 +165,11 @@ class ChatFactory(ServerFactory):
     def buildProtocol(self, addr: object) -> Protocol | None:
         host, refused = self.rules.admission.admit(addr)
         if refused is not None:
-            if not refused.tell:
-                # Told why a moment ago and back already: the listening port closes the
+            if not (refused.tell or refused.hold):
+                # Nothing to say and no room to hold it: the listening port closes the
                 # socket before any transport exists, the cheapest refusal there is.
                 return None
-            return Refusal(refused.reason, self.rules.clock)
+            return Refusal(refused, self.rules.admission, self.rules.clock)
         proto = ChatLineProtocol(self.rules)
         proto.factory = self
         proto.address = host
@@ -179,46 +181,73 @@ class RefusingTLSFactory(TLSMemoryBIOFactory):
 
     Twisted's own wrapper builds an OpenSSL connection for every accepted socket before
     the wrapped factory is asked; under a flood of refused connections that was most of
-    the server's work.  A refusal cannot be said before a handshake anyway, so every
-    refused connection is closed unanswered.
+    the server's work.  A refusal cannot be said before a handshake, so a refused
+    connection is held (or closed) on plain TCP without a word.
     """
 
-    def buildProtocol(self, addr: IAddress | None) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         inner = self.wrappedFactory.buildProtocol(addr)
-        if inner is None or isinstance(inner, Refusal):
+        if inner is None:
             return None
+        if isinstance(inner, Refusal):
+            if not inner.hold:
+                return None
+            inner.tell = False
+            return inner
         return self.protocol(self, inner)
 
 
 class Refusal(Protocol):
-    """Says in one line why the connection is refused, then closes it.
+    """A refused connection: says why in one line, reads nothing, and is closed after
+    ``REFUSAL_HOLD`` (at once when ``hold`` is False).
 
-    Over TLS the line waits for a handshake the peer may never start: the connection is
-    aborted after a short grace whatever happens.
+    Over TLS nothing is said: saying it would first cost a handshake, the very cost a
+    flood of refused connections is meant to be spared.
     """
 
-    def __init__(self, reason: str, clock: IReactorTime) -> None:
-        self.reason = reason
+    def __init__(self, refused: Refused, admission: Admission, clock: IReactorTime) -> None:
+        self.reason = refused.reason
+        self.tell = refused.tell
+        self.hold = refused.hold
+        self.admission = admission
         self.clock = clock
-        self._abort_call: IDelayedCall | None = None
+        self._call: IDelayedCall | None = None
+        self._holding = False
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        IPushProducer(self.transport).pauseProducing()  # whatever it sends stays unread
         if ISSLTransport.providedBy(self.transport):
-            # Saying why would first cost a TLS handshake: the cost a flood of refused
-            # connections is meant to be spared.
-            self._abort()
+            self.tell = False
+        if self.tell:
+            self.transport.write(f"!!! refused: {self.reason}\r\n".encode())
+        if self.hold:
+            self._holding = True
+            self.admission.held += 1
+            self._call = self.clock.callLater(REFUSAL_HOLD, self._close)
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        """Close, leaving the line a moment to leave; a silent refusal is aborted."""
+        self._call = None
+        if self.transport is None:
             return
-        self.transport.write(f"!!! refused: {self.reason}\r\n".encode())
+        if not self.tell:
+            abort_transport(self.transport)
+            return
         self.transport.loseConnection()
-        self._abort_call = self.clock.callLater(CLOSE_GRACE, self._abort)
+        self._call = self.clock.callLater(CLOSE_GRACE, self._abort)
 
     def _abort(self) -> None:
-        self._abort_call = None
+        self._call = None
         if self.transport is not None:
             abort_transport(self.transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._abort_call is not None and self._abort_call.active():
-            self._abort_call.cancel()
-        self._abort_call = None
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self._holding:
+            self._holding = False
+            self.admission.held -= 1

@@ -28,6 +28,12 @@ REFUSAL_BURST = 200.0
 ACCEPT_PAUSE = 0.05
 REFUSAL_LOG_EVERY = 10.0  # seconds between log lines about one refused address
 REFUSAL_TELL_FOR = 1.0  # after one, its refusals say why for this long, then just close
+# A refused connection is held open, unread, this long before it is closed: a client that
+# reconnects as soon as it is closed (a password guesser, a reconnect loop) then costs one
+# accept per hold instead of one per round trip, however fast its network.
+REFUSAL_HOLD = 2.0
+# Refused connections held at once (each an open file); past this they are closed at once.
+MAX_HELD_REFUSALS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +41,8 @@ class Refused:
     """Why a connection may not come in, and whether it is worth saying."""
 
     reason: str
-    tell: bool  # False: told a moment ago and back already; close it unanswered
+    tell: bool  # False: told a moment ago and back already; say nothing
+    hold: bool  # True: keep it open for REFUSAL_HOLD (MAX_HELD_REFUSALS is not reached)
 
 
 class Admission:
@@ -52,6 +59,7 @@ class Admission:
         self.connect_rate: float | None = None
         self.total = 0
         self.per_address: Counter[str] = Counter()
+        self.held = 0  # refused connections being held open (see REFUSAL_HOLD)
         self._arrivals: OrderedDict[str, TokenBucket] = OrderedDict()
         self._refusal_log: OrderedDict[str, list[float]] = OrderedDict()
         # Listening ports (anything with stopReading/startReading), so that a flood of
@@ -68,7 +76,8 @@ class Admission:
         reason = self._refusal(host)
         if reason is not None:
             self._count_refusal()
-            return host, Refused(reason, self._log_refusal(host, reason))
+            tell = self._log_refusal(host, reason)
+            return host, Refused(reason, tell, self.held < MAX_HELD_REFUSALS)
         self.total += 1
         self.per_address[host] += 1
         return host, None
