@@ -21,7 +21,6 @@ from functools import partial
 from typing import Any
 
 from twisted.internet import task
-from zope.interface import implementer
 
 from bench.common import (
     MARK,
@@ -34,8 +33,7 @@ from bench.common import (
     with_steal,
 )
 from bench.references import HOST
-from twisted_chat.core.events import Event
-from twisted_chat.core.interfaces import IParticipant
+from twisted_chat.core.local import Remote
 from twisted_chat.core.service import ChatService, HeartbeatPolicy
 
 INTERVAL = 5.0  # the server's --heartbeat-interval during the run
@@ -141,27 +139,12 @@ async def scale(port: int, pid: int, clients: int, hold: float) -> dict[str, flo
     }
 
 
-@implementer(IParticipant)
-class _Quiet:
-    def deliver(self, event: Event) -> None:
-        pass
-
-    def close(self, final: Event | None) -> None:
-        pass
-
-    def set_format(self, name: str) -> None:
-        pass
-
-    def nudge(self) -> None:
-        pass
-
-
 def sweep_ms(members: int) -> dict[str, float]:
     """One sweep over ``members``: when none is due, and when every one is due a warning."""
     clock = task.Clock()
     service = ChatService(clock, HeartbeatPolicy(interval=INTERVAL, timeout=TIMEOUT, sweep=SWEEP))
     service.summarize_above = 100
-    people = [service.connect(_Quiet()) for _ in range(members)]
+    people = [service.connect(Remote()) for _ in range(members)]
     clock.advance(SWEEP)
     service.sweep()  # the first sweep only records when it ran
 

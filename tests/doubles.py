@@ -105,12 +105,18 @@ def _addr(port: int) -> Any:
 
 class ProtocolHarness:
     def __init__(
-        self, max_line: int = 2048, limits: InputLimits | None = None, **policy: Any
+        self,
+        max_line: int = 2048,
+        limits: InputLimits | None = None,
+        network: Any = None,
+        clock: task.Clock | None = None,
+        **policy: Any,
     ) -> None:
-        self.clock = task.Clock()
+        self.clock = task.Clock() if clock is None else clock
         self.service = ChatService(
-            self.clock, HeartbeatPolicy(**policy), max_line=max_line, limits=limits
-        )
+            self.clock, HeartbeatPolicy(**policy), max_line=max_line, limits=limits,
+            network=network,
+        )  # fmt: skip
         self.rules = Rules(self.service, self.clock, max_line=max_line, limits=limits)
         self.rules.send_queue = 1 << 20
         self.rules.seat_wait = 0.0  # seated at connect; tests of the wait set it

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -419,6 +420,10 @@ def test_client_that_never_reads_cannot_grow_server_memory_without_bound(
         stalled.close()
 
 
+def _gone(path: Path) -> bool:
+    return not path.exists()
+
+
 def _daemon(tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     """Run ``twistd groupchat`` without ``-n``: the parent returns once the child started."""
     pidfile = tmp_path / "twistd.pid"
@@ -448,8 +453,9 @@ def test_daemon_mode_reports_a_port_it_cannot_listen_on(
         done, pidfile = _daemon(folder, "--port", port)
         assert done.returncode == 1, (case, done)
         assert f"groupchat: {why}: cannot listen on" in done.stderr, (case, done.stderr)
-        assert not pidfile.exists(), case
-        # The daemon reports to its parent first and writes the log as it exits.
+        # The daemon reports to its parent first, then removes its pidfile and writes
+        # the log as it exits.
+        assert wait_until(partial(_gone, pidfile), 10), case
         log = folder / "twistd.log"
         logged = lambda log=log: "cannot listen on" in log.read_text()  # noqa: E731
         assert wait_until(logged, 10), log.read_text()

@@ -47,7 +47,8 @@ LAYERS = {
     "doors": {"core", "rules", "render", "doors", "fastwrite"},
     "fastwrite": {"fastwrite"},
     "client": {"client", "core", "rules.limits"},
-    "tap": {"core", "rules", "render", "doors", "fastwrite", "tap"},
+    "backplane": {"core", "backplane"},
+    "tap": {"core", "rules", "render", "doors", "fastwrite", "backplane", "tap"},
 }
 
 

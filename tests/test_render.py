@@ -25,6 +25,7 @@ from twisted_chat.core.events import (
     LoginNeeded,
     Members,
     Message,
+    Network,
     NickChange,
     Part,
     Pong,
@@ -205,6 +206,11 @@ CASES: list[tuple[Event, str, str]] = [
         Shutdown(ts=TS, reason="the server is stopping"),
         "*** Server shutting down: the server is stopping",
         '{"type":"shutdown","ts":1795800000.123,"reason":"the server is stopping"}',
+    ),
+    (
+        Network(ts=TS, up=False, message="the network is split"),
+        "*** Network: the network is split",
+        '{"type":"network","ts":1795800000.123,"up":false,"message":"the network is split"}',
     ),
     (
         Error(ts=TS, code="unknown-command", message="unknown command /bogus"),

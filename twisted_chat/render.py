@@ -29,6 +29,7 @@ from twisted_chat.core.events import (
     LoginNeeded,
     Members,
     Message,
+    Network,
     NickChange,
     Part,
     Pong,
@@ -261,6 +262,10 @@ def _shutdown_text(e: Shutdown) -> str:
     return f"*** Server shutting down: {e.reason}"
 
 
+def _network_text(e: Network) -> str:
+    return f"*** Network: {e.message}"
+
+
 def _error_text(e: Error) -> str:
     return f"!!! {e.code}: {e.message}"
 
@@ -299,6 +304,7 @@ _TEXT: dict[type[Event], Callable[[Any], str]] = {
     SlowDown: _slow_down_text,
     Bye: _bye_text,
     Shutdown: _shutdown_text,
+    Network: _network_text,
     Error: _error_text,
     Crowd: _crowd_text,
     Batch: _batch_text,
@@ -389,6 +395,7 @@ _FIELDS: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
     SlowDown: lambda e: {"rate": e.rate, "waiting": e.waiting},
     Bye: lambda e: {"reason": e.reason},
     Shutdown: lambda e: {"reason": e.reason},
+    Network: lambda e: {"up": e.up, "message": e.message},
     Error: lambda e: {"code": e.code, "message": e.message},
     Crowd: _crowd_fields,
     # Never on the wire (a batch is written as its events' lines); for inspection.

@@ -315,6 +315,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "Once listening, write the bound address (for example tcp:127.0.0.1:9999, or "
             "ssl:... behind TLS) to this file, removed again at exit; useful with port 0.",
         ],
+        [
+            "backplane",
+            None,
+            None,
+            "Join every groupchat server using this Redis as one network: "
+            "redis://[:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS.",
+        ],
     ]
 
     supportedInterfaces = [IUsernamePassword]
@@ -371,6 +378,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             )
         from twisted.internet import reactor
 
+        if self["backplane"] is not None:
+            from twisted_chat.backplane.redis import RedisAddress
+
+            try:
+                self["backplane"] = RedisAddress.parse(self["backplane"])
+            except ValueError as e:
+                raise OptionError(f"--backplane: {e}") from e
         self["doors"] = {}
         for door in FRONT_DOORS:
             value = self[door.option]
@@ -643,6 +657,11 @@ def makeService(options: Options) -> service.MultiService:
         flood_timeout=options["flood-timeout"],
     )
     top = service.MultiService()
+    link = None
+    if options["backplane"] is not None:
+        from twisted_chat.backplane.redis import RedisLink
+
+        link = RedisLink(options["backplane"], clock, reactor)
     chat = ChatService(
         clock,
         policy,
@@ -652,8 +671,12 @@ def makeService(options: Options) -> service.MultiService:
         summary_interval=options["summary-interval"],
         max_rooms_per_member=options["max-rooms-per-member"],
         max_rooms=options["max-rooms"],
+        network=None if link is None else link.node,
     )
     chat.setServiceParent(top)
+    if link is not None:
+        link.node.attach(chat)
+        link.setServiceParent(top)
     rules = Rules(
         chat,
         clock,

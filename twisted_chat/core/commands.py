@@ -53,8 +53,8 @@ def _need(args: str, usage: str) -> str:
     return args
 
 
-def _nick(svc: ChatService, m: Member, args: str) -> None:
-    svc.set_nick(m, _need(args, "/nick NAME"))
+def _nick(svc: ChatService, m: Member, args: str) -> defer.Deferred[None] | None:
+    return svc.set_nick(m, _need(args, "/nick NAME"))
 
 
 def _join(svc: ChatService, m: Member, args: str) -> None:

@@ -202,6 +202,15 @@ class Shutdown(Event):
 
 
 @dataclass(kw_only=True, eq=False, slots=True)
+class Network(Event):
+    """To everyone on a node: it lost or regained the other nodes of its network."""
+
+    type: ClassVar[str] = "network"
+    up: bool
+    message: str
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
 class Error(Event):
     type: ClassVar[str] = "error"
     code: str

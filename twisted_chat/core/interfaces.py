@@ -188,3 +188,46 @@ class IDelivery(Interface):
 
         One recipient failing must not keep it from the others.
         """
+
+
+class INetwork(Interface):
+    """The other nodes of a network: what they must hear of this node's own members.
+
+    The core calls these only for its own (local) members, after acting on them here;
+    what other nodes' members do reaches the core through ``ChatService.remote_*``.  One
+    process has no network (``core.local.Alone``): every call does nothing.
+    """
+
+    def arbitrates() -> bool:
+        """True when nicknames are granted by the network (``claim``): a name asked for
+        before the welcome cannot be granted at once."""
+
+    def claim(nick: str, member: Any) -> Deferred[bool] | None:
+        """Ask the network whether ``member`` may take ``nick``: fires True when it may.
+
+        None when there is nobody to ask, so the local registry decides at once.
+        """
+
+    def guest_number() -> int | None:
+        """A number for a guest name that no other node gives out, or None (count locally)."""
+
+    def arrived(member: Any) -> None:
+        """``member`` connected here (its rooms follow as ``joined``)."""
+
+    def joined(member: Any, room: str) -> None:
+        """``member`` is now in the room called ``room``."""
+
+    def parted(member: Any, room: str, reason: str) -> None:
+        """``member`` left ``room`` by /part."""
+
+    def talked(member: Any, event: Event) -> None:
+        """``member`` said ``event`` (a ``Message`` or an ``Action``) in ``event.room``."""
+
+    def whispered(member: Any, target: Any, event: Event) -> None:
+        """``member`` sent ``event`` (a ``Private``) to ``target``, a member elsewhere."""
+
+    def renamed(member: Any, old: str) -> None:
+        """``member``, called ``old`` until now, is called ``member.nick``."""
+
+    def left(member: Any, event: Event) -> None:
+        """``member`` left the server; ``event`` (quit, disconnect, timeout) says how."""

@@ -12,10 +12,18 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from twisted_chat.core.interfaces import IDelivery, INickRegistry, IRoomDirectory
+from twisted_chat.core.interfaces import (
+    IDelivery,
+    INetwork,
+    INickRegistry,
+    IParticipant,
+    IRoomDirectory,
+)
 from twisted_chat.core.names import could_be_nick, skeletons
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from twisted_chat.core.events import Event
     from twisted_chat.core.service import Member, Room
 
@@ -96,3 +104,62 @@ class LocalDelivery:
                 )
                 failed.append(member)
         return failed
+
+
+@implementer(INetwork)
+class Alone:
+    """No other nodes: nothing to ask, nobody to tell."""
+
+    def arbitrates(self) -> bool:
+        return False
+
+    def claim(self, nick: str, member: Member) -> Deferred[bool] | None:
+        return None
+
+    def guest_number(self) -> int | None:
+        return None
+
+    def arrived(self, member: Member) -> None:
+        pass
+
+    def joined(self, member: Member, room: str) -> None:
+        pass
+
+    def parted(self, member: Member, room: str, reason: str) -> None:
+        pass
+
+    def talked(self, member: Member, event: Event) -> None:
+        pass
+
+    def whispered(self, member: Member, target: Member, event: Event) -> None:
+        pass
+
+    def renamed(self, member: Member, old: str) -> None:
+        pass
+
+    def left(self, member: Member, event: Event) -> None:
+        pass
+
+
+@implementer(IParticipant)
+class Remote:
+    """A member connected to another node, as this node's rooms hold it.
+
+    Its own node shows it everything; here it only takes up its place in rooms and in
+    the nickname registry, so every delivery to it does nothing.
+    """
+
+    def deliver(self, event: Event) -> None:
+        pass
+
+    def close(self, final: Event | None) -> None:
+        pass
+
+    def set_format(self, name: str) -> None:
+        pass
+
+    def nudge(self) -> None:
+        pass
+
+
+REMOTE = Remote()

@@ -46,6 +46,7 @@ from twisted_chat.core.events import (
     Join,
     Members,
     Message,
+    Network,
     NickChange,
     Part,
     Pong,
@@ -59,11 +60,12 @@ from twisted_chat.core.events import (
 from twisted_chat.core.interfaces import (
     IChatService,
     IDelivery,
+    INetwork,
     INickRegistry,
     IParticipant,
     IRoomDirectory,
 )
-from twisted_chat.core.local import LocalDelivery, LocalNicks, LocalRooms
+from twisted_chat.core.local import REMOTE, Alone, LocalDelivery, LocalNicks, LocalRooms
 from twisted_chat.core.names import (
     LOBBY,
     NICK_MAX,
@@ -166,6 +168,10 @@ class Member:
     fmt: str = "text"  # the name of its rendering, for the welcome to announce
     logged_in: bool = False
     origin: str = ""  # where it connects from, as its adapter describes it (for the log)
+    # Which node it is connected to ("": this one) and its number there: a member of a
+    # network is known everywhere as (node, id).
+    node: str = ""
+    id: int = 0
 
 
 @implementer(IChatService)
@@ -189,6 +195,7 @@ class ChatService(service.Service):
         nicks: INickRegistry | None = None,
         rooms: IRoomDirectory | None = None,
         delivery: IDelivery | None = None,
+        network: INetwork | None = None,
     ) -> None:
         if max_rooms_per_member < 1 or max_rooms < 1:
             raise ValueError("max_rooms_per_member and max_rooms must be at least 1 (#lobby)")
@@ -210,6 +217,10 @@ class ChatService(service.Service):
         self.nicks: INickRegistry = LocalNicks() if nicks is None else nicks
         self.rooms: IRoomDirectory = LocalRooms() if rooms is None else rooms
         self.delivery: IDelivery = LocalDelivery() if delivery is None else delivery
+        self.network: INetwork = Alone() if network is None else network
+        # Every member, this node's and other nodes', by (node, id).
+        self.by_id: dict[tuple[str, int], Member] = {}
+        self._ids = itertools.count(1)
         if self.rooms.find(room_key(LOBBY)) is None:
             self.rooms.create(room_key(LOBBY), LOBBY)
         # /rooms reads these instead of sorting every room on every call: the rooms by
@@ -302,7 +313,12 @@ class ChatService(service.Service):
         it as a command, which says why.
         """
         now = self.clock.seconds()
-        granted = self._free_nick(nick) if login is None else login
+        if login is not None:
+            granted: str | None = login
+        elif self.network.arbitrates():
+            granted = None  # only the network can grant it: the adapter asks with /nick
+        else:
+            granted = self._free_nick(nick)
         chosen = granted or self._guest_nick()
         # Under a name it did not ask for, it waits in #lobby: a room it named must never
         # see it as someone else.
@@ -314,12 +330,15 @@ class ChatService(service.Service):
             logged_in=login is not None,
             fmt=fmt,
             origin=origin,
+            id=next(self._ids),
         )
         self.members[member] = None
+        self.by_id[("", member.id)] = member
         self.nicks.claim(member.nick, member)
         self._activity[member] = None
         self._close_run()
         participant.deliver(self.welcome(member, starting_in=start))
+        self.network.arrived(member)
         self.join(member, start)
         return member
 
@@ -377,7 +396,8 @@ class ChatService(service.Service):
 
     def _guest_nick(self) -> str:
         while True:
-            nick = f"guest{next(self._guests)}"
+            number = self.network.guest_number()
+            nick = f"guest{next(self._guests) if number is None else number}"
             if self.nicks.owner(nick) is None:
                 return nick
 
@@ -394,7 +414,7 @@ class ChatService(service.Service):
         member.fmt = name
         self._tell(member, self.welcome(member))
 
-    def set_nick(self, member: Member, raw: str) -> None:
+    def set_nick(self, member: Member, raw: str) -> defer.Deferred[None] | None:
         if member.logged_in:
             raise NickReserved(
                 f"you are logged in as {member.nick}; your nickname is your login name"
@@ -407,12 +427,36 @@ class ChatService(service.Service):
         if owner is not None and owner is not member:
             raise NickTaken(f"the nickname {nick!r} is taken (or looks too much like one that is)")
         if nick == member.nick:
-            return
+            return None
+        if owner is member:  # another spelling of its own name: nobody else can hold it
+            self._rename(member, nick)
+            return None
+        asked = self.network.claim(nick, member)
+        if asked is None:
+            self._rename(member, nick)
+            return None
+
+        def decided(granted: bool) -> None:
+            if not member.present:
+                return
+            holder = self.nicks.owner(nick)
+            if not granted or (holder is not None and holder is not member):
+                raise NickTaken(
+                    f"the nickname {nick!r} is taken (or looks too much like one that is)"
+                )
+            self._rename(member, nick)
+
+        return asked.addCallback(decided)
+
+    def _rename(self, member: Member, nick: str) -> None:
+        """``member`` is called ``nick`` from now on: its rooms hear of it."""
         old = member.nick
         self.nicks.release(old, member)
         self.nicks.claim(nick, member)
         member.nick = nick
         self.log.info("nick {old} -> {new}", old=old, new=nick)
+        if not member.node:
+            self.network.renamed(member, old)
         audience: dict[Member, None] = {member: None}
         for room in member.rooms.values():
             if self._summarizing(room):
@@ -491,6 +535,8 @@ class ChatService(service.Service):
         """
         rooms = list(member.rooms.values())
         self._forget(member)
+        if not member.node:
+            self.network.left(member, make([room.name for room in rooms] or [""]))
         shared: dict[Member, list[str]] = {}
         for room in rooms:
             if self._summarizing(room, extra=1):
@@ -514,6 +560,7 @@ class ChatService(service.Service):
             return
         member.present = False
         self.members.pop(member, None)
+        self.by_id.pop((member.node, member.id), None)
         self._activity.pop(member, None)
         self.nicks.release(member.nick, member)
         for room in list(member.rooms.values()):
@@ -559,7 +606,8 @@ class ChatService(service.Service):
         """Seat the member in a room, creating it if new, within the room limits.
 
         Rejoining a room the member is in only makes it current.  An existing room is
-        never refused for the server's total: only creating one is.
+        never refused for the server's total: only creating one is.  A member of another
+        node was held to the limits there.
         """
         name = validate_room(raw)
         key = room_key(name)
@@ -569,13 +617,13 @@ class ChatService(service.Service):
             member.current = room
             self._tell(member, Current(ts=now, room=room.name))
             return
-        if len(member.rooms) >= self.max_rooms_per_member:
+        if len(member.rooms) >= self.max_rooms_per_member and not member.node:
             raise TooManyRooms(
                 f"you are in {len(member.rooms)} rooms, the most allowed; /part one first"
             )
         room = self.rooms.find(key)
         if room is None:
-            if self.rooms.count() >= self.max_rooms:
+            if self.rooms.count() >= self.max_rooms and not member.node:
                 raise ServerRoomsFull(
                     f"the server has {self.rooms.count()} rooms, the most it allows; "
                     "join an existing one (/rooms)"
@@ -587,6 +635,8 @@ class ChatService(service.Service):
         self._rooms_version += 1
         member.rooms[key] = room
         member.current = room
+        if not member.node:
+            self.network.joined(member, room.name)
         if self._summarizing(room):
             # A crowd: only the joiner hears of it now (no member list: /who has it).
             self._tell(
@@ -612,6 +662,8 @@ class ChatService(service.Service):
             raise NotInRoom(f"you are not in {room.name}")
         reason = _short(clean_text(reason), REASON_MAX)
         now = self.clock.seconds()
+        if not member.node:
+            self.network.parted(member, room.name, reason)
         part = Part(ts=now, room=room.name, nick=member.nick, reason=reason)
         if self._summarizing(room):
             self._tell(member, part)
@@ -691,6 +743,7 @@ class ChatService(service.Service):
             raise NotInRoom("you are not in any room; /join #room first")
         text = self._message_text(raw)
         event = kind(ts=self.clock.seconds(), room=room.name, nick=member.nick, text_=text)
+        self.network.talked(member, event)
         self._broadcast(room, event, exclude=member)
 
     def private(self, member: Member, nick: str, raw: str) -> None:
@@ -701,6 +754,8 @@ class ChatService(service.Service):
         event = Private(
             ts=self.clock.seconds(), sender=member.nick, recipient=target.nick, text_=text
         )
+        if target.node:
+            self.network.whispered(member, target, event)
         self._fanout({target: None, member: None}, event)
 
     def ping(self, member: Member, token: str) -> None:
@@ -709,6 +764,93 @@ class ChatService(service.Service):
     def pong(self, token: str) -> Pong:
         """The answer to a heartbeat, its token cleaned and bounded."""
         return Pong(ts=self.clock.seconds(), token=_short(clean_text(token).strip(), TOKEN_MAX))
+
+    # -- members of other nodes (a backplane reports what they do) ---------------------
+
+    def remote_arrive(self, node: str, mid: int, nick: str, logged_in: bool = False) -> Member:
+        """A member of ``node`` is on the network: it holds ``nick`` here too."""
+        member = self.by_id.get((node, mid))
+        if member is not None:
+            return member
+        member = Member(
+            participant=REMOTE,
+            nick=nick,
+            last_seen=self.clock.seconds(),
+            logged_in=logged_in,
+            origin=f"node {node}",
+            node=node,
+            id=mid,
+        )
+        self.by_id[(node, mid)] = member
+        self.nicks.claim(nick, member)
+        return member
+
+    def remote_join(self, member: Member, room: str) -> None:
+        self.join(member, room)
+
+    def remote_part(self, member: Member, room: str, reason: str) -> None:
+        if self.is_member_of(member, room):
+            self.part(member, room, reason)
+
+    def remote_talk(self, member: Member, kind: str, room: str, text: str, ts: float) -> None:
+        """``member`` said ``text`` in ``room`` (``kind``: ``message`` or ``action``)."""
+        found = member.rooms.get(room_key(room))
+        if found is None:
+            return
+        cls = Action if kind == Action.type else Message
+        event = cls(ts=ts, room=found.name, nick=member.nick, text_=clean_text(text))
+        self._broadcast(found, event, exclude=member)
+
+    def remote_private(self, member: Member, target: Member, text: str, ts: float) -> None:
+        """``member`` sent ``text`` to ``target``, a member of this node."""
+        if target.node or not target.present:
+            return
+        event = Private(ts=ts, sender=member.nick, recipient=target.nick, text_=clean_text(text))
+        self._tell(target, event)
+
+    def remote_rename(self, member: Member, nick: str) -> None:
+        if nick != member.nick:
+            self._rename(member, nick)
+
+    def remote_leave(self, member: Member, kind: str, reason: str = "", after: float = 0.0) -> None:
+        """``member`` left the network: by /quit, timeout, or its connection or node lost."""
+        if not member.present:
+            return
+
+        def make(rooms: list[str]) -> Event:
+            ts = self.clock.seconds()
+            if kind == Quit.type:
+                return Quit(ts=ts, room=rooms[0], rooms=rooms, nick=member.nick, reason=reason)
+            if kind == TimedOut.type:
+                return TimedOut(ts=ts, room=rooms[0], rooms=rooms, nick=member.nick, after=after)
+            return Disconnected(ts=ts, room=rooms[0], rooms=rooms, nick=member.nick, reason=reason)
+
+        self._leave_all(member, make)
+
+    def lost_name(self, member: Member) -> None:
+        """While this node was apart, the network gave ``member``'s name to another
+        member: this one becomes a guest, and is told why."""
+        if not member.present or member.node:
+            return
+        old = member.nick
+        self._rename(member, self._guest_nick())
+        member.logged_in = False
+        self._tell(
+            member,
+            Network(
+                ts=self.clock.seconds(), up=True,
+                message=f"while the network was split, {old} was taken on another server; "
+                f"you are {member.nick} now",
+            ),
+        )  # fmt: skip
+
+    def network_changed(self, up: bool, message: str) -> None:
+        """Tell every member here that the other nodes were lost or are back."""
+        self._fanout(list(self.members), Network(ts=self.clock.seconds(), up=up, message=message))
+
+    def remote_members(self, node: str) -> list[Member]:
+        """The members of ``node`` known here."""
+        return [m for (n, _), m in self.by_id.items() if n == node]
 
     # -- crowded rooms: joins and leaves summarized -------------------------------------
 

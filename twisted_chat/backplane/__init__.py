@@ -1,0 +1,1 @@
+"""A backplane: several nodes of groupchat sharing members, rooms and names."""

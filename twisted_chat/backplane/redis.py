@@ -1,0 +1,421 @@
+"""The Redis backplane: nodes of one network meet in one Redis (``--backplane``).
+
+Keys (prefix ``gc:``):
+
+- ``gc:ops``: the pub/sub channel every node publishes its envelopes to and reads.
+- ``gc:nodes``: the set of node ids; ``gc:lease:<node>`` exists while the node lives
+  (set with a ``PX`` expiry, renewed every ``lease / 3``).
+- ``gc:node:<node>``: a hash, ``m:<id>`` -> a member's description, ``seq`` -> the last
+  envelope it covers; written with each envelope in one script, so it never disagrees
+  with what was published.
+- ``gc:nick:<key>``: ``<node>/<id>`` for each look-alike key of a held nickname; a key
+  whose node has no lease is free.  ``gc:nicks:<node>`` lists a node's keys.
+- ``gc:guests``: a counter; each node takes blocks of guest numbers from it.
+
+txredisapi does the connecting and reconnecting (with backoff, through Twisted's
+``ClientService``); this module decides what a lost or regained Redis means.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import txredisapi
+from twisted.application import service
+from twisted.internet import defer, endpoints, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from twisted_chat.backplane.replica import LOST_WITH_SERVER, Node
+from twisted_chat.core.names import skeletons
+
+PREFIX = "gc:"
+CHANNEL = PREFIX + "ops"
+LEASE = 5.0  # seconds a node lives without renewing; its members are then removed
+GUEST_BLOCK = 100
+
+# Every other script argument is data: these run atomically inside Redis.
+_PUBLISH = """
+local hash = KEYS[1]
+redis.call('HSET', hash, 'seq', ARGV[3])
+for i = 4, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', hash, ARGV[i])
+  else redis.call('HSET', hash, ARGV[i], ARGV[i + 1]) end
+end
+return redis.call('PUBLISH', ARGV[1], ARGV[2])
+"""
+_CLAIM = """
+local me = ARGV[1]
+for _, k in ipairs(KEYS) do
+  local v = redis.call('GET', k)
+  if v and v ~= me then
+    local node = string.match(v, '^(.*)/')
+    if node and redis.call('EXISTS', ARGV[2] .. node) == 1 then return 0 end
+  end
+end
+for _, k in ipairs(KEYS) do
+  redis.call('SET', k, me)
+  redis.call('SADD', ARGV[3], k)
+end
+return 1
+"""
+_RELEASE = """
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
+  redis.call('SREM', ARGV[2], k)
+end
+return 1
+"""
+# A node gone, or back after a split: its names and state are dropped (it re-claims).
+# ARGV[2], when given, is its lease: a node that renewed it meanwhile is left alone.
+_RESET = """
+if ARGV[2] and redis.call('EXISTS', ARGV[2]) == 1 then return -1 end
+local keys = redis.call('SMEMBERS', KEYS[2])
+for _, k in ipairs(keys) do
+  local v = redis.call('GET', k)
+  if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. '/' then redis.call('DEL', k) end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return #keys
+"""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """What ``--backplane redis://[:PASSWORD@]HOST:PORT[/DB]`` names."""
+
+    host: str
+    port: int
+    password: str | None
+    db: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> RedisAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"not a redis:// or rediss:// address: {url!r}")
+        try:
+            port = parts.port or 6379
+            db = int(parts.path.strip("/") or 0)
+        except ValueError as e:
+            raise ValueError(f"bad port or database number in {url!r}") from e
+        password = unquote(parts.password) if parts.password else None
+        if password is None and parts.username and not parts.password:
+            password = unquote(parts.username)  # redis://secret@host: a password alone
+        return cls(parts.hostname or "127.0.0.1", port, password, db, parts.scheme == "rediss")
+
+    def endpoint(self, reactor: Any) -> Any:
+        if self.tls:
+            from twisted.internet import ssl
+
+            options = ssl.optionsForClientTLS(self.host)
+            return endpoints.wrapClientTLS(
+                options, endpoints.HostnameEndpoint(reactor, self.host, self.port)
+            )
+        return endpoints.HostnameEndpoint(reactor, self.host, self.port)
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    link: RedisLink
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        data = message if isinstance(message, bytes) else str(message).encode()
+        self.link.envelope(data)
+
+
+class _SubscriberFactory(txredisapi.SubscriberFactory):
+    protocol = _Subscriber
+    link: RedisLink
+
+    def buildProtocol(self, addr: Any) -> Any:
+        p = super().buildProtocol(addr)
+        p.link = self.link
+        p.whenConnected().addCallback(self.link.subscriber_up)
+        return p
+
+
+class RedisLink(service.Service):
+    """This node's place in a Redis network: the ``Link`` of ``replica.Node``."""
+
+    log = Logger()
+    name = "groupchat-backplane"
+
+    def __init__(
+        self, address: RedisAddress, clock: IReactorTime, reactor: Any, lease: float = LEASE
+    ) -> None:
+        self.address = address
+        self.clock = clock
+        self.reactor = reactor
+        self.lease = lease
+        self.node = Node(uuid.uuid4().hex[:12], clock, self)
+        self.node.on_gap = self._resync_node
+        self._up = False  # joined: subscribed, state announced, others read
+        self._was_up = False
+        self._commands: Any = None
+        self._sub_factory: Any = None
+        self._subscriber: Any = None
+        self._buffer: list[bytes] | None = None  # envelopes read while (re)joining
+        self._resyncing: dict[str, list[bytes]] = {}
+        self._beat = task.LoopingCall(self._heartbeat)
+        self._beat.clock = clock
+        self._fetching_guests = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = self.address.endpoint(self.reactor)
+        self._command_factory = txredisapi.RedisFactory(
+            None, self.address.db, 1, isLazy=True, password=self.address.password,
+            replyTimeout=10, convertNumbers=True,
+        )  # fmt: skip
+        self._command_factory.startConnecting(endpoint)
+        self._commands = self._command_factory.handler
+        self._sub_factory = _SubscriberFactory(isLazy=True)
+        self._sub_factory.password = self.address.password
+        self._sub_factory.link = self
+        self._sub_factory.startConnecting(endpoint)
+        self._beat.start(self.lease / 3, now=False)
+        self.log.info(
+            "backplane: node {node} joining redis at {host}:{port}",
+            node=self.node.id, host=self.address.host, port=self.address.port,
+        )  # fmt: skip
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._beat.running:
+            self._beat.stop()
+        if self._up:
+            try:
+                yield self._forget_node(self.node.id)
+            except Exception:
+                self.log.failure("leaving the network cleanly failed")
+        self._up = False
+        for factory in (self._sub_factory, self._command_factory):
+            if factory is not None:
+                yield factory.disconnect()
+
+    # -- Link ----------------------------------------------------------------------------
+
+    def connected(self) -> bool:
+        return self._up
+
+    def publish(self, envelope: bytes, seq: int, state: dict[str, str | None]) -> None:
+        args: list[Any] = [CHANNEL, envelope, seq]
+        for mid, desc in state.items():
+            args += [f"m:{mid}", desc or ""]
+        d = self._commands.eval(_PUBLISH, keys=[self._node_key(self.node.id)], args=args)
+        d.addErrback(self._lost_command, "publishing")
+
+    def claim(self, keys: list[str], owner: str) -> defer.Deferred[bool]:
+        d = self._commands.eval(
+            _CLAIM, keys=[PREFIX + "nick:" + k for k in keys],
+            args=[owner, PREFIX + "lease:", PREFIX + "nicks:" + self.node.id],
+        )  # fmt: skip
+        return d.addCallback(lambda answer: answer == 1)
+
+    def release(self, keys: list[str], owner: str) -> None:
+        if not keys:
+            return
+        d = self._commands.eval(
+            _RELEASE, keys=[PREFIX + "nick:" + k for k in keys],
+            args=[owner, PREFIX + "nicks:" + self.node.id],
+        )  # fmt: skip
+        d.addErrback(self._lost_command, "releasing a name")
+
+    # -- joining and rejoining ---------------------------------------------------------
+
+    def subscriber_up(self, protocol: Any) -> None:
+        self._subscriber = protocol
+        protocol.whenDisconnected().addCallback(self._subscriber_down)
+        self._buffer = []
+        d = protocol.subscribe(CHANNEL)
+        d.addCallback(lambda _: self._join())
+        d.addErrback(self._join_failed)
+
+    @defer.inlineCallbacks
+    def _join(self) -> Any:
+        """Announce this node and read the others, with the channel already read."""
+        node = self.node
+        commands = self._commands
+        yield commands.set(PREFIX + "lease:" + node.id, "1", pexpire=int(self.lease * 1000))
+        yield commands.sadd(PREFIX + "nodes", node.id)
+        yield self._refill_guests()
+        # Our names again, as the arbiter sees them: one that another node took while we
+        # were apart is given up here (that member becomes a guest).
+        yield commands.eval(
+            _RESET, keys=[self._node_key(node.id), PREFIX + "nicks:" + node.id], args=[node.id]
+        )
+        assert node.service is not None
+        for member in list(node.service.members):
+            won = yield self.claim(sorted(set(skeletons(member.nick))), node.owner(member))
+            if not won and member.present:
+                node.service.lost_name(member)
+        node.seq += 1
+        whole = b'{"node":"%s","seq":%d,"ops":[],"whole":true}' % (node.id.encode(), node.seq)
+        args: list[Any] = [CHANNEL, whole, node.seq]
+        for mid, desc in node.whole_state().items():
+            args += [f"m:{mid}", desc or ""]
+        yield commands.eval(_PUBLISH, keys=[self._node_key(node.id)], args=args)
+        others = yield commands.smembers(PREFIX + "nodes")
+        alive = set()
+        for other in sorted(others):
+            other = _text(other)
+            if other == node.id:
+                continue
+            if not (yield commands.exists(PREFIX + "lease:" + other)):
+                continue
+            alive.add(other)
+            yield self._read_node(other)
+        for other in {m.node for m in node.service.by_id.values() if m.node} - alive:
+            node.forget(other)
+        self._up = True
+        buffered, self._buffer = self._buffer or [], None
+        for data in buffered:
+            node.received(data)
+        if self._was_up:
+            node.service.network_changed(True, "the network is whole again")
+            self.log.info("backplane: node {node} rejoined the network", node=node.id)
+        else:
+            self.log.info("backplane: node {node} joined the network ({others} other nodes)",
+                          node=node.id, others=len(alive))  # fmt: skip
+        self._was_up = True
+
+    @defer.inlineCallbacks
+    def _read_node(self, other: str) -> Any:
+        raw = yield self._commands.hgetall(self._node_key(other))
+        state: dict[str, str] = {}
+        seq = None
+        for key, value in (raw or {}).items():
+            key, value = _text(key), _text(value)
+            if key == "seq":
+                seq = int(value)
+            elif key.startswith("m:"):
+                state[key[2:]] = value
+        self.node.reconcile(other, seq, state)
+        pending = self._resyncing.pop(other, [])
+        for data in pending:
+            self.node.received(data)
+
+    def _resync_node(self, other: str) -> None:
+        if other in self._resyncing or not self._up:
+            return
+        self.log.warn("backplane: missed envelopes from node {other}; reading its state",
+                      other=other)  # fmt: skip
+        self._resyncing[other] = []
+        self._read_node(other).addErrback(self._lost_command, "reading a node's state")
+
+    def envelope(self, data: bytes) -> None:
+        if self._buffer is not None:
+            self._buffer.append(data)
+            return
+        for other, pending in self._resyncing.items():
+            if data.startswith(b'{"node":"%s"' % other.encode()):
+                pending.append(data)
+                return
+        self.node.received(data)
+
+    def _join_failed(self, failure: Any) -> None:
+        self.log.failure("backplane: joining the network failed; retrying", failure)
+        if self._subscriber is not None and self._subscriber.transport is not None:
+            self._subscriber.transport.loseConnection()
+
+    def _subscriber_down(self, _: Any) -> None:
+        self._split("lost the connection to redis")
+
+    def _lost_command(self, failure: Any, what: str) -> None:
+        self.log.warn("backplane: {what} failed: {error}", what=what,
+                      error=failure.getErrorMessage())  # fmt: skip
+        if self._subscriber is not None and self._subscriber.transport is not None:
+            self._subscriber.transport.loseConnection()  # rejoin from scratch
+
+    def _split(self, why: str) -> None:
+        self._subscriber = None
+        self._buffer = None
+        self._resyncing.clear()
+        if not self._up:
+            return
+        self._up = False
+        self.log.warn("backplane: node {node} is split from the network: {why}",
+                      node=self.node.id, why=why)  # fmt: skip
+        if self.node.service is not None and self.running:
+            self.node.service.network_changed(
+                False,
+                "the network is split: members elsewhere are out of reach for now; "
+                "this server keeps working and reconnects by itself",
+            )
+
+    # -- the lease and the other nodes' -------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        """Renew our lease, take over the members of nodes whose lease ran out."""
+        if not self._up:
+            return
+        d = self._renew_and_watch()
+        d.addErrback(self._lost_command, "renewing the lease")
+
+    @defer.inlineCallbacks
+    def _renew_and_watch(self) -> Any:
+        commands = self._commands
+        yield commands.set(PREFIX + "lease:" + self.node.id, "1", pexpire=int(self.lease * 1000))
+        others = yield commands.smembers(PREFIX + "nodes")
+        for other in others:
+            other = _text(other)
+            if other == self.node.id:
+                continue
+            if (yield commands.exists(PREFIX + "lease:" + other)):
+                continue
+            self.log.warn("backplane: node {other} stopped renewing its lease; its members "
+                          "are gone", other=other)  # fmt: skip
+            self.node.forget(other, LOST_WITH_SERVER)
+            yield self._forget_node(other)
+        if len(self.node.guests) < GUEST_BLOCK // 5:
+            yield self._refill_guests()
+        service = self.node.service
+        known = {m.node for m in service.by_id.values() if m.node} if service else set()
+        for other in known - {_text(o) for o in others}:
+            self.node.forget(other, LOST_WITH_SERVER)  # forgotten by another node first
+
+    def _forget_node(self, node_id: str) -> Any:
+        """Drop a node's state and names from Redis, unless it renewed its lease."""
+        commands = self._commands
+        lease = PREFIX + "lease:" + node_id
+        own = node_id == self.node.id
+        d = commands.eval(
+            _RESET, keys=[self._node_key(node_id), PREFIX + "nicks:" + node_id],
+            args=[node_id] if own else [node_id, lease],
+        )  # fmt: skip
+
+        def gone(answer: Any) -> Any:
+            if answer == -1:
+                return None
+            return commands.srem(PREFIX + "nodes", node_id)
+
+        d.addCallback(gone)
+        if own:
+            d.addCallback(lambda _: commands.delete(lease))
+        return d
+
+    @defer.inlineCallbacks
+    def _refill_guests(self) -> Any:
+        if self._fetching_guests:
+            return
+        self._fetching_guests = True
+        try:
+            top = yield self._commands.incrby(PREFIX + "guests", GUEST_BLOCK)
+            self.node.guests.extend(range(int(top) - GUEST_BLOCK + 1, int(top) + 1))
+        finally:
+            self._fetching_guests = False
+
+    @staticmethod
+    def _node_key(node_id: str) -> str:
+        return PREFIX + "node:" + node_id
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,292 @@
+"""One node of a network: its members' actions out as operations, other nodes' in.
+
+Every node holds a replica of the whole network: its own members, and every other
+node's members as ``Member`` objects whose participant does nothing (``core.local.Remote``).
+A node tells the others what its own members do, as operations (joined, said, renamed,
+left), never as the events it shows: each node turns an operation into events for its
+own members with the same core code a local action runs, so crowd summaries, /who and
+/rooms work from the replica with no question over the network.
+
+The transport (``Link``) is pluggable: Redis in ``backplane/redis.py``, a list in the
+tests.  Operations of one reactor turn go out as one envelope; envelopes of one node
+carry consecutive sequence numbers, so a receiver notices a gap and asks for the
+sender's whole state instead (``Node.reconcile``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from twisted_chat.core.events import Event, Private, TimedOut
+from twisted_chat.core.interfaces import INetwork
+from twisted_chat.core.names import skeletons
+
+if TYPE_CHECKING:
+    from twisted_chat.core.service import ChatService, Member
+
+LOST_WITH_SERVER = "lost with its server"
+
+
+class Link(Protocol):
+    """What a node needs from its transport."""
+
+    def connected(self) -> bool:
+        """Whether the network can be reached now."""
+        ...
+
+    def publish(self, envelope: bytes, seq: int, state: dict[str, str | None]) -> None:
+        """Send ``envelope`` to every other node, and store ``state`` as this node's
+        (member id -> its description, None for a member that is gone) with ``seq``,
+        at once, so a node reading the state knows which envelopes it covers."""
+        ...
+
+    def claim(self, keys: list[str], owner: str) -> defer.Deferred[bool]:
+        """Take every key for ``owner`` unless another live owner holds one of them."""
+        ...
+
+    def release(self, keys: list[str], owner: str) -> None:
+        """Give up the keys ``owner`` holds."""
+        ...
+
+
+def describe(member: Member) -> str:
+    """A member's state as other nodes store it (see ``Node.reconcile``)."""
+    return json.dumps(
+        {"nick": member.nick, "rooms": [r.name for r in member.rooms.values()],
+         "login": member.logged_in},
+        separators=(",", ":"),
+    )  # fmt: skip
+
+
+@implementer(INetwork)
+class Node:
+    """This node, as the core's ``INetwork``, and the receiver of the others' envelopes."""
+
+    log = Logger()
+
+    def __init__(self, node_id: str, clock: IReactorTime, link: Link) -> None:
+        self.id = node_id
+        self.clock = clock
+        self.link = link
+        self.service: ChatService | None = None
+        self.seq = 0
+        self._ops: list[dict[str, Any]] = []
+        self._touched: dict[int, Member] = {}
+        self._flush_call: IDelayedCall | None = None
+        self.seen: dict[str, int] = {}  # the last sequence number applied, by node
+        # Filled by the transport (a Redis INCRBY block) so no two nodes name guests alike.
+        self.guests: list[int] = []
+        self._fallback = itertools.count(random.randrange(10**6, 10**7, 1000))
+        self.on_gap: Callable[[str], None] = lambda node: None
+
+    def attach(self, service: ChatService) -> None:
+        self.service = service
+
+    # -- INetwork: what this node's members do ----------------------------------------
+
+    def arbitrates(self) -> bool:
+        return self.link.connected()
+
+    def claim(self, nick: str, member: Member) -> defer.Deferred[bool] | None:
+        if not self.link.connected():
+            return None  # split: granted here, claimed again when the network is back
+        return self.link.claim(list(skeletons(nick)), self.owner(member))
+
+    def guest_number(self) -> int | None:
+        if self.guests:
+            return self.guests.pop(0)
+        # No block from the network (split): numbers no block reaches, unlikely to meet
+        # another node's; a clash is settled when the network is back.
+        return next(self._fallback)
+
+    def owner(self, member: Member) -> str:
+        return f"{self.id}/{member.id}"
+
+    def arrived(self, member: Member) -> None:
+        self._op(member, op="arrive", nick=member.nick, login=member.logged_in)
+        if self.link.connected():
+            # Its name was granted here (a guest's, a login's): tell the arbiter too.
+            self.link.claim(list(skeletons(member.nick)), self.owner(member)).addErrback(
+                self._log_failure, "claiming a new member's name"
+            )
+
+    def joined(self, member: Member, room: str) -> None:
+        self._op(member, op="join", room=room)
+
+    def parted(self, member: Member, room: str, reason: str) -> None:
+        self._op(member, op="part", room=room, reason=reason)
+
+    def talked(self, member: Member, event: Event) -> None:
+        self._op(
+            member, op="say", kind=event.type, room=getattr(event, "room", ""),
+            text=getattr(event, "text_", ""), ts=event.ts,
+        )  # fmt: skip
+
+    def whispered(self, member: Member, target: Member, event: Event) -> None:
+        assert isinstance(event, Private)
+        self._op(member, op="pm", to=[target.node, target.id], text=event.text_, ts=event.ts)
+
+    def renamed(self, member: Member, old: str) -> None:
+        self._op(member, op="nick", nick=member.nick)
+        if self.link.connected():
+            self.link.release(sorted(set(skeletons(old)) - set(skeletons(member.nick))),
+                              self.owner(member))  # fmt: skip
+
+    def left(self, member: Member, event: Event) -> None:
+        self._op(
+            member, op="leave", kind=event.type, reason=getattr(event, "reason", ""),
+            after=event.after if isinstance(event, TimedOut) else 0.0,
+        )  # fmt: skip
+        if self.link.connected():
+            self.link.release(list(skeletons(member.nick)), self.owner(member))
+
+    def _op(self, member: Member, **op: Any) -> None:
+        op["m"] = member.id
+        self._ops.append(op)
+        self._touched[member.id] = member
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send this turn's operations as one envelope, with the members' new state."""
+        self._flush_call = None
+        if not self._ops:
+            return
+        ops, self._ops = self._ops, []
+        touched, self._touched = self._touched, {}
+        if not self.link.connected():
+            return  # split: the state is sent whole when the network is back
+        self.seq += 1
+        state = {str(mid): describe(m) if m.present else None for mid, m in touched.items()}
+        envelope = json.dumps({"node": self.id, "seq": self.seq, "ops": ops},
+                              separators=(",", ":")).encode()  # fmt: skip
+        try:
+            self.link.publish(envelope, self.seq, state)
+        except Exception:
+            self.log.failure("publishing to the network failed")
+
+    def whole_state(self) -> dict[str, str | None]:
+        """Every member of this node, described: what the network is told after a split."""
+        assert self.service is not None
+        return {str(m.id): describe(m) for m in self.service.members}
+
+    # -- other nodes' envelopes ---------------------------------------------------------
+
+    def received(self, data: bytes) -> None:
+        """An envelope from the network (possibly this node's own, which is skipped)."""
+        try:
+            envelope = json.loads(data)
+            node, seq, ops = envelope["node"], int(envelope["seq"]), envelope["ops"]
+        except (ValueError, KeyError, TypeError):
+            self.log.warn("unreadable envelope from the network: {data!r}", data=data[:200])
+            return
+        if node == self.id:
+            return
+        if envelope.get("whole"):
+            self.on_gap(node)  # back after a split (or new): its stored state is read
+            return
+        last = self.seen.get(node)
+        if last is not None and seq <= last:
+            return  # already covered by a state read after it was sent
+        if last is None or seq != last + 1:
+            self.on_gap(node)  # missed envelopes: its whole state is read instead
+            return
+        self.seen[node] = seq
+        self.apply(node, ops)
+
+    def apply(self, node: str, ops: list[dict[str, Any]]) -> None:
+        service = self.service
+        assert service is not None
+        service.begin_batch()
+        try:
+            for op in ops:
+                try:
+                    self._apply_one(service, node, op)
+                except Exception:
+                    self.log.failure("applying {op} from {node} failed", op=op.get("op"), node=node)
+        finally:
+            service.end_batch()
+
+    def _apply_one(self, service: ChatService, node: str, op: dict[str, Any]) -> None:
+        kind = op["op"]
+        mid = int(op["m"])
+        if kind == "arrive":
+            service.remote_arrive(node, mid, str(op["nick"]), bool(op.get("login")))
+            return
+        member = service.by_id.get((node, mid))
+        if member is None:
+            return
+        if kind == "join":
+            service.remote_join(member, str(op["room"]))
+        elif kind == "part":
+            service.remote_part(member, str(op["room"]), str(op.get("reason", "")))
+        elif kind == "say":
+            service.remote_talk(
+                member, str(op["kind"]), str(op["room"]), str(op["text"]), float(op["ts"])
+            )
+        elif kind == "pm":
+            to_node, to_id = op["to"]
+            target = service.by_id.get(("", int(to_id))) if to_node == self.id else None
+            if target is not None:
+                service.remote_private(member, target, str(op["text"]), float(op["ts"]))
+        elif kind == "nick":
+            service.remote_rename(member, str(op["nick"]))
+        elif kind == "leave":
+            service.remote_leave(
+                member, str(op["kind"]), str(op.get("reason", "")), float(op.get("after", 0.0))
+            )
+
+    def reconcile(
+        self, node: str, seq: int | None, state: dict[str, str], reason: str = "disconnected"
+    ) -> None:
+        """Make this replica of ``node`` match its stored ``state`` (read after ``seq``).
+
+        Members missing from it leave with ``reason``; new ones arrive; names and rooms
+        are brought up to date, each change told to this node's members as usual.
+        """
+        service = self.service
+        assert service is not None
+        if seq is not None:
+            self.seen[node] = seq
+        else:
+            self.seen.pop(node, None)
+        wanted: dict[int, dict[str, Any]] = {}
+        for key, value in state.items():
+            try:
+                wanted[int(key)] = json.loads(value)
+            except (ValueError, TypeError):
+                continue
+        service.begin_batch()
+        try:
+            for member in service.remote_members(node):
+                if member.id not in wanted:
+                    service.remote_leave(member, "disconnect", reason)
+            for mid, desc in wanted.items():
+                nick, login = str(desc["nick"]), bool(desc.get("login"))
+                member = service.remote_arrive(node, mid, nick, login)
+                service.remote_rename(member, nick)
+                rooms = [str(r) for r in desc.get("rooms", [])]
+                for room in list(member.rooms.values()):
+                    if room.name not in rooms:
+                        service.remote_part(member, room.name, "")
+                for room_name in rooms:
+                    if not service.is_member_of(member, room_name):
+                        service.remote_join(member, room_name)
+        finally:
+            service.end_batch()
+
+    def forget(self, node: str, reason: str = LOST_WITH_SERVER) -> None:
+        """``node`` is gone: its members leave everyone here with ``reason``."""
+        self.reconcile(node, None, {}, reason)
+
+    def _log_failure(self, failure: Any, what: str) -> None:
+        self.log.failure("{what} failed", failure, what=what)
