@@ -78,7 +78,7 @@ def network(count: int) -> tuple[Bus, list[ProtocolHarness]]:
     for i in range(count):
         node = Node(f"n{i + 1}", bus.clock, MemoryLink(bus, f"n{i + 1}"))
         node.guests.extend(range(100 * i + 1, 100 * i + 100))
-        node.on_gap = _reader(bus, node)
+        node.on_gap = node.on_announce = _reader(bus, node)
         h = ProtocolHarness(network=node, clock=bus.clock)
         node.attach(h.service)
         bus.nodes.append(node)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -153,6 +154,7 @@ class RedisLink(service.Service):
         self.lease = lease
         self.node = Node(uuid.uuid4().hex[:12], clock, self)
         self.node.on_gap = self._resync_node
+        self.node.on_announce = partial(self._resync_node, announced=True)
         self._up = False  # joined: subscribed, state announced, others read
         self._was_up = False
         self._commands: Any = None
@@ -163,6 +165,7 @@ class RedisLink(service.Service):
         self._beat = task.LoopingCall(self._heartbeat)
         self._beat.clock = clock
         self._fetching_guests = False
+        self._joined_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -272,8 +275,9 @@ class RedisLink(service.Service):
                 continue
             alive.add(other)
             yield self._read_node(other)
-        for other in {m.node for m in node.service.by_id.values() if m.node} - alive:
-            node.forget(other)
+        # Nodes known here but not in Redis are not forgotten yet: after a restart of
+        # Redis they announce themselves again within a lease (see _renew_and_watch).
+        self._joined_at = self.clock.seconds()
         self._up = True
         buffered, self._buffer = self._buffer or [], None
         for data in buffered:
@@ -302,11 +306,12 @@ class RedisLink(service.Service):
         for data in pending:
             self.node.received(data)
 
-    def _resync_node(self, other: str) -> None:
+    def _resync_node(self, other: str, announced: bool = False) -> None:
         if other in self._resyncing or not self._up:
             return
-        self.log.warn("backplane: missed envelopes from node {other}; reading its state",
-                      other=other)  # fmt: skip
+        if not announced:
+            self.log.warn("backplane: missed envelopes from node {other}; reading its state",
+                          other=other)  # fmt: skip
         self._resyncing[other] = []
         self._read_node(other).addErrback(self._lost_command, "reading a node's state")
 
@@ -377,9 +382,12 @@ class RedisLink(service.Service):
         if len(self.node.guests) < GUEST_BLOCK // 5:
             yield self._refill_guests()
         service = self.node.service
-        known = {m.node for m in service.by_id.values() if m.node} if service else set()
+        if service is None or self.clock.seconds() - self._joined_at < self.lease:
+            return
+        known = {m.node for m in service.by_id.values() if m.node}
         for other in known - {_text(o) for o in others}:
-            self.node.forget(other, LOST_WITH_SERVER)  # forgotten by another node first
+            # Forgotten by another node first, or not back a lease after Redis returned.
+            self.node.forget(other, LOST_WITH_SERVER)
 
     def _forget_node(self, node_id: str) -> Any:
         """Drop a node's state and names from Redis, unless it renewed its lease."""
@@ -411,6 +419,7 @@ class RedisLink(service.Service):
             self.node.guests.extend(range(int(top) - GUEST_BLOCK + 1, int(top) + 1))
         finally:
             self._fetching_guests = False
+        self._joined_at = 0.0
 
     @staticmethod
     def _node_key(node_id: str) -> str:

@@ -86,7 +86,10 @@ class Node:
         # Filled by the transport (a Redis INCRBY block) so no two nodes name guests alike.
         self.guests: list[int] = []
         self._fallback = itertools.count(random.randrange(10**6, 10**7, 1000))
+        # What the transport does when a node's envelopes cannot be applied in order (a
+        # gap), or when a node announces its whole state: read that state (``reconcile``).
         self.on_gap: Callable[[str], None] = lambda node: None
+        self.on_announce: Callable[[str], None] = lambda node: None
 
     def attach(self, service: ChatService) -> None:
         self.service = service
@@ -192,7 +195,7 @@ class Node:
         if node == self.id:
             return
         if envelope.get("whole"):
-            self.on_gap(node)  # back after a split (or new): its stored state is read
+            self.on_announce(node)  # new, or back after a split: its stored state is read
             return
         last = self.seen.get(node)
         if last is not None and seq <= last:

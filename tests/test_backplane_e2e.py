@@ -1,0 +1,416 @@
+"""End-to-end tests of the Redis backplane: several real ``twistd -n groupchat`` nodes
+sharing one real ``redis-server``, real loopback sockets.
+
+Every wait is bounded.  A node is used only once its log says it joined the network, and
+a member of another node only once this node has shown its arrival (its nickname change),
+so no test depends on how fast an envelope crosses Redis.  "Never received" is checked
+after a ``/ping`` barrier on the observer *and* after a later line from the same sender
+arrived there (one node publishes its envelopes in order; see ``tests/e2e_support.py``).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from tests.e2e_support import (
+    HOST,
+    ChatClient,
+    ClientFactory,
+    ServerFactory,
+    ServerProcess,
+    set_nick,
+    wait_until,
+)
+from tests.redis_support import RedisProcess, stop
+
+JOIN_TIMEOUT = 10.0  # a node joining the network after it listens
+LEASE = 5.0  # twisted_chat.backplane.redis.LEASE; checked every LEASE / 3
+LOST_TIMEOUT = 10.0  # a killed node's members are gone within the lease and a check
+REJOIN_TIMEOUT = 15.0  # txredisapi's reconnection backoff, then joining again
+SPLIT = "*** Network: the network is split"
+WHOLE = "*** Network: the network is whole again"
+# Fast enough that a burst of numbered lines is not held back by the rate limit.
+FAST = ("--rate", "1000", "--burst", "1000", "--connect-rate", "1000")
+WHO = re.compile(r"^\*\*\* \[(#\S+)\] (?:(\d+) here: (.*)|nobody here)$")
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def start_node(start_server: ServerFactory, redis: RedisProcess, *options: str) -> ServerProcess:
+    """A node on ``redis``, returned once it has joined the network."""
+    node = start_server("--backplane", f"redis://{HOST}:{redis.port}", *FAST, *options)
+    joined = wait_until(lambda: "joined the network" in node.log(), JOIN_TIMEOUT)
+    assert joined, f"node never joined the network:\n{node.log()}"
+    return node
+
+
+def members(connect: ClientFactory, wanted: list[tuple[ServerProcess, str]]) -> list[ChatClient]:
+    """Connect one member per (node, nickname), each renamed, each seen by all the others.
+
+    A member of another node is known here once its nickname change has been shown here
+    (its arrival and its join of #lobby came before it, from the same node); the earlier
+    members are known to a new one's node once its /who lists them.
+    """
+    clients: list[ChatClient] = []
+    for server, nick in wanted:
+        client = connect(server, nick)
+        old = client.nick
+        set_nick(client, nick)
+        for other in clients:
+            other.expect(f"*** {old} is now known as {nick}")
+        wait_known(client, {other.nick for other in clients}, 5.0)
+        clients.append(client)
+    return clients
+
+
+def who(client: ChatClient, room: str = "#lobby") -> set[str]:
+    """The nicknames ``/who room`` lists for ``client`` now (and no earlier listing);
+    none for a room that does not exist (yet)."""
+    client.barrier()
+    client.skip_seen()
+    client.say(f"/who {room}")
+    line = client.expect(
+        lambda line: (
+            line.startswith("!!! ") or ((m := WHO.match(line)) is not None and m[1] == room)
+        )
+    )
+    if line.startswith("!!! no-such-room: "):
+        return set()
+    m = WHO.match(line)
+    assert m is not None, line
+    if m[2] is None:
+        return set()
+    names = set(m[3].split(", "))
+    assert len(names) == int(m[2]), line  # nobody twice
+    return names
+
+
+def wait_who(client: ChatClient, room: str, expected: set[str], timeout: float) -> None:
+    seen: list[set[str]] = []
+
+    def listed() -> bool:
+        seen.append(who(client, room))
+        return seen[-1] == expected
+
+    assert wait_until(listed, timeout), f"{client.label}: /who {room} gave {seen[-3:]}"
+
+
+def wait_known(client: ChatClient, nicks: set[str], timeout: float) -> None:
+    """Wait until ``/who`` in #lobby lists (at least) ``nicks`` for ``client``."""
+    seen: list[set[str]] = []
+
+    def listed() -> bool:
+        seen.append(who(client))
+        return nicks <= seen[-1]
+
+    assert wait_until(listed, timeout), f"{client.label}: /who gave {seen[-3:]}, not {nicks}"
+
+
+def numbered(client: ChatClient, prefix: str, room: str, sender: str) -> list[str]:
+    """The texts of ``sender``'s lines in ``room`` starting with ``prefix``, in order."""
+    head = f"[{room}] <{sender}> {prefix}"
+    return [
+        line[len(head) - len(prefix) :] for line in client.lines_so_far if line.startswith(head)
+    ]
+
+
+def heard_line(client: ChatClient, line: str, timeout: float) -> bool:
+    """Whether ``line`` arrives within ``timeout`` or had arrived (taken by an earlier
+    ``poll`` or not): unlike ``expect``, it does not consume the line."""
+    return wait_until(
+        lambda: line in client.lines_so_far or client.poll(line, 0.1) is not None, timeout
+    )
+
+
+def start_redis_on(port: int, folder: str, log_name: str) -> RedisProcess:
+    """A redis-server like the ``redis_server`` fixture's, on a given port."""
+    argv = ["redis-server", "--port", str(port), "--bind", HOST, "--dir", folder]
+    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"]
+    with open(f"{folder}/{log_name}", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    redis = RedisProcess(proc, port, Path(folder))
+
+    def answers() -> bool:
+        assert proc.poll() is None, f"redis-server exited with {proc.returncode}"
+        try:
+            return redis.command("PING", timeout=0.5).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    if not wait_until(answers, 10.0):
+        stop(redis)
+        raise AssertionError(f"redis-server on port {port} never answered")
+    return redis
+
+
+# -- tests -------------------------------------------------------------------------------
+
+
+def test_two_nodes_share_rooms_who_and_private_messages(
+    redis_server: RedisProcess, start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    one, two = (start_node(start_server, redis_server) for _ in range(2))
+    alice, bob = members(connect, [(one, "alice"), (two, "bob")])
+
+    # Both speak at once, 20 numbered lines each; each hears the other's, in order, once.
+    count = 20
+    for i in range(1, count + 1):
+        alice.say(f"a-{i:02}")
+        bob.say(f"b-{i:02}")
+    expected_a = [f"a-{i:02}" for i in range(1, count + 1)]
+    expected_b = [f"b-{i:02}" for i in range(1, count + 1)]
+    bob.expect(f"[#lobby] <alice> a-{count:02}")
+    alice.expect(f"[#lobby] <bob> b-{count:02}")
+    for client in (alice, bob):
+        client.barrier()
+    assert numbered(bob, "a-", "#lobby", "alice") == expected_a, bob.lines_so_far
+    assert numbered(alice, "b-", "#lobby", "bob") == expected_b, alice.lines_so_far
+    assert alice.count("<alice>") == 0 and bob.count("<bob>") == 0  # no echo, no loop
+
+    # /who and /rooms on either node show the whole network.
+    assert who(alice) == {"alice", "bob"}
+    assert who(bob) == {"alice", "bob"}
+    bob.say("/rooms")
+    assert bob.expect("*** Rooms") == "*** Rooms: #lobby (2)"
+
+    # Private messages, both ways: the recipient gets it, the sender its echo.
+    alice.say("/msg bob psst over there")
+    assert bob.expect("psst") == "[PM alice -> bob] psst over there"
+    assert alice.expect("psst") == "[PM alice -> bob] psst over there"
+    bob.say("/msg alice and back")
+    assert alice.expect("and back") == "[PM bob -> alice] and back"
+    assert bob.expect("and back") == "[PM bob -> alice] and back"
+    for client in (alice, bob):
+        client.barrier()
+        assert client.count("[PM") == 2, client.lines_so_far  # once each, never twice
+
+    # A room created on one node is seen, joined and talked in from the other.
+    alice.say("/join #pair")
+    alice.expect("*** Now talking in #pair")
+    wait_who(bob, "#pair", {"alice"}, 5.0)
+    bob.say("/join #pair")
+    alice.expect("*** [#pair] bob joined (2 here)")
+    bob.say("in the pair")
+    assert alice.expect("in the pair") == "[#pair] <bob> in the pair"
+
+
+def test_nicknames_are_unique_across_nodes(
+    redis_server: RedisProcess, start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    one, two = (start_node(start_server, redis_server) for _ in range(2))
+    alice, bob = members(connect, [(one, "alice"), (two, "bob")])
+
+    for taken in ("alice", "AIice", "ALICE"):
+        bob.say(f"/nick {taken}")
+        assert bob.expect("!!!").startswith("!!! nick-taken: "), taken
+    bob.barrier()
+    assert bob.count("*** bob is now known as") == 0, bob.lines_so_far
+    assert who(bob) == who(alice) == {"alice", "bob"}
+
+    alice.say("/quit see you")
+    bob.expect("*** [#lobby] alice quit (see you)")
+    alice.expect_closed()
+    set_nick(bob, "alice")  # free again, on the other node
+    assert who(bob) == {"alice"}
+
+    # A look-alike taken on node 2 now blocks the original on node 1.
+    newcomer = connect(one, "newcomer")
+    newcomer.say("/nick AIice")
+    assert newcomer.expect("!!!").startswith("!!! nick-taken: ")
+
+
+def test_simultaneous_nick_claims_on_two_nodes_have_one_winner(
+    redis_server: RedisProcess, start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    one, two = (start_node(start_server, redis_server) for _ in range(2))
+    # Five races, each between two fresh members: the same name, then look-alikes.
+    races = [("carol", "carol"), ("dave", "dave"), ("erin", "erin"), ("alice", "AIice"),
+             ("mallory", "MaIlory")]  # fmt: skip
+    for round_no, (name1, name2) in enumerate(races):
+        c1 = connect(one, f"r{round_no}-one")
+        c2 = connect(two, f"r{round_no}-two")
+        for client in (c1, c2):  # each node knows of both
+            wait_known(client, {c1.nick, c2.nick}, 5.0)
+        go = threading.Barrier(2)
+
+        def claim(client: ChatClient, name: str, go: threading.Barrier = go) -> None:
+            go.wait(timeout=5)
+            client.say(f"/nick {name}")
+
+        threads = [
+            threading.Thread(target=claim, args=(c, n)) for c, n in ((c1, name1), (c2, name2))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=5)
+
+        outcome = {}
+        for client, name in ((c1, name1), (c2, name2)):
+            won = f"*** {client.nick} is now known as {name}"
+
+            def answer(line: str, won: str = won) -> bool:
+                return line == won or line.startswith("!!! ")
+
+            line = client.expect(answer)
+            assert line == won or line.startswith("!!! nick-taken: "), line
+            outcome[client.label] = line == won
+        assert sorted(outcome.values()) == [False, True], (races[round_no], outcome)
+
+        # Both nodes agree on who holds it.
+        winner, name = (c1, name1) if outcome[c1.label] else (c2, name2)
+        loser = c2 if winner is c1 else c1
+        loser.expect(f"*** {winner.nick} is now known as {name}")
+        winner.nick = name
+        for client in (c1, c2):
+            assert who(client) >= {name, loser.nick}
+        c1.say("/quit done")
+        c2.say("/quit done")
+        c1.expect_closed()
+        c2.expect_closed()
+
+
+def test_three_nodes_one_room(
+    redis_server: RedisProcess, start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    nodes = [start_node(start_server, redis_server) for _ in range(3)]
+    xena, yuri, zed = clients = members(
+        connect, list(zip(nodes, ["xena", "yuri", "zed"], strict=True))
+    )
+
+    for client in clients:
+        client.say("/join #trio")
+        client.expect("*** Now talking in #trio")
+    for client in clients:
+        wait_who(client, "#trio", {"xena", "yuri", "zed"}, 5.0)
+
+    for client in clients:
+        client.say(f"hello from {client.nick}")
+    for client in clients:
+        for other in clients:
+            if other is not client:
+                line = f"[#trio] <{other.nick}> hello from {other.nick}"
+                assert client.expect(f"hello from {other.nick}") == line
+    for client in clients:
+        client.barrier()
+        assert client.count("hello from") == 2, client.lines_so_far  # not its own
+
+    zed.say("/quit off to bed")
+    zed.expect("*** Disconnected: you quit")
+    zed.expect_closed()
+    for client in (xena, yuri):
+        assert client.expect("zed quit") == "*** [#lobby, #trio] zed quit (off to bed)"
+        assert who(client, "#trio") == {"xena", "yuri"}
+        assert client.count("zed quit") == 1
+    assert who(xena) == {"xena", "yuri"}
+
+
+def test_killed_node_members_are_lost_within_the_lease(
+    redis_server: RedisProcess, start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    one, two = (start_node(start_server, redis_server) for _ in range(2))
+    alice, bob, bea = members(connect, [(one, "alice"), (two, "bob"), (two, "bea")])
+
+    one.proc.kill()  # SIGKILL, by its own PID: no goodbye to the network
+    one.wait_exit(5.0)
+    killed = time.monotonic()
+    for client in (bob, bea):
+        line = client.expect("alice lost connection", timeout=LOST_TIMEOUT)
+        assert line == "*** [#lobby] alice lost connection (lost with its server)", line
+    took = time.monotonic() - killed
+    assert took < 2 * LEASE, took
+    alice.expect_closed()
+
+    assert who(bob) == {"bob", "bea"}
+    set_nick(bob, "alice")  # its name is free again
+    bea.expect("*** bob is now known as alice")
+    for client in (bob, bea):
+        client.barrier()
+        assert client.count("lost with its server") == 1, client.lines_so_far
+
+
+def test_redis_restarted_under_traffic(
+    redis_server: RedisProcess, start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    one, two = (start_node(start_server, redis_server) for _ in range(2))
+    restarted: list[RedisProcess] = []
+    try:
+        split_and_rejoin(redis_server, restarted, connect, one, two)
+    finally:
+        for node in (one, two):  # the nodes first, then the Redis this test started
+            node.stop()
+        for redis in restarted:
+            stop(redis)
+
+
+def split_and_rejoin(
+    redis: RedisProcess,
+    restarted: list[RedisProcess],
+    connect: ClientFactory,
+    one: ServerProcess,
+    two: ServerProcess,
+) -> None:
+    alice, amy, bob = members(connect, [(one, "alice"), (one, "amy"), (two, "bob")])
+
+    # amy talks all along: every 50 ms, from before Redis goes until after it is back.
+    stop_talking = threading.Event()
+    sent: list[str] = []
+
+    def talk() -> None:
+        n = 0
+        while not stop_talking.is_set():
+            n += 1
+            sent.append(f"tick-{n:04}")
+            amy.say(sent[-1])
+            stop_talking.wait(0.05)
+
+    talker = threading.Thread(target=talk)
+    talker.start()
+    try:
+        assert alice.poll("<amy> tick-0003", 5.0), alice.lines_so_far
+        assert bob.poll("<amy> tick-0003", 5.0), bob.lines_so_far
+
+        stop(redis)
+        for client in (alice, amy, bob):
+            line = client.expect(SPLIT)
+            assert line.startswith(SPLIT + ": "), line
+
+        # Split: amy's node still works by itself.
+        alice.say("/msg amy still here")
+        assert amy.expect("still here") == "[PM alice -> amy] still here"
+        split_tick = len(sent) + 1
+        assert alice.poll(f"<amy> tick-{split_tick + 2:04}", 5.0), alice.lines_so_far
+
+        restarted.append(start_redis_on(redis.port, str(redis.folder), "redis2.log"))
+        for client in (alice, amy, bob):
+            client.expect(WHOLE, timeout=REJOIN_TIMEOUT)
+        back_tick = len(sent) + 1  # said after both nodes were whole again
+        assert bob.poll(f"<amy> tick-{back_tick + 5:04}", 5.0), bob.lines_so_far[-20:]
+    finally:
+        stop_talking.set()
+        talker.join(timeout=5)
+
+    for client in (alice, bob):  # the last line, whether or not a poll above took it
+        assert heard_line(client, f"[#lobby] <amy> {sent[-1]}", 5.0), client.lines_so_far[-20:]
+    # On amy's own node, every line, in order; across the split, an increasing run
+    # (lines said while apart are not sent later) that ends with every line said since.
+    assert numbered(alice, "tick-", "#lobby", "amy") == sent
+    heard = numbered(bob, "tick-", "#lobby", "amy")
+    assert heard == sorted(set(heard)), heard
+    assert heard[-(len(sent) - back_tick + 1) :] == sent[back_tick - 1 :], heard
+
+    # Both ways across the nodes again: rooms, private messages, /who.
+    bob.say("hello again")
+    assert alice.expect("hello again") == "[#lobby] <bob> hello again"
+    alice.say("/msg bob welcome back")
+    assert bob.expect("welcome back") == "[PM alice -> bob] welcome back"
+    wait_who(bob, "#lobby", {"alice", "amy", "bob"}, 5.0)
+    wait_who(alice, "#lobby", {"alice", "amy", "bob"}, 5.0)
+    # Nicknames are arbitrated by the new Redis: bob's is held there again.
+    alice.say("/nick bob")
+    assert alice.expect("!!!").startswith("!!! nick-taken: ")
