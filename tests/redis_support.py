@@ -68,19 +68,30 @@ def _answers(redis: RedisProcess) -> bool:
         return False
 
 
+def start_redis(folder: Path, port: int | None = None, log_name: str = "redis.log") -> RedisProcess:
+    """A redis-server with no persistence in ``folder``, on ``port`` (a free one by
+    default), answering; stop it with ``stop``."""
+    binary = redis_binary()
+    port = _free_port() if port is None else port
+    argv = [binary, "--port", str(port), "--bind", HOST, "--dir", str(folder)]
+    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"]
+    with open(folder / log_name, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    redis = RedisProcess(proc, port, folder)
+    try:
+        if not wait_until(lambda: _answers(redis), START_TIMEOUT):
+            raise RuntimeError((folder / log_name).read_text(errors="replace")[-2000:])
+    except BaseException:
+        stop(redis)
+        raise
+    return redis
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
     """A fresh redis-server with no persistence, for one test."""
-    binary = redis_binary()
-    port = _free_port()
-    argv = [binary, "--port", str(port), "--bind", HOST, "--dir", str(tmp_path)]
-    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"]
-    with open(tmp_path / "redis.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    redis = RedisProcess(proc, port, tmp_path)
+    redis = start_redis(tmp_path)
     try:
-        if not wait_until(lambda: _answers(redis), START_TIMEOUT):
-            raise RuntimeError((tmp_path / "redis.log").read_text(errors="replace")[-2000:])
         yield redis
     finally:
         stop(redis)

@@ -78,7 +78,7 @@ def network(count: int) -> tuple[Bus, list[ProtocolHarness]]:
     for i in range(count):
         node = Node(f"n{i + 1}", bus.clock, MemoryLink(bus, f"n{i + 1}"))
         node.guests.extend(range(100 * i + 1, 100 * i + 100))
-        node.on_gap = node.on_announce = _reader(bus, node)
+        node.on_read = _reader(bus, node)
         h = ProtocolHarness(network=node, clock=bus.clock)
         node.attach(h.service)
         bus.nodes.append(node)
@@ -86,10 +86,10 @@ def network(count: int) -> tuple[Bus, list[ProtocolHarness]]:
     return bus, servers
 
 
-def _reader(bus: Bus, node: Node) -> Callable[[str], None]:
+def _reader(bus: Bus, node: Node) -> Callable[[str, bool], None]:
     """What the Redis link does on a gap: read the other node's stored state."""
 
-    def read_state(other: str) -> None:
+    def read_state(other: str, announced: bool) -> None:
         node.reconcile(other, bus.seqs.get(other), dict(bus.states.get(other, {})))
 
     return read_state

@@ -11,10 +11,8 @@ arrived there (one node publishes its envelopes in order; see ``tests/e2e_suppor
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 from tests.e2e_support import (
     HOST,
@@ -25,7 +23,7 @@ from tests.e2e_support import (
     set_nick,
     wait_until,
 )
-from tests.redis_support import RedisProcess, stop
+from tests.redis_support import RedisProcess, start_redis, stop
 
 JOIN_TIMEOUT = 10.0  # a node joining the network after it listens
 LEASE = 5.0  # twisted_chat.backplane.redis.LEASE; checked every LEASE / 3
@@ -125,27 +123,6 @@ def heard_line(client: ChatClient, line: str, timeout: float) -> bool:
     return wait_until(
         lambda: line in client.lines_so_far or client.poll(line, 0.1) is not None, timeout
     )
-
-
-def start_redis_on(port: int, folder: str, log_name: str) -> RedisProcess:
-    """A redis-server like the ``redis_server`` fixture's, on a given port."""
-    argv = ["redis-server", "--port", str(port), "--bind", HOST, "--dir", folder]
-    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"]
-    with open(f"{folder}/{log_name}", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    redis = RedisProcess(proc, port, Path(folder))
-
-    def answers() -> bool:
-        assert proc.poll() is None, f"redis-server exited with {proc.returncode}"
-        try:
-            return redis.command("PING", timeout=0.5).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    if not wait_until(answers, 10.0):
-        stop(redis)
-        raise AssertionError(f"redis-server on port {port} never answered")
-    return redis
 
 
 # -- tests -------------------------------------------------------------------------------
@@ -386,7 +363,7 @@ def split_and_rejoin(
         split_tick = len(sent) + 1
         assert alice.poll(f"<amy> tick-{split_tick + 2:04}", 5.0), alice.lines_so_far
 
-        restarted.append(start_redis_on(redis.port, str(redis.folder), "redis2.log"))
+        restarted.append(start_redis(redis.folder, redis.port, "redis2.log"))
         for client in (alice, amy, bob):
             client.expect(WHOLE, timeout=REJOIN_TIMEOUT)
         back_tick = len(sent) + 1  # said after both nodes were whole again

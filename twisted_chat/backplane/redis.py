@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -153,15 +152,14 @@ class RedisLink(service.Service):
         self.reactor = reactor
         self.lease = lease
         self.node = Node(uuid.uuid4().hex[:12], clock, self)
-        self.node.on_gap = self._resync_node
-        self.node.on_announce = partial(self._resync_node, announced=True)
+        self.node.on_read = self._read_state
         self._up = False  # joined: subscribed, state announced, others read
         self._was_up = False
+        self._command_factory: Any = None
         self._commands: Any = None
         self._sub_factory: Any = None
         self._subscriber: Any = None
         self._buffer: list[bytes] | None = None  # envelopes read while (re)joining
-        self._resyncing: dict[str, list[bytes]] = {}
         self._beat = task.LoopingCall(self._heartbeat)
         self._beat.clock = clock
         self._fetching_guests = False
@@ -209,11 +207,13 @@ class RedisLink(service.Service):
         return self._up
 
     def publish(self, envelope: bytes, seq: int, state: dict[str, str | None]) -> None:
+        self._publish(envelope, seq, state).addErrback(self._lost_command, "publishing")
+
+    def _publish(self, envelope: bytes, seq: int, state: dict[str, str | None]) -> Any:
         args: list[Any] = [CHANNEL, envelope, seq]
         for mid, desc in state.items():
             args += [f"m:{mid}", desc or ""]
-        d = self._commands.eval(_PUBLISH, keys=[self._node_key(self.node.id)], args=args)
-        d.addErrback(self._lost_command, "publishing")
+        return self._commands.eval(_PUBLISH, keys=[self._node_key(self.node.id)], args=args)
 
     def claim(self, keys: list[str], owner: str) -> defer.Deferred[bool]:
         d = self._commands.eval(
@@ -259,12 +259,7 @@ class RedisLink(service.Service):
             won = yield self.claim(sorted(set(skeletons(member.nick))), node.owner(member))
             if not won and member.present:
                 node.service.lost_name(member)
-        node.seq += 1
-        whole = b'{"node":"%s","seq":%d,"ops":[],"whole":true}' % (node.id.encode(), node.seq)
-        args: list[Any] = [CHANNEL, whole, node.seq]
-        for mid, desc in node.whole_state().items():
-            args += [f"m:{mid}", desc or ""]
-        yield commands.eval(_PUBLISH, keys=[self._node_key(node.id)], args=args)
+        yield self._publish(*node.announcement())
         others = yield commands.smembers(PREFIX + "nodes")
         alive = set()
         for other in sorted(others):
@@ -302,28 +297,18 @@ class RedisLink(service.Service):
             elif key.startswith("m:"):
                 state[key[2:]] = value
         self.node.reconcile(other, seq, state)
-        pending = self._resyncing.pop(other, [])
-        for data in pending:
-            self.node.received(data)
 
-    def _resync_node(self, other: str, announced: bool = False) -> None:
-        if other in self._resyncing or not self._up:
-            return
+    def _read_state(self, other: str, announced: bool) -> None:
         if not announced:
             self.log.warn("backplane: missed envelopes from node {other}; reading its state",
                           other=other)  # fmt: skip
-        self._resyncing[other] = []
         self._read_node(other).addErrback(self._lost_command, "reading a node's state")
 
     def envelope(self, data: bytes) -> None:
         if self._buffer is not None:
             self._buffer.append(data)
-            return
-        for other, pending in self._resyncing.items():
-            if data.startswith(b'{"node":"%s"' % other.encode()):
-                pending.append(data)
-                return
-        self.node.received(data)
+        else:
+            self.node.received(data)
 
     def _join_failed(self, failure: Any) -> None:
         self.log.failure("backplane: joining the network failed; retrying", failure)
@@ -342,7 +327,7 @@ class RedisLink(service.Service):
     def _split(self, why: str) -> None:
         self._subscriber = None
         self._buffer = None
-        self._resyncing.clear()
+        self.node.abandon_reads()
         if not self._up:
             return
         self._up = False
@@ -419,7 +404,6 @@ class RedisLink(service.Service):
             self.node.guests.extend(range(int(top) - GUEST_BLOCK + 1, int(top) + 1))
         finally:
             self._fetching_guests = False
-        self._joined_at = 0.0
 
     @staticmethod
     def _node_key(node_id: str) -> str:

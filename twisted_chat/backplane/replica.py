@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from twisted_chat.core.events import Event, Private, TimedOut
+from twisted_chat.core.events import Event, Private
 from twisted_chat.core.interfaces import INetwork
 from twisted_chat.core.names import skeletons
 
@@ -86,10 +86,12 @@ class Node:
         # Filled by the transport (a Redis INCRBY block) so no two nodes name guests alike.
         self.guests: list[int] = []
         self._fallback = itertools.count(random.randrange(10**6, 10**7, 1000))
-        # What the transport does when a node's envelopes cannot be applied in order (a
-        # gap), or when a node announces its whole state: read that state (``reconcile``).
-        self.on_gap: Callable[[str], None] = lambda node: None
-        self.on_announce: Callable[[str], None] = lambda node: None
+        # Asks the transport to read a node's stored state and hand it to ``reconcile``:
+        # called with (node, announced) when the node announced it (it is new, or back
+        # after a split) or when its envelopes cannot be applied in order (a gap).
+        self.on_read: Callable[[str, bool], None] = lambda node, announced: None
+        # Nodes whose state is being read, and their envelopes that arrived meanwhile.
+        self._reading: dict[str, list[dict[str, Any]]] = {}
 
     def attach(self, service: ChatService) -> None:
         self.service = service
@@ -144,11 +146,8 @@ class Node:
             self.link.release(sorted(set(skeletons(old)) - set(skeletons(member.nick))),
                               self.owner(member))  # fmt: skip
 
-    def left(self, member: Member, event: Event) -> None:
-        self._op(
-            member, op="leave", kind=event.type, reason=getattr(event, "reason", ""),
-            after=event.after if isinstance(event, TimedOut) else 0.0,
-        )  # fmt: skip
+    def left(self, member: Member, kind: str, reason: str, after: float) -> None:
+        self._op(member, op="leave", kind=kind, reason=reason, after=after)
         if self.link.connected():
             self.link.release(list(skeletons(member.nick)), self.owner(member))
 
@@ -168,17 +167,24 @@ class Node:
         touched, self._touched = self._touched, {}
         if not self.link.connected():
             return  # split: the state is sent whole when the network is back
-        self.seq += 1
         state = {str(mid): describe(m) if m.present else None for mid, m in touched.items()}
-        envelope = json.dumps({"node": self.id, "seq": self.seq, "ops": ops},
-                              separators=(",", ":")).encode()  # fmt: skip
         try:
-            self.link.publish(envelope, self.seq, state)
+            self.link.publish(self._envelope(ops), self.seq, state)
         except Exception:
             self.log.failure("publishing to the network failed")
 
+    def announcement(self) -> tuple[bytes, int, dict[str, str | None]]:
+        """What this node publishes when it joins or rejoins: an envelope that makes every
+        other node read its state, its number, and the whole state."""
+        return self._envelope([], whole=True), self.seq, self.whole_state()
+
+    def _envelope(self, ops: list[dict[str, Any]], **extra: Any) -> bytes:
+        self.seq += 1
+        envelope = {"node": self.id, "seq": self.seq, "ops": ops, **extra}
+        return json.dumps(envelope, separators=(",", ":")).encode()
+
     def whole_state(self) -> dict[str, str | None]:
-        """Every member of this node, described: what the network is told after a split."""
+        """Every member of this node, described."""
         assert self.service is not None
         return {str(m.id): describe(m) for m in self.service.members}
 
@@ -188,23 +194,32 @@ class Node:
         """An envelope from the network (possibly this node's own, which is skipped)."""
         try:
             envelope = json.loads(data)
-            node, seq, ops = envelope["node"], int(envelope["seq"]), envelope["ops"]
+            node, seq, ops = str(envelope["node"]), int(envelope["seq"]), envelope["ops"]
         except (ValueError, KeyError, TypeError):
             self.log.warn("unreadable envelope from the network: {data!r}", data=data[:200])
             return
-        if node == self.id:
-            return
-        if envelope.get("whole"):
-            self.on_announce(node)  # new, or back after a split: its stored state is read
+        if node != self.id:
+            self._take(node, seq, ops, bool(envelope.get("whole")))
+
+    def _take(self, node: str, seq: int, ops: list[dict[str, Any]], whole: bool) -> None:
+        pending = self._reading.get(node)
+        if pending is not None:
+            pending.append({"seq": seq, "ops": ops, "whole": whole})  # after the state
             return
         last = self.seen.get(node)
-        if last is not None and seq <= last:
-            return  # already covered by a state read after it was sent
-        if last is None or seq != last + 1:
-            self.on_gap(node)  # missed envelopes: its whole state is read instead
+        if whole or last is None or seq > last + 1:
+            # New, back after a split, or envelopes missed: its stored state is read.
+            self._reading[node] = []
+            self.on_read(node, whole)
             return
-        self.seen[node] = seq
-        self.apply(node, ops)
+        if seq == last + 1:
+            self.seen[node] = seq
+            self.apply(node, ops)
+        # else: already covered by a state read after it was sent
+
+    def abandon_reads(self) -> None:
+        """The network is lost: reads in progress will never answer."""
+        self._reading.clear()
 
     def apply(self, node: str, ops: list[dict[str, Any]]) -> None:
         service = self.service
@@ -286,6 +301,8 @@ class Node:
                         service.remote_join(member, room_name)
         finally:
             service.end_batch()
+        for envelope in self._reading.pop(node, []):
+            self._take(node, envelope["seq"], envelope["ops"], envelope["whole"])
 
     def forget(self, node: str, reason: str = LOST_WITH_SERVER) -> None:
         """``node`` is gone: its members leave everyone here with ``reason``."""

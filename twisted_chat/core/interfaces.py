@@ -229,5 +229,6 @@ class INetwork(Interface):
     def renamed(member: Any, old: str) -> None:
         """``member``, called ``old`` until now, is called ``member.nick``."""
 
-    def left(member: Any, event: Event) -> None:
-        """``member`` left the server; ``event`` (quit, disconnect, timeout) says how."""
+    def left(member: Any, kind: str, reason: str, after: float) -> None:
+        """``member`` left the server: ``kind`` is ``quit`` or ``disconnect`` (with
+        ``reason``) or ``timeout`` (after ``after`` seconds of silence)."""

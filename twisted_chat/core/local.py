@@ -137,7 +137,7 @@ class Alone:
     def renamed(self, member: Member, old: str) -> None:
         pass
 
-    def left(self, member: Member, event: Event) -> None:
+    def left(self, member: Member, kind: str, reason: str, after: float) -> None:
         pass
 
 

@@ -11,7 +11,7 @@ import itertools
 import re
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -475,16 +475,7 @@ class ChatService(service.Service):
             origin=member.origin,
             reason=reason or "no reason",
         )
-        self._leave_all(
-            member,
-            lambda rooms: Quit(
-                ts=self.clock.seconds(),
-                room=rooms[0],
-                rooms=rooms,
-                nick=member.nick,
-                reason=reason,
-            ),
-        )
+        self._leave_all(member, Quit.type, reason=reason)
         self._safe_close(member, Bye(ts=self.clock.seconds(), reason="you quit"))
 
     def connection_lost(self, member: Member, reason: str) -> None:
@@ -499,7 +490,7 @@ class ChatService(service.Service):
             origin=member.origin,
             reason=reason,
         )
-        self._leave_disconnected(member, reason)
+        self._leave_all(member, Disconnected.type, reason=reason)
 
     def drop(self, member: Member, reason: str) -> None:
         """Remove a member the server gave up on (an adapter error, abuse)."""
@@ -511,32 +502,30 @@ class ChatService(service.Service):
             origin=member.origin,
             reason=reason,
         )
-        self._leave_disconnected(member, reason)
+        self._leave_all(member, Disconnected.type, reason=reason)
         self._safe_close(member, Bye(ts=self.clock.seconds(), reason=reason))
 
-    def _leave_disconnected(self, member: Member, reason: str) -> None:
-        """Its connection went without a /quit: its rooms hear it was lost, and why."""
-        self._leave_all(
-            member,
-            lambda rooms: Disconnected(
-                ts=self.clock.seconds(),
-                room=rooms[0],
-                rooms=rooms,
-                nick=member.nick,
-                reason=reason,
-            ),
-        )
-
-    def _leave_all(self, member: Member, make: Callable[[list[str]], Event]) -> None:
+    def _leave_all(self, member: Member, kind: str, reason: str = "", after: float = 0.0) -> None:
         """Tell everyone who shared a room with ``member`` that it left, once each.
 
-        Someone in two of its rooms gets one event naming both, not one per room;
-        recipients who shared the same rooms share one event (encoded once).
+        ``kind`` is how: ``quit`` (with ``reason``), ``timeout`` (after ``after`` seconds
+        of silence) or ``disconnect`` (with ``reason``).  Someone in two of its rooms gets
+        one event naming both, not one per room; recipients who shared the same rooms
+        share one event (encoded once).
         """
         rooms = list(member.rooms.values())
         self._forget(member)
         if not member.node:
-            self.network.left(member, make([room.name for room in rooms] or [""]))
+            self.network.left(member, kind, reason, after)
+        nick = member.nick
+
+        def make(names: list[str]) -> Event:
+            ts = self.clock.seconds()
+            if kind == TimedOut.type:
+                return TimedOut(ts=ts, room=names[0], rooms=names, nick=nick, after=after)
+            how = Quit if kind == Quit.type else Disconnected
+            return how(ts=ts, room=names[0], rooms=names, nick=nick, reason=reason)
+
         shared: dict[Member, list[str]] = {}
         for room in rooms:
             if self._summarizing(room, extra=1):
@@ -814,18 +803,8 @@ class ChatService(service.Service):
 
     def remote_leave(self, member: Member, kind: str, reason: str = "", after: float = 0.0) -> None:
         """``member`` left the network: by /quit, timeout, or its connection or node lost."""
-        if not member.present:
-            return
-
-        def make(rooms: list[str]) -> Event:
-            ts = self.clock.seconds()
-            if kind == Quit.type:
-                return Quit(ts=ts, room=rooms[0], rooms=rooms, nick=member.nick, reason=reason)
-            if kind == TimedOut.type:
-                return TimedOut(ts=ts, room=rooms[0], rooms=rooms, nick=member.nick, after=after)
-            return Disconnected(ts=ts, room=rooms[0], rooms=rooms, nick=member.nick, reason=reason)
-
-        self._leave_all(member, make)
+        if member.present:
+            self._leave_all(member, kind, reason, after)
 
     def lost_name(self, member: Member) -> None:
         """While this node was apart, the network gave ``member``'s name to another
@@ -1024,12 +1003,7 @@ class ChatService(service.Service):
             origin=member.origin,
             idle=idle,
         )
-        self._leave_all(
-            member,
-            lambda rooms: TimedOut(
-                ts=self.clock.seconds(), room=rooms[0], rooms=rooms, nick=member.nick, after=idle
-            ),
-        )
+        self._leave_all(member, TimedOut.type, after=idle)
         self._safe_close(
             member, Bye(ts=self.clock.seconds(), reason=f"no heartbeat for {idle:.1f} s")
         )
