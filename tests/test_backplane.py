@@ -10,10 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import defer, task
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 
 from tests.doubles import ProtocolHarness
 from twisted_chat.backplane.replica import LOST_WITH_SERVER, Node
+from twisted_chat.core.names import skeletons
+from twisted_chat.rules.login import Authenticator
 
 
 class Bus:
@@ -27,6 +32,7 @@ class Bus:
         self.states: dict[str, dict[str, str]] = {}
         self.seqs: dict[str, int] = {}
         self.up = True
+        self.slow_claims: list[Callable[[], object]] | None = None
 
     def settle(self) -> None:
         """Run every node's turn and deliver every envelope, until nothing is left."""
@@ -60,6 +66,13 @@ class MemoryLink:
         self.bus.channel.append(envelope)
 
     def claim(self, keys: list[str], owner: str) -> defer.Deferred[bool]:
+        if self.bus.slow_claims is not None:  # answered when the test says so
+            d: defer.Deferred[bool] = defer.Deferred()
+            self.bus.slow_claims.append(lambda: self._decide(keys, owner).chainDeferred(d))
+            return d
+        return self._decide(keys, owner)
+
+    def _decide(self, keys: list[str], owner: str) -> defer.Deferred[bool]:
         if any(self.bus.names.get(k, owner) != owner for k in keys):
             return defer.succeed(False)
         for k in keys:
@@ -72,7 +85,9 @@ class MemoryLink:
                 del self.bus.names[k]
 
 
-def network(count: int) -> tuple[Bus, list[ProtocolHarness]]:
+def network(count: int, logins: bool = False) -> tuple[Bus, list[ProtocolHarness]]:
+    """``count`` nodes on one bus; with ``logins``, each asks alice and bob for a
+    password (``/login alice secret``)."""
     bus = Bus()
     servers = []
     for i in range(count):
@@ -80,6 +95,9 @@ def network(count: int) -> tuple[Bus, list[ProtocolHarness]]:
         node.guests.extend(range(100 * i + 1, 100 * i + 100))
         node.on_read = _reader(bus, node)
         h = ProtocolHarness(network=node, clock=bus.clock)
+        if logins:
+            checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", bob=b"hunter2")
+            h.rules.authenticator = Authenticator([checker], bus.clock, failure_floor=0)
         node.attach(h.service)
         bus.nodes.append(node)
         servers.append(h)
@@ -90,7 +108,7 @@ def _reader(bus: Bus, node: Node) -> Callable[[str, bool], None]:
     """What the Redis link does on a gap: read the other node's stored state."""
 
     def read_state(other: str, announced: bool) -> None:
-        node.reconcile(other, bus.seqs.get(other), dict(bus.states.get(other, {})))
+        node.read_done(other, bus.seqs.get(other), dict(bus.states.get(other, {})))
 
     return read_state
 
@@ -226,7 +244,117 @@ def test_a_name_lost_during_a_split_makes_its_member_a_guest():
     bus, (one, _) = network(2)
     alice = join(bus, one, "alice")
     member = next(iter(one.service.members))
-    one.service.lost_name(member)
+    one.service.lost_name(member, "while the network was split, alice was taken elsewhere")
     lines = alice.new_lines()
-    assert lines[0].startswith("*** alice is now known as guest")
-    assert "while the network was split, alice was taken on another server" in lines[1]
+    # Told why first, then renamed: the explanation names the new nickname.
+    assert lines[0].startswith(
+        "*** Network: while the network was split, alice was taken elsewhere; you are guest"
+    )
+    assert lines[1] == f"*** alice is now known as {member.nick}"
+
+
+IN_USE = "!!! login-in-use: alice (or a name that looks like it) is logged in"
+
+
+def login(bus: Bus, h: ProtocolHarness, name: str = "alice", password: str = "secret") -> Any:
+    conn = h.connect()
+    conn.new_lines()
+    conn.send(f"/login {name} {password}\r\n".encode())
+    bus.settle()
+    return conn
+
+
+def welcomed(line: str) -> bool:
+    return line.startswith("*** Welcome to groupchat") and ", alice!" in line
+
+
+def test_a_login_name_is_held_once_over_the_network():
+    bus, (one, two) = network(2, logins=True)
+    first = login(bus, one)
+    assert welcomed(first.new_lines()[0])
+    second = login(bus, two)
+    assert second.new_lines() == [IN_USE]
+    assert [m.nick for m in two.service.members] == []
+    first.send(b"/quit\r\n")
+    bus.settle()
+    third = login(bus, two)  # free again once its holder left
+    assert welcomed(third.new_lines()[0])
+
+
+def test_two_nodes_racing_for_one_login_admit_it_once():
+    bus, (one, two) = network(2, logins=True)
+    bus.slow_claims = []
+    first, second = login(bus, one), login(bus, two)  # both wait for the arbiter
+    assert first.new_lines() == [] and second.new_lines() == []
+    for answer in bus.slow_claims:
+        answer()
+    bus.slow_claims = None
+    bus.settle()
+    said = first.new_lines() + second.new_lines()
+    assert sum(welcomed(line) for line in said) == 1, said
+    assert said.count(IN_USE) == 1, said
+    holders = [m.nick for h in (one, two) for m in h.service.members]
+    assert holders == ["alice"]
+
+
+def test_a_login_claimed_for_a_connection_that_left_is_given_back():
+    bus, (one, two) = network(2, logins=True)
+    bus.slow_claims = []
+    gone = login(bus, one)
+    gone.protocol.connectionLost(Failure(ConnectionDone()))
+    for answer in bus.slow_claims:
+        answer()
+    bus.slow_claims = None
+    bus.settle()
+    assert not any(owner.startswith("n1/") for owner in bus.names.values()), bus.names
+    assert welcomed(login(bus, two).new_lines()[0])
+
+
+def test_a_name_the_arbiter_gave_elsewhere_is_given_up_on_arrival():
+    bus, (one, two) = network(2)
+    for key in skeletons("guest1"):  # as when Redis lost its guest counter
+        bus.names[key] = "n2/7"
+    bus.slow_claims = []
+    conn = one.connect()  # its welcome read: then the arbiter answers
+    (answer,) = bus.slow_claims
+    bus.slow_claims = None
+    answer()
+    bus.settle()
+    lines = conn.new_lines()
+    assert "*** Network: guest1 is held on another server; you are guest2 now" in lines
+    assert "*** guest1 is now known as guest2" in lines
+    assert [m.nick for m in one.service.members] == ["guest2"]
+    assert bus.names[next(iter(skeletons("guest2")))] == "n1/1"  # confirmed there too
+
+
+def test_the_guest_floor_passes_every_guest_number_known():
+    bus, (one, two) = network(2)
+    two.connect()  # guest101, known to node one as a remote member
+    bus.settle()
+    first = bus.nodes[0]
+    assert first.guest_floor() == 101
+    first.guests.append(150)  # a block not used up yet
+    assert first.guest_floor() == 150
+    first.guests.clear()
+    bus.up = False
+    one.connect()  # named while split, from the fallback numbers: they do not count
+    (named,) = one.service.members
+    assert named.nick.startswith("guest") and int(named.nick[5:]) >= 10**6
+    assert first.guest_floor() == 101
+
+
+def test_a_state_read_answered_after_its_node_was_forgotten_is_dropped():
+    bus, (one, two) = network(2)
+    alice = join(bus, one, "alice")
+    join(bus, two, "bob")
+    second = bus.nodes[1]
+    reads: list[str] = []
+    second.on_read = lambda other, announced: reads.append(other)
+    bus.nodes[0].seq += 1  # the next envelope leaves a gap: node two reads n1's state
+    alice.send(b"/join #y\r\n")
+    bus.settle()
+    assert reads == ["n1"]
+    second.forget("n1", LOST_WITH_SERVER)  # its lease ran out meanwhile
+    second.read_done("n1", bus.seqs["n1"], dict(bus.states["n1"]))  # the late answer
+    assert two.service.remote_members("n1") == []
+    assert not two.service.nick_in_use("alice")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from pathlib import Path
 
 from tests.e2e_support import (
     HOST,
@@ -252,6 +253,68 @@ def test_simultaneous_nick_claims_on_two_nodes_have_one_winner(
         c2.expect_closed()
 
 
+def test_a_login_is_held_once_across_nodes_even_when_raced(
+    redis_server: RedisProcess, start_server: ServerFactory, tmp_path: Path
+) -> None:
+    users = tmp_path / "users.txt"
+    users.write_text("alice:secret1\nbob:hunter22\n")
+    one, two = (start_node(start_server, redis_server, "--auth", f"file:{users}")
+                for _ in range(2))  # fmt: skip
+    welcome = "*** Welcome to groupchat 0.1.0, alice!"
+    in_use = "!!! login-in-use: alice (or a name that looks like it) is logged in"
+
+    def answer(line: str) -> bool:
+        return line.startswith((welcome, "!!! "))
+
+    for round_no in range(5):
+        clients = [ChatClient.connect(server.port, f"r{round_no}-{i}")
+                   for i, server in enumerate((one, two))]  # fmt: skip
+        for client in clients:
+            client.expect("This server needs a login")
+        go = threading.Barrier(2)
+
+        def log_in(client: ChatClient, go: threading.Barrier = go) -> None:
+            go.wait(timeout=5)
+            client.say("/login alice secret1")
+
+        threads = [threading.Thread(target=log_in, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=5)
+        said = [client.expect(answer) for client in clients]
+        assert said.count(in_use) == 1, said
+        assert sum(line.startswith(welcome) for line in said) == 1, said
+        winner, loser = clients if said[1] == in_use else clients[::-1]
+        loser.close()
+        winner.say("/quit done")
+        winner.expect_closed()
+
+    # Held by a member of node one: node two refuses it until that member leaves (and
+    # node one, until it has heard that the last round's winner left, if on node two).
+    holders: list[ChatClient] = []
+    assert wait_until(lambda: _logged_in(one.port, holders), 5.0), "alice never free on one"
+    late = ChatClient.connect(two.port, "late")
+    late.expect("This server needs a login")
+    late.say("/login alice secret1")
+    assert late.expect(answer) == in_use
+    holders[0].say("/quit bye")
+    holders[0].expect_closed()
+    assert wait_until(lambda: _logged_in(two.port, []), 5.0), "alice never free again on two"
+
+
+def _logged_in(port: int, into: list[ChatClient]) -> bool:
+    """Log in as alice on ``port``: True and the client kept in ``into``, or False."""
+    client = ChatClient.connect(port, "alice")
+    client.expect("This server needs a login")
+    client.say("/login alice secret1")
+    if client.expect(lambda line: line.startswith(("*** Welcome", "!!! "))).startswith("!!! "):
+        client.close()
+        return False
+    into.append(client)
+    return True
+
+
 def test_three_nodes_one_room(
     redis_server: RedisProcess, start_server: ServerFactory, connect: ClientFactory
 ) -> None:
@@ -333,6 +396,8 @@ def split_and_rejoin(
     two: ServerProcess,
 ) -> None:
     alice, amy, bob = members(connect, [(one, "alice"), (one, "amy"), (two, "bob")])
+    guest = connect(two, "guest")  # keeps a guest name through the restart
+    wait_known(alice, {guest.nick}, 5.0)
 
     # amy talks all along: every 50 ms, from before Redis goes until after it is back.
     stop_talking = threading.Event()
@@ -386,8 +451,18 @@ def split_and_rejoin(
     assert alice.expect("hello again") == "[#lobby] <bob> hello again"
     alice.say("/msg bob welcome back")
     assert bob.expect("welcome back") == "[PM alice -> bob] welcome back"
-    wait_who(bob, "#lobby", {"alice", "amy", "bob"}, 5.0)
-    wait_who(alice, "#lobby", {"alice", "amy", "bob"}, 5.0)
+    everyone = {"alice", "amy", "bob", guest.nick}
+    wait_who(bob, "#lobby", everyone, 5.0)
+    wait_who(alice, "#lobby", everyone, 5.0)
+    # The restarted Redis lost its guest counter: each node raised it past every guest
+    # number it knew of (its own blocks, the other's guest) before taking a block.
+    reply = restarted[-1].command("GET", "gc:guests")
+    counter = int(reply.split(b"\r\n")[1])
+    assert counter > int(guest.nick.removeprefix("guest")) + 100, (counter, guest.nick)
+    for server in (one, two):
+        newcomer = connect(server, "newcomer")
+        assert newcomer.nick not in everyone, newcomer.nick
+        everyone.add(newcomer.nick)
     # Nicknames are arbitrated by the new Redis: bob's is held there again.
     alice.say("/nick bob")
     assert alice.expect("!!!").startswith("!!! nick-taken: ")

@@ -10,7 +10,8 @@ Keys (prefix ``gc:``):
   with what was published.
 - ``gc:nick:<key>``: ``<node>/<id>`` for each look-alike key of a held nickname; a key
   whose node has no lease is free.  ``gc:nicks:<node>`` lists a node's keys.
-- ``gc:guests``: a counter; each node takes blocks of guest numbers from it.
+- ``gc:guests``: a counter; each node takes blocks of guest numbers from it, raising it
+  first past every guest number it knows of when it (re)joins (Redis may have lost it).
 
 txredisapi does the connecting and reconnecting (with backoff, through Twisted's
 ``ClientService``); this module decides what a lost or regained Redis means.
@@ -68,6 +69,13 @@ for _, k in ipairs(KEYS) do
   redis.call('SREM', ARGV[2], k)
 end
 return 1
+"""
+# A block of guest numbers, after raising the counter to at least ARGV[1] (a counter that
+# restarted must not give out numbers members hold).
+_GUESTS = """
+local top = tonumber(redis.call('GET', KEYS[1]) or '0')
+if top < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return redis.call('INCRBY', KEYS[1], ARGV[2])
 """
 # A node gone, or back after a split: its names and state are dropped (it re-claims).
 # ARGV[2], when given, is its lease: a node that renewed it meanwhile is left alone.
@@ -248,7 +256,7 @@ class RedisLink(service.Service):
         commands = self._commands
         yield commands.set(PREFIX + "lease:" + node.id, "1", pexpire=int(self.lease * 1000))
         yield commands.sadd(PREFIX + "nodes", node.id)
-        yield self._refill_guests()
+        yield self._refill_guests(floor=node.guest_floor())
         # Our names again, as the arbiter sees them: one that another node took while we
         # were apart is given up here (that member becomes a guest).
         yield commands.eval(
@@ -257,8 +265,11 @@ class RedisLink(service.Service):
         assert node.service is not None
         for member in list(node.service.members):
             won = yield self.claim(sorted(set(skeletons(member.nick))), node.owner(member))
-            if not won and member.present:
-                node.service.lost_name(member)
+            if not won:
+                node.service.lost_name(
+                    member, f"while the network was split, {member.nick} was taken on "
+                    "another server"
+                )  # fmt: skip
         yield self._publish(*node.announcement())
         others = yield commands.smembers(PREFIX + "nodes")
         alive = set()
@@ -269,6 +280,7 @@ class RedisLink(service.Service):
             if not (yield commands.exists(PREFIX + "lease:" + other)):
                 continue
             alive.add(other)
+            node.begin_read(other)
             yield self._read_node(other)
         # Nodes known here but not in Redis are not forgotten yet: after a restart of
         # Redis they announce themselves again within a lease (see _renew_and_watch).
@@ -296,7 +308,7 @@ class RedisLink(service.Service):
                 seq = int(value)
             elif key.startswith("m:"):
                 state[key[2:]] = value
-        self.node.reconcile(other, seq, state)
+        self.node.read_done(other, seq, state)
 
     def _read_state(self, other: str, announced: bool) -> None:
         if not announced:
@@ -395,12 +407,14 @@ class RedisLink(service.Service):
         return d
 
     @defer.inlineCallbacks
-    def _refill_guests(self) -> Any:
+    def _refill_guests(self, floor: int = 0) -> Any:
         if self._fetching_guests:
             return
         self._fetching_guests = True
         try:
-            top = yield self._commands.incrby(PREFIX + "guests", GUEST_BLOCK)
+            top = yield self._commands.eval(
+                _GUESTS, keys=[PREFIX + "guests"], args=[floor, GUEST_BLOCK]
+            )
             self.node.guests.extend(range(int(top) - GUEST_BLOCK + 1, int(top) + 1))
         finally:
             self._fetching_guests = False

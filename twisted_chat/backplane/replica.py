@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,6 +27,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from twisted_chat.core.errors import NetworkUnavailable
 from twisted_chat.core.events import Event, Private
 from twisted_chat.core.interfaces import INetwork
 from twisted_chat.core.names import skeletons
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from twisted_chat.core.service import ChatService, Member
 
 LOST_WITH_SERVER = "lost with its server"
+FALLBACK_GUESTS = 10**6  # guest numbers from here on are given out during a split
+_GUEST_NUMBER = re.compile(r"guest([0-9]+)")
 
 
 class Link(Protocol):
@@ -85,7 +89,7 @@ class Node:
         self.seen: dict[str, int] = {}  # the last sequence number applied, by node
         # Filled by the transport (a Redis INCRBY block) so no two nodes name guests alike.
         self.guests: list[int] = []
-        self._fallback = itertools.count(random.randrange(10**6, 10**7, 1000))
+        self._fallback = itertools.count(random.randrange(FALLBACK_GUESTS, 10**7, 1000))
         # Asks the transport to read a node's stored state and hand it to ``reconcile``:
         # called with (node, announced) when the node announced it (it is new, or back
         # after a split) or when its envelopes cannot be applied in order (a gap).
@@ -101,10 +105,19 @@ class Node:
     def arbitrates(self) -> bool:
         return self.link.connected()
 
-    def claim(self, nick: str, member: Member) -> defer.Deferred[bool] | None:
+    def claim(self, nick: str, member_id: int) -> defer.Deferred[bool] | None:
         if not self.link.connected():
             return None  # split: granted here, claimed again when the network is back
-        return self.link.claim(list(skeletons(nick)), self.owner(member))
+        d = self.link.claim(list(skeletons(nick)), f"{self.id}/{member_id}")
+        return d.addErrback(self._unanswered)
+
+    def _unanswered(self, failure: Any) -> bool:
+        self.log.failure("claiming a name failed", failure)
+        raise NetworkUnavailable("the other servers did not answer; try again in a moment")
+
+    def unclaim(self, nick: str, member_id: int) -> None:
+        if self.link.connected():
+            self.link.release(list(skeletons(nick)), f"{self.id}/{member_id}")
 
     def guest_number(self) -> int | None:
         if self.guests:
@@ -113,16 +126,39 @@ class Node:
         # another node's; a clash is settled when the network is back.
         return next(self._fallback)
 
+    def guest_floor(self) -> int:
+        """The highest guest number (below the split fallback's) known to be given out or
+        reserved: a network counter that restarted (Redis lost its data) is raised past
+        it, so new blocks do not hand out names members hold."""
+        assert self.service is not None
+        high = max(self.guests, default=0)
+        for member in self.service.by_id.values():
+            found = _GUEST_NUMBER.fullmatch(member.nick)
+            if found is not None and int(found[1]) < FALLBACK_GUESTS:
+                high = max(high, int(found[1]))
+        return high
+
     def owner(self, member: Member) -> str:
         return f"{self.id}/{member.id}"
 
     def arrived(self, member: Member) -> None:
         self._op(member, op="arrive", nick=member.nick, login=member.logged_in)
-        if self.link.connected():
-            # Its name was granted here (a guest's, a login's): tell the arbiter too.
-            self.link.claim(list(skeletons(member.nick)), self.owner(member)).addErrback(
-                self._log_failure, "claiming a new member's name"
-            )
+        self._confirm(member)
+
+    def _confirm(self, member: Member) -> None:
+        """Tell the arbiter the name ``member`` holds now.  A guest's name was granted
+        here (a login's or a chosen one's was claimed before, and is confirmed): the
+        arbiter has the last word, and a name it gave to another member is given up."""
+        if not self.link.connected():
+            return
+        nick = member.nick
+        d = self.link.claim(list(skeletons(nick)), self.owner(member))
+        d.addCallback(self._confirmed, member, nick)
+        d.addErrback(self._log_failure, "claiming a member's name")
+
+    def _confirmed(self, granted: bool, member: Member, nick: str) -> None:
+        if not granted and member.nick == nick and self.service is not None:
+            self.service.lost_name(member, f"{nick} is held on another server")
 
     def joined(self, member: Member, room: str) -> None:
         self._op(member, op="join", room=room)
@@ -145,6 +181,7 @@ class Node:
         if self.link.connected():
             self.link.release(sorted(set(skeletons(old)) - set(skeletons(member.nick))),
                               self.owner(member))  # fmt: skip
+        self._confirm(member)
 
     def left(self, member: Member, kind: str, reason: str, after: float) -> None:
         self._op(member, op="leave", kind=kind, reason=reason, after=after)
@@ -262,6 +299,18 @@ class Node:
             service.remote_leave(
                 member, str(op["kind"]), str(op.get("reason", "")), float(op.get("after", 0.0))
             )
+
+    def begin_read(self, node: str) -> None:
+        """The transport starts reading ``node``'s stored state (``read_done`` follows)."""
+        self._reading.setdefault(node, [])
+
+    def read_done(self, node: str, seq: int | None, state: dict[str, str]) -> None:
+        """A read of ``node``'s state answered.  Dropped when the node was forgotten (or
+        the network lost) while it was under way: it must not bring its members back."""
+        if node not in self._reading:
+            self.log.info("backplane: a read of node {node} answered too late", node=node)
+            return
+        self.reconcile(node, seq, state)
 
     def reconcile(
         self, node: str, seq: int | None, state: dict[str, str], reason: str = "disconnected"

@@ -78,6 +78,12 @@ class UnsupportedFormat(ChatError):
     code = "bad-format"
 
 
+class NetworkUnavailable(ChatError):
+    """The other servers of the network could not be asked (a name claim): try again."""
+
+    code = "network-unavailable"
+
+
 # -- input, found by the rules every connection obeys ----------------------------------
 
 

@@ -95,10 +95,12 @@ class IChatService(Interface):
         room: str | None = None,
         fmt: str = "text",
         origin: str = "",
+        mid: int | None = None,
     ) -> Any:
         """Admit a participant, greet it and seat it; returns its member handle.
 
-        ``login``: the name it logged in as, which becomes its nickname.  Otherwise a
+        ``login``: the name it logged in as, which becomes its nickname (``mid``: the
+        number ``claim_login`` gave, holding that name for it).  Otherwise a
         guest name, or ``nick`` when that is free; ``room`` (when allowed) instead of
         the lobby; ``fmt`` is the format the welcome is announced in; ``origin`` is for
         the log.
@@ -121,6 +123,13 @@ class IChatService(Interface):
 
     def nick_in_use(nick: str) -> bool:
         """Whether ``nick`` (or a name that looks like it) is held now."""
+
+    def claim_login(login: str) -> Deferred[int]:
+        """Hold the nickname ``login`` on every node for a participant about to connect
+        with it: fires with its ``mid``, or fails with ``LoginInUse``."""
+
+    def release_login(login: str, mid: int) -> None:
+        """The participant ``claim_login`` held ``login`` for will not connect."""
 
     def nicks_match(a: str, b: str) -> bool:
         """Whether two names are the same nickname (look-alikes included)."""
@@ -202,11 +211,15 @@ class INetwork(Interface):
         """True when nicknames are granted by the network (``claim``): a name asked for
         before the welcome cannot be granted at once."""
 
-    def claim(nick: str, member: Any) -> Deferred[bool] | None:
-        """Ask the network whether ``member`` may take ``nick``: fires True when it may.
+    def claim(nick: str, member_id: int) -> Deferred[bool] | None:
+        """Ask the network whether the member numbered ``member_id`` (a member here, or
+        one about to connect) may take ``nick``: fires True when it may.
 
         None when there is nobody to ask, so the local registry decides at once.
         """
+
+    def unclaim(nick: str, member_id: int) -> None:
+        """Give back ``nick``, claimed for a member that never connected."""
 
     def guest_number() -> int | None:
         """A number for a guest name that no other node gives out, or None (count locally)."""

@@ -113,8 +113,11 @@ class Alone:
     def arbitrates(self) -> bool:
         return False
 
-    def claim(self, nick: str, member: Member) -> Deferred[bool] | None:
+    def claim(self, nick: str, member_id: int) -> Deferred[bool] | None:
         return None
+
+    def unclaim(self, nick: str, member_id: int) -> None:
+        pass
 
     def guest_number(self) -> int | None:
         return None

@@ -26,6 +26,7 @@ from twisted_chat.core.commands import Dispatcher, welcome_commands
 from twisted_chat.core.errors import (
     ChatError,
     EmptyMessage,
+    LoginInUse,
     NickReserved,
     NickTaken,
     NoSuchNick,
@@ -295,6 +296,31 @@ class ChatService(service.Service):
             raise NickReserved("names like guest12 are given out by the server")
         return nick
 
+    def claim_login(self, login: str) -> defer.Deferred[int]:
+        """Hold ``login`` for a participant about to connect with it, here and on every
+        other node: fires with the number to ``connect`` it under, or fails with
+        ``LoginInUse``.  Whoever does not connect must ``release_login``."""
+        in_use = LoginInUse(f"{login} (or a name that looks like it) is logged in")
+        if self.nick_in_use(login):
+            return defer.fail(in_use)
+        mid = next(self._ids)
+        asked = self.network.claim(login, mid)
+        if asked is None:
+            return defer.succeed(mid)
+
+        def decided(granted: bool) -> int:
+            if granted and not self.nick_in_use(login):
+                return mid
+            if granted:
+                self.network.unclaim(login, mid)
+            raise in_use
+
+        return asked.addCallback(decided)
+
+    def release_login(self, login: str, mid: int) -> None:
+        """The participant ``claim_login`` held ``login`` for will not connect."""
+        self.network.unclaim(login, mid)
+
     def connect(
         self,
         participant: IParticipant,
@@ -303,14 +329,15 @@ class ChatService(service.Service):
         room: str | None = None,
         fmt: str = "text",
         origin: str = "",
+        mid: int | None = None,
     ) -> Member:
         """Admit a participant and seat it in ``room``, or in #lobby.
 
-        Its nickname is its login name (which nobody else can take), else ``nick``, else
-        a guest name.  ``nick``, ``room`` and ``fmt`` are what the client asked for before
-        its welcome, so that nobody sees a guest arrive in #lobby only to be renamed and
-        leave; a request that cannot be granted is ignored here, and the adapter replays
-        it as a command, which says why.
+        Its nickname is its login name (held for it by ``claim_login``, which gave
+        ``mid``), else ``nick``, else a guest name.  ``nick``, ``room`` and ``fmt`` are
+        what the client asked for before its welcome, so that nobody sees a guest arrive
+        in #lobby only to be renamed and leave; a request that cannot be granted is
+        ignored here, and the adapter replays it as a command, which says why.
         """
         now = self.clock.seconds()
         if login is not None:
@@ -330,7 +357,7 @@ class ChatService(service.Service):
             logged_in=login is not None,
             fmt=fmt,
             origin=origin,
-            id=next(self._ids),
+            id=next(self._ids) if mid is None else mid,
         )
         self.members[member] = None
         self.by_id[("", member.id)] = member
@@ -431,7 +458,7 @@ class ChatService(service.Service):
         if owner is member:  # another spelling of its own name: nobody else can hold it
             self._rename(member, nick)
             return None
-        asked = self.network.claim(nick, member)
+        asked = self.network.claim(nick, member.id)
         if asked is None:
             self._rename(member, nick)
             return None
@@ -806,22 +833,17 @@ class ChatService(service.Service):
         if member.present:
             self._leave_all(member, kind, reason, after)
 
-    def lost_name(self, member: Member) -> None:
-        """While this node was apart, the network gave ``member``'s name to another
-        member: this one becomes a guest, and is told why."""
+    def lost_name(self, member: Member, why: str) -> None:
+        """The network gave ``member``'s name to another member (while this node was
+        apart, say): this one becomes a guest, and is told why before it is renamed."""
         if not member.present or member.node:
             return
-        old = member.nick
-        self._rename(member, self._guest_nick())
-        member.logged_in = False
+        guest = self._guest_nick()
         self._tell(
-            member,
-            Network(
-                ts=self.clock.seconds(), up=True,
-                message=f"while the network was split, {old} was taken on another server; "
-                f"you are {member.nick} now",
-            ),
-        )  # fmt: skip
+            member, Network(ts=self.clock.seconds(), up=True, message=f"{why}; you are {guest} now")
+        )
+        member.logged_in = False
+        self._rename(member, guest)
 
     def network_changed(self, up: bool, message: str) -> None:
         """Tell every member here that the other nodes were lost or are back."""

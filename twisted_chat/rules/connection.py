@@ -34,7 +34,6 @@ from twisted_chat.core.errors import (
     InvalidUTF8,
     LineTooLongError,
     LoginFailed,
-    LoginInUse,
     LoginRefused,
 )
 from twisted_chat.core.events import Bye, Event, LoginNeeded, SlowDown
@@ -370,11 +369,13 @@ class Connection:
             raise LoginFailed(f"{e.message} ({left})") from None
         if self.state is not Session.LOGIN:
             return  # the connection went away while the password was checked
-        if self.service.nick_in_use(login):
-            raise LoginInUse(f"{login} (or a name that looks like it) is logged in")
+        mid = await self.service.claim_login(login)  # over the network too: may wait
+        if self.state is not Session.LOGIN:
+            self.service.release_login(login, mid)
+            return
         self._cancel_deadline()
         self.state = Session.OPEN
-        self.member = self.service.connect(self, login=login, origin=self.peer)
+        self.member = self.service.connect(self, login=login, origin=self.peer, mid=mid)
         self.log.info("login {peer} as {nick}", peer=self.peer, nick=login)
 
     def _tell(self, error: ChatError) -> None:
