@@ -358,3 +358,26 @@ def test_a_state_read_answered_after_its_node_was_forgotten_is_dropped():
     second.read_done("n1", bus.seqs["n1"], dict(bus.states["n1"]))  # the late answer
     assert two.service.remote_members("n1") == []
     assert not two.service.nick_in_use("alice")
+
+
+def test_a_heartbeat_measures_how_late_a_node_reads_and_reveals_a_lost_envelope():
+    bus, (one, two) = network(2)
+    alice = join(bus, one, "alice")
+    bob = join(bus, two, "bob")
+    first, second = bus.nodes
+    lags: list[float] = []
+    first.on_beat = lags.append
+    bus.channel.append(first.beat())
+    bus.clock.advance(1.5)  # it comes back 1.5 s later
+    bus.settle()
+    assert lags == [1.5]
+    assert second.seen["n1"] == first.seq  # nothing missed: no read
+    reads: list[str] = []
+    second.on_read = lambda other, announced: reads.append(other)
+    alice.send(b"lost\r\n")
+    bus.clock.advance(0)
+    bus.channel.clear()  # that envelope never reaches node two
+    bus.channel.append(first.beat())
+    bus.settle()
+    assert reads == ["n1"]
+    assert bob.new_lines() == []

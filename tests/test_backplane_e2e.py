@@ -11,6 +11,7 @@ arrived there (one node publishes its envelopes in order; see ``tests/e2e_suppor
 from __future__ import annotations
 
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -466,3 +467,59 @@ def split_and_rejoin(
     # Nicknames are arbitrated by the new Redis: bob's is held there again.
     alice.say("/nick bob")
     assert alice.expect("!!!").startswith("!!! nick-taken: ")
+
+
+def test_a_hung_redis_is_noticed_within_the_lease(
+    redis_server: RedisProcess, start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    one, two = (start_node(start_server, redis_server) for _ in range(2))
+    alice, bob = members(connect, [(one, "alice"), (two, "bob")])
+    redis_server.proc.send_signal(signal.SIGSTOP)  # by its PID: it hangs, sockets stay open
+    try:
+        hung = time.monotonic()
+        for client in (alice, bob):
+            client.expect(SPLIT, timeout=LEASE + 2.0)
+        took = time.monotonic() - hung
+        assert took < LEASE, took  # before a lease could run out unnoticed
+        alice.say("/join #apart")  # each node goes on serving its own members
+        alice.expect("*** Now talking in #apart")
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    for client in (alice, bob):
+        client.expect(WHOLE, timeout=REJOIN_TIMEOUT)
+    wait_who(alice, "#lobby", {"alice", "bob"}, 5.0)
+    alice.say("/join #lobby")
+    alice.say("back")
+    assert bob.expect("back") == "[#lobby] <alice> back"
+    for client in (alice, bob):
+        client.barrier()
+        assert client.count("lost with its server") == 0, client.lines_so_far
+
+
+def test_a_node_that_falls_behind_is_reported(
+    redis_server: RedisProcess, start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    big = ("--max-line", "70000", "--byte-rate", "100000000", "--send-queue", "100000000")
+    one, two = (start_node(start_server, redis_server, *big) for _ in range(2))
+    slow_id = re.search(r"node (\w+) joined the network", two.log())
+    assert slow_id is not None, two.log()
+    alice, amy, bob = members(connect, [(one, "alice"), (one, "amy"), (two, "bob")])
+    amy.say("/join #flood")  # nobody else in it: the flood only fills node two's queue
+    amy.expect("*** Now talking in #flood")
+    report = f"node {slow_id[1]} is falling behind"
+    line = "x" * 65000
+    two.proc.send_signal(signal.SIGSTOP)  # by its PID: it stops reading Redis
+    try:
+        for _ in range(15):  # at most 15 MiB, under Redis's 32 MiB hard limit
+            for _ in range(16):
+                amy.say(line)
+            if wait_until(lambda: report in one.log(), 0.5):
+                break
+        assert report in one.log(), one.log()[-2000:]
+    finally:
+        two.proc.send_signal(signal.SIGCONT)
+    # Caught up (within Redis's limits nothing was dropped): the network goes on.
+    amy.say("/join #lobby")
+    amy.say("after the flood")
+    assert bob.expect("after the flood", timeout=REJOIN_TIMEOUT) == "[#lobby] <amy> after the flood"
+    assert alice.expect("after the flood") == "[#lobby] <amy> after the flood"

@@ -35,8 +35,16 @@ from twisted_chat.core.names import skeletons
 
 PREFIX = "gc:"
 CHANNEL = PREFIX + "ops"
+SUBSCRIBER_NAME = "gc-sub-"  # + node id: the client name of a node's subscription
 LEASE = 5.0  # seconds a node lives without renewing; its members are then removed
 GUEST_BLOCK = 100
+CLAIMS_AT_ONCE = 1000  # names re-claimed in one pipelined run when (re)joining
+# A node is reported as falling behind when its own heartbeat comes back this late, or
+# when Redis holds this much output for its subscription (Redis drops a subscriber whose
+# buffer passes its client-output-buffer-limit: 32 MiB, or 8 MiB for a minute, by default).
+SLOW_LAG = 1.0
+SLOW_BACKLOG = 1 << 20
+REPORT_EVERY = 30.0  # seconds between two reports of the same slow node
 
 # Every other script argument is data: these run atomically inside Redis.
 _PUBLISH = """
@@ -172,6 +180,13 @@ class RedisLink(service.Service):
         self._beat.clock = clock
         self._fetching_guests = False
         self._joined_at = 0.0
+        # How far behind this node reads the channel, from its own heartbeats (seconds),
+        # and what Redis holds for each node's subscription (bytes, by node id).
+        self.lag = 0.0
+        self.backlogs: dict[str, int] = {}
+        self._reported: dict[str, float] = {}  # node id -> when it was last reported slow
+        self._watch_backlogs = True  # off when Redis refuses CLIENT LIST (a managed Redis)
+        self.node.on_beat = self._beat_back
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -180,7 +195,9 @@ class RedisLink(service.Service):
         endpoint = self.address.endpoint(self.reactor)
         self._command_factory = txredisapi.RedisFactory(
             None, self.address.db, 1, isLazy=True, password=self.address.password,
-            replyTimeout=10, convertNumbers=True,
+            # A command unanswered for half a lease means Redis hangs: the node declares
+            # itself split (and reconnects) before its lease could run out unnoticed.
+            replyTimeout=self.lease / 2, convertNumbers=True,
         )  # fmt: skip
         self._command_factory.startConnecting(endpoint)
         self._commands = self._command_factory.handler
@@ -245,7 +262,9 @@ class RedisLink(service.Service):
         self._subscriber = protocol
         protocol.whenDisconnected().addCallback(self._subscriber_down)
         self._buffer = []
-        d = protocol.subscribe(CHANNEL)
+        # Named, so that every node can see in CLIENT LIST how far behind this one reads.
+        d = protocol.execute_command("CLIENT", "SETNAME", SUBSCRIBER_NAME + self.node.id)
+        d.addCallback(lambda _: protocol.subscribe(CHANNEL))
         d.addCallback(lambda _: self._join())
         d.addErrback(self._join_failed)
 
@@ -263,13 +282,19 @@ class RedisLink(service.Service):
             _RESET, keys=[self._node_key(node.id), PREFIX + "nicks:" + node.id], args=[node.id]
         )
         assert node.service is not None
-        for member in list(node.service.members):
-            won = yield self.claim(sorted(set(skeletons(member.nick))), node.owner(member))
-            if not won:
-                node.service.lost_name(
-                    member, f"while the network was split, {member.nick} was taken on "
-                    "another server"
-                )  # fmt: skip
+        present = list(node.service.members)
+        for start in range(0, len(present), CLAIMS_AT_ONCE):  # pipelined, in bounded runs
+            batch = present[start : start + CLAIMS_AT_ONCE]
+            won = yield defer.gatherResults(
+                [self.claim(sorted(set(skeletons(m.nick))), node.owner(m)) for m in batch],
+                consumeErrors=True,
+            )
+            for member, granted in zip(batch, won, strict=True):
+                if not granted:
+                    node.service.lost_name(
+                        member, f"while the network was split, {member.nick} was taken on "
+                        "another server"
+                    )  # fmt: skip
         yield self._publish(*node.announcement())
         others = yield commands.smembers(PREFIX + "nodes")
         alive = set()
@@ -328,7 +353,12 @@ class RedisLink(service.Service):
             self._subscriber.transport.loseConnection()
 
     def _subscriber_down(self, _: Any) -> None:
-        self._split("lost the connection to redis")
+        behind = self.backlogs.get(self.node.id, 0)
+        if behind >= SLOW_BACKLOG:
+            self._split(f"lost the connection to redis, {behind} bytes behind: probably "
+                        "dropped for reading too slowly")  # fmt: skip
+        else:
+            self._split("lost the connection to redis")
 
     def _lost_command(self, failure: Any, what: str) -> None:
         self.log.warn("backplane: {what} failed: {error}", what=what,
@@ -355,11 +385,57 @@ class RedisLink(service.Service):
     # -- the lease and the other nodes' -------------------------------------------------
 
     def _heartbeat(self) -> None:
-        """Renew our lease, take over the members of nodes whose lease ran out."""
+        """Renew our lease, take over the members of nodes whose lease ran out, see
+        which nodes fall behind."""
         if not self._up:
             return
         d = self._renew_and_watch()
         d.addErrback(self._lost_command, "renewing the lease")
+        # Back through our own subscription: how late this node reads (``_beat_back``).
+        # Others learn from it the last envelope sent, so a lost one shows within a beat.
+        self._commands.publish(CHANNEL, self.node.beat()).addErrback(
+            self._lost_command, "publishing a heartbeat"
+        )
+        if self._watch_backlogs:
+            self._commands.execute_command("CLIENT", "LIST", "TYPE", "pubsub").addCallbacks(
+                self._read_backlogs, self._no_backlogs
+            )
+
+    def _beat_back(self, lag: float) -> None:
+        self.lag = lag
+        if lag >= SLOW_LAG:
+            self._report_slow(
+                self.node.id, "backplane: node {node} reads the network {lag:.1f} s late "
+                "(its reactor is busy, or Redis is slow to send)", lag=lag,
+            )  # fmt: skip
+
+    def _read_backlogs(self, listing: Any) -> None:
+        """Every node's subscription as Redis holds it: report those falling behind."""
+        backlogs = {}
+        for line in _text(listing).splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            name = fields.get("name", "")
+            if name.startswith(SUBSCRIBER_NAME) and fields.get("omem", "").isdigit():
+                backlogs[name[len(SUBSCRIBER_NAME) :]] = int(fields["omem"])
+        self.backlogs = backlogs
+        for node_id, size in backlogs.items():
+            if size >= SLOW_BACKLOG:
+                self._report_slow(
+                    node_id, "backplane: node {node} is falling behind: redis holds {size} "
+                    "bytes for it, and drops it past its client-output-buffer-limit",
+                    size=size,
+                )  # fmt: skip
+
+    def _no_backlogs(self, failure: Any) -> None:
+        self._watch_backlogs = False
+        self.log.warn("backplane: cannot watch for slow nodes (CLIENT LIST: {error})",
+                      error=failure.getErrorMessage())  # fmt: skip
+
+    def _report_slow(self, node_id: str, fmt: str, **fields: Any) -> None:
+        now = self.clock.seconds()
+        if now - self._reported.get(node_id, -REPORT_EVERY) >= REPORT_EVERY:
+            self._reported[node_id] = now
+            self.log.warn(fmt, node=node_id, **fields)
 
     @defer.inlineCallbacks
     def _renew_and_watch(self) -> Any:

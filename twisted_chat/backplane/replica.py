@@ -96,6 +96,8 @@ class Node:
         self.on_read: Callable[[str, bool], None] = lambda node, announced: None
         # Nodes whose state is being read, and their envelopes that arrived meanwhile.
         self._reading: dict[str, list[dict[str, Any]]] = {}
+        # Called with the seconds this node's own heartbeat took to come back.
+        self.on_beat: Callable[[float], None] = lambda lag: None
 
     def attach(self, service: ChatService) -> None:
         self.service = service
@@ -215,6 +217,12 @@ class Node:
         other node read its state, its number, and the whole state."""
         return self._envelope([], whole=True), self.seq, self.whole_state()
 
+    def beat(self) -> bytes:
+        """A heartbeat for the channel: when it was sent (this node measures how late it
+        reads) and the last envelope sent before it (the others notice one they missed)."""
+        beat = {"node": self.id, "seq": self.seq, "beat": self.clock.seconds()}
+        return json.dumps(beat, separators=(",", ":")).encode()
+
     def _envelope(self, ops: list[dict[str, Any]], **extra: Any) -> bytes:
         self.seq += 1
         envelope = {"node": self.id, "seq": self.seq, "ops": ops, **extra}
@@ -231,12 +239,29 @@ class Node:
         """An envelope from the network (possibly this node's own, which is skipped)."""
         try:
             envelope = json.loads(data)
-            node, seq, ops = str(envelope["node"]), int(envelope["seq"]), envelope["ops"]
+            node, seq = str(envelope["node"]), int(envelope["seq"])
+            sent = envelope.get("beat")
+            ops = envelope["ops"] if sent is None else []
+            if sent is not None:
+                sent = float(sent)
         except (ValueError, KeyError, TypeError):
             self.log.warn("unreadable envelope from the network: {data!r}", data=data[:200])
             return
-        if node != self.id:
+        if sent is not None:
+            self._beat(node, seq, sent)
+        elif node != self.id:
             self._take(node, seq, ops, bool(envelope.get("whole")))
+
+    def _beat(self, node: str, seq: int, sent: float) -> None:
+        if node == self.id:
+            self.on_beat(max(0.0, self.clock.seconds() - sent))
+            return
+        if node in self._reading:
+            return  # the state being read covers it
+        last = self.seen.get(node)
+        if last is None or seq > last:  # an envelope sent before it never arrived
+            self._reading[node] = []
+            self.on_read(node, False)
 
     def _take(self, node: str, seq: int, ops: list[dict[str, Any]], whole: bool) -> None:
         pending = self._reading.get(node)
