@@ -523,3 +523,57 @@ def test_a_node_that_falls_behind_is_reported(
     amy.say("after the flood")
     assert bob.expect("after the flood", timeout=REJOIN_TIMEOUT) == "[#lobby] <amy> after the flood"
     assert alice.expect("after the flood") == "[#lobby] <amy> after the flood"
+
+
+CROWD = re.compile(r"^\*\*\* \[#crowd\] (.*); (\d+) here$")
+
+
+def crowd_changes(client: ChatClient, until_here: int, timeout: float) -> dict[str, set[str]]:
+    """The names in ``client``'s #crowd summaries (by change: joined, left, renamed) up to
+    and including the first that counts ``until_here`` members."""
+    changes: dict[str, set[str]] = {"joined": set(), "left": set(), "renamed": set()}
+    while True:
+        line = client.expect(lambda line: CROWD.match(line) is not None, timeout=timeout)
+        m = CROWD.match(line)
+        assert m is not None
+        for part in m[1].split("; "):
+            kind_and_count, _, names = part.partition(": ")
+            changes[kind_and_count.split()[1]].update(names.split(", "))
+        if int(m[2]) == until_here:
+            return changes
+
+
+def test_crowded_rooms_are_summarized_alike_on_every_node(
+    redis_server: RedisProcess, start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    crowd = ("--summarize-above", "4", "--summary-interval", "1")
+    one, two = (start_node(start_server, redis_server, *crowd) for _ in range(2))
+    seated: list[ChatClient] = []
+    for server, nick in [(one, "a1"), (two, "b1"), (one, "a2"), (two, "b2")]:
+        client = connect(server, nick)
+        set_nick(client, nick)
+        client.say("/join #crowd")
+        client.expect("*** Now talking in #crowd")
+        seated.append(client)
+    a1, b1 = seated[0], seated[1]
+    for observer in (a1, b1):
+        wait_who(observer, "#crowd", {"a1", "a2", "b1", "b2"}, 5.0)
+        observer.skip_seen()
+
+    # Two more, one on each node: the room passes 4 and is summarized, on both nodes.
+    late = []
+    for server, nick in [(one, "a3"), (two, "b3")]:
+        client = connect(server, nick)
+        set_nick(client, nick)
+        client.say("/join #crowd")
+        client.expect("*** Now talking in #crowd")
+        late.append(client)
+    for observer in (a1, b1):
+        changes = crowd_changes(observer, 6, 5.0)
+        assert changes == {"joined": {"a3", "b3"}, "left": set(), "renamed": set()}, changes
+        assert observer.count(lambda line: line.startswith("*** [#crowd] a3 joined")) == 0
+    late[1].say("/nick b3x")
+    late[0].say("/quit bye")
+    for observer in (a1, b1):
+        changes = crowd_changes(observer, 5, 5.0)
+        assert changes == {"joined": set(), "left": {"a3"}, "renamed": {"b3 -> b3x"}}, changes

@@ -318,8 +318,9 @@ class RedisLink(service.Service):
             node.service.network_changed(True, "the network is whole again")
             self.log.info("backplane: node {node} rejoined the network", node=node.id)
         else:
-            self.log.info("backplane: node {node} joined the network ({others} other nodes)",
-                          node=node.id, others=len(alive))  # fmt: skip
+            self.log.info("backplane: node {node} joined the network ({others} other {s})",
+                          node=node.id, others=len(alive),
+                          s="node" if len(alive) == 1 else "nodes")  # fmt: skip
         self._was_up = True
 
     @defer.inlineCallbacks
