@@ -98,7 +98,7 @@ def network(count: int, logins: bool = False) -> tuple[Bus, list[ProtocolHarness
         if logins:
             checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", bob=b"hunter2")
             h.rules.authenticator = Authenticator([checker], bus.clock, failure_floor=0)
-        node.attach(h.service)
+        node.attach(h.service, batching=h.rules.batcher)
         bus.nodes.append(node)
         servers.append(h)
     return bus, servers
@@ -381,3 +381,28 @@ def test_a_heartbeat_measures_how_late_a_node_reads_and_reveals_a_lost_envelope(
     bus.settle()
     assert reads == ["n1"]
     assert bob.new_lines() == []
+
+
+def test_what_one_read_from_the_network_brings_is_written_once_per_member():
+    bus, (one, two) = network(2)
+    alice, bob = join(bus, one, "alice"), join(bus, two, "bob")
+    carol = join(bus, two, "carol")
+    quiet(alice, bob, carol)
+    writes: list[bytes] = []
+    write = bob.transport.write
+
+    def counted(data: bytes) -> None:
+        writes.append(data)
+        write(data)
+
+    bob.transport.write = counted
+    for i in range(3):  # three turns: three envelopes, then read by node two at once
+        alice.send(f"line {i}\r\n".encode())
+        bus.clock.advance(0)
+    sent, bus.channel = bus.channel, []
+    assert len(sent) == 3
+    with bus.nodes[1].batch():  # as the Redis subscriber does around one read
+        for data in sent:
+            bus.nodes[1].received(data)
+    assert bob.new_lines() == [f"[#lobby] <alice> line {i}" for i in range(3)]
+    assert len(writes) == 1, writes

@@ -674,9 +674,6 @@ def makeService(options: Options) -> service.MultiService:
         network=None if link is None else link.node,
     )
     chat.setServiceParent(top)
-    if link is not None:
-        link.node.attach(chat)
-        link.setServiceParent(top)
     rules = Rules(
         chat,
         clock,
@@ -685,6 +682,9 @@ def makeService(options: Options) -> service.MultiService:
         limits=limits,
         flush_interval=options["flush-interval"],
     )
+    if link is not None:
+        link.node.attach(chat, batching=rules.batcher)
+        link.setServiceParent(top)
     checkers = options.get("credCheckers")
     if checkers:
         rules.authenticator = Authenticator(checkers, clock, throttle=LoginThrottle(key=skeleton))

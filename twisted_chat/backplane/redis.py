@@ -138,6 +138,16 @@ class RedisAddress:
 class _Subscriber(txredisapi.SubscriberProtocol):
     link: RedisLink
 
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        # Everything one read brings (often many envelopes) is one batch: each member
+        # gets one write for all of it, as for one chunk of a client's input.
+        node = self.link.node
+        if node.batching is None:
+            super().dataReceived(data, unpause)
+            return
+        with node.batch():
+            super().dataReceived(data, unpause)
+
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
         data = message if isinstance(message, bytes) else str(message).encode()
         self.link.envelope(data)
@@ -167,7 +177,8 @@ class RedisLink(service.Service):
         self.clock = clock
         self.reactor = reactor
         self.lease = lease
-        self.node = Node(uuid.uuid4().hex[:12], clock, self)
+        # Never all digits: a reply that looks like a number must stay a node id.
+        self.node = Node("n" + uuid.uuid4().hex[:11], clock, self)
         self.node.on_read = self._read_state
         self._up = False  # joined: subscribed, state announced, others read
         self._was_up = False
@@ -197,7 +208,7 @@ class RedisLink(service.Service):
             None, self.address.db, 1, isLazy=True, password=self.address.password,
             # A command unanswered for half a lease means Redis hangs: the node declares
             # itself split (and reconnects) before its lease could run out unnoticed.
-            replyTimeout=self.lease / 2, convertNumbers=True,
+            replyTimeout=self.lease / 2, convertNumbers=False,
         )  # fmt: skip
         self._command_factory.startConnecting(endpoint)
         self._commands = self._command_factory.handler

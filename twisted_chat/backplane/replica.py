@@ -19,7 +19,8 @@ import itertools
 import json
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer
@@ -38,6 +39,14 @@ if TYPE_CHECKING:
 LOST_WITH_SERVER = "lost with its server"
 FALLBACK_GUESTS = 10**6  # guest numbers from here on are given out during a split
 _GUEST_NUMBER = re.compile(r"guest([0-9]+)")
+
+
+class Batching(Protocol):
+    """What gathers output: the core alone, or the front doors' batcher around it."""
+
+    def begin_batch(self) -> None: ...
+
+    def end_batch(self) -> None: ...
 
 
 class Link(Protocol):
@@ -82,6 +91,7 @@ class Node:
         self.clock = clock
         self.link = link
         self.service: ChatService | None = None
+        self.batching: Batching | None = None
         self.seq = 0
         self._ops: list[dict[str, Any]] = []
         self._touched: dict[int, Member] = {}
@@ -99,8 +109,12 @@ class Node:
         # Called with the seconds this node's own heartbeat took to come back.
         self.on_beat: Callable[[float], None] = lambda lag: None
 
-    def attach(self, service: ChatService) -> None:
+    def attach(self, service: ChatService, batching: Batching | None = None) -> None:
+        """Serve ``service``; ``batching`` (the front doors' output batcher) gathers what
+        other nodes' operations cause, so each member gets one write per read from the
+        network rather than one per message."""
         self.service = service
+        self.batching = service if batching is None else batching
 
     # -- INetwork: what this node's members do ----------------------------------------
 
@@ -286,15 +300,23 @@ class Node:
     def apply(self, node: str, ops: list[dict[str, Any]]) -> None:
         service = self.service
         assert service is not None
-        service.begin_batch()
-        try:
+        with self.batch():
             for op in ops:
                 try:
                     self._apply_one(service, node, op)
                 except Exception:
                     self.log.failure("applying {op} from {node} failed", op=op.get("op"), node=node)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Around what one read from the network causes (envelopes, a state read)."""
+        batching = self.batching
+        assert batching is not None
+        batching.begin_batch()
+        try:
+            yield
         finally:
-            service.end_batch()
+            batching.end_batch()
 
     def _apply_one(self, service: ChatService, node: str, op: dict[str, Any]) -> None:
         kind = op["op"]
@@ -357,8 +379,7 @@ class Node:
                 wanted[int(key)] = json.loads(value)
             except (ValueError, TypeError):
                 continue
-        service.begin_batch()
-        try:
+        with self.batch():
             for member in service.remote_members(node):
                 if member.id not in wanted:
                     service.remote_leave(member, "disconnect", reason)
@@ -373,8 +394,6 @@ class Node:
                 for room_name in rooms:
                     if not service.is_member_of(member, room_name):
                         service.remote_join(member, room_name)
-        finally:
-            service.end_batch()
         for envelope in self._reading.pop(node, []):
             self._take(node, envelope["seq"], envelope["ops"], envelope["whole"])
 
