@@ -5,6 +5,7 @@
     python -m bench latency --rates 500 2000
     python -m bench scale --clients 1000 5000 10000
     python -m bench attack --rounds 3 --write   # members' latency and memory under attacks
+    python -m bench backplane --rounds 3 --write  # a room over two nodes and one Redis
 
 Extra options for our server (to try settings) go in ``GROUPCHAT_ARGS``, for example
 ``GROUPCHAT_ARGS='--flush-interval 0' python -m bench latency``.
@@ -33,6 +34,9 @@ from typing import Any
 
 from bench.attack import add_arguments as attack_arguments
 from bench.attack import run_attack
+from bench.backplane import DEFAULTS as BACKPLANE_DEFAULTS
+from bench.backplane import add_arguments as backplane_arguments
+from bench.backplane import run_backplane
 from bench.common import OUT, ROOT, SERVERS, summarize
 from bench.load import FAILED, fanout, latency, messages_for, paired_ratios, repeat
 from bench.report import update
@@ -227,33 +231,68 @@ def main() -> None:
     add = parser.add_argument
     add(
         "scenario",
-        choices=["fanout", "latency", "scale", "attack", "all"],
+        choices=["fanout", "latency", "scale", "attack", "backplane", "all"],
         help="what to measure ('all' is the first three)",
     )
     add("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS), help="which")
-    add("--receivers", type=int, nargs="+", default=[10, 100, 1000], help="fanout: room sizes")
-    add("--senders", type=int, nargs="+", default=[1, 10], help="fanout: senders per run")
-    add("--messages", type=int, default=2000, help="fanout: least messages per run, in all")
+
+    def backplane_default(option: str) -> str:
+        return f"; backplane: {' '.join(f'{v:g}' for v in BACKPLANE_DEFAULTS[option])}"
+
+    add(
+        "--receivers",
+        type=int,
+        nargs="+",
+        default=[10, 100, 1000],
+        help="fanout, backplane: room sizes" + backplane_default("receivers"),
+    )
+    add(
+        "--senders",
+        type=int,
+        nargs="+",
+        default=[1, 10],
+        help="fanout, backplane: senders per run" + backplane_default("senders"),
+    )
+    add(
+        "--messages",
+        type=int,
+        default=2000,
+        help="fanout, backplane: least messages per run, in all",
+    )
     add(
         "--deliveries",
         type=float,
         default=2e6,
-        help="fanout: deliveries per run at least (more messages for small rooms)",
+        help="fanout, backplane: deliveries per run at least (more messages for small rooms)",
     )
-    add("--window", type=int, default=400, help="fanout: most messages senders may be ahead")
-    add("--rates", type=float, nargs="+", default=[500, 2000], help="latency: messages/s")
+    add(
+        "--window",
+        type=int,
+        default=400,
+        help="fanout, backplane: most messages senders may be ahead",
+    )
+    add(
+        "--rates",
+        type=float,
+        nargs="+",
+        default=[500, 2000],
+        help="latency, backplane: messages/s" + backplane_default("rates"),
+    )
     add("--latency-receivers", type=int, default=100, help="latency: room size")
-    add("--seconds", type=float, default=3.0, help="latency: sending time per run")
+    add("--seconds", type=float, default=3.0, help="latency, backplane: sending time per run")
     add("--clients", type=int, nargs="+", default=[1000, 5000, 10000], help="scale: sizes")
     add("--repeat", type=int, default=5, help="rounds; each round runs every server once")
     add("--timeout", type=float, default=60.0, help="longest wait for one run's deliveries")
     attack_arguments(add)
+    backplane_arguments(add)
     add(
         "--write",
         action="store_true",
         help="replace docs/bench/<scenario>.json, the chart and the tables in "
         "docs/PERFORMANCE.md with this run's results (partial runs replace them too)",
     )
+    if parser.parse_known_args()[0].scenario == "backplane":
+        parser.set_defaults(**BACKPLANE_DEFAULTS)
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
@@ -269,6 +308,8 @@ def main() -> None:
             if args.write:  # its section of docs/PERFORMANCE.md is written by hand
                 write_results(scenario, rows, OUT)
             continue
+        elif scenario == "backplane":
+            rows = run_backplane(args)
         else:
             from bench.scale import run_scale
 
