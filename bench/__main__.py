@@ -5,6 +5,7 @@
     python -m bench latency --rates 500 2000
     python -m bench scale --clients 1000 5000 10000
     python -m bench attack --rounds 3 --write   # members' latency and memory under attacks
+    python -m bench backplane --rounds 3 --write  # a room over two nodes and one Redis
 
 Extra options for our server (to try settings) go in ``GROUPCHAT_ARGS``, for example
 ``GROUPCHAT_ARGS='--flush-interval 0' python -m bench latency``.
@@ -20,304 +21,30 @@ time until every receiver has every message.  Loopback only; every run is bounde
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from bench.attack import add_arguments as attack_arguments
 from bench.attack import run_attack
-from bench.common import (
-    MARK,
-    OUT,
-    ROOT,
-    SERVERS,
-    Conn,
-    cpu_seconds,
-    run_loop,
-    summarize,
-    tap,
-    with_steal,
-)
-from bench.references import DIALECTS, HOST, Dialect, Unavailable
+from bench.backplane import DEFAULTS as BACKPLANE_DEFAULTS
+from bench.backplane import add_arguments as backplane_arguments
+from bench.backplane import run_backplane
+from bench.common import OUT, ROOT, SERVERS, summarize
+from bench.load import FAILED, fanout, latency, messages_for, paired_ratios, repeat
 from bench.report import update
-
-
-async def _quiet(reader: asyncio.StreamReader, seconds: float = 0.05) -> None:
-    """Read (and drop) whatever arrives until the connection has been quiet for a while."""
-    while True:
-        try:
-            if not await asyncio.wait_for(reader.read(262144), seconds):
-                return
-        except TimeoutError:
-            return
-
-
-async def open_room(dialect: Dialect, port: int, receivers: int, senders: int) -> list[Conn]:
-    """Receivers then senders, all in the one room, with every join notice read."""
-    # ngIRCd's listen backlog is 10: a wider burst of connects waits out SYN retries.
-    gate = asyncio.Semaphore(8 if dialect.name == "ngircd" else 100)
-
-    async def one(index: int, role: Any) -> Conn:
-        async with gate:
-            reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
-            await dialect.join(reader, writer, index, role)
-            return reader, writer
-
-    conns = await asyncio.gather(*(one(i, "receiver") for i in range(receivers)))
-    conns += await asyncio.gather(*(one(i, "sender") for i in range(senders)))
-    for _ in range(2):  # the last joins' notices may still be on their way
-        await asyncio.gather(*(_quiet(r) for r, _ in conns))
-    return list(conns)
-
-
-async def _drain_forever(reader: asyncio.StreamReader) -> None:
-    while await reader.read(262144):
-        pass
-
-
-async def fanout(
-    dialect: Dialect,
-    port: int,
-    pid: int,
-    receivers: int,
-    senders: int,
-    messages: int,
-    window: int,
-    timeout: float,
-) -> dict[str, float]:
-    conns = await open_room(dialect, port, receivers, senders)
-    recv, send = conns[:receivers], conns[receivers:]
-    per_sender = messages // senders
-    expected = per_sender * senders
-    counts = [0] * receivers
-    done = asyncio.Event()
-    progress = asyncio.Event()
-    finished = 0
-
-    def receiver(i: int) -> Callable[[bytes], None]:
-        tail = b""
-
-        def on_data(data: bytes) -> None:
-            nonlocal tail, finished
-            before = counts[i]
-            counts[i] += (tail + data).count(MARK)
-            tail = data[-1:]
-            progress.set()
-            if before < expected <= counts[i]:
-                finished += 1
-                if finished == receivers:
-                    done.set()
-
-        return on_data
-
-    sent = 0
-    slowest = 0
-
-    async def send_all(k: int, writer: asyncio.StreamWriter) -> None:
-        nonlocal sent, slowest
-        for n in range(per_sender):
-            while sent - slowest > window:
-                slowest = min(counts)
-                if sent - slowest > window:
-                    progress.clear()
-                    await progress.wait()
-            body = MARK + f"{k}|{n}|".encode()
-            writer.write(dialect.wire(body.ljust(63, b".")))
-            sent += 1
-            if n % 16 == 0:
-                await writer.drain()
-        await writer.drain()
-
-    for i, conn in enumerate(recv):
-        tap(conn, receiver(i))
-    tasks = []
-    # Senders read too: the server's replies (redis), and in a chat room every other
-    # sender's messages; ngIRCd drops a member that leaves 32 KiB of them unread.
-    tasks += [asyncio.create_task(_drain_forever(r)) for r, _ in send]
-    cpu_before, gen_before = cpu_seconds(pid), time.process_time()
-    start = time.perf_counter()
-    await asyncio.gather(*(send_all(k, w) for k, (_, w) in enumerate(send)))
-    with suppress(TimeoutError):
-        await asyncio.wait_for(done.wait(), timeout)
-    elapsed = time.perf_counter() - start
-    server_cpu = (cpu_seconds(pid) - cpu_before) / elapsed
-    generator_cpu = (time.process_time() - gen_before) / elapsed
-    delivered = min(sum(counts), receivers * expected)
-    for task in tasks:
-        task.cancel()
-    for _, writer in conns:
-        writer.close()
-    return {
-        "deliveries_per_s": delivered / elapsed,
-        "seconds": elapsed,
-        "lost": receivers * expected - delivered,
-        "server_cpu": server_cpu,
-        "generator_cpu": generator_cpu,
-    }
-
-
-async def latency(
-    dialect: Dialect,
-    port: int,
-    pid: int,
-    receivers: int,
-    rate: float,
-    seconds: float,
-    timeout: float,
-) -> dict[str, float]:
-    """One sender at a fixed rate; each message carries its send time."""
-    conns = await open_room(dialect, port, receivers, 1)
-    total = int(rate * seconds)
-    samples: list[float] = []
-    got = [0] * receivers
-    all_in = asyncio.Event()
-    finished = 0
-
-    def receiver(i: int) -> Callable[[bytes], None]:
-        buffer = b""
-
-        def on_data(data: bytes) -> None:
-            nonlocal buffer, finished
-            now = time.perf_counter()
-            *lines, buffer = (buffer + data).split(b"\n")
-            for line in lines:
-                at = line.find(MARK)
-                if at >= 0:
-                    sent = float(line[at + 2 :].split(b"|", 1)[0])
-                    samples.append(now - sent)
-                    got[i] += 1
-                    if got[i] == total:
-                        finished += 1
-                        if finished == receivers:
-                            all_in.set()
-
-        return on_data
-
-    for i, conn in enumerate(conns[:receivers]):
-        tap(conn, receiver(i))
-    tasks = []
-    reader, writer = conns[receivers]
-    if dialect.sender_replies:
-        tasks.append(asyncio.create_task(_drain_forever(reader)))
-    cpu_before = cpu_seconds(pid)
-    start = time.perf_counter()
-    for n in range(total):
-        due = start + n / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        body = (MARK + f"{time.perf_counter():.6f}|".encode()).ljust(63, b".")
-        writer.write(dialect.wire(body))
-    with suppress(TimeoutError):
-        await asyncio.wait_for(all_in.wait(), timeout)
-    wall = time.perf_counter() - start
-    cpu = cpu_seconds(pid) - cpu_before
-    for task in tasks:
-        task.cancel()
-    for _, w in conns:
-        w.close()
-    samples.sort()
-
-    def pct(p: float) -> float:
-        return samples[min(len(samples) - 1, int(p * len(samples)))] * 1000
-
-    return {
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "p999_ms": pct(0.999),
-        "max_ms": samples[-1] * 1000,
-        "server_cpu": cpu / wall,
-        "lost": receivers * total - len(samples),
-    }
-
-
-def repeat(
-    names: list[str],
-    times: int,
-    measure: Callable[[Dialect, int, int], Coroutine[Any, Any, dict[str, float]]],
-) -> dict[str, list[dict[str, float]]]:
-    """Run every server once per round, ``times`` rounds: a noisy minute on this shared
-    machine then spreads over all servers instead of landing on one."""
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-    FAILED.clear()
-    for _ in range(times):
-        for name in list(runs):
-            try:
-                runs[name].append(least_stolen(name, measure))
-            except Unavailable as e:
-                print(f"{name:16} {e}", flush=True)
-                del runs[name]
-            except (OSError, RuntimeError, TimeoutError) as e:
-                # A server that drops one of our connections (ngIRCd's fixed buffers) fails
-                # that run; the others still count, and the row says how many failed.
-                print(f"{name:16} run failed: {e!r}", flush=True)
-                FAILED.setdefault(name, []).append(repr(e))
-    return {name: found for name, found in runs.items() if found}
-
-
-FAILED: dict[str, list[str]] = {}  # the current configuration's failed runs, per server
-
-
-STEAL_RETRY = 0.03  # a run that lost more of CPU 0 than this to the hypervisor is redone
-TRIES = 3
-
-
-def least_stolen(
-    name: str, measure: Callable[[Dialect, int, int], Coroutine[Any, Any, dict[str, float]]]
-) -> dict[str, float]:
-    """One run; redone (up to 3 tries, the least disturbed kept) when the VM was busy."""
-    best: dict[str, float] | None = None
-    for _ in range(TRIES):
-        with SERVERS[name]() as (port, pid):
-            result = with_steal(lambda: run_loop(measure(DIALECTS[name], port, pid)))
-        if best is None or result["steal"] < best["steal"]:
-            best = result
-        if best["steal"] <= STEAL_RETRY:
-            break
-    assert best is not None
-    return best
-
-
-def paired_ratios(measured: dict[str, list[dict[str, float]]], keys: list[str]) -> dict[str, float]:
-    """groupchat over each other server, run by run within a round, then the median.
-
-    Runs of one round follow each other within seconds, so a ratio per round cancels
-    most of this shared machine's drift; the spread of raw figures across rounds does not.
-    """
-    ours = measured.get("groupchat")
-    out: dict[str, float] = {}
-    if not ours:
-        return out
-    for name, theirs in measured.items():
-        if name == "groupchat":
-            continue
-        for key in keys:
-            pairs = [(a[key], b[key]) for a, b in zip(ours, theirs, strict=False) if b[key]]
-            if pairs:
-                out[f"{key}_ratio_to_{name}"] = statistics.median(a / b for a, b in pairs)
-    return out
 
 
 def _ratios(row: dict[str, Any]) -> str:
     shown = [f"{k.replace('_ratio_to_', ' / ')} {v:.2f}" for k, v in row.items() if "_ratio_" in k]
     return ("\n    groupchat, run by run: " + ", ".join(shown)) if shown else ""
-
-
-def messages_for(args: argparse.Namespace, receivers: int) -> int:
-    """Enough messages that a run lasts about a second or more at millions per second:
-    shorter runs put CPU time (read in 10 ms ticks) and start-up jitter in the figures."""
-    return max(args.messages, int(args.deliveries) // receivers)
 
 
 def run_fanout(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -504,33 +231,68 @@ def main() -> None:
     add = parser.add_argument
     add(
         "scenario",
-        choices=["fanout", "latency", "scale", "attack", "all"],
+        choices=["fanout", "latency", "scale", "attack", "backplane", "all"],
         help="what to measure ('all' is the first three)",
     )
     add("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS), help="which")
-    add("--receivers", type=int, nargs="+", default=[10, 100, 1000], help="fanout: room sizes")
-    add("--senders", type=int, nargs="+", default=[1, 10], help="fanout: senders per run")
-    add("--messages", type=int, default=2000, help="fanout: least messages per run, in all")
+
+    def backplane_default(option: str) -> str:
+        return f"; backplane: {' '.join(f'{v:g}' for v in BACKPLANE_DEFAULTS[option])}"
+
+    add(
+        "--receivers",
+        type=int,
+        nargs="+",
+        default=[10, 100, 1000],
+        help="fanout, backplane: room sizes" + backplane_default("receivers"),
+    )
+    add(
+        "--senders",
+        type=int,
+        nargs="+",
+        default=[1, 10],
+        help="fanout, backplane: senders per run" + backplane_default("senders"),
+    )
+    add(
+        "--messages",
+        type=int,
+        default=2000,
+        help="fanout, backplane: least messages per run, in all",
+    )
     add(
         "--deliveries",
         type=float,
         default=2e6,
-        help="fanout: deliveries per run at least (more messages for small rooms)",
+        help="fanout, backplane: deliveries per run at least (more messages for small rooms)",
     )
-    add("--window", type=int, default=400, help="fanout: most messages senders may be ahead")
-    add("--rates", type=float, nargs="+", default=[500, 2000], help="latency: messages/s")
+    add(
+        "--window",
+        type=int,
+        default=400,
+        help="fanout, backplane: most messages senders may be ahead",
+    )
+    add(
+        "--rates",
+        type=float,
+        nargs="+",
+        default=[500, 2000],
+        help="latency, backplane: messages/s" + backplane_default("rates"),
+    )
     add("--latency-receivers", type=int, default=100, help="latency: room size")
-    add("--seconds", type=float, default=3.0, help="latency: sending time per run")
+    add("--seconds", type=float, default=3.0, help="latency, backplane: sending time per run")
     add("--clients", type=int, nargs="+", default=[1000, 5000, 10000], help="scale: sizes")
     add("--repeat", type=int, default=5, help="rounds; each round runs every server once")
     add("--timeout", type=float, default=60.0, help="longest wait for one run's deliveries")
     attack_arguments(add)
+    backplane_arguments(add)
     add(
         "--write",
         action="store_true",
         help="replace docs/bench/<scenario>.json, the chart and the tables in "
         "docs/PERFORMANCE.md with this run's results (partial runs replace them too)",
     )
+    if parser.parse_known_args()[0].scenario == "backplane":
+        parser.set_defaults(**BACKPLANE_DEFAULTS)
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
@@ -546,6 +308,8 @@ def main() -> None:
             if args.write:  # its section of docs/PERFORMANCE.md is written by hand
                 write_results(scenario, rows, OUT)
             continue
+        elif scenario == "backplane":
+            rows = run_backplane(args)
         else:
             from bench.scale import run_scale
 

@@ -761,7 +761,12 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def add_arguments(add: Callable[..., Any]) -> None:
-    add("--rounds", type=int, default=3, help="attack: rounds; each runs every attack once")
+    add(
+        "--rounds",
+        type=int,
+        default=3,
+        help="attack, backplane: rounds; each runs every attack (every setup) once",
+    )
     add("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS), help="attack: which")
     add(
         "--tail",

@@ -11,29 +11,37 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from bench.references import HOST, ngircd_server, redis_server
+from bench.references import HOST, ngircd_server, redis_server, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "bench"
 MARK = b"M|"
 
 
-def _pin(cpu: int) -> list[str]:
+def _pin(cpu: int | str) -> list[str]:
+    """Run on ``cpu``: one number, or a list for ``taskset -c`` such as ``"0,1"``."""
     return ["taskset", "-c", str(cpu)] if os.path.exists("/usr/bin/taskset") else []
 
 
-def groupchat_argv(extra: list[str]) -> list[str]:
-    """Our server, with every input limit lifted (they are not what is measured)."""
-    twistd = Path(sys.executable).with_name("twistd")
+# Heartbeats that never fire in a run: the server's default options in the benchmarks.
+QUIET_HEARTBEATS = ["--heartbeat-interval", "60", "--heartbeat-timeout", "600"]
+
+
+def groupchat_argv(extra: list[str], twistd: Sequence[str] = (), cpus: int | str = 0) -> list[str]:
+    """Our server, with every input limit lifted (they are not what is measured).
+
+    ``extra`` are groupchat's options, ``twistd`` twistd's own (``--reactor asyncio``).
+    """
     return [
-        *_pin(0),
+        *_pin(cpus),
         sys.executable,
-        str(twistd),
+        str(Path(sys.executable).with_name("twistd")),
+        *twistd,
         "-n",
         "--pidfile=",
         "groupchat",
@@ -58,28 +66,36 @@ def groupchat_argv(extra: list[str]) -> list[str]:
 
 
 @contextmanager
-def groupchat_server(extra: list[str] | None = None) -> Iterator[tuple[int, int]]:
-    extra = [
-        *(extra or ["--heartbeat-interval", "60", "--heartbeat-timeout", "600"]),
-        *shlex.split(os.environ.get("GROUPCHAT_ARGS", "")),
-    ]
+def groupchat_server(
+    extra: list[str] | None = None,
+    *,
+    twistd: Sequence[str] = (),
+    cpus: int | str = 0,
+    ready: str | None = None,
+) -> Iterator[tuple[int, int]]:
+    """Our server on a free loopback port, yielding ``(port, pid)`` once it listens and,
+    with ``ready``, once its log has that text too (``joined the network``)."""
+    extra = [*(extra or QUIET_HEARTBEATS), *shlex.split(os.environ.get("GROUPCHAT_ARGS", ""))]
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
+        log_path = Path(tmp) / "log"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        argv = [*groupchat_argv(extra), "--port-file", str(port_file)]
-        with open(Path(tmp) / "log", "wb") as log:
+        argv = [*groupchat_argv(extra, twistd, cpus), "--port-file", str(port_file)]
+        with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 20
-            while not port_file.exists():
+            while not port_file.exists() or (
+                ready is not None and ready not in log_path.read_text(errors="replace")
+            ):
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("groupchat did not start")
+                    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                    raise RuntimeError(f"groupchat did not start: {' / '.join(tail)}")
                 with suppress(subprocess.TimeoutExpired):
                     proc.wait(0.05)
             yield int(port_file.read_text().strip().rsplit(":", 1)[1]), proc.pid
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            stop(proc)  # a node whose Redis is gone may wait on it when told to stop
 
 
 @contextmanager
@@ -115,6 +131,30 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and all its live descendants (a server's workers), to the
+    nanosecond: the sum of its threads' run time in /proc (``cpu_seconds`` counts 10 ms
+    ticks, too coarse for a process as little busy as Redis here)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(OSError, ValueError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0]) / 1e9
+            for child in (task / "children").read_text().split():
+                with suppress(OSError):  # a child that ended meanwhile
+                    total += tree_cpu_seconds(int(child))
+    return total
+
+
+#: Cumulative CPU seconds by name (``server``, ``redis``...), read before and after a run:
+#: the run reports each as ``<name>_cpu``, its share of one core over the run.
+Probe = Callable[[], dict[str, float]]
+
+
+def cpu_probe(pid: int) -> Probe:
+    """One process, reported as ``server_cpu``."""
+    return lambda: {"server": cpu_seconds(pid)}
 
 
 def rss_bytes(pid: int) -> int:

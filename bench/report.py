@@ -118,18 +118,81 @@ def scale_md(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _us(row: dict[str, Any], key: str) -> str:
+    return f"{row[key]:.1f} us" if key in row else ""
+
+
+def _nodes_cpu(r: dict[str, Any]) -> str:
+    each = f" ({r['node1_cpu']:.0%} + {r['node2_cpu']:.0%})" if "node1_cpu" in r else ""
+    return f"{r['server_cpu']:.0%}{each}"
+
+
+def backplane_md(doc: dict[str, Any]) -> list[str]:
+    rows = doc["results"]
+    base = "single"  # bench.backplane.BASE
+    setups = dict.fromkeys(f"`{r['setup']}`: {r['what']}" for r in rows)
+    cpus = " / ".join(sorted({r["server_cpus"] for r in rows}))
+    lines = [
+        f"Setups: {'; '.join(setups)}. Every node and Redis ran on CPU {cpus}, the load "
+        f"generator on CPU 1 of {doc['machine']['cores']}: the nodes and Redis shared one "
+        "core, so these figures show what the backplane costs, not what a second machine "
+        f"would add. Medians of the runs (min-max); `x {base}` is the median of per-round "
+        f"ratios to `{base}`. CPU per message is CPU time over the messages sent (all "
+        "nodes together; Redis apart).",
+        "",
+        "Fan-out at saturation:",
+        "",
+        f"| R | S | setup | deliveries/s | x {base} | nodes' CPU | per message | Redis CPU "
+        "| Redis per message | generator CPU | lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in (r for r in rows if r["kind"] == "fanout"):
+        spread = f"{_k(r['deliveries_per_s_min'])}-{_k(r['deliveries_per_s_max'])}"
+        redis = f"{r['redis_cpu']:.0%}" if "redis_cpu" in r else ""
+        lines.append(
+            f"| {r['receivers']} | {r['senders']} | {r['setup']}{_marks(r)} | "
+            f"{_k(r['deliveries_per_s'])} ({spread}) | {_ratio(r, 'deliveries_per_s', base)} | "
+            f"{_nodes_cpu(r)} | {_us(r, 'server_us_per_msg')} | {redis} | "
+            f"{_us(r, 'redis_us_per_msg')} | {r['generator_cpu']:.0%} | {r['lost']} |"
+        )
+    lines += [
+        "",
+        "Latency of one paced sender, in milliseconds; in `split` the sender is on the "
+        "first node and `far` is the receivers on the second; `added` is over "
+        f"`{base}`'s p50 / p99 (the far receivers' where there are some), per round.",
+        "",
+        f"| R | rate | setup | p50 | p99 | far p50 / p99 | added p50 / p99 | p99 x {base} | "
+        "nodes' CPU | per message | Redis per message | lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in (r for r in rows if r["kind"] == "latency"):
+        far = f"{r['far_p50_ms']:.2f} / {r['far_p99_ms']:.2f}" if "far_p50_ms" in r else ""
+        added = (
+            f"{r['added_p50_ms']:+.2f} / {r['added_p99_ms']:+.2f}" if "added_p50_ms" in r else ""
+        )
+        lines.append(
+            f"| {r['receivers']} | {r['rate']:g}/s | {r['setup']}{_marks(r)} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} ({r['p99_ms_min']:.2f}-"
+            f"{r['p99_ms_max']:.2f}) | {far} | {added} | {_ratio(r, 'p99_ms', base)} | "
+            f"{_nodes_cpu(r)} | {_us(r, 'server_us_per_msg')} | "
+            f"{_us(r, 'redis_us_per_msg')} | {r['lost']} |"
+        )
+    return lines
+
+
 def render(out: Path) -> str:
     parts: list[str] = []
     for scenario, title, table in (
         ("fanout", "Fan-out throughput", fanout_md),
         ("latency", "Latency", latency_md),
         ("scale", "Connection scale (groupchat)", scale_md),
+        ("backplane", "Backplane: one room on one node or over two", backplane_md),
     ):
         doc = _load(out, scenario)
         if doc is None:
             continue
         m = doc["machine"]
-        ran = {r["server"] for r in doc["results"]}
+        ran = {r.get("server", "redis") for r in doc["results"]}  # backplane: Redis
         refs = "".join(
             f"; {m[tool]}" for tool in ("redis-server", "ngircd") if tool.split("-")[0] in ran
         )
