@@ -48,7 +48,18 @@ LAYERS = {
     "fastwrite": {"fastwrite"},
     "client": {"client", "core", "rules.limits"},
     "backplane": {"core", "backplane"},
-    "tap": {"core", "rules", "render", "doors", "fastwrite", "backplane", "tap"},
+    "tap": {
+        "core",
+        "rules",
+        "render",
+        "doors",
+        "fastwrite",
+        "backplane",
+        "tap",
+        "workers.supervisor",
+    },
+    # The supervisor knows nothing of the chat; a worker builds its node with tap.
+    "workers": {"tap", "workers"},
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any, cast
 from twisted.application import service
 from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
-from twisted.internet import defer, endpoints, tcp
+from twisted.internet import defer, endpoints, protocol, tcp, unix
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
@@ -151,6 +151,12 @@ def with_backlog(description: str) -> str:
     if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
         return f"{description}:backlog={LISTEN_BACKLOG}"
     return description
+
+
+# Worker processes one server may run; a typo such as 1000 would start 1000 processes.
+MAX_WORKERS = 256
+# Listening sockets the parent can pass to its workers (see docs/SCALING.md).
+SHARED_KINDS = ("tcp", "tcp6", "ssl", "unix")
 
 
 class Options(usage.Options, strcred.AuthOptionMixin):
@@ -322,7 +328,21 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "Join every groupchat server using this Redis as one network: "
             "redis://[:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS.",
         ],
+        [
+            "workers",
+            None,
+            1,
+            "Run this many worker processes behind the one --port, each a node of the "
+            "--backplane network (needed for more than 1); --max-clients is shared out "
+            "among them.",
+            _between("workers", int, 1, MAX_WORKERS, "processes", "Processes, 1 to 256."),
+        ],
     ]
+
+    # What parseOptions was given and where: a worker process parses the very same
+    # arguments again, from the same folder (relative paths in them mean the same).
+    argv: list[str] = []
+    cwd = ""
 
     supportedInterfaces = [IUsernamePassword]
 
@@ -352,6 +372,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def parseOptions(self, options: Any = None) -> None:
         """An unknown option is one line too, not the whole option list before it."""
+        self.argv = list(sys.argv[1:] if options is None else options)
+        self.cwd = os.getcwd()
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -390,6 +412,31 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             value = self[door.option]
             self["doors"][door.option] = (
                 (None, "") if value is None else parse_endpoint(door.option, value, reactor)
+            )
+        if self["workers"] > 1:
+            self._check_workers()
+
+    def _check_workers(self) -> None:
+        """Several workers are several nodes: they need the backplane to be one chat, a
+        port the parent can bind and hand over, and a share of --max-clients each."""
+        workers = self["workers"]
+        if self["backplane"] is None:
+            raise usage.UsageError(
+                f"--workers {workers} needs --backplane: each worker is a node of one "
+                "network, and the nodes meet through Redis (for example "
+                "--backplane redis://127.0.0.1:6379)"
+            )
+        for door in FRONT_DOORS:
+            kind = self["doors"][door.option][1].split(":", 1)[0]
+            if kind and kind not in SHARED_KINDS:
+                raise usage.UsageError(
+                    f"--workers needs a --{door.option} the parent can bind and hand to its "
+                    f"workers (tcp:, tcp6:, ssl: or unix:), not {kind}:"
+                )
+        if self["max-clients"] < workers:
+            raise usage.UsageError(
+                f"--max-clients ({self['max-clients']}) is shared out among the workers: "
+                f"it must be at least --workers ({workers})"
             )
 
 
@@ -472,7 +519,7 @@ def listen(endpoint: Any, factory: IProtocolFactory) -> defer.Deferred[IListenin
         d = defer.execute(
             endpoint._reactor.listenTCP,
             endpoint._port,
-            RefusingTLSFactory(endpoint._sslContextFactory, False, factory),
+            _refusing_first(endpoint, factory),
             backlog=endpoint._backlog,
             interface=endpoint._interface,
         )
@@ -481,8 +528,51 @@ def listen(endpoint: Any, factory: IProtocolFactory) -> defer.Deferred[IListenin
     return d.addCallback(bound_accepts)
 
 
+def adopt(
+    reactor: Any, endpoint: Any, socket: tuple[int, int], factory: IProtocolFactory
+) -> defer.Deferred[IListeningPort]:
+    """A worker's ``listen``: accept on the socket ``(fd, family)`` its parent bound for
+    ``endpoint``, with the same TLS wrapping and accept bound; ``fd`` is closed (the
+    port holds its own copy)."""
+    fd, family = socket
+
+    def adopted() -> IListeningPort:
+        try:
+            port = reactor.adoptStreamPort(fd, family, _refusing_first(endpoint, factory))
+        finally:
+            os.close(fd)
+        if type(port) is unix.Port:
+            port.__class__ = SharedUNIXPort
+        return cast(IListeningPort, port)
+
+    return defer.execute(adopted).addCallback(bound_accepts)
+
+
+def _refusing_first(endpoint: Any, factory: IProtocolFactory) -> IProtocolFactory:
+    """The factory a port of ``endpoint`` accepts with: TLS refusals before TLS state."""
+    if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
+        return RefusingTLSFactory(endpoint._sslContextFactory, False, factory)
+    return factory
+
+
+class SharedUNIXPort(unix.Port):
+    """A worker's copy of its parent's UNIX socket: closing it leaves the socket, and
+    its file (which the parent made and removes), working for the other workers.
+
+    Twisted's adopted ``unix.Port`` would ``shutdown()`` the socket, which stops it
+    listening in every process, and unlink its path; an adopted ``tcp.Port`` does
+    neither.
+    """
+
+    _shouldShutdown = False
+
+    def connectionLost(self, reason: Any = None) -> None:
+        tcp.Port.connectionLost(self, reason)  # unix.Port's own would unlink the path
+
+
 class ListenerService(service.Service):
-    """Listens on an endpoint; a failure to listen stops startup with a clear message."""
+    """Listens on an endpoint (in a worker: accepts on the socket its parent bound); a
+    failure to listen stops startup with a clear message."""
 
     log = Logger()
 
@@ -490,10 +580,11 @@ class ListenerService(service.Service):
         self,
         endpoint: Any,
         factory: IProtocolFactory,
-        admission: Admission,
+        admission: Admission | None,
         description: str,
         port_file: str | None,
         reactor: IReactorCore,
+        socket: tuple[int, int] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
@@ -501,6 +592,7 @@ class ListenerService(service.Service):
         self.description = description
         self.port_file = port_file
         self.reactor = reactor
+        self.socket = socket  # a worker's: (fd, family) of the socket its parent bound
         self.port: IListeningPort | None = None
         self._waiting: defer.Deferred[Any] | None = None
 
@@ -523,7 +615,10 @@ class ListenerService(service.Service):
             else:
                 self._failed(failure)
 
-        self._waiting = listen(self.endpoint, self.factory)
+        if self.socket is None:
+            self._waiting = listen(self.endpoint, self.factory)
+        else:
+            self._waiting = adopt(self.reactor, self.endpoint, self.socket, self.factory)
         self._waiting.addCallbacks(self._listening, failed)
         starting = False
         if synchronous:
@@ -535,12 +630,16 @@ class ListenerService(service.Service):
         # for 13 ms or more mid-broadcast.  Frozen, later collections only walk what came after.
         gc.freeze()
         self.port = port
-        self.admission.listening(port)  # so a flood of refusals can pause accepting
+        if self.admission is not None:
+            self.admission.listening(port)  # so a flood of refusals can pause accepting
         address = port.getHost()
         where = describe_address(address)
         if self.description.startswith("ssl:"):
             where = "ssl:" + where.partition(":")[2]  # the same address, behind TLS
-        self.log.info("groupchat listening on {address}", address=where)
+        if self.socket is None:
+            self.log.info("groupchat listening on {address}", address=where)
+        else:
+            self.log.info("accepting on {address}, bound by the parent", address=where)
         if self.port_file:
             tmp = f"{self.port_file}.tmp"
             with open(tmp, "w") as f:
@@ -561,9 +660,43 @@ class ListenerService(service.Service):
             with contextlib.suppress(OSError):  # it says where we listen: not any more
                 os.remove(self.port_file)
         if self.port is not None:
-            self.admission.closing(self.port)
+            if self.admission is not None:
+                self.admission.closing(self.port)
             port, self.port = self.port, None
             return port.stopListening()
+        return None
+
+
+class HeldListener(ListenerService):
+    """``--workers``: binds a front door's socket for the worker processes, which accept
+    on it; this process never does (it would need a whole node to serve them)."""
+
+    def __init__(
+        self, endpoint: Any, description: str, port_file: str | None, reactor: IReactorCore
+    ) -> None:
+        super().__init__(endpoint, _NoAccept(), None, description, port_file, reactor)
+
+    def _listening(self, port: IListeningPort) -> None:
+        # Called as the socket is bound, before the reactor could read it: not one
+        # connection is accepted here.
+        cast(tcp.Port, port).stopReading()
+        super()._listening(port)
+
+    def shared(self) -> tuple[int, int] | None:
+        """The socket to pass to a worker, ``(fd, family)``, while listening."""
+        port = cast(tcp.Port | None, self.port)
+        return None if port is None else (port.fileno(), int(port.addressFamily))
+
+
+class _NoAccept(protocol.Factory):
+    """The factory of a held socket, which never accepts; if it did, it would close."""
+
+    noisy = False
+
+    def logPrefix(self) -> str:
+        return "groupchat (for the workers)"
+
+    def buildProtocol(self, addr: Any) -> None:
         return None
 
 
@@ -640,8 +773,45 @@ def _warn_unusable_logins(authenticator: Authenticator) -> None:
 
 
 def makeService(options: Options) -> service.MultiService:
+    """One node (the chat, its backplane link, its listeners), or, with ``--workers N``,
+    a parent that binds the ports and supervises N worker processes, each one node."""
     from twisted.internet import reactor
 
+    if options["workers"] > 1:
+        return _supervising(options, reactor)
+    return build_node(options, reactor)
+
+
+def _supervising(options: Options, reactor: Any) -> service.MultiService:
+    from twisted_chat.workers.supervisor import Supervisor
+
+    top = service.MultiService()
+    held: dict[str, HeldListener] = {}
+    for door in FRONT_DOORS:
+        endpoint, description = options["doors"][door.option]
+        if endpoint is None:
+            continue
+        port_file = options["port-file"] if door.option == "port" else None
+        held[door.option] = HeldListener(endpoint, description, port_file, reactor)
+        held[door.option].setServiceParent(top)
+
+    def sockets() -> dict[str, tuple[int, int]]:
+        shared = {option: listener.shared() for option, listener in held.items()}
+        return {option: socket for option, socket in shared.items() if socket is not None}
+
+    supervisor = Supervisor(
+        options["workers"], options.argv, options.cwd, sockets, reactor,
+        give_up=lambda: _exit_with(reactor, 1),
+    )  # fmt: skip
+    supervisor.setServiceParent(top)
+    return top
+
+
+def build_node(
+    options: Options, reactor: Any, sockets: dict[str, tuple[int, int]] | None = None
+) -> service.MultiService:
+    """The services of one node; a worker passes the ``sockets`` its parent bound, by
+    option name, to accept on instead of listening."""
     clock: IReactorTime = reactor
     policy = HeartbeatPolicy(
         interval=options["heartbeat-interval"],
@@ -698,13 +868,15 @@ def makeService(options: Options) -> service.MultiService:
         endpoint, description = options["doors"][door.option]
         if endpoint is None:
             continue
+        socket = None if sockets is None else sockets[door.option]
         listener = ListenerService(
             endpoint,
             door.factory(rules),
             admission,
             description,
-            options["port-file"] if door.option == "port" else None,
+            options["port-file"] if door.option == "port" and socket is None else None,
             reactor,
+            socket,
         )
         listener.setServiceParent(top)
     return top
