@@ -67,6 +67,7 @@ class Setup:
     twistd: tuple[str, ...] = ()  # twistd's own options, before ``groupchat``
     server: tuple[str, ...] = ()  # groupchat's options (after the bench's usual ones)
     cpus: str = "0"  # where the nodes run (``taskset -c``); Redis is on CPU 0
+    workers: int = 1  # processes per node, each joining the network
 
 
 SETUPS = {
@@ -74,8 +75,15 @@ SETUPS = {
     "backplane": Setup("one node with --backplane, nobody remote", backplane=True),
     "split": Setup("two nodes on one Redis, the room half on each", nodes=2, backplane=True),
     "asyncio": Setup("one node on twistd --reactor asyncio", twistd=("--reactor", "asyncio")),
-    # Once --workers exists, for example (CPU time counts the workers: tree_cpu_seconds):
-    # "workers": Setup("one node with --workers 2", server=("--workers", "2"), cpus="0,1"),
+    # Two worker processes behind one port, on both cores (so sharing the load
+    # generator's): CPU time counts the workers (tree_cpu_seconds).
+    "workers": Setup(
+        "--workers 2 behind one port, on both cores",
+        backplane=True,
+        server=("--workers", "2"),
+        cpus="0,1",
+        workers=2,
+    ),
 }
 
 
@@ -106,6 +114,7 @@ def deploy(setup: Setup) -> Iterator[tuple[list[int], Probe]]:
                     twistd=setup.twistd,
                     cpus=setup.cpus,
                     ready=JOINED if setup.backplane else None,
+                    ready_count=setup.workers,
                 )
             )
             for _ in range(setup.nodes)

@@ -72,9 +72,11 @@ def groupchat_server(
     twistd: Sequence[str] = (),
     cpus: int | str = 0,
     ready: str | None = None,
+    ready_count: int = 1,
 ) -> Iterator[tuple[int, int]]:
     """Our server on a free loopback port, yielding ``(port, pid)`` once it listens and,
-    with ``ready``, once its log has that text too (``joined the network``)."""
+    with ``ready``, once its log has that text too (``joined the network``),
+    ``ready_count`` times (once per worker)."""
     extra = [*(extra or QUIET_HEARTBEATS), *shlex.split(os.environ.get("GROUPCHAT_ARGS", ""))]
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
@@ -86,7 +88,8 @@ def groupchat_server(
         try:
             deadline = time.monotonic() + 20
             while not port_file.exists() or (
-                ready is not None and ready not in log_path.read_text(errors="replace")
+                ready is not None
+                and log_path.read_text(errors="replace").count(ready) < ready_count
             ):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
