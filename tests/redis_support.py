@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_support import wait_until
+from tests.e2e_support import ServerFactory, ServerProcess, wait_until
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
+JOIN_TIMEOUT = 10.0  # a node joining the network after it listens
 STOP_TIMEOUT = 5.0
 
 
@@ -106,3 +107,12 @@ def stop(redis: RedisProcess) -> None:
         except subprocess.TimeoutExpired:
             os.kill(redis.proc.pid, signal.SIGKILL)
             redis.proc.wait(STOP_TIMEOUT)
+
+
+def start_node(start_server: ServerFactory, redis: RedisProcess, *options: str) -> ServerProcess:
+    """A groupchat node on ``redis`` with ``options``, returned once it has joined the
+    network (its log says so)."""
+    node = start_server("--backplane", f"redis://{HOST}:{redis.port}", *options)
+    joined = wait_until(lambda: "joined the network" in node.log(), JOIN_TIMEOUT)
+    assert joined, f"node never joined the network:\n{node.log()}"
+    return node

@@ -16,8 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests import redis_support
 from tests.e2e_support import (
-    HOST,
     ChatClient,
     ClientFactory,
     ServerFactory,
@@ -27,7 +27,6 @@ from tests.e2e_support import (
 )
 from tests.redis_support import RedisProcess, start_redis, stop
 
-JOIN_TIMEOUT = 10.0  # a node joining the network after it listens
 LEASE = 5.0  # twisted_chat.backplane.redis.LEASE; checked every LEASE / 3
 LOST_TIMEOUT = 10.0  # a killed node's members are gone within the lease and a check
 REJOIN_TIMEOUT = 15.0  # txredisapi's reconnection backoff, then joining again
@@ -42,11 +41,8 @@ WHO = re.compile(r"^\*\*\* \[(#\S+)\] (?:(\d+) here: (.*)|nobody here)$")
 
 
 def start_node(start_server: ServerFactory, redis: RedisProcess, *options: str) -> ServerProcess:
-    """A node on ``redis``, returned once it has joined the network."""
-    node = start_server("--backplane", f"redis://{HOST}:{redis.port}", *FAST, *options)
-    joined = wait_until(lambda: "joined the network" in node.log(), JOIN_TIMEOUT)
-    assert joined, f"node never joined the network:\n{node.log()}"
-    return node
+    """A node on ``redis`` with the ``FAST`` limits, returned once it has joined the network."""
+    return redis_support.start_node(start_server, redis, *FAST, *options)
 
 
 def members(connect: ClientFactory, wanted: list[tuple[ServerProcess, str]]) -> list[ChatClient]:

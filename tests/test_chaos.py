@@ -5,8 +5,16 @@ their connections, go silent, stop reading, flood, send garbage and connect and 
 rapid succession.  The well-behaved traffic must come through complete, in order and
 clean; each misbehaving peer must be removed in the documented way (docs/PROTOCOL.md).
 
+The same scenario runs over two servers sharing one real Redis (``--backplane``): each
+room's members are split over both, each server gets its own misbehaving peers and its own
+observer, and every check must hold on both (a member of the other server leaves exactly
+as it did on its own).  A member of another server is known here only once its envelopes
+got here: members wait until their room is complete on their own server before talking,
+and the observers wait for every departure before the final /who and /rooms.
+
 Everything runs on 127.0.0.1 in one ``asyncio.run`` and every wait has a deadline: the
-whole scenario is bounded by ``SCENARIO_TIMEOUT``.
+whole scenario is bounded by ``SCENARIO_TIMEOUT`` (``TWO_NODE_BUDGET`` over two servers,
+their start included).
 """
 
 from __future__ import annotations
@@ -21,14 +29,19 @@ import struct
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.e2e_support import HOST, ServerFactory, ServerProcess
+from tests.redis_support import RedisProcess, start_node
 
 SCENARIO_TIMEOUT = 60.0
+# Over two servers the scenario takes about as long as over one (the members are the same,
+# the misbehaving peers twice as many, on two processes): 11-17 s measured, both servers'
+# start included.  This bounds the start and the scenario together.
+TWO_NODE_BUDGET = 50.0
 STEP_TIMEOUT = 10.0  # any single expected reply
 HEARTBEAT_TIMEOUT = 3.0
 SWEEP = 0.2
@@ -54,6 +67,13 @@ RESETTERS = 5
 RAPID = 50
 FLOOD_LINES = 3000
 NONREADER_PACE = 1 / 40
+# Linux sizes the server's send buffer for the non-reader from its congestion window, and
+# that varies from run to run.  Measured with `ss -tmi` (two-node runs): mostly tb 166-242 KB
+# at cwnd 24-35, removed after 200-290 /help; but in about half the runs one of the two
+# non-readers had tb 629 KB at cwnd 91 and needed some 565 /help, 14 s at 40/s.  On a busy
+# machine the pace drops to about 32/s, so a 15 s bound failed (480 /help sent).  The bound
+# is there to fail a non-reader that is never removed, not to time the removal.
+NONREADER_DEADLINE = 25.0
 READ_LIMIT = 1 << 20
 
 WELCOME = re.compile(rb"^\*\*\* Welcome to groupchat \S+, (\S+)! You are in #lobby\.$")
@@ -236,6 +256,7 @@ class Member:
     index: int
     nick: str
     room: str
+    node: int = 0  # which of the scenario's servers it connects to
     peer: Peer | None = None
     received: list[tuple[str, str]] = field(default_factory=list)  # (nick, text) in its room
     foreign: list[dict[str, Any]] = field(default_factory=list)  # messages it should not get
@@ -250,6 +271,7 @@ async def well_behaved(
 ) -> None:
     peer = member.peer = await Peer.open(port, member.nick)
     expected = {(mate, f"{mate}-{i}") for mate in mates for i in range(MESSAGES)}
+    room_size = len(mates) + 1
     got: set[tuple[str, str]] = set()
 
     def record(event: dict[str, Any]) -> None:
@@ -275,8 +297,15 @@ async def well_behaved(
             lambda e: e["type"] == "join" and e["room"] == member.room and e["nick"] == peer.nick,
             "own join",
         )
+        # A mate on another server is in the room here only once its join has crossed the
+        # network: wait until this server counts the whole room (joins only add, so the
+        # last join it shows in the room says so).
+        await peer.wait_event(
+            lambda e: e["type"] == "join" and e["room"] == member.room and e["count"] == room_size,
+            "every room mate's join",
+        )
         async with asyncio.timeout(STEP_TIMEOUT):
-            await barrier.wait()  # everyone has joined: membership is stable from here
+            await barrier.wait()  # everyone has joined everywhere: membership is stable
 
         await asyncio.sleep(rng.uniform(0, SEND_INTERVAL))  # do not all speak in one tick
         for i in range(MESSAGES):
@@ -316,6 +345,11 @@ class Outcomes:
     impostor_errors: list[str] = field(default_factory=list)
     http_answer: bytes = b""  # a browser aimed at the chat port
 
+    def named(self) -> set[str]:
+        """The nicknames of the misbehaving peers that got as far as a welcome."""
+        return {self.silent, self.nonreader, self.flooder, self.garbage, *self.resetters,
+                self.negotiator, self.subnegotiator, self.hoarder, self.impostor}  # fmt: skip
+
 
 async def resetter(port: int, i: int) -> str:
     peer = await Peer.open(port, f"resetter{i}")
@@ -349,9 +383,12 @@ async def non_reader(port: int, observer: Observer, out: Outcomes) -> None:
     try:
         out.nonreader = nick = await peer.greeting()
         peer.stop_reading()  # from now on its output piles up
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + NONREADER_DEADLINE
         while not observer.left(nick) and not peer.writer.is_closing():
-            assert time.monotonic() < deadline, f"non-reader {nick} still there after 15 s"
+            assert time.monotonic() < deadline, (
+                f"non-reader {nick} still there after {NONREADER_DEADLINE:g} s "
+                f"({out.nonreader_helps} /help sent)"
+            )
             peer.send("/help")
             out.nonreader_helps += 1
             await asyncio.sleep(NONREADER_PACE)
@@ -522,18 +559,54 @@ class Observer:
         await self.peer.wait(lambda: self.left(nick), f"leave event for {nick}", timeout)
         return self.leaves_of(nick)[0]
 
+    async def quit(self) -> None:
+        self.peer.send("/quit")
+        await self.peer.wait(lambda: self.peer.eof, "close after /quit")
+
+    async def wait_leaves(self, nicks: set[str], timeout: float) -> None:
+        """Wait until every one of ``nicks`` was announced leaving (from any server)."""
+        missing = set(nicks)
+
+        def all_left() -> bool:
+            missing.difference_update({n for n in missing if self.left(n)})
+            return not missing
+
+        try:
+            await self.peer.wait(all_left, f"leave events for {len(nicks)} nicknames", timeout)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nnever announced leaving: {sorted(missing)}") from None
+
 
 # -- the scenario --------------------------------------------------------------------
 
 
 @dataclass
-class Report:
-    members: list[Member] = field(default_factory=list)
+class Site:
+    """One server of the scenario: its observer, its misbehaving peers, what it said last."""
+
+    server: ServerProcess
     out: Outcomes = field(default_factory=Outcomes)
     observer: Peer | None = None
     final_who: dict[str, Any] = field(default_factory=dict)
     final_rooms: dict[str, Any] = field(default_factory=dict)
     rss_mb: float | None = None
+
+
+@dataclass
+class Report:
+    sites: list[Site]
+    members: list[Member] = field(default_factory=list)
+
+    @property
+    def observers(self) -> list[Observer]:
+        found = [site.observer for site in self.sites]
+        assert all(found), "the scenario did not get as far as its observers"
+        return [Observer(peer) for peer in found if peer is not None]
+
+
+def observer_nick(k: int) -> str:
+    """The observer of the k-th server: ``observer``, then ``observer2``, ..."""
+    return "observer" if k == 0 else f"observer{k + 1}"
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -546,30 +619,59 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-async def scenario(server: ServerProcess, report: Report) -> None:
-    port = server.port
+async def seat_observer(site: Site, k: int, stop: asyncio.Event) -> asyncio.Task[None]:
+    """Connect the k-th server's observer in JSON, named; return its pinger."""
+    nick = observer_nick(k)
+    peer = site.observer = await Peer.open(site.server.port, nick)
+    peer.start_pump()
+    await peer.switch_to_json()
+    pinger = asyncio.create_task(peer.ping_until_stopped(stop))
+    peer.send(f"/nick {nick}")
+    await peer.wait_event(lambda e: e["type"] == "nick" and e["new"] == nick, "nick")
+    peer.nick = nick
+    return pinger
+
+
+def misbehave(site: Site, observer: Observer) -> list[Coroutine[Any, Any, None]]:
+    """Every kind of misbehaving peer on ``site``'s server, its own observer watching."""
+    port, out = site.server.port, site.out
+    return [
+        silent_peer(port, observer, out),
+        non_reader(port, observer, out),
+        flooder(port, observer, out),
+        garbage_sender(port, out),
+        negotiator(port, observer, out),
+        subnegotiator(port, observer, out),
+        hoarder(port, out),
+        impostor(port, out),
+        browser(port, out),
+    ]
+
+
+async def scenario(report: Report) -> None:
+    """The chaos over ``report.sites``: one server, or several as one network.
+
+    The well-behaved members of each room are spread over every server, and every server
+    gets an observer and every kind of misbehaving peer.
+    """
+    sites = report.sites
     rng = random.Random(7)
-    opened: list[Peer] = []
+    stop_observers = asyncio.Event()
+    pingers: list[asyncio.Task[None]] = []
     try:
-        obs_peer = report.observer = await Peer.open(port, "observer")
-        opened.append(obs_peer)
-        obs_peer.start_pump()
-        await obs_peer.switch_to_json()
-        stop_observer = asyncio.Event()
-        obs_pinger = asyncio.create_task(obs_peer.ping_until_stopped(stop_observer))
-        obs_peer.send("/nick observer")
-        await obs_peer.wait_event(lambda e: e["type"] == "nick" and e["new"] == "observer", "nick")
-        obs_peer.nick = "observer"
-        observer = Observer(obs_peer)
+        for k, site in enumerate(sites):
+            pingers.append(await seat_observer(site, k, stop_observers))
+        observers = report.observers
 
         members = report.members = [
-            Member(i, f"w{i}", f"#r{i % ROOMS}") for i in range(ROOMS * PER_ROOM)
+            Member(i, f"w{i}", f"#r{i % ROOMS}", node=(i // ROOMS) % len(sites))
+            for i in range(ROOMS * PER_ROOM)
         ]
         barrier = asyncio.Barrier(len(members) + 1)
         chatting = [
             asyncio.create_task(
                 well_behaved(
-                    port,
+                    sites[m.node].server.port,
                     m,
                     [o.nick for o in members if o.room == m.room and o is not m],
                     barrier,
@@ -583,66 +685,68 @@ async def scenario(server: ServerProcess, report: Report) -> None:
             await barrier.wait()
         await asyncio.sleep(1.0)  # the sending phase is under way: now misbehave
 
-        out = report.out
-        misbehaving = [
-            silent_peer(port, observer, out),
-            non_reader(port, observer, out),
-            flooder(port, observer, out),
-            garbage_sender(port, out),
-            negotiator(port, observer, out),
-            subnegotiator(port, observer, out),
-            hoarder(port, out),
-            impostor(port, out),
-            browser(port, out),
+        misbehaving = [c for site, obs in zip(sites, observers, strict=True)
+                       for c in misbehave(site, obs)]  # fmt: skip
+        resetting = [
+            asyncio.gather(*(resetter(site.server.port, i) for i in range(RESETTERS)))
+            for site in sites
         ]
-        resetting = asyncio.gather(*(resetter(port, i) for i in range(RESETTERS)))
-        rapids = asyncio.gather(*(rapid(port) for _ in range(RAPID)))
-        await asyncio.gather(*misbehaving, resetting, rapids, *chatting)
-        out.resetters = resetting.result()
-        out.rapid = RAPID
-        for nick in out.resetters:
-            await observer.wait_leave(nick, STEP_TIMEOUT)
+        rapids = [rapid(site.server.port) for site in sites for _ in range(RAPID)]
+        await asyncio.gather(*misbehaving, *resetting, *rapids, *chatting)
+        for site, reset in zip(sites, resetting, strict=True):
+            site.out.resetters = reset.result()
+            site.out.rapid = RAPID
 
-        # Everyone but the observer is gone: the lobby and the room list must say so.
-        since = len(obs_peer.events)
-        obs_peer.send("/who #lobby")
-        obs_peer.send("/rooms")
-        report.final_who = await obs_peer.wait_event(
-            lambda e: e["type"] == "members", "final /who", since=since
-        )
-        report.final_rooms = await obs_peer.wait_event(
-            lambda e: e["type"] == "rooms", "final /rooms", since=since
-        )
-        report.rss_mb = _rss_mb(server.pid)
-        stop_observer.set()
-        await obs_pinger
-        obs_peer.send("/quit")
-        await obs_peer.wait(lambda: obs_peer.eof, "close after /quit")
+        # Every server has told its observer of every departure, its own members' and
+        # (once their envelopes got there) the other servers'.
+        gone = {m.nick for m in members}.union(*(site.out.named() for site in sites))
+        for observer in observers:
+            await observer.wait_leaves(gone, STEP_TIMEOUT)
+
+        # Everyone but the observers is gone: the lobby and the room list must say so.
+        for site in sites:
+            peer = site.observer
+            assert peer is not None
+            since = len(peer.events)
+            peer.send("/who #lobby")
+            peer.send("/rooms")
+            site.final_who = await peer.wait_event(
+                lambda e: e["type"] == "members", "final /who", since=since
+            )
+            site.final_rooms = await peer.wait_event(
+                lambda e: e["type"] == "rooms", "final /rooms", since=since
+            )
+            site.rss_mb = _rss_mb(site.server.pid)
+        stop_observers.set()
+        await asyncio.gather(*pingers)
+        for observer in observers:
+            await observer.quit()
     finally:
-        for m in report.members:
-            if m.peer is not None:
-                opened.append(m.peer)
+        stop_observers.set()
+        for task in pingers:
+            task.cancel()
+        opened = [site.observer for site in sites] + [m.peer for m in report.members]
         for peer in opened:
-            peer.close()
+            if peer is not None:
+                peer.close()
 
 
-def test_chaos(start_server: ServerFactory) -> None:
-    started = time.monotonic()  # wall time includes the server's start
-    server = start_server(*SERVER_OPTIONS)
-    report = Report()
-    asyncio.run(asyncio.wait_for(scenario(server, report), SCENARIO_TIMEOUT))
-    wall = time.monotonic() - started
-    log = server.log()
-    out = report.out
-    assert report.observer is not None
-    observer = Observer(report.observer)
-    wb_nicks = {m.nick for m in report.members}
+def check(report: Report, wall: float) -> None:
+    """Every check of the chaos, over every server of the scenario."""
+    members = report.members
+    observers = report.observers
+    observer_nicks = {observer.peer.nick for observer in observers}
+    wb_nicks = {m.nick for m in members}
+    named = set().union(*(site.out.named() for site in report.sites))
 
     # 1. Every message reached every other member of its room, in order, exactly once;
-    #    no echo, and nothing from a room a member is not in.
+    #    no echo, and nothing from a room a member is not in.  Every room has members on
+    #    every server, so over several its traffic crossed the network.
+    for room in {m.room for m in members}:
+        assert {m.node for m in members if m.room == room} == set(range(len(report.sites)))
     deliveries = 0
-    for m in report.members:
-        mates = [o.nick for o in report.members if o.room == m.room and o is not m]
+    for m in members:
+        mates = [o.nick for o in members if o.room == m.room and o is not m]
         by_sender: dict[str, list[str]] = {}
         for nick, text in m.received:
             by_sender.setdefault(nick, []).append(text)
@@ -654,7 +758,7 @@ def test_chaos(start_server: ServerFactory) -> None:
         assert not m.foreign, (m.nick, m.foreign[:3])
 
     # 2. No well-behaved client was removed, warned or sent a control character.
-    for m in report.members:
+    for m in members:
         assert m.peer is not None
         for event in m.peer.events:
             if event["type"] in ("timeout", "disconnect"):
@@ -663,11 +767,93 @@ def test_chaos(start_server: ServerFactory) -> None:
         byes = [e for e in m.peer.events if e["type"] == "bye"]
         assert [e["reason"] for e in byes] == ["you quit"], (m.nick, byes)
         assert control_characters(m.peer) == [], m.nick
-    assert control_characters(report.observer) == []
-    for nick in wb_nicks:
-        assert [e["type"] for e in observer.leaves_of(nick)] == ["quit"], nick
+    for observer in observers:
+        assert control_characters(observer.peer) == [], observer.peer.nick
+        for nick in wb_nicks:
+            assert [e["type"] for e in observer.leaves_of(nick)] == ["quit"], nick
 
-    # 3. Each misbehaving peer was removed as documented, and announced exactly once.
+    # 3. Each misbehaving peer was removed as documented, and announced exactly once, on
+    #    every server alike: a member of another server leaves as it did on its own.
+    for site in report.sites:
+        check_own_view(site.out)
+        for observer in observers:
+            check_announced(observer, site.out)
+    for nick in sorted(wb_nicks | named):
+        seen = [[{k: v for k, v in e.items() if k != "ts"} for e in obs.leaves_of(nick)]
+                for obs in observers]  # fmt: skip
+        assert all(view == seen[0] for view in seen), (nick, seen)
+
+    #    The rapid connections closed before they were seated: nobody heard of them, and
+    #    each server's log has each one's end.
+    for observer in observers:
+        renamed = {e["old"] for e in observer.peer.events if e["type"] == "nick"}
+        lobby_joins = [e["nick"] for e in observer.lobby("join")]
+        assert len(lobby_joins) == len(set(lobby_joins)), Counter(lobby_joins).most_common(3)
+        rapid_nicks = set(lobby_joins) - named - renamed - observer_nicks
+        assert rapid_nicks == set(), sorted(rapid_nicks)
+    rapid_closes: Counter[str] = Counter()
+    for site in report.sites:
+        reasons = Counter(
+            m.group(1)
+            for m in re.finditer(
+                r"disconnect \S+ before login: (connection \w+)", site.server.log()
+            )
+        )
+        assert sum(reasons.values()) >= RAPID, reasons
+        assert set(reasons) <= {"connection closed", "connection reset"}, reasons
+        rapid_closes += reasons
+
+    #    Nobody is left behind, on any server.
+    for site in report.sites:
+        assert sorted(site.final_who["members"]) == sorted(observer_nicks), site.final_who
+        lobby = {"room": "#lobby", "count": len(observers)}
+        assert site.final_rooms["rooms"] == [lobby], site.final_rooms
+
+    # 4. Memory.
+    for site in report.sites:
+        if site.rss_mb is not None:
+            assert site.rss_mb < RSS_BOUND_MB, f"server RSS {site.rss_mb:.1f} MB"
+
+    # 5. The server logs are clean.
+    for site in report.sites:
+        log = site.server.log()
+        assert "Traceback" not in log, log
+        assert "Unhandled" not in log, log
+        bad = [line for line in log.splitlines() if "#critical" in line or "#error" in line]
+        assert bad == [], bad
+
+    rss = ", ".join("n/a" if site.rss_mb is None else f"{site.rss_mb:.1f} MB"
+                    for site in report.sites)  # fmt: skip
+    helps = " + ".join(str(site.out.nonreader_helps) for site in report.sites)
+    misbehaving = (RESETTERS + RAPID + 9) * len(report.sites)
+    print(
+        f"\nchaos summary: {len(report.sites)} server(s), {len(members)} well-behaved "
+        f"clients, {len(members) * MESSAGES} messages sent, {deliveries} deliveries checked, "
+        f"{misbehaving} misbehaving connections (11 kinds), "
+        f"rapid closes {dict(rapid_closes)}, non-readers sent {helps} /help, "
+        f"server RSS {rss}, wall time {wall:.1f} s"
+    )
+
+
+def check_own_view(out: Outcomes) -> None:
+    """What the misbehaving peers of one server saw themselves."""
+    errors = out.garbage_errors
+    assert [e.split(":")[0] for e in errors["utf8"]] == ["!!! invalid-utf8"], errors
+    assert errors["escapes"] == [], errors
+    assert errors["long"] == ["!!! line-too-long: line longer than 2048 bytes; it was dropped"]
+    assert out.negotiator_answers <= 1  # however often it asked (an abort may lose it)
+    assert [e.split(":")[0] for e in out.hoarder_errors] == ["!!! too-many-rooms"] * 11
+    assert [e.split(":")[0] for e in out.impostor_errors] == [
+        "!!! nick-taken",
+        "!!! nick-invalid",
+        "!!! nick-taken",
+        "!!! nick-taken",
+    ], out.impostor_errors
+    assert out.http_answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), out.http_answer
+
+
+def check_announced(observer: Observer, out: Outcomes) -> None:
+    """How ``observer`` was told of the removal of one server's misbehaving peers."""
     (silent,) = observer.leaves_of(out.silent)
     assert silent["type"] == "timeout", silent
     # ``after`` is rounded to 0.1 s (3.04 s of silence shows as 3.0); removal is due by
@@ -691,10 +877,6 @@ def test_chaos(start_server: ServerFactory) -> None:
         )
     (garbage,) = observer.leaves_of(out.garbage)
     assert (garbage["type"], garbage["reason"]) == ("quit", "garbage done"), garbage
-    errors = out.garbage_errors
-    assert [e.split(":")[0] for e in errors["utf8"]] == ["!!! invalid-utf8"], errors
-    assert errors["escapes"] == [], errors
-    assert errors["long"] == ["!!! line-too-long: line longer than 2048 bytes; it was dropped"]
     garbage_said = [e["text"] for e in observer.lobby("message") if e["nick"] == out.garbage]
     assert "caf\ufffd" in garbage_said and "hi" in garbage_said, garbage_said
     assert not any("L" * 100 in text for text in garbage_said)
@@ -702,56 +884,27 @@ def test_chaos(start_server: ServerFactory) -> None:
     (negotiator,) = observer.leaves_of(out.negotiator)
     assert negotiator["type"] == "disconnect", negotiator
     assert negotiator["reason"].startswith("telnet negotiation flood: "), negotiator
-    assert out.negotiator_answers <= 1  # however often it asked (an abort may lose it)
     (subneg,) = observer.leaves_of(out.subnegotiator)
     assert subneg["reason"] == "telnet subnegotiation longer than 512 bytes", subneg
-    assert [e.split(":")[0] for e in out.hoarder_errors] == ["!!! too-many-rooms"] * 11
-    assert [e.split(":")[0] for e in out.impostor_errors] == [
-        "!!! nick-taken",
-        "!!! nick-invalid",
-        "!!! nick-taken",
-        "!!! nick-taken",
-    ], out.impostor_errors
     for nick in (out.hoarder, out.impostor):
         assert [e["type"] for e in observer.leaves_of(nick)] == ["quit"], nick
-    assert out.http_answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), out.http_answer
-    assert not any("secret" in str(e) or "Cookie" in str(e) for e in report.observer.events)
+    assert not any("secret" in str(e) or "Cookie" in str(e) for e in observer.peer.events)
 
-    #    The rapid connections closed before they were seated: nobody heard of them, and
-    #    the log has each one's end.
-    named = {out.silent, out.nonreader, out.flooder, out.garbage, *out.resetters}
-    named |= {out.negotiator, out.subnegotiator, out.hoarder, out.impostor}
-    renamed = {e["old"] for e in report.observer.events if e["type"] == "nick"}
-    lobby_joins = [e["nick"] for e in observer.lobby("join")]
-    assert len(lobby_joins) == len(set(lobby_joins)), Counter(lobby_joins).most_common(3)
-    rapid_nicks = set(lobby_joins) - named - renamed - {"observer"}
-    assert rapid_nicks == set(), sorted(rapid_nicks)
-    rapid_reasons = Counter(
-        m.group(1) for m in re.finditer(r"disconnect \S+ before login: (connection \w+)", log)
-    )
-    assert sum(rapid_reasons.values()) >= RAPID, rapid_reasons
-    assert set(rapid_reasons) <= {"connection closed", "connection reset"}, rapid_reasons
 
-    #    Nobody is left behind.
-    assert report.final_who["members"] == ["observer"], report.final_who
-    assert report.final_rooms["rooms"] == [{"room": "#lobby", "count": 1}], report.final_rooms
+def test_chaos(start_server: ServerFactory) -> None:
+    started = time.monotonic()  # wall time includes the server's start
+    report = Report([Site(start_server(*SERVER_OPTIONS))])
+    asyncio.run(asyncio.wait_for(scenario(report), SCENARIO_TIMEOUT))
+    check(report, time.monotonic() - started)
 
-    # 4. Memory.
-    if report.rss_mb is not None:
-        assert report.rss_mb < RSS_BOUND_MB, f"server RSS {report.rss_mb:.1f} MB"
 
-    # 5. The server log is clean.
-    assert "Traceback" not in log, log
-    assert "Unhandled" not in log, log
-    bad = [line for line in log.splitlines() if "#critical" in line or "#error" in line]
-    assert bad == [], bad
-
-    rss = "n/a" if report.rss_mb is None else f"{report.rss_mb:.1f} MB"
-    misbehaving = RESETTERS + RAPID + 9
-    print(
-        f"\nchaos summary: {len(report.members)} well-behaved clients, "
-        f"{len(report.members) * MESSAGES} messages sent, {deliveries} deliveries checked, "
-        f"{misbehaving} misbehaving connections (11 kinds), "
-        f"rapid closes {dict(rapid_reasons)}, non-reader sent {out.nonreader_helps} /help, "
-        f"server RSS {rss}, wall time {wall:.1f} s"
-    )
+def test_chaos_over_two_nodes(redis_server: RedisProcess, start_server: ServerFactory) -> None:
+    """The same chaos over two servers sharing one Redis: every room's traffic and every
+    removal crosses the network, and every check holds on both servers."""
+    started = time.monotonic()  # wall time includes both servers' start
+    nodes = [start_node(start_server, redis_server, *SERVER_OPTIONS) for _ in range(2)]
+    report = Report([Site(node) for node in nodes])
+    left = TWO_NODE_BUDGET - (time.monotonic() - started)
+    assert left > SCENARIO_TIMEOUT / 2, f"the nodes took {TWO_NODE_BUDGET - left:.1f} s to start"
+    asyncio.run(asyncio.wait_for(scenario(report), left))
+    check(report, time.monotonic() - started)
