@@ -33,8 +33,8 @@ from tests.e2e_support import (
     twistd_command,
     wait_until,
 )
-from tests.redis_support import RedisProcess
-from tests.test_backplane_e2e import FAST, JOIN_TIMEOUT, LOST_TIMEOUT, wait_known, who
+from tests.redis_support import JOIN_TIMEOUT, RedisProcess
+from tests.test_backplane_e2e import FAST, LOST_TIMEOUT, wait_known, who
 
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 STOP_TIMEOUT = 20.0  # the supervisor's STOP_GRACE and KILL_WAIT, and a margin
