@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.logger import capturedLogs
 
 from twisted_chat.backplane.redis import (
@@ -74,3 +74,71 @@ def test_backplane_addresses():
     for bad in ("http://h:1", "redis://h:port", "redis://h:1/db"):
         with pytest.raises(ValueError):
             RedisAddress.parse(bad)
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self.transport = FakeTransport()
+
+
+class Unanswered:
+    """Redis that hangs: every command waits; ``answer_renewals`` answers the SETs."""
+
+    def __init__(self) -> None:
+        self.renewals: list[defer.Deferred[Any]] = []
+
+    def set(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.renewals.append(d)
+        return d
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: defer.Deferred()
+
+    def answer_renewals(self) -> None:
+        for d in self.renewals:
+            if not d.called:
+                d.callback("OK")
+
+
+def hanging_link() -> tuple[RedisLink, task.Clock, Unanswered, list[FakeConnection]]:
+    redis, clock = link()
+    commands = Unanswered()
+    connections = [FakeConnection(), FakeConnection()]
+    redis._commands = commands
+    redis._command_factory = type("Factory", (), {"pool": connections[:1]})()
+    redis._subscriber = connections[1]
+    redis._up = True
+    return redis, clock, commands, connections
+
+
+def test_a_redis_that_stops_answering_is_left_within_the_lease():
+    redis, clock, _, connections = hanging_link()
+    step = redis.lease / 3
+    for _ in range(2):  # the renewal is sent; one beat later it is not yet overdue
+        redis._heartbeat()
+        clock.advance(0)
+        assert not any(c.transport.aborted for c in connections)
+        clock.advance(step)
+    redis._heartbeat()  # two beats later, half a lease has passed
+    clock.advance(0)
+    assert all(c.transport.aborted for c in connections)
+    assert clock.seconds() < redis.lease
+
+
+def test_an_answer_that_waited_while_the_reactor_was_busy_is_not_a_hang():
+    redis, clock, commands, connections = hanging_link()
+    redis._heartbeat()  # the renewal is sent; then the reactor is stuck for 3 s
+    clock.advance(3.0)
+    redis._heartbeat()  # a late beat sees it unanswered, and judges after the reads...
+    commands.answer_renewals()  # ...which bring the answer that had arrived meanwhile
+    clock.advance(0)
+    assert not any(c.transport.aborted for c in connections)

@@ -191,6 +191,8 @@ class RedisLink(service.Service):
         self._beat.clock = clock
         self._fetching_guests = False
         self._joined_at = 0.0
+        self._renewing: float | None = None  # when the unanswered lease renewal was sent
+        self._watching = False  # a renewal and the look at the other nodes under way
         # How far behind this node reads the channel, from its own heartbeats (seconds),
         # and what Redis holds for each node's subscription (bytes, by node id).
         self.lag = 0.0
@@ -206,9 +208,10 @@ class RedisLink(service.Service):
         endpoint = self.address.endpoint(self.reactor)
         self._command_factory = txredisapi.RedisFactory(
             None, self.address.db, 1, isLazy=True, password=self.address.password,
-            # A command unanswered for half a lease means Redis hangs: the node declares
-            # itself split (and reconnects) before its lease could run out unnoticed.
-            replyTimeout=self.lease / 2, convertNumbers=False,
+            # No timeout per command: one fires on this node's clock, so after the
+            # reactor was busy for a while it fires before the answer, already here, is
+            # read. A Redis that hangs is found by the lease renewal (``_heartbeat``).
+            replyTimeout=None, convertNumbers=False,
         )  # fmt: skip
         self._command_factory.startConnecting(endpoint)
         self._commands = self._command_factory.handler
@@ -401,8 +404,17 @@ class RedisLink(service.Service):
         which nodes fall behind."""
         if not self._up:
             return
-        d = self._renew_and_watch()
-        d.addErrback(self._lost_command, "renewing the lease")
+        renewing = self._renewing
+        if renewing is not None and self.clock.seconds() - renewing >= self.lease / 2:
+            # Judged after this turn's reads: an answer that waited while the reactor was
+            # busy is read first.
+            self.clock.callLater(0, self._hung, renewing)
+        if not self._watching:
+            self._watching = True
+            self._renewing = self.clock.seconds()
+            d = self._renew_and_watch()
+            d.addErrback(self._lost_command, "renewing the lease")
+            d.addBoth(self._watched)
         # Back through our own subscription: how late this node reads (``_beat_back``).
         # Others learn from it the last envelope sent, so a lost one shows within a beat.
         self._commands.publish(CHANNEL, self.node.beat()).addErrback(
@@ -413,12 +425,30 @@ class RedisLink(service.Service):
                 self._read_backlogs, self._no_backlogs
             )
 
+    def _watched(self, _: Any) -> None:
+        self._watching = False
+        self._renewing = None
+
+    def _hung(self, since: float) -> None:
+        """The lease renewal sent at ``since`` is still unanswered, half a lease later:
+        Redis hangs (or the path to it drops everything).  Drop the connections, so this
+        node says it is split and reconnects, before its lease runs out unnoticed."""
+        if self._renewing != since or not self._up:
+            return
+        self.log.warn("backplane: redis has not answered for {seconds} s; reconnecting",
+                      seconds=round(self.clock.seconds() - since, 1))  # fmt: skip
+        for connection in list(getattr(self._command_factory, "pool", [])):
+            if connection.transport is not None:
+                connection.transport.abortConnection()
+        if self._subscriber is not None and self._subscriber.transport is not None:
+            self._subscriber.transport.abortConnection()
+
     def _beat_back(self, lag: float) -> None:
         self.lag = lag
         if lag >= SLOW_LAG:
             self._report_slow(
-                self.node.id, "backplane: node {node} reads the network {lag:.1f} s late "
-                "(its reactor is busy, or Redis is slow to send)", lag=lag,
+                self.node.id, "backplane: node {node} reads the network {lag} s late "
+                "(its reactor is busy, or Redis is slow to send)", lag=round(lag, 1),
             )  # fmt: skip
 
     def _read_backlogs(self, listing: Any) -> None:
@@ -453,6 +483,7 @@ class RedisLink(service.Service):
     def _renew_and_watch(self) -> Any:
         commands = self._commands
         yield commands.set(PREFIX + "lease:" + self.node.id, "1", pexpire=int(self.lease * 1000))
+        self._renewing = None  # Redis answers
         others = yield commands.smembers(PREFIX + "nodes")
         for other in others:
             other = _text(other)

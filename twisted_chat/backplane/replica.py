@@ -184,13 +184,14 @@ class Node:
 
     def talked(self, member: Member, event: Event) -> None:
         self._op(
-            member, op="say", kind=event.type, room=getattr(event, "room", ""),
+            member, False, op="say", kind=event.type, room=getattr(event, "room", ""),
             text=getattr(event, "text_", ""), ts=event.ts,
         )  # fmt: skip
 
     def whispered(self, member: Member, target: Member, event: Event) -> None:
         assert isinstance(event, Private)
-        self._op(member, op="pm", to=[target.node, target.id], text=event.text_, ts=event.ts)
+        self._op(member, False, op="pm", to=[target.node, target.id], text=event.text_,
+                 ts=event.ts)  # fmt: skip
 
     def renamed(self, member: Member, old: str) -> None:
         self._op(member, op="nick", nick=member.nick)
@@ -204,10 +205,13 @@ class Node:
         if self.link.connected():
             self.link.release(list(skeletons(member.nick)), self.owner(member))
 
-    def _op(self, member: Member, **op: Any) -> None:
+    def _op(self, member: Member, changes: bool = True, **op: Any) -> None:
+        """Queue ``op`` for this turn's envelope; ``changes``: it changes the member's
+        stored state (talking does not, so the state is not written again for it)."""
         op["m"] = member.id
         self._ops.append(op)
-        self._touched[member.id] = member
+        if changes:
+            self._touched[member.id] = member
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
 
