@@ -478,3 +478,43 @@ def _in_thread(f, *args):
     from twisted.internet import reactor, threads
 
     return threads.deferToThread(f, *args).addTimeout(5, reactor)
+
+
+def test_a_full_worker_steps_aside_until_one_of_its_clients_leaves():
+    """Its listening socket is shared: while its share is full it stops accepting (a
+    refusal is quick, so it would win every accept), and takes newcomers again as soon
+    as a client leaves, or after FULL_PAUSE in any case."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionDone
+
+    from tests.doubles import ProtocolHarness
+    from twisted_chat.rules.admission import FULL_PAUSE
+
+    class Port:
+        reading = True
+
+        def stopReading(self) -> None:
+            self.reading = False
+
+        def startReading(self) -> None:
+            self.reading = True
+
+    h = ProtocolHarness()
+    admission = h.rules.admission
+    admission.max_clients = 2
+    admission.shared_port = True
+    port = Port()
+    admission.listening(port)
+    here = IPv4Address("TCP", "10.0.0.7", 1)
+    first = h.factory.buildProtocol(here)
+    assert port.reading
+    h.factory.buildProtocol(here)  # its share is full now
+    assert not port.reading
+    first.connectionLost(Failure(ConnectionDone()))  # a client leaves: room again
+    assert port.reading and h.clock.getDelayedCalls() == []
+    h.factory.buildProtocol(here)
+    assert not port.reading
+    h.clock.advance(FULL_PAUSE)  # still full: it looks again a second later...
+    assert port.reading
+    h.factory.buildProtocol(here)  # ...and steps aside again at once after a refusal
+    assert not port.reading

@@ -864,6 +864,7 @@ def build_node(
     admission.max_clients = options["max-clients"]
     admission.max_per_address = options["max-per-address"]
     admission.connect_rate = options["connect-rate"]
+    admission.shared_port = sockets is not None  # a worker: others accept on its socket
     for door in FRONT_DOORS:
         endpoint, description = options["doors"][door.option]
         if endpoint is None:

@@ -26,6 +26,10 @@ REFUSAL_BUDGET = 200.0
 # listen queue then overflows: measured, a newcomer waited 7.6 s at 20, 30-80 ms at 200.
 REFUSAL_BURST = 200.0
 ACCEPT_PAUSE = 0.05
+# A worker of ``--workers N`` whose share of --max-clients is full stops accepting for up
+# to this long (until one of its clients leaves), so the others, sharing its listening
+# socket, take the newcomers: a full worker refuses fast, so it would win every accept.
+FULL_PAUSE = 1.0
 REFUSAL_LOG_EVERY = 10.0  # seconds between log lines about one refused address
 REFUSAL_TELL_FOR = 1.0  # after one, its refusals say why for this long, then just close
 # A refused connection is held open, unread, this long before it is closed: a client that
@@ -68,6 +72,11 @@ class Admission:
         self._refusals: TokenBucket | None = None
         self._accept_resume: IDelayedCall | None = None
         self._pauses = 0
+        self._paused: list[Any] = []
+        self._stepped_aside = False  # the pause is for being full, not for a flood
+        # The listening socket is shared with other processes (--workers): when full,
+        # step aside rather than refuse what another worker could seat.
+        self.shared_port = False
 
     def admit(self, addr: object) -> tuple[str, Refused | None]:
         """Count a new connection from ``addr`` in, or say why not: (its key, refusal)."""
@@ -75,11 +84,13 @@ class Admission:
         host = network_key(str(getattr(addr, "host", "local")))
         reason = self._refusal(host)
         if reason is not None:
+            self._step_aside_when_full()
             self._count_refusal()
             tell = self._log_refusal(host, reason)
             return host, Refused(reason, tell, self.held < MAX_HELD_REFUSALS)
         self.total += 1
         self.per_address[host] += 1
+        self._step_aside_when_full()
         return host, None
 
     def released(self, host: str) -> None:
@@ -88,9 +99,19 @@ class Admission:
         self.per_address[host] -= 1
         if self.per_address[host] <= 0:
             del self.per_address[host]
+        if self._stepped_aside and self._accept_resume is not None and not self._full():
+            self._accept_resume.cancel()
+            self._resume_accepting(self._paused)
+
+    def _step_aside_when_full(self) -> None:
+        if self.shared_port and self._full() and self._accept_resume is None:
+            self._stepped_aside = self._pause(FULL_PAUSE)
+
+    def _full(self) -> bool:
+        return self.max_clients is not None and self.total >= self.max_clients
 
     def _refusal(self, host: str) -> str | None:
-        if self.max_clients is not None and self.total >= self.max_clients:
+        if self._full():
             return f"the server is full ({self.max_clients} connections); try again later"
         if self.max_per_address is not None and self.per_address[host] >= self.max_per_address:
             return f"too many connections from your address (at most {self.max_per_address})"
@@ -126,11 +147,8 @@ class Admission:
         self._refusals.take(now)
         if self._refusals.tokens >= 0 or self._accept_resume is not None:
             return
-        ports = [p for p in self.ports if hasattr(p, "stopReading") and hasattr(p, "startReading")]
-        if not ports:
+        if not self._pause(ACCEPT_PAUSE):
             return
-        for port in ports:
-            port.stopReading()
         self._pauses += 1
         if self._pauses == 1 or self._pauses % 100 == 0:
             self.log.warn(
@@ -140,7 +158,19 @@ class Admission:
                 pause=ACCEPT_PAUSE,
                 pauses=self._pauses,
             )
-        self._accept_resume = self.clock.callLater(ACCEPT_PAUSE, self._resume_accepting, ports)
+
+    def _pause(self, seconds: float) -> bool:
+        """Stop accepting for ``seconds`` (unless already paused); False: no port."""
+        if self._accept_resume is not None:
+            return True
+        ports = [p for p in self.ports if hasattr(p, "stopReading") and hasattr(p, "startReading")]
+        if not ports:
+            return False
+        for port in ports:
+            port.stopReading()
+        self._paused = ports
+        self._accept_resume = self.clock.callLater(seconds, self._resume_accepting, ports)
+        return True
 
     def listening(self, port: object) -> None:
         """``port`` accepts connections counted here: a flood of refusals may pause it."""
@@ -157,6 +187,8 @@ class Admission:
 
     def _resume_accepting(self, paused: list[Any]) -> None:
         self._accept_resume = None
+        self._paused = []
+        self._stepped_aside = False
         for port in paused:
             if port not in self.ports:
                 continue  # closed meanwhile
