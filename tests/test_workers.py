@@ -196,7 +196,9 @@ def test_workers_start_with_the_socket_and_the_parents_arguments(events):
     supervisor.startService()
     assert len(reactor.spawned) == 2
     for number, (_, call) in enumerate(reactor.spawned, 1):
-        assert call["args"][1:] == ["-m", "twisted_chat.workers", str(number)]
+        assert call["args"][1:] == ["-P", "-m", "twisted_chat.workers", str(number)]
+        # The same code as the parent's, whatever the working folder holds.
+        assert call["env"]["PYTHONPATH"].split(os.pathsep)[0] == sup.PACKAGE_ROOT
         assert call["childFDs"] == {0: "w", 1: "r", 2: "r", 3: 7}
         assert call["path"] == "/srv/chat"
         config = json.loads(call["env"][sup.CONFIG_ENV])

@@ -481,8 +481,8 @@ class ChatService(service.Service):
         self.nicks.release(old, member)
         self.nicks.claim(nick, member)
         member.nick = nick
-        self.log.info("nick {old} -> {new}", old=old, new=nick)
-        if not member.node:
+        if not member.node:  # another node's member is logged there
+            self.log.info("nick {old} -> {new}", old=old, new=nick)
             self.network.renamed(member, old)
         audience: dict[Member, None] = {member: None}
         for room in member.rooms.values():

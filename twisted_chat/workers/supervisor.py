@@ -32,6 +32,8 @@ from twisted.logger import Logger, LogLevel, eventFromJSON
 # arguments and folder, and its sockets (option -> [fd in the worker, address family]).
 CONFIG_ENV = "GROUPCHAT_WORKER"
 WORKER_MODULE = "twisted_chat.workers"
+# The folder holding the twisted_chat package this process imported.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FIRST_DELAY = 0.5  # a dead worker is restarted after this, doubled for each quick death
 MAX_DELAY = 30.0  # ... up to this: a worker that cannot start costs a fork per 30 s
@@ -103,8 +105,13 @@ class Supervisor(service.Service):
         config = {"worker": slot.number, "workers": self.count, "argv": self.argv,
                   "sockets": passed}  # fmt: skip
         env = {**os.environ, CONFIG_ENV: json.dumps(config)}
+        # The worker runs the code this process runs: its package first on the path, and
+        # -P keeps the working folder (which may hold another copy) off the front.
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])
+        )
         # The number in the command line is for ps only; the worker reads CONFIG_ENV.
-        argv = [sys.executable, "-m", WORKER_MODULE, str(slot.number)]
+        argv = [sys.executable, "-P", "-m", WORKER_MODULE, str(slot.number)]
         try:
             process = self.reactor.spawnProcess(
                 WorkerProcess(self, slot), sys.executable, argv, env=env,
