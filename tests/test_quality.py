@@ -89,3 +89,16 @@ def test_layers_import_only_downwards():
             if not any(target == ok or target.startswith(ok + ".") for ok in allowed):
                 wrong.append(f"{path.relative_to(ROOT)} imports {name}")
     assert wrong == []
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject.toml lists packages by name: one left out installs without it (the
+    backplane once did), which only an installed, not editable, copy shows."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "twisted_chat").rglob("__init__.py")
+    }
+    assert found <= set(setuptools["packages"]), sorted(found - set(setuptools["packages"]))
