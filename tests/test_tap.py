@@ -112,6 +112,10 @@ def test_messages_read_like_sentences():
     assert message("--idle-warning", "20") == (
         "--idle-warning must be at most half of --heartbeat-timeout (15 s), not 20"
     )
+    assert message("--port", "systemd:domain=INET:index=0") == (
+        "--port 'systemd:domain=INET:index=0' is not usable: no such socket was passed to "
+        "this process"
+    )
 
 
 def test_idle_warning_defaults_to_five_seconds_or_half_a_short_timeout():

@@ -457,6 +457,10 @@ def parse_endpoint(option: str, value: str, reactor: Any) -> tuple[Any, str]:
         ) from None
     except (ValueError, ImportError, OSError, KeyError) as e:
         raise OptionError(f"--{option} {value!r} is not usable: {e}") from None
+    except IndexError:  # systemd: with no socket passed by systemd at that index
+        raise OptionError(
+            f"--{option} {value!r} is not usable: no such socket was passed to this process"
+        ) from None
     number = getattr(endpoint, "_port", 0)
     if isinstance(number, int) and not 0 <= number <= 65535:
         raise OptionError(f"--{option} {value!r}: the port must be 0 to 65535")
