@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -73,10 +74,12 @@ def groupchat_server(
     cpus: int | str = 0,
     ready: str | None = None,
     ready_count: int = 1,
+    keep_log: str | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Our server on a free loopback port, yielding ``(port, pid)`` once it listens and,
     with ``ready``, once its log has that text too (``joined the network``),
-    ``ready_count`` times (once per worker)."""
+    ``ready_count`` times (once per worker). ``keep_log``: where its log is copied when
+    it has stopped."""
     extra = [*(extra or QUIET_HEARTBEATS), *shlex.split(os.environ.get("GROUPCHAT_ARGS", ""))]
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
@@ -99,6 +102,8 @@ def groupchat_server(
             yield int(port_file.read_text().strip().rsplit(":", 1)[1]), proc.pid
         finally:
             stop(proc)  # a node whose Redis is gone may wait on it when told to stop
+            if keep_log is not None:
+                shutil.copyfile(log_path, keep_log)
 
 
 @contextmanager

@@ -28,19 +28,15 @@ import json
 import multiprocessing
 import os
 import resource
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, cast
 
-from bench.common import ROOT, cpu_seconds, rss_bytes, run_loop
-from bench.references import redis_server
+from bench.common import ROOT, groupchat_server, rss_bytes, run_loop, tree_cpu_seconds
+from bench.references import HOST, redis_server
 
 HEARTBEAT_INTERVAL = 10.0  # the server's defaults: the run uses them unchanged
 HEARTBEAT_TIMEOUT = 30.0
@@ -205,49 +201,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-@contextmanager
-def workers_server(
-    redis_port: int, workers: int, clients: int, keep_log: str | None = None
-) -> Iterator[tuple[int, int]]:
-    """``twistd -n groupchat --workers W`` on the default heartbeat, limits opened wide
-    enough for the run (they are not what is measured here)."""
-    twistd = Path(sys.executable).with_name("twistd")
-    with tempfile.TemporaryDirectory() as tmp:
-        port_file = Path(tmp) / "port"
-        argv = [
-            str(twistd), "-n", "--pidfile", "", "groupchat",
-            "--port", "tcp:0:interface=127.0.0.1", "--port-file", str(port_file),
-            "--backplane", f"redis://127.0.0.1:{redis_port}", "--workers", str(workers),
-            # Each worker's share of --max-clients just under its descriptor limit: the
-            # kernel spreads connections unevenly, and no share may fill up first.
-            "--max-clients", str(workers * 19_000), "--max-per-address", str(clients),
-            "--connect-rate", "1000000",
-        ]  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        with open(Path(tmp) / "log", "wb") as log:
-            proc = subprocess.Popen(argv, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while not port_file.exists() or len(_children(proc.pid)) < workers:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(
-                        "groupchat --workers did not start:\n"
-                        + (Path(tmp) / "log").read_text(errors="replace")[-3000:]
-                    )
-                time.sleep(0.1)
-            time.sleep(3)  # every worker joins the network
-            yield int(port_file.read_text().strip().rsplit(":", 1)[1]), proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-            if keep_log is not None:
-                shutil.copyfile(Path(tmp) / "log", keep_log)
-
-
 def _server_rss(pid: int) -> int:
     total = rss_bytes(pid)
     for child in _children(pid):
@@ -256,23 +209,20 @@ def _server_rss(pid: int) -> int:
     return total
 
 
-def _server_cpu(pid: int) -> float:
-    total = cpu_seconds(pid)
-    for child in _children(pid):
-        with suppress(FileNotFoundError):
-            total += cpu_seconds(child)
-    return total
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     per = [args.clients // args.generators] * args.generators
     per[0] += args.clients - sum(per)
-    with (
-        redis_server() as (redis_port, redis_pid),
-        workers_server(redis_port, args.workers, args.clients, args.log) as (port, pid),
-    ):
+    with redis_server() as (redis_port, redis_pid), groupchat_server(
+        # The default heartbeat; each worker's share of --max-clients just under its
+        # descriptor limit.
+        [
+            "--backplane", f"redis://{HOST}:{redis_port}", "--workers", str(args.workers),
+            "--max-clients", str(args.workers * 19_000),
+        ],
+        cpus="0,1", ready="joined the network", ready_count=args.workers, keep_log=args.log,
+    ) as (port, pid):  # fmt: skip
         rss0, redis_rss0 = _server_rss(pid), rss_bytes(redis_pid)
-        cpu0, redis_cpu0 = _server_cpu(pid), cpu_seconds(redis_pid)
+        cpu0, redis_cpu0 = tree_cpu_seconds(pid), tree_cpu_seconds(redis_pid)
         ctx = multiprocessing.get_context("spawn")
         pipes, procs = [], []
         for i, count in enumerate(per):
@@ -326,7 +276,7 @@ def _measure(
     reached = sum(m["marked"] for m in marked)
     expected = sum(m["expected"] for m in marked)
     deliver_s = max(m["at"] for m in marked) - said
-    cpu1, redis_cpu1 = _server_cpu(pid), cpu_seconds(redis_pid)
+    cpu1, redis_cpu1 = tree_cpu_seconds(pid), tree_cpu_seconds(redis_pid)
     result = {
         "clients": total,
         "workers": args.workers,

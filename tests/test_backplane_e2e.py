@@ -115,6 +115,21 @@ def numbered(client: ChatClient, prefix: str, room: str, sender: str) -> list[st
     ]
 
 
+def at_once(lines: list[tuple[ChatClient, str]]) -> None:
+    """Each client says its line, all released together (a race between nodes)."""
+    go = threading.Barrier(len(lines))
+
+    def say(client: ChatClient, line: str) -> None:
+        go.wait(timeout=5)
+        client.say(line)
+
+    threads = [threading.Thread(target=say, args=pair) for pair in lines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=5)
+
+
 def heard_line(client: ChatClient, line: str, timeout: float) -> bool:
     """Whether ``line`` arrives within ``timeout`` or had arrived (taken by an earlier
     ``poll`` or not): unlike ``expect``, it does not consume the line."""
@@ -211,19 +226,7 @@ def test_simultaneous_nick_claims_on_two_nodes_have_one_winner(
         c2 = connect(two, f"r{round_no}-two")
         for client in (c1, c2):  # each node knows of both
             wait_known(client, {c1.nick, c2.nick}, 5.0)
-        go = threading.Barrier(2)
-
-        def claim(client: ChatClient, name: str, go: threading.Barrier = go) -> None:
-            go.wait(timeout=5)
-            client.say(f"/nick {name}")
-
-        threads = [
-            threading.Thread(target=claim, args=(c, n)) for c, n in ((c1, name1), (c2, name2))
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=5)
+        at_once([(c1, f"/nick {name1}"), (c2, f"/nick {name2}")])
 
         outcome = {}
         for client, name in ((c1, name1), (c2, name2)):
@@ -268,17 +271,7 @@ def test_a_login_is_held_once_across_nodes_even_when_raced(
                    for i, server in enumerate((one, two))]  # fmt: skip
         for client in clients:
             client.expect("This server needs a login")
-        go = threading.Barrier(2)
-
-        def log_in(client: ChatClient, go: threading.Barrier = go) -> None:
-            go.wait(timeout=5)
-            client.say("/login alice secret1")
-
-        threads = [threading.Thread(target=log_in, args=(c,)) for c in clients]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=5)
+        at_once([(client, "/login alice secret1") for client in clients])
         said = [client.expect(answer) for client in clients]
         assert said.count(in_use) == 1, said
         assert sum(line.startswith(welcome) for line in said) == 1, said

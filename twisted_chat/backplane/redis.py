@@ -141,11 +141,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
         # Everything one read brings (often many envelopes) is one batch: each member
         # gets one write for all of it, as for one chunk of a client's input.
-        node = self.link.node
-        if node.batching is None:
-            super().dataReceived(data, unpause)
-            return
-        with node.batch():
+        with self.link.node.batch():
             super().dataReceived(data, unpause)
 
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
@@ -300,7 +296,7 @@ class RedisLink(service.Service):
         for start in range(0, len(present), CLAIMS_AT_ONCE):  # pipelined, in bounded runs
             batch = present[start : start + CLAIMS_AT_ONCE]
             won = yield defer.gatherResults(
-                [self.claim(sorted(set(skeletons(m.nick))), node.owner(m)) for m in batch],
+                [self.claim(list(skeletons(m.nick)), node.owner(m.id)) for m in batch],
                 consumeErrors=True,
             )
             for member, granted in zip(batch, won, strict=True):

@@ -124,7 +124,7 @@ class Node:
     def claim(self, nick: str, member_id: int) -> defer.Deferred[bool] | None:
         if not self.link.connected():
             return None  # split: granted here, claimed again when the network is back
-        d = self.link.claim(list(skeletons(nick)), f"{self.id}/{member_id}")
+        d = self.link.claim(list(skeletons(nick)), self.owner(member_id))
         return d.addErrback(self._unanswered)
 
     def _unanswered(self, failure: Any) -> bool:
@@ -133,7 +133,7 @@ class Node:
 
     def unclaim(self, nick: str, member_id: int) -> None:
         if self.link.connected():
-            self.link.release(list(skeletons(nick)), f"{self.id}/{member_id}")
+            self.link.release(list(skeletons(nick)), self.owner(member_id))
 
     def guest_number(self) -> int | None:
         if self.guests:
@@ -154,8 +154,9 @@ class Node:
                 high = max(high, int(found[1]))
         return high
 
-    def owner(self, member: Member) -> str:
-        return f"{self.id}/{member.id}"
+    def owner(self, member_id: int) -> str:
+        """Who holds a name in the arbiter: a member here, or one about to connect."""
+        return f"{self.id}/{member_id}"
 
     def arrived(self, member: Member) -> None:
         self._op(member, op="arrive", nick=member.nick, login=member.logged_in)
@@ -168,7 +169,7 @@ class Node:
         if not self.link.connected():
             return
         nick = member.nick
-        d = self.link.claim(list(skeletons(nick)), self.owner(member))
+        d = self.link.claim(list(skeletons(nick)), self.owner(member.id))
         d.addCallback(self._confirmed, member, nick)
         d.addErrback(self._log_failure, "claiming a member's name")
 
@@ -197,13 +198,13 @@ class Node:
         self._op(member, op="nick", nick=member.nick)
         if self.link.connected():
             self.link.release(sorted(set(skeletons(old)) - set(skeletons(member.nick))),
-                              self.owner(member))  # fmt: skip
+                              self.owner(member.id))  # fmt: skip
         self._confirm(member)
 
     def left(self, member: Member, kind: str, reason: str, after: float) -> None:
         self._op(member, op="leave", kind=kind, reason=reason, after=after)
         if self.link.connected():
-            self.link.release(list(skeletons(member.nick)), self.owner(member))
+            self.link.release(list(skeletons(member.nick)), self.owner(member.id))
 
     def _op(self, member: Member, changes: bool = True, **op: Any) -> None:
         """Queue ``op`` for this turn's envelope; ``changes``: it changes the member's
@@ -278,8 +279,7 @@ class Node:
             return  # the state being read covers it
         last = self.seen.get(node)
         if last is None or seq > last:  # an envelope sent before it never arrived
-            self._reading[node] = []
-            self.on_read(node, False)
+            self._read(node, announced=False)
 
     def _take(self, node: str, seq: int, ops: list[dict[str, Any]], whole: bool) -> None:
         pending = self._reading.get(node)
@@ -289,13 +289,16 @@ class Node:
         last = self.seen.get(node)
         if whole or last is None or seq > last + 1:
             # New, back after a split, or envelopes missed: its stored state is read.
-            self._reading[node] = []
-            self.on_read(node, whole)
+            self._read(node, announced=whole)
             return
         if seq == last + 1:
             self.seen[node] = seq
             self.apply(node, ops)
         # else: already covered by a state read after it was sent
+
+    def _read(self, node: str, announced: bool) -> None:
+        self._reading[node] = []  # its envelopes wait here until the state is applied
+        self.on_read(node, announced)
 
     def abandon_reads(self) -> None:
         """The network is lost: reads in progress will never answer."""
