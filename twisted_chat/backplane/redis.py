@@ -401,9 +401,11 @@ class RedisLink(service.Service):
         if not self._up:
             return
         renewing = self._renewing
-        if renewing is not None and self.clock.seconds() - renewing >= self.lease / 2:
-            # Judged after this turn's reads: an answer that waited while the reactor was
-            # busy is read first.
+        # A renewal still unanswered one beat later (lease / 3; the test allows for a
+        # beat come early) is judged after this turn's reads, so an answer that waited
+        # while the reactor was busy is read first.  A hang is then left within two
+        # beats of its start, inside the lease.
+        if renewing is not None and self.clock.seconds() - renewing >= self.lease / 4:
             self.clock.callLater(0, self._hung, renewing)
         if not self._watching:
             self._watching = True
@@ -426,7 +428,7 @@ class RedisLink(service.Service):
         self._renewing = None
 
     def _hung(self, since: float) -> None:
-        """The lease renewal sent at ``since`` is still unanswered, half a lease later:
+        """The lease renewal sent at ``since`` is still unanswered a beat later:
         Redis hangs (or the path to it drops everything).  Drop the connections, so this
         node says it is split and reconnects, before its lease runs out unnoticed."""
         if self._renewing != since or not self._up:
