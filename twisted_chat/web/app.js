@@ -953,7 +953,8 @@ function userLineSent(c, item) {
 
 // -- what the user types ----------------------------------------------------------------
 
-function submitLine(raw) {
+// ``typed``: the user typed it (Up brings it back); otherwise a button made it.
+function submitLine(raw, { typed = true } = {}) {
   const line = raw.replace(/[\r\n]+/g, " ");
   if (!line.trim()) return true;
   const trimmed = line.trimStart();
@@ -973,7 +974,7 @@ function submitLine(raw) {
       return true;
     }
     // Otherwise the server answers for itself (not-needed).
-  } else {
+  } else if (typed) {
     remember(line);
   }
   if (command === "/quit") {
@@ -1196,11 +1197,13 @@ function showLogin(c) {
 }
 
 function hideLogin() {
+  const hadFocus = $("login").contains(document.activeElement);
   $("login").hidden = true;
   document.body.classList.remove("login-open");
   for (const node of document.querySelectorAll(".topbar, .layout, #nick-form")) node.inert = false;
   $("login-password").value = "";
   showLoginError("");
+  if (hadFocus) $("composer-input").focus();
 }
 
 function showLoginError(text) {
@@ -1224,7 +1227,8 @@ function welcomed(c, welcome) {
   c.lastPing = now();
   state.loggedIn = Boolean(welcome.logged_in);
   state.nick = str(welcome.nick);
-  if (state.loggedIn || !state.wantedNick) state.wantedNick = state.nick;
+  // A guest name is not asked for again: a new connection gets a new one.
+  if (state.loggedIn) state.wantedNick = state.nick;
   holdForLogin = false;
   hideLogin();
   renderMe();
@@ -1281,11 +1285,6 @@ function restoredNow(c) {
   const where = c.askedCurrent ? ` in ${c.askedCurrent}` : "";
   setStatus("connected", `Connected as ${state.nick}`);
   notice(hereView(), `${c.reconnected ? "Reconnected" : "Connected"} as ${state.nick}${where}.`);
-  if (!views.has(state.active) || state.active === "server") {
-    if (state.serverCurrent && state.rooms.has(keyOf(state.serverCurrent))) {
-      activate(`room:${keyOf(state.serverCurrent)}`);
-    }
-  }
   const room = activeRoom();
   if (room) queueWho(room);
   requestRooms(0);
@@ -1607,7 +1606,7 @@ function restoreNickRefused(c, code, message) {
     return;
   }
   c.restoringNick = null;
-  state.wantedNick = state.nick;
+  state.wantedNick = null;
   problem(message);
   notice(hereView(), `You are chatting as ${state.nick}; pick another name with the button at the top, or /nick NAME.`);
   renderMe();
@@ -1720,7 +1719,7 @@ function wire() {
     }
     const join = event.target.closest("button.join-item");
     if (join) {
-      submitLine(`/join ${join.dataset.room}`);
+      submitLine(`/join ${join.dataset.room}`, { typed: false });
       $("composer-input").focus();
       return;
     }
@@ -1752,7 +1751,7 @@ function wire() {
       input.focus();
       return;
     }
-    if (submitLine(`/join ${roomName(name)}`)) input.value = "";
+    if (submitLine(`/join ${roomName(name)}`, { typed: false })) input.value = "";
     $("composer-input").focus();
   });
 
@@ -1766,7 +1765,7 @@ function wire() {
   $("leave-button").addEventListener("click", () => {
     const view = views.get(state.active);
     if (view.kind === "room") {
-      submitLine(`/part ${viewLabel(view)}`);
+      submitLine(`/part ${viewLabel(view)}`, { typed: false });
     } else if (view.kind === "pm") {
       state.pms.delete(view.key);
       dropView(view.id);
@@ -1803,7 +1802,7 @@ function wire() {
       closeNickForm({ focus: true });
       return;
     }
-    submitLine(`/nick ${name}`);
+    submitLine(`/nick ${name}`, { typed: false });
   });
   $("nick-form").addEventListener("keydown", (event) => {
     if (event.key === "Escape") closeNickForm({ focus: true });
