@@ -842,6 +842,7 @@ def _supervising(options: Options, reactor: Any) -> service.MultiService:
         if endpoint is None:
             continue
         held[door.option] = HeldListener(endpoint, description, options[door.port_file], reactor)
+        held[door.option].web = door.option == "web"
         held[door.option].setServiceParent(top)
 
     def sockets() -> dict[str, tuple[int, int]]:
