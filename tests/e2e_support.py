@@ -98,6 +98,14 @@ class ServerProcess:
                     f"server exited with {self.proc.returncode} before listening:\n{self.log()}"
                 )
 
+    def web_port(self, timeout: float = STARTUP_TIMEOUT) -> int:
+        """The --web door's port, from the --web-port-file ``start_server`` asked for."""
+        path = self.workdir / "web-port"
+        assert wait_until(path.exists, timeout), f"no web port file:\n{self.log()}"
+        m = re.fullmatch(r"(?:tcp|ssl):127\.0\.0\.1:(\d+)", path.read_text().strip())
+        assert m, f"unexpected web port file content {path.read_text()!r}"
+        return int(m.group(1))
+
     def wait_exit(self, timeout: float) -> int:
         try:
             return self.proc.wait(timeout=timeout)
@@ -143,6 +151,8 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
         argv = [*twistd_command(), "-n", "--pidfile=", "groupchat", "--port", port]
         if port_file is not None:
             argv += ["--port-file", str(port_file)]
+        if "--web" in options:
+            argv += ["--web-port-file", str(workdir / "web-port")]
         argv += options
         log_path = workdir / "server.log"
         with open(log_path, "wb") as log:

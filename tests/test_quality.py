@@ -60,6 +60,8 @@ LAYERS = {
     },
     # The supervisor knows nothing of the chat; a worker builds its node with tap.
     "workers": {"tap", "workers"},
+    # The browser client's files: read by doors.web as package data, importing nothing.
+    "web": set(),
 }
 
 

@@ -75,6 +75,10 @@ def test_listen_queue_outlasts_an_accept_pause(port, backlog):
         ["--register-timeout", "0"],
         ["--idle-warning", "20"],
         ["--sweep-interval", "100"],
+        ["--web", "tcp:99999"],
+        ["--web", "nonsense:1"],
+        ["--web-origin", "chat.example.com"],
+        ["--web-origin", "https://chat.example.com/path"],
     ],
 )
 def test_bad_values_are_usage_errors(args):
@@ -89,6 +93,21 @@ def test_make_service_builds_core_then_listener():
     assert isinstance(services[0], ChatService)
     assert isinstance(services[1], tap.ListenerService)
     assert services[0].heartbeat.timeout == 30.0
+
+
+def test_web_adds_a_second_listener_on_the_same_rules_and_origins_repeat():
+    from twisted_chat.doors.web import WebSite
+
+    options = parse(
+        "--port", "tcp:0", "--web", "tcp:0",
+        "--web-origin", "https://A.example", "--web-origin", "http://b.example:8080/",
+    )  # fmt: skip
+    assert options["web-origin"] == ["https://a.example", "http://b.example:8080"]
+    services = list(IServiceCollection(tap.makeService(options)))
+    line, web = (s for s in services if isinstance(s, tap.ListenerService))
+    assert isinstance(web.factory, WebSite) and web.web and not line.web
+    assert web.factory.rules is line.factory.rules  # type: ignore[attr-defined]
+    assert parse()["doors"]["web"] == (None, "")  # no web client unless asked
 
 
 def test_plugin_is_thin_and_names_tap_module():

@@ -322,6 +322,20 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "ssl:... behind TLS) to this file, removed again at exit; useful with port 0.",
         ],
         [
+            "web",
+            None,
+            None,
+            "Also serve the browser client: a web page at / and its WebSocket at /ws, on "
+            "this endpoint (tcp:8080, or ssl:8443:privateKey=KEY:certKey=CERT for https). "
+            "Default: no web client.",
+        ],
+        [
+            "web-port-file",
+            None,
+            None,
+            "Like --port-file, for --web's address.",
+        ],
+        [
             "backplane",
             None,
             None,
@@ -357,6 +371,17 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             f"Python {platform.python_version()})\n"
         )
         raise SystemExit(0)
+
+    def opt_web_origin(self, origin: str) -> None:
+        """Let pages of this origin (scheme://host[:port], or * for any) open the web
+        client's WebSocket; may be repeated. Default: only pages of the host the browser
+        connected to."""
+        from twisted_chat.doors.web import normalize_origin
+
+        try:
+            self.setdefault("web-origin", []).append(normalize_origin(origin))
+        except ValueError as e:
+            raise OptionError(f"--web-origin: {e}") from None
 
     def opt_auth(self, description: str) -> None:
         """Require a login, checked by a Twisted strcred checker such as file:users.txt
@@ -469,19 +494,35 @@ def parse_endpoint(option: str, value: str, reactor: Any) -> tuple[Any, str]:
 
 @dataclass(frozen=True)
 class FrontDoor:
-    """A way into the chat: the option that says where it listens, and its factory.
+    """A way into the chat: the option that says where it listens, its factory, and the
+    option naming the file its bound address is written to.
 
-    Every door's factory takes the shared ``Rules``, so it gets the same limits, logins
-    and output coalescing as every other door.
+    Every door's factory takes the shared ``Rules`` (and the options), so it gets the
+    same limits, logins and output coalescing as every other door.
     """
 
     option: str
     what: str
-    factory: Callable[[Rules], IProtocolFactory]
+    factory: Callable[[Rules, Any], IProtocolFactory]
+    port_file: str
 
 
-# Every front door, in one place: adding one is one entry here and one option above.
-FRONT_DOORS = (FrontDoor("port", "the line protocol (telnet, nc, the client)", ChatFactory),)
+def _web_site(rules: Rules, options: Any) -> IProtocolFactory:
+    from twisted_chat.doors.web import WebSite  # twisted.web and wsproto: only when asked
+
+    return WebSite(rules, options.get("web-origin") or ())
+
+
+# Every front door, in one place: adding one is one entry here and options above.
+FRONT_DOORS = (
+    FrontDoor(
+        "port",
+        "the line protocol (telnet, nc, the client)",
+        lambda rules, options: ChatFactory(rules),
+        "port-file",
+    ),
+    FrontDoor("web", "the web client and its WebSocket", _web_site, "web-port-file"),
+)
 
 
 # Connections a TCP port accepts in one reactor turn.  Twisted starts at 100 and adds 20
@@ -597,6 +638,7 @@ class ListenerService(service.Service):
         self.port_file = port_file
         self.reactor = reactor
         self.socket = socket  # a worker's: (fd, family) of the socket its parent bound
+        self.web = False  # the --web door: logged as the address to open in a browser
         self.port: IListeningPort | None = None
         self._waiting: defer.Deferred[Any] | None = None
 
@@ -640,7 +682,11 @@ class ListenerService(service.Service):
         where = describe_address(address)
         if self.description.startswith("ssl:"):
             where = "ssl:" + where.partition(":")[2]  # the same address, behind TLS
-        if self.socket is None:
+        if self.web and self.socket is None:
+            scheme = "https" if self.description.startswith("ssl:") else "http"
+            url = f"{scheme}://{where.partition(':')[2]}/"
+            self.log.info("groupchat web client at {url} (WebSocket: /ws)", url=url)
+        elif self.socket is None:
             self.log.info("groupchat listening on {address}", address=where)
         else:
             self.log.info("accepting on {address}, bound by the parent", address=where)
@@ -795,8 +841,8 @@ def _supervising(options: Options, reactor: Any) -> service.MultiService:
         endpoint, description = options["doors"][door.option]
         if endpoint is None:
             continue
-        port_file = options["port-file"] if door.option == "port" else None
-        held[door.option] = HeldListener(endpoint, description, port_file, reactor)
+        held[door.option] = HeldListener(endpoint, description, options[door.port_file], reactor)
+        held[door.option].web = door.option == "web"
         held[door.option].setServiceParent(top)
 
     def sockets() -> dict[str, tuple[int, int]]:
@@ -876,12 +922,13 @@ def build_node(
         socket = None if sockets is None else sockets[door.option]
         listener = ListenerService(
             endpoint,
-            door.factory(rules),
+            door.factory(rules, options),
             admission,
             description,
-            options["port-file"] if door.option == "port" and socket is None else None,
+            options[door.port_file] if socket is None else None,
             reactor,
             socket,
         )
+        listener.web = door.option == "web"
         listener.setServiceParent(top)
     return top

@@ -91,6 +91,12 @@ class LineTooLongError(ChatError):
     code = "line-too-long"
 
 
+class NotText(ChatError):
+    """A binary WebSocket message: lines are text."""
+
+    code = "not-text"
+
+
 class InvalidUTF8(ChatError):
     code = "invalid-utf8"
 

@@ -21,6 +21,9 @@ class Event:
     # identity test per recipient (a dict keyed by format cost a hash call each).
     text_wire: bytes | None = field(default=None, init=False, repr=False)
     json_wire: bytes | None = field(default=None, init=False, repr=False)
+    # The same, each in a WebSocket frame (twisted_chat.doors.websocket).
+    ws_json_wire: bytes | None = field(default=None, init=False, repr=False)
+    ws_text_wire: bytes | None = field(default=None, init=False, repr=False)
 
 
 @dataclass(kw_only=True, eq=False, slots=True)

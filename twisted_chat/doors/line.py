@@ -220,13 +220,17 @@ class Refusal(Protocol):
         if ISSLTransport.providedBy(self.transport):
             self.tell = False
         if self.tell:
-            self.transport.write(f"!!! refused: {self.reason}\r\n".encode())
+            self.transport.write(self.answer())
         if self.hold:
             self._holding = True
             self.admission.held += 1
             self._call = self.clock.callLater(REFUSAL_HOLD, self._close)
         else:
             self._close()
+
+    def answer(self) -> bytes:
+        """What a refused peer is told, in its door's protocol."""
+        return f"!!! refused: {self.reason}\r\n".encode()
 
     def _close(self) -> None:
         """Close, leaving the line a moment to leave; a silent refusal is aborted."""

@@ -1,0 +1,2 @@
+"""The browser client: the static files ``--web`` serves (no build step, nothing fetched
+from elsewhere at run time)."""
