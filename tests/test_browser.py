@@ -1,0 +1,314 @@
+"""The browser page (twisted_chat/web/) in headless Chromium against the real server.
+
+Each test starts ``twistd -n groupchat --web ...`` on loopback and drives one or more
+pages like a person would (typing, clicking), next to a plain socket user like ``nc``.
+Skipped without chromium and chromedriver, failed instead when ``CI`` is set
+(tests/browser_support.py).  ``GROUPCHAT_WRITE_SCREENSHOT=1`` makes the screenshot test
+rewrite docs/web-client.png.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests import browser_support
+from tests.browser_support import BrowserFactory, ChatPage, WebServerFactory, free_port
+from tests.e2e_support import REPO_ROOT, ClientFactory, set_nick, wait_until
+
+browser = browser_support.browser  # fixtures
+web_server = browser_support.web_server
+
+# A reconnect waits 1 s (jittered up to 1.25 s), then 2, then 4: a restart that takes a
+# couple of seconds is met within this.
+RECONNECT_WAIT = 15.0
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def start_page(browser: BrowserFactory, url: str, label: str, **size: int) -> ChatPage:
+    page = browser(label, **size)
+    page.open(url)
+    page.wait_connected()
+    return page
+
+
+def no_page_errors(*pages: ChatPage, ignore: tuple[str, ...] = ()) -> None:
+    for page in pages:
+        assert page.console_errors(ignore) == [], page.label
+
+
+def test_two_pages_and_a_socket_user_talk_in_one_room(
+    web_server: WebServerFactory, browser: BrowserFactory, connect: ClientFactory
+):
+    server = web_server()
+    alice = start_page(browser, server.url, "alice")
+    bob = start_page(browser, server.url, "bob")
+    alice.set_nick("alice")
+    bob.set_nick("bob")
+    alice.join("#ops")
+    bob.join("#ops")
+    carol = connect(server.process, "carol")
+    set_nick(carol, "carol")
+    carol.say("/join #ops")
+    carol.expect("*** Now talking in #ops")
+
+    alice.wait(lambda: alice.members() == ["alice", "bob", "carol"], "three members")
+    assert alice.view() == "#ops"
+    assert "3" in alice.items("room-list")["#ops"]
+
+    alice.type("hello from a browser")
+    carol.expect("[#ops] <alice> hello from a browser")
+    bob.wait(lambda: "alice hello from a browser" in bob.log_text(), "alice's line")
+    assert "alice hello from a browser" in alice.log_text()  # our own line, shown as sent
+
+    carol.say("hi both, from a socket")
+    alice.wait(lambda: "carol hi both, from a socket" in alice.log_text(), "carol's line")
+    bob.wait(lambda: "carol hi both, from a socket" in bob.log_text(), "carol's line")
+
+    carol.say("/quit lunch")
+    alice.wait(lambda: "carol quit (lunch)" in alice.log_text(), "carol's quit")
+    alice.wait(lambda: alice.members() == ["alice", "bob"], "carol gone from the members")
+    no_page_errors(alice, bob)
+
+
+def test_private_message_shows_in_its_own_view(
+    web_server: WebServerFactory, browser: BrowserFactory, connect: ClientFactory
+):
+    server = web_server()
+    alice = start_page(browser, server.url, "alice")
+    alice.set_nick("alice")
+    bob = connect(server.process, "bob")
+    set_nick(bob, "bob")
+
+    bob.say("/msg alice psst, just for you")
+    alice.wait(lambda: alice.unread("pm-list", "bob") == 1, "an unread private message")
+    assert "psst" not in alice.log_text()  # not in the room on screen
+    assert alice.view() == "#lobby"
+
+    alice.open_view("pm-list", "bob")
+    alice.wait(lambda: "bob psst, just for you" in alice.log_text(), "the private message")
+    assert alice.unread("pm-list", "bob") == 0
+    assert alice.focused_id() == "composer-input"
+
+    alice.type("got it")  # typed in the private view: a private message, not a room line
+    bob.expect("[PM alice -> bob] got it")
+    bob.barrier()
+    assert bob.count("[#lobby] <alice>") == 0
+    alice.wait(lambda: "alice got it" in alice.log_text(), "our own private line")
+    no_page_errors(alice)
+
+
+def test_page_reconnects_after_a_restart_and_restores_nick_and_room(
+    web_server: WebServerFactory, browser: BrowserFactory, connect: ClientFactory
+):
+    web_port = free_port()
+    first = web_server(web_port=web_port)
+    alice = start_page(browser, first.url, "alice")
+    alice.set_nick("alice")
+    alice.join("#ops")
+    alice.join("#dev")
+    alice.open_view("room-list", "#ops")
+
+    first.stop()
+    alice.wait(lambda: alice.status() == "reconnecting", "reconnecting")
+    assert "Reconnecting in" in alice.status_text()
+
+    second = web_server(web_port=web_port)
+    alice.wait_connected(RECONNECT_WAIT)
+    assert alice.nick() == "alice"
+    assert alice.view() == "#ops"
+    assert set(alice.items("room-list")) == {"#lobby", "#ops", "#dev"}
+
+    # The server agrees: alice is back in her rooms, under her name, talking in #ops.
+    bob = connect(second.process, "bob")
+    set_nick(bob, "bob")
+    bob.say("/who #dev")
+    bob.expect(lambda line: line.startswith("*** [#dev] 1 here: alice"))
+    bob.say("/join #ops")
+    bob.expect("*** [#ops] 2 here:")
+    alice.wait(lambda: "bob joined" in alice.log_text(), "bob's arrival")
+    alice.type("welcome back to me")
+    bob.expect("[#ops] <alice> welcome back to me")
+    # The page tried while the server was down: those failures are the expected errors.
+    no_page_errors(alice, ignore=("WebSocket connection to",))
+
+
+def test_login_form_when_the_server_needs_one(
+    web_server: WebServerFactory, browser: BrowserFactory, tmp_path: Path
+):
+    users = tmp_path / "users.txt"
+    users.write_text("alice:correct-horse\nbob:battery-staple\n")
+    users.chmod(0o600)
+    server = web_server("--auth", f"file:{users}")
+    page = browser("alice")
+    page.open(server.url)
+    page.wait(lambda: page.js("return !document.getElementById('login').hidden"), "login form")
+    page.wait(lambda: page.focused_id() == "login-name", "focus on the name")
+    assert "needs a login" in page.js("return document.getElementById('login-info').textContent")
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    page.driver.find_element(By.ID, "login-name").send_keys("alice")
+    page.driver.find_element(By.ID, "login-password").send_keys("nope" + Keys.ENTER)
+    error = "return document.getElementById('login-error').textContent"
+    page.wait(lambda: "wrong name or password" in page.js(error), "the login error")
+    assert "2 attempts left" in page.js(error)
+
+    page.driver.find_element(By.ID, "login-password").send_keys("correct-horse" + Keys.ENTER)
+    page.wait_connected()
+    assert page.js("return document.getElementById('login').hidden")
+    assert page.nick() == "alice"
+    assert not page.driver.find_element(By.ID, "nick-button").is_enabled()  # fixed name
+    assert page.focused_id() == "composer-input"
+    page.join("#ops")
+    no_page_errors(page)
+
+
+def test_markup_in_a_message_shows_as_text_and_runs_nothing(
+    web_server: WebServerFactory, browser: BrowserFactory, connect: ClientFactory
+):
+    from selenium.common.exceptions import NoAlertPresentException
+
+    server = web_server()
+    alice = start_page(browser, server.url, "alice")
+    alice.set_nick("alice")
+    mallory = connect(server.process, "mallory")
+    set_nick(mallory, "mallory")
+    mallory.say(XSS)
+    mallory.say(f"/me {XSS}")
+    mallory.say(f"/msg alice {XSS}")
+    alice.wait(lambda: alice.log_text().count(XSS) == 2, "the markup, as text")
+    alice.open_view("pm-list", "mallory")
+    alice.wait(lambda: XSS in alice.log_text(), "the markup in the private view")
+    assert alice.js("return document.querySelectorAll('#log img, #log script').length") == 0
+    with pytest.raises(NoAlertPresentException):
+        alice.driver.switch_to.alert.text  # noqa: B018 (reading it is the check)
+    # Nicknames and room names come from the server too; they are text as well.
+    assert alice.js("return document.querySelectorAll('#sidebar img').length") == 0
+    no_page_errors(alice)
+
+
+def test_heartbeat_keeps_a_quiet_page_and_a_silent_server_is_noticed(
+    web_server: WebServerFactory, browser: BrowserFactory
+):
+    server = web_server(
+        "--heartbeat-interval", "0.5", "--heartbeat-timeout", "2", "--idle-warning", "1"
+    )
+    page = start_page(browser, server.url, "quiet")
+    # Longer than the timeout and a sweep without typing: the page's pings keep it
+    # seated, unwarned.
+    assert not wait_until(lambda: page.status() != "connected", 3.5), page.status_text()
+    log = page.js("return document.getElementById('log').textContent")
+    assert "silent" not in log and "Disconnected" not in log
+
+    # A stopped server answers nothing: the page gives up on it within the timeout.
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        page.wait(lambda: page.status() == "reconnecting", "noticing the silence", 2 + 3)
+        assert "no answer from the server" in page.status_text()
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    page.wait_connected(RECONNECT_WAIT)
+
+
+def test_keyboard_enter_up_and_the_room_list(
+    web_server: WebServerFactory, browser: BrowserFactory, connect: ClientFactory
+):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    server = web_server()
+    page = start_page(browser, server.url, "keys")
+    page.set_nick("kay")
+    page.join("#one")
+    page.join("#two")
+    assert page.focused_id() == "composer-input"
+    box = page.driver.find_element(By.ID, "composer-input")
+    box.send_keys("first line" + Keys.ENTER)
+    page.wait(lambda: "kay first line" in page.log_text(), "the line sent with Enter")
+    box.send_keys(Keys.ARROW_UP)
+    assert box.get_attribute("value") == "first line"
+    box.send_keys(Keys.ARROW_DOWN)
+    assert box.get_attribute("value") == ""
+
+    # The room list: arrows move along it, Enter opens a room.
+    page.js("document.querySelector('#room-list [aria-current=\"true\"]').focus()")
+    ActionChains(page.driver).send_keys(Keys.ARROW_UP).perform()
+    assert page.js("return document.activeElement.textContent").startswith("#one")
+    ActionChains(page.driver).send_keys(Keys.ENTER).perform()
+    page.wait(lambda: page.view() == "#one", "#one on screen")
+    assert page.focused_id() == "composer-input"
+    watcher = connect(server.process, "watcher")
+    watcher.say("/join #one")
+    watcher.expect("*** Now talking in #one")
+    page.type("said in one")
+    watcher.expect("[#one] <kay> said in one")
+
+
+def test_phone_sized_screen_collapses_the_sidebar(
+    web_server: WebServerFactory, browser: BrowserFactory
+):
+    server = web_server()
+    page = start_page(browser, server.url, "phone", width=390, height=844)
+    visible = "return getComputedStyle(document.getElementById('sidebar')).visibility"
+    assert page.js(visible) == "hidden"
+    page.click("#toggle-sidebar")
+    page.wait(lambda: page.js(visible) == "visible", "the sidebar drawer")
+    assert page.js("return document.activeElement.closest('#sidebar') !== null")
+    page.click("#room-list .view-item")
+    page.wait(lambda: page.js(visible) == "hidden", "the drawer closing")
+    width = page.js("return document.documentElement.scrollWidth")
+    assert width <= 390  # nothing wider than the screen
+
+
+def test_screenshot_of_the_page_in_use(
+    web_server: WebServerFactory,
+    browser: BrowserFactory,
+    connect: ClientFactory,
+    tmp_path: Path,
+):
+    """The picture in the README: three people, a couple of rooms, a private message."""
+    server = web_server()
+    alice = start_page(browser, server.url, "alice")
+    bob = start_page(browser, server.url, "bob")
+    alice.set_nick("alice")
+    bob.set_nick("bob")
+    carol = connect(server.process, "carol")
+    set_nick(carol, "carol")
+    carol.say("/join #random")  # a room alice is not in, for the list of other rooms
+    for room in ("#design", "#ops"):
+        alice.join(room)
+        bob.join(room)
+    carol.say("/join #ops")
+    carol.expect("*** Now talking in #ops")
+    alice.wait(lambda: len(alice.members()) == 3, "three in #ops")
+    bob.type("deploy went out at 14:02, all green")
+    alice.wait(lambda: "all green" in alice.log_text(), "bob's line")
+    carol.say("nice. I'm watching the error rate on https://status.example.org")
+    alice.wait(lambda: "error rate" in alice.log_text(), "carol's line")
+    alice.type("thanks both! retro in #design at 3?")
+    carol.expect("retro in #design")
+    carol.say("/me brings coffee")
+    bob.type("/msg alice can you review my PR after lunch?")
+    carol.say("/join #design")
+    carol.say("sounds good, I'll bring the sketches")
+    alice.wait(lambda: alice.unread("pm-list", "bob") == 1, "bob's private message")
+    alice.wait(lambda: alice.unread("room-list", "#design") >= 1, "unread in #design")
+    alice.wait(lambda: "brings coffee" in alice.log_text(), "carol's action")
+    alice.open_view("room-list", "#ops")
+    alice.click("#refresh-rooms")
+    alice.wait(lambda: "#random" in alice.items("directory-list"), "#random listed")
+    alice.js("document.getElementById('composer-input').value = 'sure, 3pm works'")
+    target = (
+        REPO_ROOT / "docs" / "web-client.png"
+        if os.environ.get("GROUPCHAT_WRITE_SCREENSHOT")
+        else tmp_path / "web-client.png"
+    )
+    assert alice.driver.save_screenshot(str(target))
+    assert target.stat().st_size > 10_000
+    no_page_errors(alice, bob)
