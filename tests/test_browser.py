@@ -258,7 +258,8 @@ def test_phone_sized_screen_collapses_the_sidebar(
     visible = "return getComputedStyle(document.getElementById('sidebar')).visibility"
     assert page.js(visible) == "hidden"
     page.click("#toggle-sidebar")
-    page.wait(lambda: page.js(visible) == "visible", "the sidebar drawer")
+    slid_in = "return document.getElementById('sidebar').getBoundingClientRect().left === 0"
+    page.wait(lambda: page.js(visible) == "visible" and page.js(slid_in), "the sidebar drawer")
     assert page.js("return document.activeElement.closest('#sidebar') !== null")
     page.click("#room-list .view-item")
     page.wait(lambda: page.js(visible) == "hidden", "the drawer closing")

@@ -627,11 +627,8 @@ function connect() {
   }
   const c = {
     ws,
-    openedAt: now(),
     lastHeard: now(),
     lastPing: now(),
-    lastTick: now(),
-    graceUntil: 0,
     heard: false,
     welcomed: false,
     restored: false,
@@ -655,7 +652,9 @@ function connect() {
     roomsAsked: [], // for each plain /rooms in flight: true when the user typed it
     bucket: null,
     pumpTimer: null,
-    beat: null,
+    pingTimer: null,
+    silenceTimer: null,
+    welcomeTimer: null,
     beats: 0,
     quitting: false,
     fatal: null,
@@ -670,12 +669,15 @@ function connect() {
   ws.onmessage = (event) => received(c, event.data);
   ws.onclose = (event) => closed(c, event);
   ws.onerror = () => {}; // always followed by close, which says what it can
-  c.beat = setInterval(() => tick(c), 1000);
+  c.welcomeTimer = setTimeout(() => {
+    if (!c.heard) abort(c, "the server did not greet us");
+  }, WELCOME_WAIT_MS);
 }
 
 function opened(c) {
   if (c !== conn) return;
   c.lastHeard = now();
+  armHeartbeat(c);
   // Sent before the greeting, these seat us under our name in our room at once: nobody
   // sees a guest arrive in #lobby and rename itself (PROTOCOL.md, "Arriving").
   const setup = [];
@@ -696,6 +698,7 @@ function received(c, data) {
   if (c !== conn || typeof data !== "string") return;
   c.lastHeard = now();
   c.heard = true;
+  armHeartbeat(c);
   for (const raw of data.split("\n")) {
     const line = raw.trim();
     if (!line) continue;
@@ -722,7 +725,9 @@ function received(c, data) {
 function closed(c, event) {
   if (c.closed) return;
   c.closed = true;
-  clearInterval(c.beat);
+  clearTimeout(c.pingTimer);
+  clearTimeout(c.silenceTimer);
+  clearTimeout(c.welcomeTimer);
   clearTimeout(c.pumpTimer);
   clearTimeout(c.nickRetry);
   c.ws.onopen = c.ws.onmessage = c.ws.onclose = c.ws.onerror = null;
@@ -799,29 +804,42 @@ function send(c, line) {
   return true;
 }
 
-// Checked every second: ping once per announced interval, give up after the timeout.
-function tick(c) {
+// The heartbeat's timers are set again each time the server is heard from, rather than
+// each setting the next: browsers hold a hidden tab's long chains of timers to one
+// wake-up a minute, which would starve a 10 s heartbeat, but not timers set from a
+// network event.
+function armHeartbeat(c) {
+  clearTimeout(c.pingTimer);
+  clearTimeout(c.silenceTimer);
+  const interval = state.heartbeat.interval * 1000;
+  c.pingTimer = setTimeout(() => beat(c), Math.max(0, c.lastPing + interval - now()));
+  c.silenceTimer = setTimeout(() => silence(c), state.heartbeat.timeout * 1000 + 50);
+}
+
+function beat(c) {
+  if (c !== conn || c.closed) return;
+  ping(c);
+  c.pingTimer = setTimeout(() => beat(c), state.heartbeat.interval * 1000);
+}
+
+// Nothing heard for the announced timeout: the server (or the way to it) is gone.
+function silence(c) {
   if (c !== conn || c.closed) return;
   const t = now();
-  if (t - c.lastTick > 5000) {
-    // The page was frozen (a background tab, a sleeping laptop): our pings stopped too,
-    // so the silence proves nothing yet. Ask now and allow time for the answer.
-    c.graceUntil = t + 10000;
-    c.lastPing = -Infinity;
-  }
-  c.lastTick = t;
-  if (!c.heard && t - c.openedAt > WELCOME_WAIT_MS) {
-    abort(c, "the server did not greet us");
-    return;
-  }
   const silent = t - c.lastHeard;
-  if (silent > state.heartbeat.timeout * 1000 && t > c.graceUntil) {
-    abort(c, `no answer from the server for ${Math.round(silent / 1000)} s`);
+  const timeout = state.heartbeat.timeout * 1000;
+  if (silent < timeout) {
+    c.silenceTimer = setTimeout(() => silence(c), timeout - silent + 50);
     return;
   }
-  if (c.ws.readyState === WebSocket.OPEN && t - c.lastPing >= state.heartbeat.interval * 1000) {
+  if (t - c.lastPing > state.heartbeat.interval * 1000 + 2000) {
+    // Our own pings were late: the page was frozen (a hidden tab, a sleeping laptop),
+    // so the silence proves nothing yet. Ask now and give the answer time to come.
     ping(c);
+    c.silenceTimer = setTimeout(() => silence(c), Math.min(timeout, 10000));
+    return;
   }
+  abort(c, `no answer from the server for ${Math.round(silent / 1000)} s`);
 }
 
 function ping(c) {
@@ -1224,7 +1242,7 @@ function welcomed(c, welcome) {
   if (Number.isInteger(welcome.max_line) && welcome.max_line > 0) state.maxLine = welcome.max_line;
   state.limits = welcome.limits || null;
   c.bucket = makeBucket(state.limits);
-  c.lastPing = now();
+  armHeartbeat(c); // on the interval and timeout just announced
   state.loggedIn = Boolean(welcome.logged_in);
   state.nick = str(welcome.nick);
   // A guest name is not asked for again: a new connection gets a new one.
@@ -1420,7 +1438,7 @@ function renamed(c, event) {
     const index = room.members.findIndex((m) => same(m, old));
     if (index < 0) continue;
     room.members[index] = nick;
-    notice(views.get(`room:${key}`), text, event.ts);
+    if (!isMe(nick)) notice(views.get(`room:${key}`), text, event.ts); // ours: said once below
   }
   const oldKey = keyOf(old);
   const pm = state.pms.get(oldKey);
@@ -1862,15 +1880,20 @@ function wire() {
     }
   });
 
+  // Timers may have slept with the tab: check on the connection at once.
+  const awake = () => {
+    if (conn && conn.welcomed) ping(conn);
+    else if (!conn && wantConnected && !holdForLogin) reconnectNow();
+  };
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden) {
       views.get(state.active).unread = 0;
+      renderLists();
       updateTitle();
-      // Timers may have slept with the tab: check on the connection at once.
-      if (conn && conn.welcomed) ping(conn);
-      else if (!conn && wantConnected && !holdForLogin) reconnectNow();
+      awake();
     }
   });
+  document.addEventListener("resume", awake); // a frozen page thawed (Chromium)
   window.addEventListener("online", () => {
     if (!conn && wantConnected && !holdForLogin) reconnectNow();
   });
