@@ -33,7 +33,8 @@ function el(tag, className, text) {
 }
 
 // Defence in depth: the server strips control, bidi and invisible characters already.
-const UNSAFE_CHARS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+const UNSAFE_CHARS =
+  /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
 
 function str(value) {
   if (value === undefined || value === null) return "";
@@ -117,8 +118,8 @@ const state = {
   nick: null, // as the server last confirmed it
   wantedNick: null, // what we ask for again after a reconnect
   loggedIn: false, // the nickname is the login name and cannot change
-  rooms: new Map(), // key -> {name, count, members: string[]|null, unread}
-  pms: new Map(), // key -> {nick, unread}
+  rooms: new Map(), // key -> {name, count, members: string[]|null, membersAt}
+  pms: new Map(), // key -> {nick}
   directory: { rooms: [], total: 0, known: false },
   serverCurrent: null, // the current room the server last told us of
   active: "server", // the id of the view on screen
@@ -132,6 +133,10 @@ const state = {
   historyAt: -1,
   historyDraft: "",
 };
+
+// One log per room, per private conversation, and one for the server; by id.
+const views = new Map(); // id -> {id, kind, key, list, unread, scrollTop, pinned}
+const logBox = $("log");
 
 // One WebSocket's life; a new one is made for each connection attempt.
 let conn = null;
@@ -154,13 +159,12 @@ function activeRoom() {
 
 function saveState() {
   try {
-    const current = activeRoom() || state.serverCurrent;
     sessionStorage.setItem(
       STORAGE_KEY,
       JSON.stringify({
         nick: state.loggedIn ? null : state.wantedNick,
         rooms: [...state.rooms.values()].map((room) => room.name),
-        current,
+        current: activeRoom() || state.serverCurrent,
         pms: [...state.pms.values()].map((pm) => pm.nick),
         active: state.active,
       }),
@@ -171,11 +175,11 @@ function saveState() {
 }
 
 function loadState() {
-  let saved = null;
+  let saved;
   try {
     saved = JSON.parse(sessionStorage.getItem(STORAGE_KEY) || "null");
   } catch {
-    saved = null;
+    return; // unreadable: start afresh
   }
   if (!saved || typeof saved !== "object") return;
   if (typeof saved.nick === "string" && saved.nick) state.wantedNick = saved.nick;
@@ -194,10 +198,7 @@ function loadState() {
   }
 }
 
-// -- views: one log per room, per private conversation, and one for the server -----------
-
-const views = new Map(); // id -> {id, kind, key, list, unread, scrollTop, pinned}
-const logBox = $("log");
+// -- views ------------------------------------------------------------------------------
 
 function makeView(id, kind, key) {
   let view = views.get(id);
@@ -300,13 +301,17 @@ function chatEntry(ts, nick, text, { action = false, own = false } = {}) {
   return li;
 }
 
+// Our nickname as a word of its own (not inside another word) in someone's text.
 function mentions(text, nick) {
-  const index = text.toLowerCase().indexOf(nick.toLowerCase());
-  if (index < 0) return false;
-  const before = text[index - 1];
-  const after = text[index + nick.length];
+  const lower = text.toLowerCase();
+  const wanted = nick.toLowerCase();
   const word = /[\p{L}\p{N}_-]/u;
-  return !(before && word.test(before)) && !(after && word.test(after));
+  for (let at = lower.indexOf(wanted); at >= 0; at = lower.indexOf(wanted, at + 1)) {
+    const before = lower[at - 1];
+    const after = lower[at + wanted.length];
+    if (!(before && word.test(before)) && !(after && word.test(after))) return true;
+  }
+  return false;
 }
 
 function noticeEntry(ts, text, kind = "notice") {
@@ -510,7 +515,9 @@ function renderLists() {
   }
 
   const server = views.get("server");
-  rebuild($("server-list"), [wrapLi(itemButton(server, "Server notices", { unread: server.unread }))]);
+  rebuild($("server-list"), [
+    wrapLi(itemButton(server, "Server notices", { unread: server.unread })),
+  ]);
 
   const total = totalUnread();
   const badge = $("sidebar-unread");
@@ -538,19 +545,19 @@ function renderMembers() {
     return;
   }
   const room = state.rooms.get(view.key);
-  const members = room && Array.isArray(room.members) ? [...room.members] : null;
-  if (!members) {
+  const nicks = room && Array.isArray(room.members) ? [...room.members] : null;
+  if (!nicks) {
     rebuild(list, []);
     more.hidden = false;
     more.textContent = "Loading…";
     heading.textContent = "Members";
     return;
   }
-  members.sort((a, b) => a.localeCompare(b, undefined, { sensitivity: "base" }));
-  heading.textContent = `Members (${members.length})`;
+  nicks.sort((a, b) => a.localeCompare(b, undefined, { sensitivity: "base" }));
+  heading.textContent = `Members (${nicks.length})`;
   rebuild(
     list,
-    members.slice(0, MEMBERS_SHOWN).map((nick) => {
+    nicks.slice(0, MEMBERS_SHOWN).map((nick) => {
       const li = el("li");
       if (isMe(nick)) {
         const me = el("span", "member me-member");
@@ -568,8 +575,8 @@ function renderMembers() {
       return li;
     }),
   );
-  more.hidden = members.length <= MEMBERS_SHOWN;
-  more.textContent = `and ${members.length - MEMBERS_SHOWN} more`;
+  more.hidden = nicks.length <= MEMBERS_SHOWN;
+  more.textContent = `and ${nicks.length - MEMBERS_SHOWN} more`;
 }
 
 function totalUnread() {
@@ -589,9 +596,7 @@ function renderMe() {
   $("my-nick").textContent = state.nick || state.wantedNick || "…";
   const button = $("nick-button");
   button.disabled = state.loggedIn;
-  button.title = state.loggedIn
-    ? "Your nickname is your login name"
-    : "Change your nickname";
+  button.title = state.loggedIn ? "Your nickname is your login name" : "Change your nickname";
 }
 
 function setStatus(kind, text) {
@@ -664,7 +669,10 @@ function connect() {
     closed: false,
   };
   conn = c;
-  setStatus("connecting", navigator.onLine === false ? "Connecting… (the browser says it is offline)" : "Connecting…");
+  setStatus(
+    "connecting",
+    navigator.onLine === false ? "Connecting… (the browser says it is offline)" : "Connecting…",
+  );
   ws.onopen = () => opened(c);
   ws.onmessage = (event) => received(c, event.data);
   ws.onclose = (event) => closed(c, event);
@@ -703,7 +711,8 @@ function received(c, data) {
     const line = raw.trim();
     if (!line) continue;
     if (!line.startsWith("{")) {
-      if (line.startsWith("!!! refused:")) c.refusal = `refused by the server: ${str(line.slice(12)).trim()}`;
+      if (line.startsWith("!!! refused:"))
+        c.refusal = `refused by the server: ${str(line.slice(12)).trim()}`;
       continue; // a text line: not meant for us
     }
     let event;
@@ -733,8 +742,12 @@ function closed(c, event) {
   c.ws.onopen = c.ws.onmessage = c.ws.onclose = c.ws.onerror = null;
   if (conn !== c) return;
   conn = null;
-  const why = c.abortReason || c.bye || (c.shutdown ? `the server is shutting down (${c.shutdown})` : null)
-    || c.refusal || closeReason(event, c);
+  const why =
+    c.abortReason ||
+    c.bye ||
+    (c.shutdown ? `the server is shutting down (${c.shutdown})` : null) ||
+    c.refusal ||
+    closeReason(event, c);
   if (c.welcomed && !c.quitting) notice(hereView(), `Disconnected: ${why}`);
   if (c.quitting) {
     wantConnected = false;
@@ -756,7 +769,10 @@ function closed(c, event) {
 function closeReason(event, c) {
   const reason = event && event.reason ? str(event.reason) : "";
   if (reason) return reason;
-  if (!c.heard) return navigator.onLine === false ? "the browser is offline" : "the server could not be reached";
+  if (!c.heard)
+    return navigator.onLine === false
+      ? "the browser is offline"
+      : "the server could not be reached";
   return "the connection was lost";
 }
 
@@ -953,8 +969,10 @@ function userLineSent(c, item) {
   const [word, ...rest] = trimmed.split(/\s+/);
   const command = trimmed.startsWith("/") && !trimmed.startsWith("//") ? word.toLowerCase() : null;
   if (command === "/join" && rest[0]) c.askedCurrent = roomName(rest[0]);
-  else if (command === "/part") c.askedCurrent = null; // the server picks; it will say
-  else if (command === "/who" || command === "/names") c.whoAsked.push(rest[0] ? keyOf(roomName(rest[0])) : null);
+  else if (command === "/part")
+    c.askedCurrent = null; // the server picks; it will say
+  else if (command === "/who" || command === "/names")
+    c.whoAsked.push(rest[0] ? keyOf(roomName(rest[0])) : null);
   else if ((command === "/rooms" || command === "/list") && !rest[0]) c.roomsAsked.push(true);
   else if (command === "/quit") c.quitting = true;
   if (!item.echo) return;
@@ -962,7 +980,10 @@ function userLineSent(c, item) {
   const view = room ? roomView(room) : null;
   const nick = state.nick || "?";
   if (command === "/me") {
-    addEntry(view || hereView(), chatEntry(nowTs(), nick, trimmed.slice(4).trim(), { action: true, own: true }));
+    addEntry(
+      view || hereView(),
+      chatEntry(nowTs(), nick, trimmed.slice(4).trim(), { action: true, own: true }),
+    );
   } else if (!command) {
     const text = trimmed.startsWith("//") ? line.trimStart().slice(1) : line;
     addEntry(view || hereView(), chatEntry(nowTs(), nick, text, { own: true }));
@@ -1008,7 +1029,7 @@ function submitLine(raw, { typed = true } = {}) {
     return false;
   }
 
-  let out = { line, room: null, echo: false };
+  let out;
   if (view.kind === "pm" && !isCommand) {
     const pm = state.pms.get(view.key);
     const text = trimmed.startsWith("//") ? trimmed.slice(1) : line;
@@ -1022,7 +1043,9 @@ function submitLine(raw, { typed = true } = {}) {
   }
   const size = byteLength(out.line);
   if (size > state.maxLine) {
-    problem(`Not sent: that line is ${size} bytes, longer than the server's limit of ${state.maxLine}.`);
+    problem(
+      `Not sent: that line is ${size} bytes, longer than the server's limit of ${state.maxLine}.`,
+    );
     return false;
   }
   if (state.outbox.length >= OUTBOX_MAX) {
@@ -1033,7 +1056,10 @@ function submitLine(raw, { typed = true } = {}) {
   state.outbox.push(out);
   if (!conn || !conn.welcomed) {
     const waiting = state.outbox.length;
-    notice(hereView(), `Not connected: sent when the connection is back${waiting > 1 ? ` (${waiting} lines waiting)` : ""}.`);
+    notice(
+      hereView(),
+      `Not connected: sent when the connection is back${waiting > 1 ? ` (${waiting} lines waiting)` : ""}.`,
+    );
   }
   pump();
   return true;
@@ -1059,7 +1085,11 @@ function quit(reason) {
   c.quitting = true;
   const line = `/quit ${reason}`.trim();
   if (c.restored) {
-    state.outbox.push({ line: byteLength(line) > state.maxLine ? "/quit" : line, room: null, echo: false });
+    state.outbox.push({
+      line: byteLength(line) > state.maxLine ? "/quit" : line,
+      room: null,
+      echo: false,
+    });
   } else {
     state.outbox = [];
     c.control.push({ line: "/quit" });
@@ -1096,28 +1126,51 @@ function handle(c, event) {
     return;
   }
   switch (event.type) {
-    case "welcome": return welcomed(c, event);
+    case "welcome":
+      return welcomed(c, event);
     case "message":
-    case "action": return roomText(event);
-    case "private": return privateText(event);
-    case "join": return joined(event);
-    case "part": return parted(event);
+    case "action":
+      return roomText(event);
+    case "private":
+      return privateText(event);
+    case "join":
+      return joined(event);
+    case "part":
+      return parted(event);
     case "quit":
     case "timeout":
-    case "disconnect": return gone(event);
-    case "nick": return renamed(c, event);
-    case "current": return current(c, event);
-    case "crowd": return crowd(event);
-    case "members": return members(c, event);
-    case "rooms": return roomsListed(c, event);
-    case "help": return help(event);
-    case "pong": return pong(c, event);
-    case "error": return serverError(c, event);
+    case "disconnect":
+      return gone(event);
+    case "nick":
+      return renamed(c, event);
+    case "current":
+      return current(c, event);
+    case "crowd":
+      return crowd(event);
+    case "members":
+      return members(c, event);
+    case "rooms":
+      return roomsListed(c, event);
+    case "help":
+      return help(event);
+    case "pong":
+      return pong(c, event);
+    case "error":
+      return serverError(c, event);
     case "slow-down":
-      return notice(hereView(), `Slow down: you are sending faster than ${str(event.rate)} lines a second; ${str(event.waiting)} lines are waiting and go out at that rate.`, event.ts);
+      return notice(
+        hereView(),
+        `Slow down: you are sending faster than ${str(event.rate)} lines a second; ` +
+          `${str(event.waiting)} lines are waiting and go out at that rate.`,
+        event.ts,
+      );
     case "idle":
       ping(c); // we should have been pinging; make up for it at once
-      return notice(hereView(), `You have been silent for ${str(event.idle)} s: the page is sending a heartbeat now.`, event.ts);
+      return notice(
+        hereView(),
+        `You have been silent for ${str(event.idle)} s: the page is sending a heartbeat now.`,
+        event.ts,
+      );
     case "bye":
       c.bye = str(event.reason) || "the server closed the connection";
       return notice(hereView(), `Disconnected by the server: ${c.bye}`, event.ts);
@@ -1157,7 +1210,8 @@ function beforeWelcome(c, event) {
         }, 3000);
         return;
       }
-      if (code === "login-failed" && state.creds) state.creds = { name: state.creds.name, password: null };
+      if (code === "login-failed" && state.creds)
+        state.creds = { name: state.creds.name, password: null };
       if (code === "login-refused") c.fatal = message;
       showLogin(c);
       showLoginError(message);
@@ -1266,7 +1320,8 @@ function welcomed(c, welcome) {
     const wanted = [...state.rooms.values()].map((room) => room.name);
     for (const room of wanted) if (!have.some((r) => same(r, room))) commands.push(`/join ${room}`);
     for (const room of have) if (!wanted.some((r) => same(r, room))) commands.push(`/part ${room}`);
-    const target = activeRoom() || (wanted.some((r) => same(r, previousCurrent)) ? previousCurrent : wanted[0]);
+    const target =
+      activeRoom() || (wanted.some((r) => same(r, previousCurrent)) ? previousCurrent : wanted[0]);
     const moved = !same(welcome.current, target);
     const rejoin = commands.some((line) => line.startsWith("/join ") || line.startsWith("/part "));
     if (target && (moved || rejoin) && commands[commands.length - 1] !== `/join ${target}`) {
@@ -1317,7 +1372,9 @@ function roomText(event) {
   const view = views.get(`room:${key}`);
   const nick = str(event.nick);
   const text = str(event.text);
-  addEntry(view, chatEntry(event.ts, nick, text, { action: event.type === "action" }), { unread: true });
+  addEntry(view, chatEntry(event.ts, nick, text, { action: event.type === "action" }), {
+    unread: true,
+  });
 }
 
 function privateText(event) {
@@ -1346,13 +1403,18 @@ function joined(event) {
     room.name = name;
     room.count = count;
     room.members = null; // the members list follows
-    notice(roomView(name), `You joined ${name}${count !== null ? ` (${count} here)` : ""}.`, event.ts);
+    notice(
+      roomView(name),
+      `You joined ${name}${count !== null ? ` (${count} here)` : ""}.`,
+      event.ts,
+    );
     if (!known) saveState();
     requestRooms();
   } else {
     const room = state.rooms.get(keyOf(name));
     if (!room) return;
-    if (Array.isArray(room.members) && !room.members.some((m) => same(m, nick))) room.members.push(nick);
+    if (Array.isArray(room.members) && !room.members.some((m) => same(m, nick)))
+      room.members.push(nick);
     room.count = count;
     notice(roomView(name), `${nick} joined${count !== null ? ` (${count} here)` : ""}`, event.ts);
   }
@@ -1394,7 +1456,8 @@ function parted(event) {
 
 function gone(event) {
   const nick = str(event.nick);
-  const rooms = Array.isArray(event.rooms) && event.rooms.length ? event.rooms.map(str) : [str(event.room)];
+  const rooms =
+    Array.isArray(event.rooms) && event.rooms.length ? event.rooms.map(str) : [str(event.room)];
   let text;
   if (event.type === "quit") {
     const reason = str(event.reason);
@@ -1493,12 +1556,20 @@ function crowd(event) {
   const list = (value) => (Array.isArray(value) ? value.map(str) : []);
   const joinedNames = list(event.joined);
   const leftNames = list(event.left);
-  const renamedPairs = Array.isArray(event.renamed) ? event.renamed.filter((p) => Array.isArray(p) && p.length === 2).map((p) => [str(p[0]), str(p[1])]) : [];
+  const renamedPairs = Array.isArray(event.renamed)
+    ? event.renamed
+        .filter((p) => Array.isArray(p) && p.length === 2)
+        .map((p) => [str(p[0]), str(p[1])])
+    : [];
   const num = (v) => (Number.isInteger(v) ? v : 0);
-  const complete = num(event.joined_count) <= joinedNames.length && num(event.left_count) <= leftNames.length && num(event.renamed_count) <= renamedPairs.length;
+  const complete =
+    num(event.joined_count) <= joinedNames.length &&
+    num(event.left_count) <= leftNames.length &&
+    num(event.renamed_count) <= renamedPairs.length;
   if (Array.isArray(room.members) && complete) {
     room.members = room.members.filter((m) => !leftNames.some((n) => same(n, m)));
-    for (const [from, to] of renamedPairs) room.members = room.members.map((m) => (same(m, from) ? to : m));
+    for (const [from, to] of renamedPairs)
+      room.members = room.members.map((m) => (same(m, from) ? to : m));
     for (const n of joinedNames) if (!room.members.some((m) => same(m, n))) room.members.push(n);
   } else {
     room.members = null; // too many changes to follow name by name: ask again
@@ -1516,7 +1587,11 @@ function crowd(event) {
     part(leftNames, num(event.left_count), "left"),
     part(renamedText, num(event.renamed_count), "renamed"),
   ].filter(Boolean);
-  notice(roomView(name), `${parts.join("; ")}${parts.length ? "; " : ""}${str(event.count)} here`, event.ts);
+  notice(
+    roomView(name),
+    `${parts.join("; ")}${parts.length ? "; " : ""}${str(event.count)} here`,
+    event.ts,
+  );
   renderLists();
   renderMembers();
 }
@@ -1544,7 +1619,9 @@ function members(c, event) {
 
 function roomsListed(c, event) {
   const rooms = Array.isArray(event.rooms)
-    ? event.rooms.filter((r) => r && typeof r === "object").map((r) => ({ room: str(r.room), count: Number(r.count) || 0 }))
+    ? event.rooms
+        .filter((r) => r && typeof r === "object")
+        .map((r) => ({ room: str(r.room), count: Number(r.count) || 0 }))
     : [];
   const query = event.query ? str(event.query) : null;
   const total = Number.isInteger(event.total) ? event.total : rooms.length;
@@ -1613,10 +1690,18 @@ function serverError(c, event) {
 function restoreNickRefused(c, code, message) {
   const wanted = c.restoringNick;
   const wait = Math.max(1, Math.min(5, state.heartbeat.timeout / 4)) * 1000;
-  if (code === "nick-taken" && c.reconnected && (c.nickAttempts + 1) * wait <= state.heartbeat.timeout * 2000) {
+  if (
+    code === "nick-taken" &&
+    c.reconnected &&
+    (c.nickAttempts + 1) * wait <= state.heartbeat.timeout * 2000
+  ) {
     c.nickAttempts += 1;
     if (c.nickAttempts === 1) {
-      notice(hereView(), `The nickname ${wanted} is taken (perhaps still by our previous connection, until the server notices it is gone); retrying. Meanwhile you are ${state.nick}.`);
+      notice(
+        hereView(),
+        `The nickname ${wanted} is taken (perhaps still by our previous connection, until ` +
+          `the server notices it is gone); retrying. Meanwhile you are ${state.nick}.`,
+      );
     }
     c.nickRetry = setTimeout(() => {
       if (conn === c && c.restoringNick) control(`/nick ${c.restoringNick}`);
@@ -1626,7 +1711,10 @@ function restoreNickRefused(c, code, message) {
   c.restoringNick = null;
   state.wantedNick = null;
   problem(message);
-  notice(hereView(), `You are chatting as ${state.nick}; pick another name with the button at the top, or /nick NAME.`);
+  notice(
+    hereView(),
+    `You are chatting as ${state.nick}; pick another name with the button at the top, or /nick NAME.`,
+  );
   renderMe();
   saveState();
 }
@@ -1669,7 +1757,9 @@ function closeNickForm({ focus = false } = {}) {
 }
 
 function moveFocus(container, selector, event) {
-  const items = [...container.querySelectorAll(selector)].filter((node) => node.offsetParent !== null);
+  const items = [...container.querySelectorAll(selector)].filter(
+    (node) => node.offsetParent !== null,
+  );
   const index = items.indexOf(document.activeElement);
   let next = null;
   if (event.key === "ArrowDown") next = items[Math.min(items.length - 1, index + 1)];
@@ -1684,7 +1774,8 @@ function moveFocus(container, selector, event) {
 
 function orderedViews() {
   const ids = [];
-  for (const node of $("sidebar").querySelectorAll("button.view-item[data-view]")) ids.push(node.dataset.view);
+  for (const node of $("sidebar").querySelectorAll("button.view-item[data-view]"))
+    ids.push(node.dataset.view);
   return ids;
 }
 
@@ -1745,7 +1836,10 @@ function wire() {
     if (item) activate(item.dataset.view, { focus: true });
   });
   $("sidebar").addEventListener("keydown", (event) => {
-    if (["ArrowDown", "ArrowUp", "Home", "End"].includes(event.key) && event.target.matches("button.view-item")) {
+    if (
+      ["ArrowDown", "ArrowUp", "Home", "End"].includes(event.key) &&
+      event.target.matches("button.view-item")
+    ) {
       moveFocus($("sidebar"), "button.view-item", event);
     }
   });
@@ -1758,7 +1852,8 @@ function wire() {
     activate(`pm:${keyOf(pm.nick)}`, { focus: true });
   });
   $("member-list").addEventListener("keydown", (event) => {
-    if (["ArrowDown", "ArrowUp", "Home", "End"].includes(event.key)) moveFocus($("member-list"), "button.member", event);
+    if (["ArrowDown", "ArrowUp", "Home", "End"].includes(event.key))
+      moveFocus($("member-list"), "button.member", event);
   });
 
   $("join-form").addEventListener("submit", (event) => {
@@ -1862,7 +1957,12 @@ function wire() {
   });
 
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && narrow() && (document.body.classList.contains("sidebar-open") || document.body.classList.contains("members-open"))) {
+    if (
+      event.key === "Escape" &&
+      narrow() &&
+      (document.body.classList.contains("sidebar-open") ||
+        document.body.classList.contains("members-open"))
+    ) {
       const fromMembers = document.body.classList.contains("members-open");
       closeDrawers();
       $(fromMembers ? "toggle-members" : "toggle-sidebar").focus();
