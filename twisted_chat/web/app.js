@@ -1055,11 +1055,11 @@ function submitLine(raw, { typed = true } = {}) {
   if (command === "/nick" && conn) clearTimeout(conn.nickRetry); // the user's choice wins
   state.outbox.push(out);
   if (!conn || !conn.welcomed) {
-    const waiting = state.outbox.length;
-    notice(
-      hereView(),
-      `Not connected: sent when the connection is back${waiting > 1 ? ` (${waiting} lines waiting)` : ""}.`,
-    );
+    const waiting = state.outbox.length > 1 ? ` (${state.outbox.length} lines waiting)` : "";
+    const when = wantConnected
+      ? "sent when the connection is back"
+      : "you left the chat; sent if you connect again (the button at the top)";
+    notice(hereView(), `Not connected: ${when}${waiting}.`);
   }
   pump();
   return true;
