@@ -84,7 +84,7 @@ class Browser:
 
     @property
     def protocol(self) -> ChatWebSocket:
-        proto = self.channel.dataReceived.__self__
+        proto = self.channel.socket
         assert isinstance(proto, ChatWebSocket)
         return proto
 

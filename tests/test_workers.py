@@ -116,6 +116,15 @@ def test_workers_make_a_parent_that_holds_the_port_and_supervises(tmp_path):
     assert supervisor.count == 3 and supervisor.argv == args
 
 
+def test_the_web_door_is_held_and_passed_like_the_port(tmp_path):
+    args = ["--port", "tcp:0", "--web", "tcp:0", "--workers", "2", *BACKPLANE,
+            "--web-port-file", str(tmp_path / "w")]  # fmt: skip
+    services = list(IServiceCollection(tap.makeService(parse(*args))))
+    held = [cast(tap.HeldListener, s) for s in services if isinstance(s, tap.HeldListener)]
+    assert [h.web for h in held] == [False, True]
+    assert held[1].port_file == str(tmp_path / "w") and held[0].port_file is None
+
+
 @pytest.mark.parametrize("port", ["unix:{tmp}/chat.sock", "tcp6:0", "ssl:0"])
 def test_unix_tcp6_and_tls_ports_can_be_shared(port, tmp_path):
     from tests.test_client_e2e import _make_certificate

@@ -35,6 +35,7 @@ from tests.e2e_support import (
 )
 from tests.redis_support import JOIN_TIMEOUT, RedisProcess
 from tests.test_backplane_e2e import FAST, LOST_TIMEOUT, wait_known, who
+from tests.ws_support import WsClient
 
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 STOP_TIMEOUT = 20.0  # the supervisor's STOP_GRACE and KILL_WAIT, and a margin
@@ -245,3 +246,30 @@ def test_workers_without_a_backplane_are_refused_in_one_line(tmp_path: Path) -> 
     message = done.stderr.decode().strip()
     assert message.startswith("twistd groupchat: error: --workers 2 needs --backplane")
     assert len(message.splitlines()) == 1
+
+
+def test_the_web_door_is_shared_by_the_workers_too(
+    redis_server: RedisProcess,
+    start_server: ServerFactory,
+    connect: ClientFactory,
+    leftovers: list[ServerProcess],
+) -> None:
+    server = start_workers(start_server, redis_server, "--web", f"tcp:0:interface={HOST}")
+    leftovers.append(server)
+    assert server.log().count("groupchat web client at http://") == 1  # the parent's
+    webs = [WsClient(server.web_port(), f"web{i}") for i in range(4)]
+    for web in webs:
+        web.expect_type("welcome")
+    served = set(re.findall(r"\[worker (\d) \S+ChatWebSocket#info\] connect", server.log()))
+    nc = connect(server, "nc")
+    set_nick(nc, "ncat")
+    nc.say("/join #both")
+    for i, web in enumerate(webs):
+        web.say(f"/nick web{i}")
+        web.say("/join #both")
+        web.expect_type("current", room="#both", timeout=JOIN_TIMEOUT)
+    webs[0].say("across workers")
+    nc.expect("[#both] <web0> across workers")
+    for web in webs[1:]:
+        assert web.expect_type("message", nick="web0")["text"] == "across workers"
+    assert served <= {"1", "2"} and served

@@ -247,6 +247,7 @@ class WebChannel(HTTPChannel):
     site: WebSite
     address: str | None = None  # the admission key, while this channel holds it
     accepted = 0.0
+    socket: ChatWebSocket | None = None  # once upgraded: who its bytes are for
     _deadline: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -273,7 +274,18 @@ class WebChannel(HTTPChannel):
             self._deadline.cancel()
         self._deadline = None
 
+    def dataReceived(self, data: bytes) -> None:
+        socket = self.socket
+        if socket is not None:
+            socket.dataReceived(data)
+        else:
+            super().dataReceived(data)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        socket = self.socket
+        if socket is not None:
+            socket.connectionLost(reason)
+            return
         self._stop_deadline()
         if self.address is not None:
             self.site.rules.admission.released(self.address)
@@ -283,10 +295,10 @@ class WebChannel(HTTPChannel):
     def upgrade(self, socket: ChatWebSocket, response: bytes) -> None:
         """Hand the connection to ``socket``: from now on its bytes are the WebSocket's.
 
-        What Twisted's own WebSocket resource does (``HTTPChannel`` has no public way
-        yet): the channel's ``dataReceived`` and ``connectionLost`` become the
-        socket's.  The channel's HTTP timeout, deadline and flow control stop here;
-        the socket's own take over, and so does the admission count.
+        The channel stays the transport's protocol and passes on what it is given
+        (Twisted's own WebSocket resource replaces its methods instead; ``HTTPChannel``
+        has no public way yet).  The channel's HTTP timeout, deadline and flow control
+        stop here; the socket's own take over, and so does the admission count.
         """
         transport = self.transport
         assert transport is not None
@@ -294,8 +306,7 @@ class WebChannel(HTTPChannel):
         self.setTimeout(None)
         IConsumer(transport).unregisterProducer()
         self.requests.clear()  # the upgrade request: never finished, not kept either
-        self.dataReceived = socket.dataReceived  # type: ignore[method-assign]
-        self.connectionLost = socket.connectionLost  # type: ignore[method-assign]
+        self.socket = socket
         socket.address, self.address = self.address, None
         transport.write(response)
         socket.makeConnection(transport)
