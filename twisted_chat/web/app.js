@@ -414,90 +414,119 @@ function renderHeader() {
   }
 }
 
-function itemButton(view, label, { count = null, unread = 0 } = {}) {
-  const button = el("button", "view-item");
-  button.type = "button";
-  button.dataset.view = view.id;
-  if (view.id === state.active) button.setAttribute("aria-current", "true");
-  button.append(el("bdi", "item-name", label));
+// A sidebar item's contents: name, member count, unread badge.
+function fillItem(button, label, { count = null, unread = 0 } = {}) {
+  const parts = [el("bdi", "item-name", label)];
   if (count !== null && count !== undefined) {
     const n = el("span", "count", String(count));
     n.title = `${count} here`;
     n.setAttribute("aria-label", `${count} here`);
-    button.append(n);
+    parts.push(n);
   }
   if (unread > 0) {
     const badge = el("span", "badge", String(unread));
     badge.setAttribute("aria-label", `${unread} unread`);
-    button.append(badge);
+    parts.push(badge);
   }
-  return button;
+  button.replaceChildren(...parts);
 }
 
-// Lists are rebuilt whole (they are short); focus is put back on the same item.
-function rebuild(list, items) {
-  const focused = list.contains(document.activeElement) ? document.activeElement : null;
-  const focusKey = focused ? focused.dataset.view || focused.dataset.key : null;
-  const focusClass = focused ? focused.className : null;
-  list.replaceChildren(...items);
-  if (focusKey) {
-    for (const node of list.querySelectorAll("button")) {
-      if ((node.dataset.view || node.dataset.key) === focusKey && node.className === focusClass) {
-        node.focus();
-        break;
-      }
+// Brings a list to ``items`` ({key, sig, fill(li)}) keeping the elements of the items it
+// already shows: a list redrawn whole under the pointer (a busy room updates it often)
+// would lose a click, and the keyboard focus with it. ``fill`` runs when ``sig`` changed
+// and must keep the item's button, changing only what is inside it.
+function syncList(list, items) {
+  const old = new Map();
+  for (const li of list.children) old.set(li.dataset.key, li);
+  let at = list.firstElementChild;
+  for (const item of items) {
+    let li = old.get(item.key);
+    if (li) {
+      old.delete(item.key);
+    } else {
+      li = el("li");
+      li.dataset.key = item.key;
     }
+    if (li.dataset.sig !== item.sig) {
+      item.fill(li);
+      li.dataset.sig = item.sig;
+    }
+    if (li === at) at = at.nextElementSibling;
+    else list.insertBefore(li, at);
   }
+  for (const li of old.values()) li.remove();
+}
+
+function ownButton(li, className, text) {
+  let node = li.querySelector(`:scope > button.${className.split(" ")[0]}`);
+  if (!node) {
+    node = el("button", className, text);
+    node.type = "button";
+    li.append(node);
+  }
+  return node;
+}
+
+function viewItem(view, label, options = {}) {
+  const onScreen = view.id === state.active;
+  return {
+    key: view.id,
+    sig: JSON.stringify([label, options.count ?? null, options.unread ?? 0, onScreen]),
+    fill(li) {
+      const item = ownButton(li, "view-item");
+      item.dataset.view = view.id;
+      if (onScreen) item.setAttribute("aria-current", "true");
+      else item.removeAttribute("aria-current");
+      fillItem(item, label, options);
+    },
+  };
 }
 
 function renderLists() {
   const rooms = [...state.rooms.entries()].sort((a, b) => a[1].name.localeCompare(b[1].name));
-  rebuild(
+  syncList(
     $("room-list"),
     rooms.map(([key, room]) => {
       const view = views.get(`room:${key}`);
-      const li = el("li");
-      li.append(itemButton(view, room.name, { count: roomCount(room), unread: view.unread }));
-      return li;
+      return viewItem(view, room.name, { count: roomCount(room), unread: view.unread });
     }),
   );
   $("no-rooms").hidden = state.rooms.size > 0;
 
   const pms = [...state.pms.entries()].sort((a, b) => a[1].nick.localeCompare(b[1].nick));
-  rebuild(
+  syncList(
     $("pm-list"),
     pms.map(([key, pm]) => {
-      const view = views.get(`pm:${key}`);
-      const li = el("li", "pm-item");
-      li.append(itemButton(view, pm.nick, { unread: view.unread }));
-      const close = el("button", "close-pm", "×");
-      close.type = "button";
-      close.dataset.key = key;
-      close.title = `Close the conversation with ${pm.nick}`;
-      close.setAttribute("aria-label", `Close the conversation with ${pm.nick}`);
-      li.append(close);
-      return li;
+      const item = viewItem(views.get(`pm:${key}`), pm.nick, {
+        unread: views.get(`pm:${key}`).unread,
+      });
+      const fill = item.fill;
+      item.fill = (li) => {
+        li.className = "pm-item";
+        fill(li);
+        const close = ownButton(li, "close-pm", "×");
+        close.dataset.key = key;
+        close.title = `Close the conversation with ${pm.nick}`;
+        close.setAttribute("aria-label", close.title);
+      };
+      return item;
     }),
   );
   $("pm-section").hidden = state.pms.size === 0;
 
   const others = state.directory.rooms.filter((r) => !state.rooms.has(keyOf(r.room)));
-  rebuild(
+  syncList(
     $("directory-list"),
-    others.map((r) => {
-      const li = el("li");
-      const button = el("button", "view-item join-item");
-      button.type = "button";
-      button.dataset.key = keyOf(r.room);
-      button.dataset.room = r.room;
-      button.title = `Join ${r.room}`;
-      button.append(el("bdi", "item-name", r.room));
-      const n = el("span", "count", String(r.count));
-      n.setAttribute("aria-label", `${r.count} here`);
-      button.append(n);
-      li.append(button);
-      return li;
-    }),
+    others.map((r) => ({
+      key: keyOf(r.room),
+      sig: JSON.stringify([r.room, r.count]),
+      fill(li) {
+        const join = ownButton(li, "view-item join-item");
+        join.dataset.room = r.room;
+        join.title = `Join ${r.room}`;
+        fillItem(join, r.room, { count: r.count });
+      },
+    })),
   );
   const more = $("directory-more");
   const hidden = state.directory.total - state.directory.rooms.length;
@@ -515,9 +544,7 @@ function renderLists() {
   }
 
   const server = views.get("server");
-  rebuild($("server-list"), [
-    wrapLi(itemButton(server, "Server notices", { unread: server.unread })),
-  ]);
+  syncList($("server-list"), [viewItem(server, "Server notices", { unread: server.unread })]);
 
   const total = totalUnread();
   const badge = $("sidebar-unread");
@@ -527,53 +554,41 @@ function renderLists() {
   renderHeader();
 }
 
-function wrapLi(node) {
-  const li = el("li");
-  li.append(node);
-  return li;
-}
-
 function renderMembers() {
   const view = views.get(state.active);
   const list = $("member-list");
   const more = $("members-more");
   const heading = $("members-heading");
-  if (!view || view.kind !== "room") {
-    rebuild(list, []);
-    more.hidden = true;
-    heading.textContent = "Members";
-    return;
-  }
-  const room = state.rooms.get(view.key);
+  const room = view && view.kind === "room" ? state.rooms.get(view.key) : null;
   const nicks = room && Array.isArray(room.members) ? [...room.members] : null;
   if (!nicks) {
-    rebuild(list, []);
-    more.hidden = false;
+    syncList(list, []);
+    more.hidden = !room;
     more.textContent = "Loading…";
     heading.textContent = "Members";
     return;
   }
   nicks.sort((a, b) => a.localeCompare(b, undefined, { sensitivity: "base" }));
   heading.textContent = `Members (${nicks.length})`;
-  rebuild(
+  syncList(
     list,
-    nicks.slice(0, MEMBERS_SHOWN).map((nick) => {
-      const li = el("li");
-      if (isMe(nick)) {
-        const me = el("span", "member me-member");
-        me.append(el("bdi", `nick ${colourClass(nick)}`, nick), " ", el("span", "hint", "(you)"));
-        li.append(me);
-      } else {
-        const button = el("button", "member");
-        button.type = "button";
-        button.dataset.key = keyOf(nick);
-        button.dataset.nick = nick;
-        button.title = `Private conversation with ${nick}`;
-        button.append(el("bdi", `nick ${colourClass(nick)}`, nick));
-        li.append(button);
-      }
-      return li;
-    }),
+    nicks.slice(0, MEMBERS_SHOWN).map((nick) => ({
+      key: `${keyOf(nick)}${isMe(nick) ? " me" : ""}`,
+      sig: nick,
+      fill(li) {
+        const name = el("bdi", `nick ${colourClass(nick)}`, nick);
+        if (isMe(nick)) {
+          const me = el("span", "member me-member");
+          me.append(name, " ", el("span", "hint", "(you)"));
+          li.replaceChildren(me);
+          return;
+        }
+        const member = ownButton(li, "member");
+        member.dataset.nick = nick;
+        member.title = `Private conversation with ${nick}`;
+        member.replaceChildren(name);
+      },
+    })),
   );
   more.hidden = nicks.length <= MEMBERS_SHOWN;
   more.textContent = `and ${nicks.length - MEMBERS_SHOWN} more`;
