@@ -964,16 +964,26 @@ function queueWho(room) {
   control(`/who ${room}`);
 }
 
+// The list of rooms, asked for at most once per ROOMS_MIN_GAP_MS; at once when allowed
+// (a background tab may run a timer late).
 function requestRooms(delay = 300) {
   if (roomsTimer) return;
   const wait = Math.max(delay, lastRoomsAt + ROOMS_MIN_GAP_MS - now());
+  if (wait <= 0) {
+    askRooms();
+    return;
+  }
   roomsTimer = setTimeout(() => {
     roomsTimer = null;
-    const c = conn;
-    if (!c || !c.restored) return;
-    lastRoomsAt = now();
-    control("/rooms", () => c.roomsAsked.push(false));
+    askRooms();
   }, wait);
+}
+
+function askRooms() {
+  const c = conn;
+  if (!c || !c.restored) return;
+  lastRoomsAt = now();
+  control("/rooms", () => c.roomsAsked.push(false));
 }
 
 // A user's line as it goes out: what it will change on the server, and the echo of a
@@ -1375,6 +1385,8 @@ function restoredNow(c) {
   notice(hereView(), `${c.reconnected ? "Reconnected" : "Connected"} as ${state.nick}${where}.`);
   const room = activeRoom();
   if (room) queueWho(room);
+  clearTimeout(roomsTimer); // one asked for while restoring waited for this
+  roomsTimer = null;
   requestRooms(0);
   saveState();
   pump();
