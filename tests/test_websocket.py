@@ -385,6 +385,27 @@ def test_connections_count_across_doors_and_the_web_refusal_says_why():
     assert h.rules.admission.total == 0
 
 
+def test_a_refused_websocket_is_told_why_in_a_close_frame_its_page_can_see():
+    h = WebHarness()
+    h.rules.admission.max_per_address = 1
+    first = h.browser("alice")
+    refused = Browser(h.site, 99)
+    assert refused.accepted  # the upgrade, only to say why
+    assert refused.closed is not None and refused.closed.code == 1013
+    assert refused.closed.reason == "refused: too many connections from your address (at most 1)"
+    assert h.rules.admission.total == 1 and h.rules.admission.held == 1
+    h.clock.advance(2.0)  # held like any refusal, then closed
+    assert refused.transport.disconnecting
+    first.lost()
+
+
+def test_files_are_served_one_request_per_connection():
+    h = WebHarness()
+    transport, answer = http(h.site, b"GET /nothing HTTP/1.1\r\nHost: chat.test\r\n\r\n")
+    assert b"\r\nConnection: close\r\n" in answer
+    assert transport.disconnecting
+
+
 def test_an_http_connection_has_a_deadline_from_accept():
     h = WebHarness()
     transport, _ = http(h.site, b"GET /ws HTTP/1.1\r\nHost: chat.te")  # and then nothing

@@ -81,8 +81,8 @@ class WsClient:
                 self.status = event.status_code
             elif isinstance(event, TextMessage):
                 self.messages.append(event.data)
-            elif isinstance(event, CloseConnection):
-                self.closed = event
+            elif isinstance(event, CloseConnection) and self.closed is None:
+                self.closed = event  # the server's; wsproto adds a 1006 at the end
         return not self.eof
 
     @property

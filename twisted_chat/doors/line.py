@@ -221,6 +221,9 @@ class Refusal(Protocol):
             self.tell = False
         if self.tell:
             self.transport.write(self.answer())
+        self._hold_or_close()
+
+    def _hold_or_close(self) -> None:
         if self.hold:
             self._holding = True
             self.admission.held += 1

@@ -11,13 +11,16 @@ for pages of an allowed origin (the same host, unless ``--web-origin`` says more
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.resources
 import re
+import struct
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,7 +34,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from twisted_chat.core.sanitize import clean_text
 from twisted_chat.doors.line import Refusal
-from twisted_chat.doors.websocket import ChatWebSocket, accept
+from twisted_chat.doors.websocket import ChatWebSocket, accept, frame, truncate_utf8
 from twisted_chat.rules.connection import Rules, abort_transport
 
 MAX_BODY = 1024  # the site takes no request bodies; a little is tolerated, then closed
@@ -219,6 +222,12 @@ class WebRequest(Request):
         for name, value in _STATIC_HEADERS:
             self.setHeader(name, value)
         self.setHeader(b"content-security-policy", content_security_policy(_header(self, b"host")))
+        if not isinstance(resrc, ChatSocket) and self.channel is not None:
+            # One request per connection: a browser keeps idle connections open for
+            # reuse, and each counts against --max-per-address until it closes, which
+            # could leave no room for the page's own WebSocket.
+            self.setHeader(b"connection", b"close")
+            self.channel.persistent = False
         super().render(resrc)
 
     def gotLength(self, length: int | None) -> None:
@@ -314,7 +323,36 @@ class WebChannel(HTTPChannel):
 
 
 class WebRefusal(Refusal):
-    """A refused connection to the site: a 503 saying why, for the browser to show."""
+    """A refused connection to the site, told why in a way its page can see.
+
+    A browser shows a page nothing of a refused WebSocket's HTTP answer, so a WebSocket
+    request is read (its head only, at most ``MAX_REFUSED_HEAD`` bytes, within the hold)
+    and answered with the upgrade and at once a close frame, code 1013 ("try again
+    later"), whose reason is the refusal; anything else gets a 503 saying it.  Silent
+    refusals (told a moment ago, too many held, over TLS) read nothing, as on any door.
+    """
+
+    _head: bytearray | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        if not (self.tell and self.hold) or ISSLTransport.providedBy(self.transport):
+            super().connectionMade()
+            return
+        self._head = bytearray()
+        self._hold_or_close()
+
+    def dataReceived(self, data: bytes) -> None:
+        head = self._head
+        if head is None or self.transport is None:
+            return
+        head += data
+        if b"\r\n\r\n" not in head and len(head) < MAX_REFUSED_HEAD:
+            return
+        self._head = None
+        IPushProducer(self.transport).pauseProducing()  # read no more of it
+        key = _websocket_key(bytes(head))
+        self.transport.write(self.answer() if key is None else self.closing(key))
 
     def answer(self) -> bytes:
         body = f"refused: {self.reason}\n".encode()
@@ -322,6 +360,37 @@ class WebRefusal(Refusal):
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
         ) + body
+
+    def closing(self, key: bytes) -> bytes:
+        """The upgrade, then a close frame with the refusal as its reason."""
+        accept = base64.b64encode(hashlib.sha1(key + _WEBSOCKET_GUID).digest())
+        reason = truncate_utf8(f"refused: {self.reason}", 123).encode()
+        return (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            + frame(struct.pack("!H", TRY_AGAIN_LATER) + reason, opcode=0x8)
+        )  # fmt: skip
+
+
+MAX_REFUSED_HEAD = 8192
+TRY_AGAIN_LATER = 1013
+_WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
+
+
+def _websocket_key(head: bytes) -> bytes | None:
+    """The Sec-WebSocket-Key of a WebSocket upgrade request's head, else None."""
+    lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    if not lines[0].startswith(b"GET "):
+        return None
+    fields: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            fields[name.strip().lower()] = value.strip()
+    key = fields.get(b"sec-websocket-key", b"")
+    if fields.get(b"upgrade", b"").lower() != b"websocket" or not 16 <= len(key) <= 64:
+        return None
+    return key
 
 
 class WebSite(Site):

@@ -190,12 +190,13 @@ class ChatWebSocket(Connection, Protocol):
         """Close with a close frame after ``last``, saying why when there is a why."""
         ws = self._ws
         if ws.state is ConnectionState.OPEN:
-            reason = _truncate(self.why, 123)  # a close frame holds 125 bytes
+            reason = truncate_utf8(self.why, 123)  # a close frame holds 125 bytes
             last += ws.send(CloseConnection(code=NORMAL, reason=reason))
         Connection._end(self, last)
 
 
-def _truncate(text: str, limit: int) -> str:
+def truncate_utf8(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
     data = text.encode("utf-8")
     if len(data) <= limit:
         return text
