@@ -272,7 +272,8 @@ def main() -> None:
         "--deliveries",
         type=float,
         default=2e6,
-        help="fanout, backplane, web: deliveries per run at least (more messages for small rooms)",
+        help="fanout, backplane, web: deliveries per run at least (more messages for small "
+        f"rooms); web: {WEB_DEFAULTS['deliveries']:g}",
     )
     add(
         "--window",

@@ -549,7 +549,7 @@ def _row_line(row: dict[str, Any]) -> str:
         ratio = row.get(f"deliveries_per_s_ratio_to_{BASE}")
         per_cpu = row.get(f"deliveries_per_cpu_s_ratio_to_{BASE}")
         return (
-            f"{row['setup']:6} R={row['receivers']:<5} {row['deliveries_per_s']:>12,.0f} "
+            f"{row['setup']:9} R={row['receivers']:<5} {row['deliveries_per_s']:>12,.0f} "
             f"deliveries/s (min {row['deliveries_per_s_min']:,.0f}, "
             f"max {row['deliveries_per_s_max']:,.0f})"
             + (f" ({ratio:.2f} x {BASE})" if ratio is not None else "")
@@ -560,7 +560,7 @@ def _row_line(row: dict[str, Any]) -> str:
         )
     ratio = row.get(f"rss_per_conn_bytes_ratio_to_{BASE}")
     return (
-        f"{row['door']:6} N={row['clients']:<6} "
+        f"{row['door']:9} N={row['clients']:<6} "
         f"RSS/conn {row['rss_per_conn_bytes'] / 1024:.1f} KiB "
         f"({row['rss_per_conn_bytes_min'] / 1024:.1f}-{row['rss_per_conn_bytes_max'] / 1024:.1f})"
         + (f" ({ratio:.2f} x {BASE})" if ratio is not None else "")
