@@ -6,6 +6,7 @@
     python -m bench scale --clients 1000 5000 10000
     python -m bench attack --rounds 3 --write   # members' latency and memory under attacks
     python -m bench backplane --rounds 3 --write  # a room over two nodes and one Redis
+    python -m bench web --rounds 3 --write        # WebSocket clients beside line clients
 
 Extra options for our server (to try settings) go in ``GROUPCHAT_ARGS``, for example
 ``GROUPCHAT_ARGS='--flush-interval 0' python -m bench latency``.
@@ -40,6 +41,9 @@ from bench.backplane import run_backplane
 from bench.common import OUT, ROOT, SERVERS, summarize
 from bench.load import FAILED, fanout, latency, messages_for, paired_ratios, repeat
 from bench.report import update
+from bench.web import DEFAULTS as WEB_DEFAULTS
+from bench.web import add_arguments as web_arguments
+from bench.web import run_web
 
 
 def _ratios(row: dict[str, Any]) -> str:
@@ -231,20 +235,25 @@ def main() -> None:
     add = parser.add_argument
     add(
         "scenario",
-        choices=["fanout", "latency", "scale", "attack", "backplane", "all"],
-        help="what to measure ('all' is the first three)",
+        choices=["fanout", "latency", "scale", "attack", "backplane", "web", "all"],
+        help="what to measure ('all' is fanout, latency, scale and web)",
     )
     add("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS), help="which")
 
     def backplane_default(option: str) -> str:
         return f"; backplane: {' '.join(f'{v:g}' for v in BACKPLANE_DEFAULTS[option])}"
 
+    def web_default(option: str) -> str:
+        return f"; web: {' '.join(f'{v:g}' for v in WEB_DEFAULTS[option])}"
+
     add(
         "--receivers",
         type=int,
         nargs="+",
         default=[10, 100, 1000],
-        help="fanout, backplane: room sizes" + backplane_default("receivers"),
+        help="fanout, backplane, web: room sizes"
+        + backplane_default("receivers")
+        + web_default("receivers"),
     )
     add(
         "--senders",
@@ -257,19 +266,20 @@ def main() -> None:
         "--messages",
         type=int,
         default=2000,
-        help="fanout, backplane: least messages per run, in all",
+        help="fanout, backplane, web: least messages per run, in all",
     )
     add(
         "--deliveries",
         type=float,
         default=2e6,
-        help="fanout, backplane: deliveries per run at least (more messages for small rooms)",
+        help="fanout, backplane, web: deliveries per run at least (more messages for small "
+        f"rooms); web: {WEB_DEFAULTS['deliveries']:g}",
     )
     add(
         "--window",
         type=int,
         default=400,
-        help="fanout, backplane: most messages senders may be ahead",
+        help="fanout, backplane, web: most messages senders may be ahead",
     )
     add(
         "--rates",
@@ -280,11 +290,18 @@ def main() -> None:
     )
     add("--latency-receivers", type=int, default=100, help="latency: room size")
     add("--seconds", type=float, default=3.0, help="latency, backplane: sending time per run")
-    add("--clients", type=int, nargs="+", default=[1000, 5000, 10000], help="scale: sizes")
+    add(
+        "--clients",
+        type=int,
+        nargs="+",
+        default=[1000, 5000, 10000],
+        help="scale: sizes" + web_default("clients") + " (connections per door)",
+    )
     add("--repeat", type=int, default=5, help="rounds; each round runs every server once")
     add("--timeout", type=float, default=60.0, help="longest wait for one run's deliveries")
     attack_arguments(add)
     backplane_arguments(add)
+    web_arguments(add)
     add(
         "--write",
         action="store_true",
@@ -293,10 +310,12 @@ def main() -> None:
     )
     if parser.parse_known_args()[0].scenario == "backplane":
         parser.set_defaults(**BACKPLANE_DEFAULTS)
+    if parser.parse_known_args()[0].scenario == "web":
+        parser.set_defaults(**WEB_DEFAULTS)
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
-    scenarios = ["fanout", "latency", "scale"] if args.scenario == "all" else [args.scenario]
+    scenarios = ["fanout", "latency", "scale", "web"] if args.scenario == "all" else [args.scenario]
     for scenario in scenarios:
         print(f"== {scenario}", flush=True)
         if scenario == "fanout":
@@ -310,6 +329,10 @@ def main() -> None:
             continue
         elif scenario == "backplane":
             rows = run_backplane(args)
+        elif scenario == "web":
+            # In 'all', its own room sizes and connection count, not fanout's and scale's.
+            alone = args.scenario == "web"
+            rows = run_web(args if alone else argparse.Namespace(**(vars(args) | WEB_DEFAULTS)))
         else:
             from bench.scale import run_scale
 

@@ -180,12 +180,62 @@ def backplane_md(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def web_md(doc: dict[str, Any]) -> list[str]:
+    rows = doc["results"]
+    base = "line"  # bench.web.BASE
+    doors = {"line": "line", "line-json": "line, JSON", "ws": "WebSocket"}
+    lines = [
+        "Our server with both doors open (`--web` beside the line port), started afresh for "
+        "every run, on CPU 0; the generator on CPU 1. Fan-out as above (one sender, 64-byte "
+        "messages), with the receivers and the sender on the door each setup names; "
+        "deliveries/s is the throughput at saturation, median of the runs (min-max); "
+        "`per server CPU s` is deliveries over the server's CPU time, what it would do "
+        "with a core to itself whichever side was the limit. `x line` is the median of "
+        "per-round ratios to the `line` setup. `others` is what other processes and the "
+        "kernel took of the two cores meanwhile (a run above 15 % is redone, up to three "
+        "tries). The target is `ws` at least 0.5 x line.",
+        "",
+        "| R | setup | receivers | sender | deliveries/s | x line | per server CPU s | x line "
+        "| server CPU | generator CPU | others | lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in (r for r in rows if r["kind"] == "fanout"):
+        spread = f"{_k(r['deliveries_per_s_min'])}-{_k(r['deliveries_per_s_max'])}"
+        lines.append(
+            f"| {r['receivers']} | {r['setup']}{_marks(r)} | {doors[r['receiver_door']]} | "
+            f"{doors[r['sender_door']]} | {_k(r['deliveries_per_s'])} ({spread}) | "
+            f"{_ratio(r, 'deliveries_per_s', base)} | {_k(r['deliveries_per_cpu_s'])} | "
+            f"{_ratio(r, 'deliveries_per_cpu_s', base)} | {r['server_cpu']:.0%} | "
+            f"{r['generator_cpu']:.0%} | {r['others_cpu']:.0%} | {r['lost']} |"
+        )
+    lines += [
+        "",
+        "Memory: the server's RSS growth over the connections, each named, seated in "
+        "`#scale` and sending `/ping` every 5 s (timeout 15 s), read once all are seated "
+        "and each has pinged; median of the runs (min-max).",
+        "",
+        "| connections | door | RSS per connection | x line | all connected and seated "
+        "| dropped meanwhile |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in (r for r in rows if r["kind"] == "memory"):
+        lines.append(
+            f"| {r['clients']:,} | {doors[r['door']]}{_marks(r, 'steal_max')} | "
+            f"{r['rss_per_conn_bytes'] / 1024:.1f} KiB ({r['rss_per_conn_bytes_min'] / 1024:.1f}-"
+            f"{r['rss_per_conn_bytes_max'] / 1024:.1f}) | {_ratio(r, 'rss_per_conn_bytes', base)} "
+            f"| {r['connect_s']:.2f} s ({r['connect_s_min']:.2f}-{r['connect_s_max']:.2f}) | "
+            f"{r['timed_out']} |"
+        )
+    return lines
+
+
 def render(out: Path) -> str:
     parts: list[str] = []
     for scenario, title, table in (
         ("fanout", "Fan-out throughput", fanout_md),
         ("latency", "Latency", latency_md),
         ("scale", "Connection scale (groupchat)", scale_md),
+        ("web", "WebSocket (browser) clients", web_md),
         ("backplane", "Backplane: one room on one node or over two", backplane_md),
     ):
         doc = _load(out, scenario)
