@@ -36,7 +36,8 @@ from twisted_chat.doors.web import (
     normalize_origin,
     origin_allowed,
 )
-from twisted_chat.doors.websocket import ChatWebSocket, frame
+from twisted_chat.doors.websocket import ChatWebSocket
+from twisted_chat.doors.wsframes import frame
 from twisted_chat.rules.connection import Session
 from twisted_chat.rules.limits import InputLimits
 

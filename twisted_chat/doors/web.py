@@ -15,7 +15,6 @@ import base64
 import hashlib
 import importlib.resources
 import re
-import struct
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,7 +33,8 @@ from wsproto.utilities import RemoteProtocolError
 
 from twisted_chat.core.sanitize import clean_text
 from twisted_chat.doors.line import Refusal
-from twisted_chat.doors.websocket import ChatWebSocket, accept, frame, truncate_utf8
+from twisted_chat.doors.websocket import ChatWebSocket, accept
+from twisted_chat.doors.wsframes import close_frame
 from twisted_chat.rules.connection import Rules, abort_transport
 
 MAX_BODY = 1024  # the site takes no request bodies; a little is tolerated, then closed
@@ -184,8 +184,7 @@ class ChatSocket(Resource):
                 426,
                 "this is the chat's WebSocket: open the page at / in a browser instead\n",
             )
-        response, connection = accept(handshake)
-        channel.upgrade(ChatWebSocket(self.rules, connection, channel.accepted), response)
+        channel.upgrade(ChatWebSocket(self.rules, channel.accepted), accept(handshake))
         return NOT_DONE_YET
 
 
@@ -364,11 +363,10 @@ class WebRefusal(Refusal):
     def closing(self, key: bytes) -> bytes:
         """The upgrade, then a close frame with the refusal as its reason."""
         accept = base64.b64encode(hashlib.sha1(key + _WEBSOCKET_GUID).digest())
-        reason = truncate_utf8(f"refused: {self.reason}", 123).encode()
         return (
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            + frame(struct.pack("!H", TRY_AGAIN_LATER) + reason, opcode=0x8)
+            + close_frame(TRY_AGAIN_LATER, f"refused: {self.reason}")
         )  # fmt: skip
 
 

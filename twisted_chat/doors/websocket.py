@@ -1,48 +1,47 @@
 """The WebSocket front door: the browser client's way in, over ``--web``'s ``/ws``.
 
 One text message is one line as typed; one event is one message, in the JSON rendering
-unless the member asks for text.  wsproto (what ``Twisted[websocket]`` installs) parses
-the handshake and the frames; the rest is ours, for what the rules need and Twisted's
-own ``twisted.web.websocket`` does not give: every byte read is charged before it is
-parsed, a message is never held past ``--max-line`` (it reassembles messages without a
-bound), a pong is output like any other and counts against the send queue, and an
-event is framed once for all its recipients, as the line door renders it once (server
-frames are not masked, so every recipient gets the same bytes).
+unless the member asks for text.  wsproto (what ``Twisted[websocket]`` installs) checks
+the handshake; frames are read and written by ``wsframes``.  Twisted's own
+``twisted.web.websocket`` would not give what the rules need: every byte read is charged
+before it is parsed, a message is never held past ``--max-line`` (it reassembles
+messages without a bound), a pong is output like any other and counts against the send
+queue, and an event is framed once for all its recipients, as the line door renders it
+once (server frames are not masked, so every recipient gets the same bytes).
 """
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from wsproto.connection import Connection as WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from twisted_chat.core.errors import NotText
 from twisted_chat.core.events import Event
-from twisted_chat.render import JSON, TEXT, Renderer
-from twisted_chat.rules.connection import Connection, Rules
+from twisted_chat.doors.wsframes import (
+    BINARY,
+    CLOSE,
+    FAIL,
+    NO_CODE,
+    PING,
+    PONG,
+    TEXT,
+    FrameReader,
+    close_code,
+    close_frame,
+    frame,
+)
+from twisted_chat.render import JSON, Renderer
+from twisted_chat.render import TEXT as TEXT_RENDERING
+from twisted_chat.rules.connection import Connection, Rules, Session
 from twisted_chat.rules.limits import TOO_LONG, LineTooLong
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
 NORMAL, GOING_AWAY = 1000, 1001
-_QUIET_CLOSES = (NORMAL, GOING_AWAY, 1005)  # 1005: a close frame with no code
-
-
-def frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One unfragmented, unmasked frame (RFC 6455 5.2): what a server sends."""
-    n = len(payload)
-    head = 0x80 | opcode
-    if n < 126:
-        return bytes((head, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", head, 126, n) + payload
-    return struct.pack("!BBQ", head, 127, n) + payload
+_QUIET_CLOSES = (NORMAL, GOING_AWAY, NO_CODE)
 
 
 class _Framed(Renderer):
@@ -69,7 +68,7 @@ class FramedJson(_Framed):
 
 class FramedText(_Framed):
     name = "text"
-    base = TEXT
+    base = TEXT_RENDERING
 
     def encode(self, event: Event) -> bytes:
         wire = event.ws_text_wire
@@ -89,12 +88,14 @@ class ChatWebSocket(Connection, Protocol):
     pauses, back-pressure and direct writes work as for the line door.
     """
 
-    __slots__ = ("_parts", "_peer_closed", "_size", "_skipping", "_started", "_ws")
+    __slots__ = ("_close_sent", "_frames", "_parts", "_peer_closed", "_size", "_skipping",
+                 "_started")  # fmt: skip
 
-    def __init__(self, rules: Rules, ws: WSConnection, started: float) -> None:
+    def __init__(self, rules: Rules, started: float) -> None:
         Connection.__init__(self, rules)
         self.format = WS_JSON
-        self._ws = ws
+        self._frames = FrameReader()
+        self._close_sent = False
         self._parts: list[str] | None = None  # the text message being received
         self._size = 0
         self._skipping = False  # the message is over the limit: dropped up to its end
@@ -118,21 +119,27 @@ class ChatWebSocket(Connection, Protocol):
     def dataReceived(self, data: bytes) -> None:
         if not self._charge(len(data)):
             return
-        ws = self._ws
-        ws.receive_data(data)
         lines: list[bytes | LineTooLong] = []
-        for event in ws.events():
-            if isinstance(event, TextMessage):
-                self._text(event.data, event.message_finished, lines)
-            elif isinstance(event, Ping):
-                self._send(ws.send(event.response()))
-            elif isinstance(event, CloseConnection):
-                self._closed_by_peer(event)
-                return
-            elif isinstance(event, BytesMessage) and event.message_finished:
+        for opcode, payload, finished in self._frames.feed(data):
+            if opcode == TEXT:
+                assert isinstance(payload, str)
+                self._text(payload, bool(finished), lines)
+            elif opcode == PING:
+                assert isinstance(payload, bytes)
+                self._send(frame(payload, PONG))
+            elif opcode == BINARY:
                 self._take_lines(lines)
                 lines = []
                 self._tell(NotText("binary messages are not read here: send text"))
+            elif opcode in (CLOSE, FAIL):
+                self._take_lines(lines)  # what came before the close is acted on
+                if opcode == CLOSE:
+                    assert isinstance(payload, bytes)
+                    self._closed_by_peer(*close_code(payload))
+                else:
+                    assert isinstance(payload, str)
+                    self._broken(payload, int(finished))
+                return
         self._take_lines(lines)
 
     def _text(self, data: str, finished: bool, lines: list[bytes | LineTooLong]) -> None:
@@ -164,23 +171,33 @@ class ChatWebSocket(Connection, Protocol):
             line = line.removesuffix(b"\r")
             lines.append(line if len(line) <= limit else TOO_LONG)
 
-    def _closed_by_peer(self, event: CloseConnection) -> None:
-        """A close frame: the tab went away (or the frames made no sense: wsproto says
-        so with a close of its own, 1002 or 1007)."""
-        if event.code not in _QUIET_CLOSES:
+    def _closed_by_peer(self, code: int, reason: str) -> None:
+        """A close frame: the tab went away.  Answered with its code, then closed."""
+        if code not in _QUIET_CLOSES:
             self.log.info(
                 "WebSocket from {peer} closed: {code} {reason}",
                 peer=self.peer,
-                code=event.code,
-                reason=event.reason,
+                code=code,
+                reason=reason,
             )
         self._peer_closed = True
-        answer = b""
-        if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            answer = self._ws.send(event.response())
+        self._finish(close_frame(NORMAL if code == NO_CODE else code))
+
+    def _broken(self, reason: str, code: int) -> None:
+        """Frames no client may send: say why in a close frame, and end."""
+        self.log.info(
+            "WebSocket from {peer} broke the protocol: {reason}", peer=self.peer, reason=reason
+        )
+        self.why = f"WebSocket protocol error: {reason}"
+        self._finish(close_frame(code, reason))
+
+    def _finish(self, close: bytes) -> None:
+        if self.state not in (Session.OPEN, Session.LOGIN) or self.transport is None:
+            return  # already closing (the lines before it may have quit)
+        self._close_sent = True
         self.pending = None
         self._out = None
-        self._end(answer)
+        self._end(close)
 
     def set_format(self, name: str) -> None:
         super().set_format(name)
@@ -188,30 +205,18 @@ class ChatWebSocket(Connection, Protocol):
 
     def _end(self, last: bytes) -> None:
         """Close with a close frame after ``last``, saying why when there is a why."""
-        ws = self._ws
-        if ws.state is ConnectionState.OPEN:
-            reason = truncate_utf8(self.why, 123)  # a close frame holds 125 bytes
-            last += ws.send(CloseConnection(code=NORMAL, reason=reason))
+        if not self._close_sent:
+            self._close_sent = True
+            last += close_frame(NORMAL, self.why)
         Connection._end(self, last)
 
 
-def truncate_utf8(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
-    data = text.encode("utf-8")
-    if len(data) <= limit:
-        return text
-    return data[:limit].decode("utf-8", "ignore")
-
-
-def accept(ws_handshake: Any) -> tuple[bytes, WSConnection]:
-    """The 101 response for an upgrade request wsproto accepted, and the connection.
+def accept(ws_handshake: Any) -> bytes:
+    """The 101 response for an upgrade request wsproto accepted.
 
     No subprotocol and no extension is agreed: a compressed frame would cost inflating
     before its size is known.
     """
     from wsproto.events import AcceptConnection
 
-    response = ws_handshake.send(AcceptConnection())
-    connection = ws_handshake.connection
-    assert connection is not None
-    return response, connection
+    return bytes(ws_handshake.send(AcceptConnection()))
