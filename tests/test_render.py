@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import task
 
 from tests.doubles import Harness, RecordingParticipant
@@ -394,3 +396,23 @@ def test_format_switch_goes_by_name_and_an_unknown_name_changes_nothing():
     assert JSON.document(pa.events[-1])["format"] == "json"
     dispatcher.dispatch(alice, "/format")
     assert TEXT.text(pa.events[-1]) == "!!! bad-arguments: usage: /format json|text"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ts=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    room=st.text(max_size=40),
+    nick=st.text(max_size=40),
+    text=st.text(max_size=200).filter(lambda t: not any(0xD800 <= ord(c) <= 0xDFFF for c in t)),
+)
+def test_messages_written_by_hand_are_what_the_json_encoder_writes(ts, room, nick, text):
+    from twisted_chat.core.events import Action, Message, Private
+    from twisted_chat.render import _JSON_ENCODER
+
+    for event in (
+        Message(ts=ts, room=room, nick=nick, text_=text),
+        Action(ts=ts, room=room, nick=nick, text_=text),
+        Private(ts=ts, sender=room, recipient=nick, text_=text),
+    ):
+        generic = _JSON_ENCODER.encode(JSON.document(event)).encode("utf-8") + b"\r\n"
+        assert JSON.line(event) == generic

@@ -106,6 +106,9 @@ class JsonRenderer(Renderer):
         return wire
 
     def line(self, event: Event) -> bytes:
+        fast = _FAST_JSON.get(type(event))
+        if fast is not None:
+            return fast(event).encode("utf-8")
         return _JSON_ENCODER.encode(self.document(event)).encode("utf-8") + b"\r\n"
 
     def document(self, event: Event) -> dict[str, Any]:
@@ -119,6 +122,31 @@ class JsonRenderer(Renderer):
 
 # One encoder for every event: json.dumps with options builds a new one per call.
 _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# What that encoder does to a string (in C), for the lines written by hand below.
+_quote: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _room_text_json(e: Message | Action) -> str:
+    """The same line the encoder writes for a room message, in a fifth of the time: it
+    is rendered once per message for every JSON member and browser in the room."""
+    return (
+        f'{{"type":"{e.type}","ts":{round(e.ts, 3)!r},"room":{_quote(e.room)},'
+        f'"nick":{_quote(e.nick)},"text":{_quote(e.text_)}}}\r\n'
+    )
+
+
+def _private_json(e: Private) -> str:
+    return (
+        f'{{"type":"private","ts":{round(e.ts, 3)!r},"from":{_quote(e.sender)},'
+        f'"to":{_quote(e.recipient)},"text":{_quote(e.text_)}}}\r\n'
+    )
+
+
+_FAST_JSON: dict[type[Event], Callable[[Any], str]] = {
+    Message: _room_text_json,
+    Action: _room_text_json,
+    Private: _private_json,
+}
 
 TEXT = TextRenderer()
 JSON = JsonRenderer()
