@@ -765,7 +765,7 @@ def add_arguments(add: Callable[..., Any]) -> None:
         "--rounds",
         type=int,
         default=3,
-        help="attack, backplane: rounds; each runs every attack (every setup) once",
+        help="attack, backplane, web: rounds; each runs every attack (every setup) once",
     )
     add("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS), help="attack: which")
     add(
