@@ -127,5 +127,7 @@ class ProtocolHarness:
         conn = Connection(self.factory, next(self._ports))
         if nick is not None:
             conn.send(f"/nick {nick}\r\n".encode())
+        if conn.protocol.member is None and self.rules.seat_wait:
+            self.clock.advance(self.rules.seat_wait)  # a lone /nick waits for a /join
         conn.new_lines()
         return conn

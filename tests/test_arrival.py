@@ -139,3 +139,37 @@ def test_escape_sequences_in_a_refused_request_do_not_reach_the_log():
         globalLogPublisher.removeObserver(seen.append)  # type: ignore[arg-type]
     requests = [e["request"] for e in seen if "request" in e]
     assert requests == ["GET /FAKE HTTP/1.1"]
+
+
+def test_setup_lines_in_separate_reads_within_the_wait_count_too():
+    # A browser sends each line as its own WebSocket message; a reload must not show
+    # the member in #lobby on its way back to its room.
+    h = _harness()
+    lobby = h.connect("lobbyist")
+    lobby.new_lines()
+    client = _arrive(h)
+    client.send(b"/format json\n")
+    h.clock.advance(0.05)
+    client.send(b"/nick zed\n")
+    assert client.output() == b"" and len(h.service.members) == 1  # not seated yet
+    h.clock.advance(0.05)
+    client.send(b"/join #dev\n")  # a /join ends the setup: seated at once
+    welcome = json.loads(client.new_lines()[0])
+    assert (welcome["nick"], welcome["rooms"]) == ("zed", ["#dev"])
+    h.clock.advance(1)
+    assert lobby.new_lines() == []  # #lobby never saw it
+
+
+def test_a_lone_setup_line_is_applied_when_the_wait_ends_and_any_other_line_ends_it_early():
+    h = _harness()
+    named = _arrive(h)
+    named.send(b"/nick solo\n")
+    assert named.output() == b""
+    h.clock.advance(SEAT_WAIT)
+    assert "solo" in named.new_lines()[0]
+    talker = _arrive(h)
+    talker.send(b"/nick chatty\n")
+    talker.send(b"hello\n")  # not a setup line: seated now, then the line is said
+    lines = talker.new_lines()
+    assert "chatty" in lines[0]
+    assert len(h.service.members) == 2

@@ -124,6 +124,7 @@ class Connection:
         "_resume_call",
         "_seat_call",
         "_send_error",
+        "_setup",
         "_waiting",
         "address",
         "batcher",
@@ -157,6 +158,7 @@ class Connection:
         self.governor = InputGovernor(rules.limits, self.clock.seconds()) if rules.limits else None
         self.held_by = ""  # which limit holds the connection back: "lines" or "bytes"
         self._seat_call: IDelayedCall | None = None
+        self._setup: dict[bytes, str] | None = None  # setup lines gathered before seating
         self._fresh = True  # no line read yet
         self.why = ""  # the reason the server gave when it closed the connection
         # Lines read but not yet acted on, and output the transport had no room for; both
@@ -226,10 +228,12 @@ class Connection:
         if self._seat_call is not None and self._seat_call.active():
             self._seat_call.cancel()
         self._seat_call = None
+        if setup is None:  # the wait ended: what setup lines came meanwhile
+            setup = self._setup or {}
+        self._setup = None
         if self.state is not Session.OPEN or self.transport is None:
             return
         self._cancel_deadline()
-        setup = setup or {}
         bad_format = False
         if b"/format" in setup:
             try:
@@ -259,9 +263,25 @@ class Connection:
         if named and room is not None and not self.service.is_member_of(member, room):
             dispatcher.dispatch(member, "/join " + room)
 
-    def _setup_lines(self, lines: list[bytes | LineTooLong]) -> dict[bytes, str]:
-        """Take the /format, /nick and /join lines (one each) that open the input."""
-        setup: dict[bytes, str] = {}
+    def _setting_up(self, lines: list[bytes | LineTooLong]) -> bool:
+        """Before seating: take the setup lines from ``lines``; True once it is seated.
+
+        Setup lines may come in several reads (a browser sends each as its own message):
+        they are gathered until a ``/join`` (the last a client sends), all three, any other
+        line, or the end of the wait, whichever comes first.
+        """
+        setup = self._setup if self._setup is not None else {}
+        self._setup = None
+        self._setup_lines(lines, setup)
+        if lines or b"/join" in setup or len(setup) == len(SETUP_COMMANDS):
+            self._seat(setup)
+            return True
+        self._setup = setup
+        return False
+
+    def _setup_lines(self, lines: list[bytes | LineTooLong], setup: dict[bytes, str]) -> None:
+        """Move the /format, /nick and /join lines (one each) that open ``lines`` into
+        ``setup``."""
         while lines:
             line = lines[0]
             if not isinstance(line, bytes):
@@ -275,7 +295,6 @@ class Connection:
             except UnicodeDecodeError:
                 break
             lines.pop(0)
-        return setup
 
     def _cancel_deadline(self) -> None:
         if self._login_call is not None and self._login_call.active():
@@ -395,10 +414,10 @@ class Connection:
 
     def _take_lines(self, lines: list[bytes | LineTooLong]) -> None:
         """Lines the front door framed (maybe none): act on them as the limits allow."""
-        if lines and self._fresh:
+        if lines:
             self._fresh = False
-            if self._seat_call is not None:
-                self._seat(self._setup_lines(lines))
+            if self._seat_call is not None and not self._setting_up(lines):
+                return  # only setup lines so far: more may follow within the wait
         if lines:
             if self.pending is None:
                 self.pending = deque(lines)
