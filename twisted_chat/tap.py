@@ -395,6 +395,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         except usage.UsageError as e:
             raise OptionError(f"--auth {description!r}: {e}") from None
 
+    # usage.Options shows a method's docstring as written, wrapped lines' indentation too.
+    for _method in (opt_web_origin, opt_auth):
+        _method.__doc__ = " ".join((_method.__doc__ or "").split())
+    del _method
+
     def parseOptions(self, options: Any = None) -> None:
         """An unknown option is one line too, not the whole option list before it."""
         self.argv = list(sys.argv[1:] if options is None else options)
