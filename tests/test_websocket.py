@@ -450,3 +450,16 @@ def test_a_login_over_the_websocket():
     h.clock.advance(1)
     welcome = alice.json()[0]
     assert welcome["type"] == "welcome" and welcome["nick"] == "alice" and welcome["logged_in"]
+
+
+def test_malformed_upgrades_get_an_answer_and_no_traceback():
+    h = WebHarness()
+    key = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    upgrade = b"Upgrade: websocket\r\nConnection: Upgrade\r\n" + key
+    transport, answer = http(h.site, b"GET /ws HTTP/1.1\r\n" + upgrade + b"\r\n")  # no Host
+    assert answer.startswith(b"HTTP/1.1 426") and transport.disconnecting
+    bad_origin = b"Host: chat.test\r\nOrigin: http://[x\r\n"
+    _, answer = http(h.site, b"GET /ws HTTP/1.1\r\n" + bad_origin + upgrade + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 403")
+    assert not origin_allowed("http://[x", "[x", frozenset())
+    assert not origin_allowed("http://chat.test:99999", "chat.test:99999", frozenset())

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+import h11
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -76,12 +77,12 @@ def content_security_policy(host: str | None) -> bytes:
 
 def _origin_key(url: str, secure: bool | None = None) -> tuple[str, str, int] | None:
     """(scheme, host, port) of an origin or a Host header, default ports made explicit."""
-    parts = urlsplit(url if "//" in url else f"//{url}")
-    scheme = parts.scheme or ("https" if secure else "http")
     try:
+        parts = urlsplit(url if "//" in url else f"//{url}")
         port = parts.port
-    except ValueError:
+    except ValueError:  # "http://[x", a port out of range: no origin we could match
         return None
+    scheme = parts.scheme or ("https" if secure else "http")
     if parts.hostname is None:
         return None
     return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS.get(scheme, 0)
@@ -177,7 +178,7 @@ class ChatSocket(Resource):
         ]
         try:
             handshake.initiate_upgrade_connection(headers, request.uri)
-        except RemoteProtocolError:
+        except (RemoteProtocolError, h11.ProtocolError):  # h11's: no Host header, say
             request.setHeader(b"upgrade", b"websocket")
             return _plain(
                 request,
@@ -221,10 +222,11 @@ class WebRequest(Request):
         for name, value in _STATIC_HEADERS:
             self.setHeader(name, value)
         self.setHeader(b"content-security-policy", content_security_policy(_header(self, b"host")))
-        if not isinstance(resrc, ChatSocket) and self.channel is not None:
+        if self.channel is not None:
             # One request per connection: a browser keeps idle connections open for
             # reuse, and each counts against --max-per-address until it closes, which
-            # could leave no room for the page's own WebSocket.
+            # could leave no room for the page's own WebSocket.  (An upgrade writes its
+            # own answer, and its connection becomes the WebSocket's.)
             self.setHeader(b"connection", b"close")
             self.channel.persistent = False
         super().render(resrc)

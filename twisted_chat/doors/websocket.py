@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from twisted_chat.core.errors import NotText
 from twisted_chat.core.events import Event
+from twisted_chat.core.sanitize import clean_text
 from twisted_chat.doors.wsframes import (
     BINARY,
     CLOSE,
@@ -178,7 +179,7 @@ class ChatWebSocket(Connection, Protocol):
                 "WebSocket from {peer} closed: {code} {reason}",
                 peer=self.peer,
                 code=code,
-                reason=reason,
+                reason=clean_text(reason)[:123],  # the peer's words: no control characters
             )
         self._peer_closed = True
         self._finish(close_frame(NORMAL if code == NO_CODE else code))
