@@ -179,7 +179,7 @@ def test_a_message_over_the_line_limit_is_dropped_with_an_error_and_never_kept()
     for _ in range(50):
         alice.send_raw(ws.send(TextMessage("x" * 60, message_finished=False)))
         proto = alice.protocol
-        assert proto._parts is None or sum(map(len, proto._parts)) <= 100
+        assert len(proto._partial) <= 100
     alice.send_raw(ws.send(TextMessage("end")))
     errors = [e for e in alice.json() if e["type"] == "error"]
     assert [e["code"] for e in errors] == ["line-too-long"]
@@ -463,3 +463,73 @@ def test_malformed_upgrades_get_an_answer_and_no_traceback():
     assert answer.startswith(b"HTTP/1.1 403")
     assert not origin_allowed("http://[x", "[x", frozenset())
     assert not origin_allowed("http://chat.test:99999", "chat.test:99999", frozenset())
+
+
+def test_binary_and_ping_frames_are_held_to_the_line_rate_like_lines():
+    limits = InputLimits(rate=5, burst=5, byte_rate=1e6, byte_burst=1e6, flood_timeout=60)
+    h = WebHarness(limits=limits)
+    alice = h.browser("alice")
+    alice.json()
+    empty_binary = alice.ws.send(BytesMessage(b""))
+    alice.send_raw(empty_binary * 75 + alice.ws.send(Ping(b"p")) * 75)
+    errors = [e for e in alice.json() if e["type"] == "error"]
+    assert len(errors) <= 5  # the burst, not 75 errors for 450 bytes of input
+    h.clock.pump([0.5] * 10)
+    later = [e for e in alice.json() if e["type"] == "error"]
+    assert 15 <= len(later) <= 30  # paced at 5 a second
+    assert alice.protocol.state is Session.OPEN
+    bob = h.browser("bob")
+    bob.send_raw(bob.ws.send(BytesMessage(b"")) * 400)  # 80 s of sending at once
+    assert bob.protocol.state is Session.CLOSING
+    assert "lines at once, over 60 s of sending at 5 lines/s" in bob.protocol.why
+
+
+def test_an_endless_message_of_empty_or_tiny_fragments_costs_nothing_more():
+    h = WebHarness(max_line=100)
+    alice, bob = h.browser("alice"), h.browser("bob")
+    ws = alice.ws
+    alice.send_raw(ws.send(TextMessage("start ", message_finished=False)))
+    alice.send_raw(b"".join(ws.send(TextMessage("", message_finished=False)) for _ in range(5000)))
+    assert alice.protocol._partial == "start "  # 5,000 frames, not one piece kept each
+    alice.send_raw(b"".join(ws.send(TextMessage("€", message_finished=False)) for _ in range(30)))
+    assert alice.protocol._partial == "start " + "€" * 30  # one string, not 30 pieces
+    alice.send_raw(ws.send(TextMessage("!")))
+    assert [e["text"] for e in bob.json() if e["type"] == "message"] == ["start " + "€" * 30 + "!"]
+
+
+def test_frames_sent_right_behind_the_upgrade_request_are_read():
+    h = WebHarness()
+    transport = StringTransport(peerAddress=_addr(9))
+    channel = h.site.buildProtocol(_addr(9))
+    channel.makeConnection(transport)
+    ws = WSConnection(ConnectionType.CLIENT)
+    request = ws.send(Request(host=HOST, target="/ws"))
+    frames = b"".join(masked_text(t) for t in ("/nick early", "/join #early"))
+    channel.dataReceived(request + frames)
+    assert h.service.nick_in_use("early")
+    member = channel.socket.member if channel.socket is not None else None
+    assert member is not None and h.service.is_member_of(member, "#early")
+
+
+def masked_text(text: str) -> bytes:
+    payload = text.encode()
+    return bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload  # a mask of zeros
+
+
+def test_head_of_the_socket_and_oversized_bodies_get_one_answer():
+    h = WebHarness()
+    _, answer = http(h.site, b"HEAD /ws HTTP/1.1\r\nHost: chat.test\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 405")
+    body = b"x" * (MAX_BODY * 3)
+    _, answer = http(
+        h.site,
+        b"POST /ws HTTP/1.1\r\nHost: chat.test\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+    )
+    assert answer.startswith(b"HTTP/1.1 413") and answer.count(b"HTTP/1.1") == 1
+
+
+def test_a_head_of_too_many_headers_is_refused():
+    h = WebHarness()
+    headers = b"".join(b"X-%d: y\r\n" % i for i in range(100))
+    transport, answer = http(h.site, b"GET / HTTP/1.1\r\nHost: chat.test\r\n" + headers + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 400") and transport.disconnecting

@@ -8,6 +8,7 @@ Everything else (limits, login, seating, output, closing) is ``rules.Connection`
 from __future__ import annotations
 
 import re
+from typing import cast
 
 from twisted.internet.interfaces import (
     IAddress,
@@ -36,6 +37,7 @@ from twisted_chat.doors.framing import (
 from twisted_chat.render import TEXT
 from twisted_chat.rules.admission import REFUSAL_HOLD, Admission, Refused
 from twisted_chat.rules.connection import CLOSE_GRACE, Connection, Rules, Session, abort_transport
+from twisted_chat.rules.limits import Item
 
 # The request line of HTTP (and of RTSP and SIP, which look alike), however spaced or cased.
 HTTP_REQUEST = re.compile(rb"(?i)[a-z]{3,10}\s+\S+\s+(?:http|rtsp|sip)/\d(?:\.\d)?\s*")
@@ -85,7 +87,7 @@ class ChatLineProtocol(Connection, LineReceiver):
                 self._fresh = False
                 self._not_a_chat_client(None, "an SSH client")
                 return
-        self._take_lines(lines)
+        self._take_lines(cast(list[Item], lines))  # lines only: no NotALine from telnet
 
     def nudge(self) -> None:
         """Ask a telnet client for a timing mark, which it answers by itself.

@@ -161,6 +161,9 @@ class ChatSocket(Resource):
     def render_GET(self, request: Request) -> bytes | int:
         channel = request.channel
         assert isinstance(channel, WebChannel)
+        if request.method != b"GET":  # a HEAD, which Resource serves with render_GET
+            request.setHeader(b"allow", b"GET")
+            return _plain(request, 405, "the WebSocket is opened with GET\n")
         origin = _header(request, b"origin")
         if not origin_allowed(origin, _header(request, b"host"), self.origins, request.isSecure()):
             self.log.info(
@@ -218,6 +221,8 @@ class WebRequest(Request):
     _body = 0
 
     def render(self, resrc: IResource) -> None:
+        if self._body > MAX_BODY:
+            return  # answered 413 already, and closing: no second answer after it
         # Here rather than in process(), which sets its own Server header first.
         for name, value in _STATIC_HEADERS:
             self.setHeader(name, value)
@@ -255,6 +260,9 @@ class WebChannel(HTTPChannel):
 
     log = Logger()
     site: WebSite
+    # A browser sends some 15 headers; Twisted allows 500, each kept as objects while
+    # the head is unfinished (83 KiB a connection, measured, for 500 tiny ones).
+    maxHeaders = 64
     address: str | None = None  # the admission key, while this channel holds it
     accepted = 0.0
     socket: ChatWebSocket | None = None  # once upgraded: who its bytes are for
@@ -290,6 +298,15 @@ class WebChannel(HTTPChannel):
             socket.dataReceived(data)
         else:
             super().dataReceived(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        # Frames a client sent right behind its upgrade request, in the same read: the
+        # request was just answered, and the rest of that read is the WebSocket's.
+        socket = self.socket
+        if socket is not None:
+            socket.dataReceived(data)
+        else:
+            super().rawDataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         socket = self.socket

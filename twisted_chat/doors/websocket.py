@@ -12,6 +12,7 @@ once (server frames are not masked, so every recipient gets the same bytes).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.protocol import Protocol, connectionDone
@@ -36,7 +37,7 @@ from twisted_chat.doors.wsframes import (
 from twisted_chat.render import JSON, Renderer
 from twisted_chat.render import TEXT as TEXT_RENDERING
 from twisted_chat.rules.connection import Connection, Rules, Session
-from twisted_chat.rules.limits import TOO_LONG, LineTooLong
+from twisted_chat.rules.limits import TOO_LONG, Item, NotALine
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -89,7 +90,7 @@ class ChatWebSocket(Connection, Protocol):
     pauses, back-pressure and direct writes work as for the line door.
     """
 
-    __slots__ = ("_close_sent", "_frames", "_parts", "_peer_closed", "_size", "_skipping",
+    __slots__ = ("_close_sent", "_frames", "_partial", "_peer_closed", "_size", "_skipping",
                  "_started")  # fmt: skip
 
     def __init__(self, rules: Rules, started: float) -> None:
@@ -97,7 +98,7 @@ class ChatWebSocket(Connection, Protocol):
         self.format = WS_JSON
         self._frames = FrameReader()
         self._close_sent = False
-        self._parts: list[str] | None = None  # the text message being received
+        self._partial = ""  # the text message being received, while unfinished
         self._size = 0
         self._skipping = False  # the message is over the limit: dropped up to its end
         self._started = started  # when the TCP connection was accepted
@@ -120,18 +121,18 @@ class ChatWebSocket(Connection, Protocol):
     def dataReceived(self, data: bytes) -> None:
         if not self._charge(len(data)):
             return
-        lines: list[bytes | LineTooLong] = []
+        lines: list[Item] = []
         for opcode, payload, finished in self._frames.feed(data):
             if opcode == TEXT:
                 assert isinstance(payload, str)
                 self._text(payload, bool(finished), lines)
             elif opcode == PING:
+                # Answered in its turn, at the line rate: a flood of pings is held back
+                # like a flood of lines, and its pongs count against the send queue.
                 assert isinstance(payload, bytes)
-                self._send(frame(payload, PONG))
+                lines.append(NotALine(partial(self._send, frame(payload, PONG))))
             elif opcode == BINARY:
-                self._take_lines(lines)
-                lines = []
-                self._tell(NotText("binary messages are not read here: send text"))
+                lines.append(NotALine(self._not_text))
             elif opcode in (CLOSE, FAIL):
                 self._take_lines(lines)  # what came before the close is acted on
                 if opcode == CLOSE:
@@ -143,29 +144,32 @@ class ChatWebSocket(Connection, Protocol):
                 return
         self._take_lines(lines)
 
-    def _text(self, data: str, finished: bool, lines: list[bytes | LineTooLong]) -> None:
-        """Gather a message's pieces up to the line limit; a finished one is lines."""
+    def _not_text(self) -> None:
+        self._tell(NotText("binary messages are not read here: send text"))
+
+    def _text(self, data: str, finished: bool, lines: list[Item]) -> None:
+        """Gather a message's pieces up to the line limit; a finished one is lines.
+
+        Into one string, however many pieces it comes in: a message of thousands of
+        one-character fragments must cost what its characters cost, no more.
+        """
         if not self._skipping:
             self._size += len(data)
             if self._size > self.rules.max_line:
                 self._skipping = True
-                self._parts = None
-            elif finished and self._parts is None:
-                self._split(data, lines)
-            else:
-                if self._parts is None:
-                    self._parts = []
-                self._parts.append(data)
-                if finished:
-                    self._split("".join(self._parts), lines)
+                self._partial = ""
+            elif finished:
+                self._split(self._partial + data if self._partial else data, lines)
+                self._partial = ""
+            elif data:
+                self._partial += data
         if finished:
             if self._skipping:
                 lines.append(TOO_LONG)
-            self._parts = None
             self._size = 0
             self._skipping = False
 
-    def _split(self, text: str, lines: list[bytes | LineTooLong]) -> None:
+    def _split(self, text: str, lines: list[Item]) -> None:
         """A message is a line as typed; a pasted one with line breaks is several."""
         limit = self.rules.max_line
         for line in text.encode("utf-8").split(b"\n"):

@@ -43,7 +43,7 @@ from twisted_chat.core.service import Member
 from twisted_chat.fastwrite import can_write_directly, write_now
 from twisted_chat.render import TEXT, Renderer, renderer_for
 from twisted_chat.rules.admission import Admission
-from twisted_chat.rules.limits import InputGovernor, InputLimits, LineTooLong
+from twisted_chat.rules.limits import InputGovernor, InputLimits, Item, NotALine
 from twisted_chat.rules.login import Authenticator
 from twisted_chat.rules.output import Batcher, OutputGate
 
@@ -163,7 +163,7 @@ class Connection:
         self.why = ""  # the reason the server gave when it closed the connection
         # Lines read but not yet acted on, and output the transport had no room for; both
         # exist only while needed: an idle deque costs 600 bytes, times 10,000 members.
-        self.pending: deque[bytes | LineTooLong] | None = None
+        self.pending: deque[Item] | None = None
         self._reading_paused = False
         self._resume_call: IDelayedCall | None = None
         self._attempts = 0
@@ -263,7 +263,7 @@ class Connection:
         if named and room is not None and not self.service.is_member_of(member, room):
             dispatcher.dispatch(member, "/join " + room)
 
-    def _setting_up(self, lines: list[bytes | LineTooLong]) -> bool:
+    def _setting_up(self, lines: list[Item]) -> bool:
         """Before seating: take the setup lines from ``lines``; True once it is seated.
 
         Setup lines may come in several reads (a browser sends each as its own message):
@@ -279,7 +279,7 @@ class Connection:
         self._setup = setup
         return False
 
-    def _setup_lines(self, lines: list[bytes | LineTooLong], setup: dict[bytes, str]) -> None:
+    def _setup_lines(self, lines: list[Item], setup: dict[bytes, str]) -> None:
         """Move the /format, /nick and /join lines (one each) that open ``lines`` into
         ``setup``."""
         while lines:
@@ -412,7 +412,7 @@ class Connection:
             self.held_by = "bytes"  # whatever the bytes are, reading waits for the budget
         return True
 
-    def _take_lines(self, lines: list[bytes | LineTooLong]) -> None:
+    def _take_lines(self, lines: list[Item]) -> None:
         """Lines the front door framed (maybe none): act on them as the limits allow."""
         if lines:
             self._fresh = False
@@ -472,6 +472,8 @@ class Connection:
                     # nothing more and act on nothing more until it is done.
                     self._waiting = True
                     result.addBoth(self._answered)
+            elif isinstance(item, NotALine):
+                item.act()
             elif self.state is not Session.LOGIN:
                 self._too_long()
         if not self.pending:
@@ -660,7 +662,7 @@ def abort_transport(transport: ITransport) -> None:
     abort()
 
 
-def _is_ping(item: bytes | LineTooLong) -> bool:
+def _is_ping(item: Item) -> bool:
     return (
         isinstance(item, bytes)
         and item[:5].lower() == b"/ping"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -133,3 +134,21 @@ class LineTooLong:
 
 
 TOO_LONG = LineTooLong()
+
+
+class NotALine:
+    """Something a front door read that is no line but costs one against ``--rate``: an
+    action run when its turn comes (a WebSocket ping's pong, a binary message's error).
+
+    So input that is not text is held to the line rate like text, and its answers wait
+    behind the lines before it.
+    """
+
+    __slots__ = ("act",)
+
+    def __init__(self, act: Callable[[], None]) -> None:
+        self.act = act
+
+
+# What a front door hands to its Connection, in order.
+Item = bytes | LineTooLong | NotALine
