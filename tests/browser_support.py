@@ -187,10 +187,71 @@ class ChatPage:
     def focused_id(self) -> str:
         return str(self.js("return document.activeElement ? document.activeElement.id : ''"))
 
+    def shown(self, element_id: str) -> bool:
+        """Whether the element takes up room on screen (not hidden, not display: none)."""
+        return bool(
+            self.js(
+                "const n = document.getElementById(arguments[0]);"
+                "return Boolean(n && n.getClientRects().length"
+                " && getComputedStyle(n).visibility === 'visible');",
+                element_id,
+            )
+        )
+
+    def at_bottom(self) -> bool:
+        """The log is scrolled to its newest line (within a pixel or two)."""
+        return bool(
+            self.js(
+                "const log = document.getElementById('log');"
+                "return log.scrollHeight - log.scrollTop - log.clientHeight < 2;"
+            )
+        )
+
+    def overflowing(self) -> bool:
+        """The log holds more than fits: scrolling matters."""
+        return bool(
+            self.js(
+                "const log = document.getElementById('log');"
+                "return log.scrollHeight > log.clientHeight + 20;"
+            )
+        )
+
+    def spy_on_sent(self, *, from_load: bool = False) -> None:
+        """Remember every line the page sends (see ``sent``): from now on, or with
+        ``from_load`` from the next page load on, before the page's own script runs."""
+        if from_load:
+            self.driver.execute_cdp_cmd(
+                "Page.addScriptToEvaluateOnNewDocument", {"source": f"(() => {{{_SPY}}})()"}
+            )
+        else:
+            self.js(_SPY)
+
+    def sent(self) -> list[tuple[float, str, int]]:
+        """What the page sent: (seconds, line, message number), one per line."""
+        out = []
+        for number, (at, data) in enumerate(self.js("return window.__sent || []")):
+            out += [(at / 1000, line, number) for line in str(data).split("\n")]
+        return out
+
     # -- acting --------------------------------------------------------------------------
 
     def open(self, url: str) -> None:
         self.driver.get(url)
+
+    def resize(self, width: int, height: int) -> None:
+        """Give the page another viewport, as a window resize or a phone's rotation does."""
+        self.driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600},
+        )
+
+    def tap_at(self, x: float, y: float) -> None:
+        """A click at a point of the viewport, on whatever is there (no element check)."""
+        from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+        actions = ActionBuilder(self.driver)
+        actions.pointer_action.move_to_location(int(x), int(y)).click()
+        actions.perform()
 
     def wait_connected(self, timeout: float = WAIT) -> None:
         self.wait(lambda: self.status() == "connected", "connected", timeout)
@@ -237,6 +298,13 @@ class ChatPage:
         ]
 
 
+_SPY = (
+    "if (window.__sent) return; window.__sent = [];"
+    "const send = WebSocket.prototype.send;"
+    "WebSocket.prototype.send = function (data) {"
+    "  window.__sent.push([Date.now(), String(data)]); return send.call(this, data); };"
+)
+
 BrowserFactory = Callable[..., ChatPage]
 
 
@@ -266,13 +334,9 @@ def browser() -> Iterator[BrowserFactory]:
             options.add_argument(argument)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-        # The viewport itself at that size (the window's own frame would take some).
-        driver.execute_cdp_cmd(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600},
-        )
         driver.set_script_timeout(WAIT)
         page = ChatPage(driver, label)
+        page.resize(width, height)  # the viewport itself (the window's frame would take some)
         pages.append(page)
         return page
 

@@ -265,6 +265,17 @@ def test_phone_sized_screen_collapses_the_sidebar(
     page.wait(lambda: page.js(visible) == "hidden", "the drawer closing")
     width = page.js("return document.documentElement.scrollWidth")
     assert width <= 390  # nothing wider than the screen
+    # The message box says what it is for in full, short enough for the screen.
+    fits = page.js(
+        "const box = document.getElementById('composer-input');"
+        "const style = getComputedStyle(box);"
+        "const pen = document.createElement('canvas').getContext('2d');"
+        "pen.font = `${style.fontSize} ${style.fontFamily}`;"
+        "const room = box.clientWidth - parseFloat(style.paddingLeft)"
+        "  - parseFloat(style.paddingRight);"
+        "return [box.placeholder, pen.measureText(box.placeholder).width <= room];"
+    )
+    assert fits[1] and fits[0] == "Message #lobby", fits
 
 
 def test_screenshot_of_the_page_in_use(
@@ -313,3 +324,254 @@ def test_screenshot_of_the_page_in_use(
     assert alice.driver.save_screenshot(str(target))
     assert target.stat().st_size > 10_000
     no_page_errors(alice, bob)
+
+
+MEDIUM = "a medium line of chat, one row on a desktop and two or three on a phone"
+
+
+def test_a_log_at_the_bottom_stays_there_when_the_layout_changes(
+    web_server: WebServerFactory, browser: BrowserFactory, connect: ClientFactory
+):
+    server = web_server()
+    page = start_page(browser, server.url, "resize")
+    page.set_nick("rita")
+    page.join("#resize")
+    for n in range(12):
+        page.type(f"{n:02} {MEDIUM}")
+    page.wait(lambda: f"11 {MEDIUM}" in page.log_text(), "the twelfth line")
+    assert page.at_bottom() and not page.overflowing()  # it all fits on a desktop
+
+    page.resize(390, 844)  # a phone, or a narrowed window: lines wrap, the log overflows
+    page.wait(page.overflowing, "a log taller than the screen")
+    page.wait(page.at_bottom, "the newest line still in view")
+    assert not page.shown("jump-latest")
+    page.resize(844, 390)  # rotated: shorter still
+    page.wait(page.at_bottom, "the newest line in view after rotating")
+    page.resize(390, 844)
+    page.wait(page.at_bottom, "the newest line in view after rotating back")
+
+    # The nickname form takes room at the top: the log shrinks, its end stays in view.
+    page.click("#nick-button")
+    page.wait(lambda: page.shown("nick-form"), "the nickname form")
+    page.wait(page.at_bottom, "the newest line in view with the form open")
+    page.click("#nick-cancel")
+    page.wait(page.at_bottom, "the newest line in view with the form closed")
+
+    # Notices (someone coming and going) are lines like any other.
+    bob = connect(server.process, "bob")
+    set_nick(bob, "bob")
+    for _ in range(3):
+        bob.say("/join #resize")
+        bob.say("/part #resize")
+    page.wait(lambda: page.log_text().count("bob left") == 3, "bob's comings and goings")
+    page.resize(800, 600)
+    page.wait(page.at_bottom, "the newest notice in view after a resize")
+    page.resize(390, 844)
+    page.wait(page.at_bottom, "the newest notice in view on the phone")
+
+    # Scrolled up by the reader: left where it is, and told of what arrives below...
+    page.js("document.getElementById('log').scrollTop = 0")
+    page.wait(lambda: not page.at_bottom(), "scrolled up")
+    bob.say("/join #resize")
+    bob.say("something new below")
+    page.wait(lambda: "bob something new below" in page.log_text(), "bob's line")
+    page.wait(lambda: page.shown("jump-latest"), "the Jump to latest button")
+    page.resize(800, 600)
+    page.resize(390, 844)
+    assert page.js("return document.getElementById('log').scrollTop") < 50  # not moved
+    # ...until it sends a line of its own: that always comes into view.
+    page.type("my own line, in view")
+    page.wait(lambda: "rita my own line, in view" in page.log_text(), "our own line")
+    page.wait(page.at_bottom, "our own line in view")
+    assert not page.shown("jump-latest")
+    no_page_errors(page)
+
+
+def test_phone_drawers_close_from_inside_from_outside_and_from_their_toggle(
+    web_server: WebServerFactory, browser: BrowserFactory
+):
+    from selenium.webdriver.common.keys import Keys
+
+    server = web_server()
+    page = start_page(browser, server.url, "phone", width=390, height=844)
+    page.wait(lambda: page.view() == "#lobby", "#lobby on screen")
+    inert = "return document.querySelector('.conversation').inert"
+
+    def is_open(name: str) -> bool:
+        return bool(
+            page.js(
+                "const style = getComputedStyle(document.getElementById(arguments[0]));"
+                "return style.visibility === 'visible' && style.transform === 'none';",
+                name,
+            )
+        )
+
+    def is_closed(name: str) -> bool:
+        return bool(
+            page.js(
+                "return getComputedStyle(document.getElementById(arguments[0]))"
+                ".visibility === 'hidden'",
+                name,
+            )
+        )
+
+    def expanded(toggle: str) -> str:
+        script = "return document.getElementById(arguments[0]).getAttribute('aria-expanded')"
+        return str(page.js(script, toggle))
+
+    def open_drawer(name: str, toggle: str) -> None:
+        page.click(f"#{toggle}")
+        page.wait(lambda: is_open(name), f"the {name} drawer open")
+        assert page.js("return document.activeElement.closest(`#${arguments[0]}`) !== null", name)
+        assert expanded(toggle) == "true"
+
+    def try_drawer(name: str, toggle: str) -> None:
+        # A close button of its own, on screen, inside the drawer; focus goes back after.
+        open_drawer(name, toggle)
+        close = page.js(
+            "const b = document.querySelector(`#${arguments[0]} .drawer-close`);"
+            "const r = b && b.getBoundingClientRect();"
+            "return r && r.width > 0 && r.left >= 0 && r.right <= innerWidth"
+            " && document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2)"
+            "    .closest('.drawer-close') === b;",
+            name,
+        )
+        assert close, f"no visible close button in the {name} drawer"
+        page.click(f"#{name} .drawer-close")
+        page.wait(lambda: is_closed(name), f"the {name} drawer closed by its button")
+        assert page.focused_id() == toggle
+        assert expanded(toggle) == "false"
+
+        # A tap on the dimmed page beside it closes it.
+        open_drawer(name, toggle)
+        page.tap_at(370 if name == "sidebar" else 20, 600)
+        page.wait(lambda: is_closed(name), f"the {name} drawer closed from outside")
+
+        # So does a tap on its toggle: the drawer leaves it in sight.
+        open_drawer(name, toggle)
+        where = page.js(
+            "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
+            "return [r.left + r.width / 2, r.top + r.height / 2];",
+            toggle,
+        )
+        assert page.js(
+            "return document.elementFromPoint(...arguments).id === 'drawer-backdrop'", *where
+        ), f"the {name} drawer covers its own button"
+        page.tap_at(*where)
+        page.wait(lambda: is_closed(name), f"the {name} drawer closed at its toggle")
+
+        # The rest of the page is out of reach while it is open; Escape still closes it.
+        open_drawer(name, toggle)
+        assert page.js(inert)
+        page.driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+        page.wait(lambda: is_closed(name), f"the {name} drawer closed with Escape")
+        assert page.focused_id() == toggle
+        assert not page.js(inert)
+
+    try_drawer("members", "toggle-members")
+    try_drawer("sidebar", "toggle-sidebar")
+
+    # Back on a wide screen, an open drawer is just a column again, and nothing is inert.
+    open_drawer("members", "toggle-members")
+    page.resize(1280, 800)
+    page.wait(lambda: not page.js(inert), "the page usable on a wide screen")
+    no_page_errors(page)
+
+
+def test_other_rooms_stay_fresh_without_the_refresh_button(
+    web_server: WebServerFactory, browser: BrowserFactory, connect: ClientFactory
+):
+    server = web_server()
+    desk = start_page(browser, server.url, "desk")
+    desk.spy_on_sent()
+    desk.join("#resize")
+    desk.type("/part #lobby")
+    desk.wait(lambda: "#lobby" not in desk.items("room-list"), "#lobby left")
+    desk.click("#refresh-rooms")  # listed while we are in #resize: #lobby (0), #resize (1)
+    desk.wait(lambda: any(line == "/rooms" for _, line, _ in desk.sent()), "a /rooms sent")
+    desk.type("/ping listed")  # answered in order: once it is, so is the /rooms
+    desk.wait(lambda: "pong listed" in desk.log_text(), "the list of rooms")
+    desk.type("/part")
+    # We were its only member: it is gone, and the list says so at once.
+    desk.wait(lambda: "#resize" not in desk.items("room-list"), "#resize left")
+    desk.wait(lambda: "#resize" not in desk.items("directory-list"), "#resize gone", 2.0)
+
+    # On a phone, opening the drawer brings the list up to date (within the pacing).
+    phone = start_page(browser, server.url, "phone", width=390, height=844)
+    phone.spy_on_sent()
+    bob = connect(server.process, "bob")
+    set_nick(bob, "bob")
+    bob.say("/join #fresh")
+    bob.expect("*** Now talking in #fresh")
+    phone.click("#toggle-sidebar")
+    phone.wait(lambda: "#fresh" in phone.items("directory-list"), "#fresh listed", 12.0)
+    assert "1" in phone.items("directory-list")["#fresh"]
+
+    # Never more than one automatic /rooms per 10 s, however often it is wanted.
+    phone.click("#sidebar .drawer-close")
+    phone.click("#toggle-sidebar")
+    phone.click("#sidebar .drawer-close")
+    asked = [line for _, line, _ in phone.sent() if line == "/rooms"]
+    assert len(asked) == 1, asked
+    no_page_errors(desk, phone)
+
+
+def test_notices_come_in_order_once_each_and_in_their_own_view(
+    web_server: WebServerFactory, browser: BrowserFactory
+):
+    server = web_server()
+    page = browser("notices")
+    page.spy_on_sent(from_load=True)
+    page.open(server.url)
+    page.wait_connected()
+    # First where we are, then nothing that says it again.
+    page.wait(lambda: page.view() == "#lobby", "#lobby on screen")
+    first = page.log_text().splitlines()
+    assert len(first) == 1 and "Connected as guest" in first[0], first
+    assert first[0].endswith("in #lobby (1 here).")
+
+    # /help lists what the page takes: not /format, which it refuses.
+    page.type("/help")
+    page.wait(lambda: "/nick NAME" in page.log_text(), "the list of commands")
+    assert "/format" not in page.log_text()
+
+    # A reload restores the name and the room, sent first thing, in one message...
+    page.set_nick("alice")
+    page.join("#dev")
+    page.type("/part #lobby")
+    page.wait(lambda: "#lobby" not in page.items("room-list"), "#lobby left")
+    page.driver.refresh()
+    page.wait_connected()
+    assert page.view() == "#dev" and page.nick() == "alice"
+    assert page.sent()[0][1:] == ("/nick alice", 0) and page.sent()[1][1:] == ("/join #dev", 0)
+    # ...and says so once, in the view on screen; no news of rooms left long ago.
+    page.wait(lambda: "Reconnected as alice in #dev (1 here)." in page.log_text(), "restored")
+    assert "#lobby" not in page.log_text() and "known as" not in page.log_text()
+
+    # The server going away is said once.
+    server.stop()
+    page.wait(lambda: page.status() == "reconnecting", "reconnecting")
+    log = page.log_text()
+    assert log.count("shutting down") == 1 and "Disconnected" not in log, log
+    no_page_errors(page, ignore=("WebSocket connection to",))
+
+
+def test_common_nicknames_get_colours_of_their_own(
+    web_server: WebServerFactory, browser: BrowserFactory, connect: ClientFactory
+):
+    server = web_server()
+    page = start_page(browser, server.url, "colours")
+    names = ("alice", "bob", "carol", "dave", "eve", "tom")
+    for name in names:
+        client = connect(server.process, name)
+        set_nick(client, name)
+        client.say(f"hi, {name} here")
+    page.wait(lambda: all(f"{name} hi" in page.log_text() for name in names), "six lines")
+    colours = page.js(
+        "const seen = {};"
+        "for (const n of document.querySelectorAll('#log .message .nick'))"
+        "  seen[n.textContent] = getComputedStyle(n).color;"
+        "return seen;"
+    )
+    assert len(set(colours.values())) == len(names), colours
+    no_page_errors(page)

@@ -12,7 +12,7 @@ const WELCOME_WAIT_MS = 10000; // an open socket that greets nobody is not a cha
 const BACKOFF_FIRST_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
 const ROOMS_MIN_GAP_MS = 10000; // automatic /rooms at most this often
-const ROOMS_EVERY_MS = 30000;
+const ROOMS_EVERY_MS = 15000; // while the list of rooms is on screen
 const LOG_MAX = 2000; // entries kept per view
 const OUTBOX_MAX = 200; // lines typed while offline, kept until the connection is back
 const HISTORY_MAX = 100;
@@ -69,13 +69,26 @@ function timeElement(ts) {
 const now = () => Date.now();
 const nowTs = () => Date.now() / 1000;
 
-// A stable colour per nickname, so a speaker is recognisable at a glance.
+// A stable colour per nickname, so a speaker is recognisable at a glance: one of
+// NICK_COLOURS hues (style.css, .c0 to .c15), from FNV-1a mixed by MurmurHash3's
+// finaliser, so names differing in one letter land far apart.  The starting value is
+// FNV's offset basis moved so that the names people try first (alice, bob, carol,
+// dave, eve, tom: no two of them on neighbouring hues; mallory, frank, grace, kay and
+// rita too) all get colours of their own.
+const NICK_COLOURS = 16;
+const NICK_SEED = 2166138119;
+
 function colourClass(nick) {
-  let hash = 2166136261;
+  let hash = NICK_SEED;
   for (const ch of keyOf(nick)) {
     hash = Math.imul(hash ^ ch.codePointAt(0), 16777619) >>> 0;
   }
-  return `c${hash % 10}`;
+  hash ^= hash >>> 16;
+  hash = Math.imul(hash, 0x85ebca6b);
+  hash ^= hash >>> 13;
+  hash = Math.imul(hash, 0xc2b2ae35);
+  hash ^= hash >>> 16;
+  return `c${(hash >>> 0) % NICK_COLOURS}`;
 }
 
 const URL_PATTERN = /\bhttps?:\/\/[^\s<>"'`]+/gi;
@@ -134,9 +147,13 @@ const state = {
   historyDraft: "",
 };
 
-// One log per room, per private conversation, and one for the server; by id.
+// One log per room, per private conversation, and one for the server; by id.  A view
+// is ``pinned`` while its reader is at its newest line: it then stays there whatever
+// changes (new lines, a resized window, a phone turned, a drawer, the keyboard or the
+// nickname form taking room), until the reader scrolls up.
 const views = new Map(); // id -> {id, kind, key, list, unread, scrollTop, pinned}
 const logBox = $("log");
+let lastScrollTop = 0; // where the log was at its last scroll event: which way it moved
 
 // One WebSocket's life; a new one is made for each connection attempt.
 let conn = null;
@@ -206,6 +223,7 @@ function makeView(id, kind, key) {
   const list = el("ol", "entries");
   list.hidden = id !== state.active;
   logBox.append(list);
+  logResized.observe(list); // its lines rewrap when the log's width changes
   view = { id, kind, key, list, unread: 0, scrollTop: 0, pinned: true };
   views.set(id, view);
   return view;
@@ -265,15 +283,56 @@ function nearBottom() {
   return logBox.scrollHeight - logBox.scrollTop - logBox.clientHeight < 48;
 }
 
-function addEntry(view, entry, { unread = false } = {}) {
+function toBottom() {
+  logBox.scrollTop = logBox.scrollHeight;
+  lastScrollTop = logBox.scrollTop;
+  $("jump-latest").hidden = true;
+}
+
+// Brings the view on screen's ``pinned`` up to date with where its log is.  Only the
+// reader unpins a view, by scrolling up; a layout change that leaves a pinned view
+// short of its end (a narrower log, so longer lines) is not the reader's doing, and
+// goes back to the end.  Called on scroll events, and before acting on ``pinned``, as
+// a scroll's event comes a frame later.
+function notePosition() {
+  const view = views.get(state.active);
+  const top = logBox.scrollTop;
+  if (nearBottom()) {
+    view.pinned = true;
+    $("jump-latest").hidden = true;
+  } else if (top < lastScrollTop - 1) {
+    view.pinned = false;
+  }
+  lastScrollTop = top;
+}
+
+// The log or what it holds changed size: a pinned view goes back to its newest line.
+// (Observers run after layout and before paint, so the jump is never seen.)
+const logResized = new ResizeObserver(() => {
+  const view = views.get(state.active);
+  if (!view) return;
+  notePosition();
+  if (view.pinned && logBox.scrollHeight - logBox.scrollTop - logBox.clientHeight >= 1)
+    toBottom();
+});
+logResized.observe(logBox);
+
+// ``own``: the user's own line, always brought into view.
+function addEntry(view, entry, { unread = false, own = false } = {}) {
   if (!view) return;
   const visible = view.id === state.active;
-  const stick = visible && nearBottom();
+  if (visible) notePosition();
+  if (own) view.pinned = true;
+  const stick = visible && view.pinned;
   view.list.append(entry);
   while (view.list.childElementCount > LOG_MAX) view.list.firstElementChild.remove();
   if (visible) {
-    if (stick) logBox.scrollTop = logBox.scrollHeight;
-    else $("jump-latest").hidden = false;
+    if (stick) {
+      view.pinned = true;
+      toBottom();
+    } else {
+      $("jump-latest").hidden = false;
+    }
   }
   if (unread && (!visible || document.hidden)) {
     view.unread += 1;
@@ -349,16 +408,21 @@ function activate(id, { focus = false, follow = true } = {}) {
   if (!views.has(id)) id = "server";
   const old = views.get(state.active);
   if (old && old.id !== id) {
+    notePosition();
     old.scrollTop = logBox.scrollTop;
-    old.pinned = nearBottom();
     old.list.hidden = true;
   }
   const view = views.get(id);
   state.active = id;
   view.list.hidden = false;
   view.unread = 0;
-  logBox.scrollTop = view.pinned ? logBox.scrollHeight : view.scrollTop;
-  $("jump-latest").hidden = true;
+  if (view.pinned) {
+    toBottom();
+  } else {
+    logBox.scrollTop = view.scrollTop;
+    lastScrollTop = logBox.scrollTop;
+    $("jump-latest").hidden = true;
+  }
   renderHeader();
   renderLists();
   renderMembers();
@@ -374,7 +438,12 @@ function activate(id, { focus = false, follow = true } = {}) {
       pump();
     }
   }
-  if (narrow()) closeDrawers();
+  if (openDrawer()) {
+    // Done with the drawer; the focus must not stay behind in it, out of sight.
+    const inDrawer = document.activeElement?.closest("#sidebar, #members");
+    closeDrawers();
+    if (inDrawer) focus = true;
+  }
   if (focus) $("composer-input").focus();
 }
 
@@ -397,7 +466,7 @@ function renderHeader() {
     leave.textContent = "Leave";
     leave.title = `Leave ${name}`;
     label.textContent = `Message ${name}`;
-    input.placeholder = `Message ${name}, or /help for commands`;
+    input.placeholder = narrow() ? `Message ${name}` : `Message ${name}, or /help for commands`;
     toggleMembers.textContent = count === null ? "Members" : `Members (${count})`;
   } else if (view.kind === "pm") {
     detail.textContent = "private";
@@ -410,7 +479,9 @@ function renderHeader() {
     detail.textContent = "";
     leave.hidden = true;
     label.textContent = "Command or message";
-    input.placeholder = "/join #room, /help, or a message to your current room";
+    input.placeholder = narrow()
+      ? "/join #room, /help, or a message"
+      : "/join #room, /help, or a message to your current room";
   }
 }
 
@@ -655,6 +726,7 @@ function connect() {
     reconnected: state.everConnected,
     barrier: null,
     restoreErrors: [],
+    restoreJoins: new Map(), // room key -> its "You joined" line, said once restored
     restoringNick: null,
     nickRetry: null,
     nickAttempts: 0,
@@ -713,7 +785,10 @@ function opened(c) {
     c.setupRoom = room;
     setup.push(`/join ${room}`);
   }
-  for (const line of setup) c.ws.send(line);
+  // In one message, first thing: lines of one message are one read for the server, so
+  // it takes all of them as the connection's setup (a message holding line breaks is
+  // several lines, in order).
+  if (setup.length) c.ws.send(setup.join("\n"));
   setStatus("connecting", "Connected, waiting for the server's greeting…");
 }
 
@@ -763,7 +838,10 @@ function closed(c, event) {
     (c.shutdown ? `the server is shutting down (${c.shutdown})` : null) ||
     c.refusal ||
     closeReason(event, c);
-  if (c.welcomed && !c.quitting) notice(hereView(), `Disconnected: ${why}`);
+  // A bye or shutdown was shown as it came: the close that follows it says no more.
+  if (c.welcomed && !c.quitting && !c.bye && !c.shutdown) {
+    notice(hereView(), `Disconnected: ${why}`);
+  }
   if (c.quitting) {
     wantConnected = false;
     setStatus("offline", "Offline: you left the chat");
@@ -964,8 +1042,16 @@ function queueWho(room) {
   control(`/who ${room}`);
 }
 
-// The list of rooms, asked for at most once per ROOMS_MIN_GAP_MS; at once when allowed
-// (a background tab may run a timer late).
+// Whether someone can see the list of other rooms: the sidebar is a column on a wide
+// screen, a drawer on a phone.
+function roomsOnScreen() {
+  return !document.hidden && (!narrow() || document.body.classList.contains("sidebar-open"));
+}
+
+// The list of rooms, asked for when it is wanted (a timer while it is on screen, the
+// drawer opening, our own join or part) but at most once per ROOMS_MIN_GAP_MS (a burst
+// of reasons makes one /rooms, later); at once when allowed (a background tab may run
+// a timer late).  Ten seconds keep it well inside the line rate, with the heartbeat.
 function requestRooms(delay = 300) {
   if (roomsTimer) return;
   const wait = Math.max(delay, lastRoomsAt + ROOMS_MIN_GAP_MS - now());
@@ -1008,10 +1094,11 @@ function userLineSent(c, item) {
     addEntry(
       view || hereView(),
       chatEntry(nowTs(), nick, trimmed.slice(4).trim(), { action: true, own: true }),
+      { own: true },
     );
   } else if (!command) {
     const text = trimmed.startsWith("//") ? line.trimStart().slice(1) : line;
-    addEntry(view || hereView(), chatEntry(nowTs(), nick, text, { own: true }));
+    addEntry(view || hereView(), chatEntry(nowTs(), nick, text, { own: true }), { own: true });
   }
 }
 
@@ -1159,9 +1246,9 @@ function handle(c, event) {
     case "private":
       return privateText(event);
     case "join":
-      return joined(event);
+      return joined(c, event);
     case "part":
-      return parted(event);
+      return parted(c, event);
     case "quit":
     case "timeout":
     case "disconnect":
@@ -1284,6 +1371,7 @@ function showLogin(c) {
   const wasHidden = overlay.hidden;
   overlay.hidden = false;
   document.body.classList.add("login-open");
+  closeDrawers();
   for (const node of document.querySelectorAll(".topbar, .layout, #nick-form")) node.inert = true;
   $("login-submit").disabled = Boolean(c && c.loginSent);
   const name = $("login-name");
@@ -1380,9 +1468,19 @@ function restoredNow(c) {
       notice(hereView(), `Could not rejoin ${room.name}.`);
     }
   }
-  const where = c.askedCurrent ? ` in ${c.askedCurrent}` : "";
+  // First where we are, then what else was joined, each in its own room's view.
+  const currentRoom = c.askedCurrent ? state.rooms.get(keyOf(c.askedCurrent)) : null;
+  const here = currentRoom ? roomCount(currentRoom) : null;
+  const count = here !== null ? ` (${here} here)` : "";
+  const where = c.askedCurrent ? ` in ${c.askedCurrent}${count}` : "";
   setStatus("connected", `Connected as ${state.nick}`);
-  notice(hereView(), `${c.reconnected ? "Reconnected" : "Connected"} as ${state.nick}${where}.`);
+  const said = hereView();
+  notice(said, `${c.reconnected ? "Reconnected" : "Connected"} as ${state.nick}${where}.`);
+  for (const [key, { text, ts }] of c.restoreJoins) {
+    const view = views.get(`room:${key}`);
+    if (view && view !== said) notice(view, text, ts);
+  }
+  c.restoreJoins.clear();
   const room = activeRoom();
   if (room) queueWho(room);
   clearTimeout(roomsTimer); // one asked for while restoring waited for this
@@ -1411,7 +1509,7 @@ function privateText(event) {
   ensurePm(peer);
   const view = views.get(`pm:${keyOf(peer)}`);
   const own = isMe(from);
-  addEntry(view, chatEntry(event.ts, from, str(event.text), { own }), { unread: !own });
+  addEntry(view, chatEntry(event.ts, from, str(event.text), { own }), { unread: !own, own });
   if (own && state.active !== view.id) {
     notice(hereView(), `Private message sent to ${peer} (see “${peer}” under Private).`, event.ts);
   }
@@ -1419,7 +1517,14 @@ function privateText(event) {
   saveState();
 }
 
-function joined(event) {
+// Whether the connection is still being set up (seated, its nickname and rooms
+// restored): what that does is said once, when it is done (restoredNow), not line by
+// line in whatever view is on screen.
+function settingUp(c) {
+  return Boolean(c && c.welcomed && !c.restored);
+}
+
+function joined(c, event) {
   const name = str(event.room);
   const nick = str(event.nick);
   const count = Number.isInteger(event.count) ? event.count : null;
@@ -1430,11 +1535,9 @@ function joined(event) {
     room.name = name;
     room.count = count;
     room.members = null; // the members list follows
-    notice(
-      roomView(name),
-      `You joined ${name}${count !== null ? ` (${count} here)` : ""}.`,
-      event.ts,
-    );
+    const text = `You joined ${name}${count !== null ? ` (${count} here)` : ""}.`;
+    if (settingUp(c)) c.restoreJoins.set(keyOf(name), { text, ts: event.ts });
+    else notice(roomView(name), text, event.ts);
     if (!known) saveState();
     requestRooms();
   } else {
@@ -1459,15 +1562,19 @@ function removeMember(room, nick) {
   }
 }
 
-function parted(event) {
+function parted(c, event) {
   const name = str(event.room);
   const nick = str(event.nick);
   const reason = str(event.reason);
   const why = reason ? ` (${reason})` : "";
   if (isMe(nick)) {
     const wasActive = state.active === `room:${keyOf(name)}`;
+    const room = state.rooms.get(keyOf(name));
+    if (room) leftInDirectory(name, roomCount(room));
     dropRoom(name);
-    notice(hereView(), `You left ${name}${why}.`, event.ts);
+    // Restoring, we only leave what the user had left already (where the server
+    // seated us): no news.
+    if (!settingUp(c)) notice(hereView(), `You left ${name}${why}.`, event.ts);
     if (wasActive) $("composer-input").focus();
     saveState();
     requestRooms();
@@ -1479,6 +1586,31 @@ function parted(event) {
   }
   renderLists();
   renderMembers();
+}
+
+// We left a room of ``count`` members (us included): it shows among the other rooms
+// at once, with one member fewer, or not at all if that was the last (only #lobby
+// stays, empty).  The /rooms that follows corrects what we could not know.
+function leftInDirectory(name, count) {
+  const directory = state.directory;
+  if (!directory.known || !Number.isInteger(count)) return;
+  const left = Math.max(0, count - 1);
+  const index = directory.rooms.findIndex((r) => same(r.room, name));
+  if (left === 0 && !same(name, "#lobby")) {
+    if (index >= 0) {
+      directory.rooms.splice(index, 1);
+      directory.total = Math.max(directory.rooms.length, directory.total - 1);
+    }
+    return;
+  }
+  if (index >= 0) {
+    directory.rooms[index].count = left;
+  } else {
+    if (directory.rooms.length >= directory.total) directory.total += 1; // a room new to it
+    directory.rooms.push({ room: name, count: left });
+  }
+  // The server's order: largest first, then by name.
+  directory.rooms.sort((a, b) => b.count - a.count || keyOf(a.room).localeCompare(keyOf(b.room)));
 }
 
 function gone(event) {
@@ -1548,7 +1680,8 @@ function renamed(c, event) {
     }
     notice(view, text, event.ts);
   }
-  if (isMe(nick)) notice(hereView(), `You are now known as ${nick}.`, event.ts);
+  // Restoring, our name is the one we had: the "Connected as" line says it.
+  if (isMe(nick) && !settingUp(c)) notice(hereView(), `You are now known as ${nick}.`, event.ts);
   renderLists();
   renderMembers();
   updateTitle();
@@ -1676,7 +1809,9 @@ function help(event) {
   const table = el("dl", "help-list");
   for (const command of Array.isArray(event.commands) ? event.commands : []) {
     if (!command || typeof command !== "object") continue;
-    table.append(el("dt", null, str(command.usage)), el("dd", null, str(command.help)));
+    const usage = str(command.usage);
+    if (/^\/format\b/i.test(usage)) continue; // the page speaks JSON and refuses it
+    table.append(el("dt", null, usage), el("dd", null, str(command.help)));
   }
   li.append(table);
   addEntry(hereView(), li);
@@ -1748,19 +1883,68 @@ function restoreNickRefused(c, code, message) {
 
 // -- forms and keys ------------------------------------------------------------------------
 
+const NARROW = window.matchMedia("(max-width: 760px)"); // as in style.css
+
 function narrow() {
-  return window.matchMedia("(max-width: 760px)").matches;
+  return NARROW.matches;
+}
+
+const DRAWERS = { sidebar: "toggle-sidebar", members: "toggle-members" };
+
+// The drawer open on a phone-sized screen ("sidebar", "members"), or null.
+function openDrawer() {
+  if (!narrow()) return null;
+  for (const name of Object.keys(DRAWERS))
+    if (document.body.classList.contains(`${name}-open`)) return name;
+  return null;
+}
+
+// An open drawer is modal: the page behind it is dimmed (a tap there closes it) and
+// inert, so focus and screen readers stay in the drawer until it closes.
+function syncDrawers() {
+  const open = openDrawer();
+  const login = !$("login").hidden; // the login form holds the page inert itself
+  $("drawer-backdrop").hidden = !open;
+  for (const node of document.querySelectorAll(".topbar, #nick-form"))
+    node.inert = login || Boolean(open);
+  document.querySelector(".conversation").inert = Boolean(open);
+  for (const name of Object.keys(DRAWERS)) $(name).inert = Boolean(open) && open !== name;
 }
 
 function setDrawer(name, open) {
   document.body.classList.toggle(`${name}-open`, open);
-  const toggle = $(name === "sidebar" ? "toggle-sidebar" : "toggle-members");
-  toggle.setAttribute("aria-expanded", String(open));
+  $(DRAWERS[name]).setAttribute("aria-expanded", String(open));
 }
 
-function closeDrawers() {
+// ``focusToggle``: give the focus back to the button that opened the drawer (when the
+// drawer closes by itself, something else takes the focus).
+function closeDrawers({ focusToggle = false } = {}) {
+  const was = openDrawer();
   setDrawer("sidebar", false);
   setDrawer("members", false);
+  syncDrawers();
+  if (focusToggle && was) {
+    const toggle = $(DRAWERS[was]);
+    if (toggle.offsetParent !== null) toggle.focus();
+    else $("composer-input").focus();
+  }
+}
+
+function showDrawer(name) {
+  for (const other of Object.keys(DRAWERS)) setDrawer(other, other === name);
+  syncDrawers();
+  const drawer = $(name);
+  const first =
+    name === "sidebar"
+      ? drawer.querySelector("[aria-current='true']")
+      : $("member-list").querySelector("button");
+  (first || drawer.querySelector(".drawer-close")).focus();
+  if (name === "sidebar") requestRooms(0); // the list of other rooms, fresh
+}
+
+function toggleDrawer(name) {
+  if (document.body.classList.contains(`${name}-open`)) closeDrawers({ focusToggle: true });
+  else showDrawer(name);
 }
 
 function openNickForm() {
@@ -1856,6 +2040,7 @@ function wire() {
     const join = event.target.closest("button.join-item");
     if (join) {
       submitLine(`/join ${join.dataset.room}`, { typed: false });
+      closeDrawers();
       $("composer-input").focus();
       return;
     }
@@ -1892,6 +2077,7 @@ function wire() {
       return;
     }
     if (submitLine(`/join ${roomName(name)}`, { typed: false })) input.value = "";
+    closeDrawers();
     $("composer-input").focus();
   });
 
@@ -1961,38 +2147,28 @@ function wire() {
 
   $("reconnect-now").addEventListener("click", reconnectNow);
 
-  $("toggle-sidebar").addEventListener("click", () => {
-    const open = !document.body.classList.contains("sidebar-open");
-    setDrawer("members", false);
-    setDrawer("sidebar", open);
-    if (open) (document.querySelector("#sidebar [aria-current='true']") || $("sidebar")).focus();
-  });
-  $("toggle-members").addEventListener("click", () => {
-    const open = !document.body.classList.contains("members-open");
-    setDrawer("sidebar", false);
-    setDrawer("members", open);
-    if (open) ($("member-list").querySelector("button") || $("members")).focus();
+  $("toggle-sidebar").addEventListener("click", () => toggleDrawer("sidebar"));
+  $("toggle-members").addEventListener("click", () => toggleDrawer("members"));
+  for (const button of document.querySelectorAll(".drawer-close"))
+    button.addEventListener("click", () => closeDrawers({ focusToggle: true }));
+  $("drawer-backdrop").addEventListener("click", () => closeDrawers({ focusToggle: true }));
+  // A window widened past the phone layout shows both columns: no drawer, nothing inert.
+  NARROW.addEventListener("change", () => {
+    closeDrawers();
+    renderHeader();
+    if (!narrow()) requestRooms(0);
   });
 
   $("jump-latest").addEventListener("click", () => {
-    logBox.scrollTop = logBox.scrollHeight;
-    $("jump-latest").hidden = true;
+    views.get(state.active).pinned = true;
+    toBottom();
     $("composer-input").focus();
   });
-  logBox.addEventListener("scroll", () => {
-    if (nearBottom()) $("jump-latest").hidden = true;
-  });
+  logBox.addEventListener("scroll", notePosition);
 
   document.addEventListener("keydown", (event) => {
-    if (
-      event.key === "Escape" &&
-      narrow() &&
-      (document.body.classList.contains("sidebar-open") ||
-        document.body.classList.contains("members-open"))
-    ) {
-      const fromMembers = document.body.classList.contains("members-open");
-      closeDrawers();
-      $(fromMembers ? "toggle-members" : "toggle-sidebar").focus();
+    if (event.key === "Escape" && openDrawer()) {
+      closeDrawers({ focusToggle: true });
       return;
     }
     // Alt+Up / Alt+Down: the previous / next conversation, from anywhere.
@@ -2018,6 +2194,7 @@ function wire() {
       renderLists();
       updateTitle();
       awake();
+      if (roomsOnScreen()) requestRooms(0);
     }
   });
   document.addEventListener("resume", awake); // a frozen page thawed (Chromium)
@@ -2042,7 +2219,7 @@ function wire() {
   });
 
   setInterval(() => {
-    if (!document.hidden) requestRooms(0);
+    if (roomsOnScreen()) requestRooms(0);
   }, ROOMS_EVERY_MS);
 }
 
