@@ -689,7 +689,10 @@ class ListenerService(service.Service):
             where = "ssl:" + where.partition(":")[2]  # the same address, behind TLS
         if self.web and self.socket is None:
             scheme = "https" if self.description.startswith("ssl:") else "http"
-            url = f"{scheme}://{where.partition(':')[2]}/"
+            host, _, number = where.partition(":")[2].rpartition(":")
+            if host in ("0.0.0.0", "[::]"):  # every interface: this machine's own name works
+                host = "localhost"
+            url = f"{scheme}://{host}:{number}/"
             self.log.info("groupchat web client at {url} (WebSocket: /ws)", url=url)
         elif self.socket is None:
             self.log.info("groupchat listening on {address}", address=where)
