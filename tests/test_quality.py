@@ -48,6 +48,7 @@ LAYERS = {
     "fastwrite": {"fastwrite"},
     "client": {"client", "core", "rules.limits"},
     "backplane": {"core", "backplane"},
+    "history": {"core", "history"},
     "tap": {
         "core",
         "rules",

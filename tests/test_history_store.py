@@ -1,0 +1,280 @@
+"""The history store: memory tails, batched SQLite writes, retention, failures."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+
+from twisted_chat.history import Entry, HistoryUnavailable, SQLiteHistory, conversation
+
+
+def sync_run(f: Callable[[], Any]) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(f)
+
+
+def result(d: defer.Deferred[Any]) -> Any:
+    """The result of a Deferred that has already fired (synchronous runner)."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]
+
+
+def make(path: Path, clock: Clock | None = None, **kw: Any) -> SQLiteHistory:
+    store = SQLiteHistory(str(path), clock or Clock(), run=sync_run, **kw)
+    store.open()
+    return store
+
+
+def rows(path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT id, room, text FROM messages ORDER BY id").fetchall()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "history.sqlite"
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    yield events
+    globalLogPublisher.removeObserver(observer)
+
+
+def test_append_then_recent_in_order_and_capped_at_the_tail(db_path):
+    store = make(db_path, tail=5)
+    made = [store.append("#a", float(i), "message", "al", f"m{i}") for i in range(8)]
+    store.append("#b", 0.0, "action", "bo", "waves")
+    assert [e.text for e in store.recent("#a", 100)] == ["m3", "m4", "m5", "m6", "m7"]
+    assert store.recent("#a", 2) == made[-2:]
+    assert [e.id for e in made] == sorted({e.id for e in made})
+    assert store.recent("#nowhere", 5) == []
+    assert store.recent("#b", 5)[0].kind == "action"
+    assert rows(db_path) == []  # nothing written on the calling thread
+    result(store.close())
+
+
+def test_each_flush_writes_its_batch_in_one_transaction(db_path):
+    clock = Clock()
+    store = make(db_path, clock)
+    statements: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(statements.append)
+    for i in range(50):
+        store.append("#a", 0.0, "message", "al", f"m{i}")
+    clock.advance(1.0)
+    assert statements.count("BEGIN") == 1
+    assert statements.count("COMMIT") == 1
+    assert len(rows(db_path)) == 50
+    statements.clear()
+    store.append("#a", 0.0, "message", "al", "late")
+    clock.advance(1.0)
+    assert statements.count("BEGIN") == 1
+    assert len(rows(db_path)) == 51
+    result(store.close())
+
+
+def test_a_restart_keeps_history_and_continues_ids(db_path):
+    store = make(db_path, tail=3)
+    for i in range(5):
+        store.append("#a", float(i), "message", "al", f"m{i}")
+    last = store.append("#b", 9.0, "private", "al", "psst", to="Bo")
+    result(store.close())
+
+    again = make(db_path, tail=3)
+    assert [e.text for e in again.recent("#a", 10)] == ["m2", "m3", "m4"]
+    assert again.recent("#b", 1) == [last]
+    assert again.append("#a", 10.0, "message", "al", "next").id == last.id + 1
+    result(again.close())
+
+
+def test_before_pages_back_capped_at_200_and_empty_when_nothing_older(db_path):
+    store = make(db_path, keep=1000)
+    made = [store.append("#a", float(i), "message", "al", f"m{i}") for i in range(300)]
+    store.append("#b", 0.0, "message", "bo", "elsewhere")
+    # Unflushed entries are found too: before() writes first.
+    page = result(store.before("#a", made[250].id, 10))
+    assert page == made[240:250]
+    assert result(store.before("#a", made[299].id + 1, 1000)) == made[100:300]
+    assert result(store.before("#a", made[0].id, 10)) == []
+    assert result(store.before("#nowhere", 10**9, 10)) == []
+    result(store.close())
+
+
+def test_retention_by_count_keeps_the_newest_per_room(db_path):
+    clock = Clock()
+    store = make(db_path, clock, keep=10, retain_interval=60.0)
+    for i in range(25):
+        store.append("#a", 0.0, "message", "al", f"a{i}")
+    for i in range(3):
+        store.append("#b", 0.0, "message", "bo", f"b{i}")
+    clock.advance(1.0)  # the first flush trims every room
+    texts = [t for (_, room, t) in rows(db_path) if room == "#a"]
+    assert texts == [f"a{i}" for i in range(15, 25)]
+    for i in range(25, 40):
+        store.append("#a", 0.0, "message", "al", f"a{i}")
+    clock.advance(1.0)  # not due yet: one minute between passes
+    assert len([r for r in rows(db_path) if r[1] == "#a"]) == 25
+    clock.pump([1.0] * 60)
+    texts = [t for (_, room, t) in rows(db_path) if room == "#a"]
+    assert texts == [f"a{i}" for i in range(30, 40)]
+    assert len([r for r in rows(db_path) if r[1] == "#b"]) == 3
+    result(store.close())
+
+
+def test_retention_by_age(db_path):
+    clock = Clock()
+    clock.advance(10 * 86400)
+    store = make(db_path, clock, days=2, retain_interval=0.0)
+    now = clock.seconds()
+    for age in (5, 3, 1.5, 0.5):
+        store.append("#a", now - age * 86400, "message", "al", f"{age} days")
+    clock.advance(1.0)
+    assert [t for (_, _, t) in rows(db_path)] == ["1.5 days", "0.5 days"]
+    clock.advance(86400 * 1.6)
+    assert [t for (_, _, t) in rows(db_path)] == []
+    result(store.close())
+
+
+def test_a_corrupt_file_is_refused_with_its_path(db_path):
+    db_path.write_bytes(b"this is not a database, just garbage bytes\x00\xff" * 100)
+    store = SQLiteHistory(str(db_path), Clock(), run=sync_run)
+    with pytest.raises(HistoryUnavailable, match=r"history file .*history\.sqlite"):
+        store.open()
+    assert not store.available
+
+
+def test_a_newer_schema_version_is_refused(db_path):
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (2)")
+    with pytest.raises(HistoryUnavailable, match=r"schema version 2.*upgrade"):
+        make(db_path)
+
+
+def test_a_directory_that_cannot_be_written_is_refused_at_start(tmp_path):
+    with pytest.raises(HistoryUnavailable, match=r"missing/history\.sqlite"):
+        make(tmp_path / "missing" / "history.sqlite")
+
+
+def test_failing_writes_are_logged_mark_unavailable_and_recover(db_path, logged, logged_errors):
+    logged_errors.expected = True
+    clock = Clock()
+    store = make(db_path, clock)
+    clock.advance(1.0)
+    assert store._db is not None
+    # A full disk, for real: SQLite may not grow the file past its current pages.
+    (pages,) = store._db.execute("PRAGMA page_count").fetchone()
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    for i in range(2000):
+        store.append("#a", 0.0, "message", "al", "x" * 100 + str(i))
+    clock.advance(1.0)  # no exception reaches us
+    assert store.available is False
+    errors = [e for e in logged if e.get("log_level") == LogLevel.error]
+    assert errors and errors[0]["count"] == 2000 and "full" in errors[0]["error"]
+    assert len(store.recent("#a", 200)) == 200  # memory still works
+    for i in range(2000):
+        store.append("#a", 0.0, "message", "al", "y" * 100 + str(i))
+    clock.advance(1.0)  # still failing; the loop keeps going
+    assert store.available is False
+    assert len([e for e in logged if e.get("log_level") == LogLevel.error]) == 2
+    store._db.execute("PRAGMA max_page_count = 1073741823")
+    store.append("#a", 0.0, "message", "al", "back")
+    clock.advance(1.0)
+    assert store.available is True
+    assert [t for (_, _, t) in rows(db_path)] == ["back"]
+    result(store.close())
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root writes to read-only directories")
+def test_a_read_only_directory_is_refused_at_start(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(HistoryUnavailable, match=r"ro/history\.sqlite"):
+            make(folder / "history.sqlite")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_unicode_round_trips(db_path):
+    store = make(db_path)
+    text = "héllo 世界 🎉 \u200b‮ test"
+    store.append("#ünï", 1.5, "message", "Zoë", text)
+    result(store.close())
+    again = make(db_path)
+    assert result(again.before("#ünï", 10**9, 5)) == [Entry(1, "#ünï", 1.5, "message", "Zoë", text)]
+    result(again.close())
+
+
+def test_privates_go_under_a_conversation_key(db_path):
+    assert conversation("Al", "bo") == conversation("Bo", "al") == "@al bo"
+    store = make(db_path)
+    entry = store.append(conversation("Al", "Bo"), 1.0, "private", "Al", "hi", to="Bo")
+    assert store.recent("@al bo", 5) == [entry]
+    result(store.close())
+
+
+def test_closing_flushes_stops_the_loop_and_is_idempotent(db_path):
+    clock = Clock()
+    store = make(db_path, clock)
+    store.append("#a", 0.0, "message", "al", "last words")
+    d = store.close()
+    assert result(d) is None
+    assert store.close() is d
+    assert rows(db_path) == [(1, "#a", "last words")]
+    assert clock.getDelayedCalls() == []
+    assert store.available is False
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_real_writer_thread_writes_pages_and_closes():
+    from tempfile import TemporaryDirectory
+
+    from twisted.internet import reactor
+
+    with TemporaryDirectory() as folder:
+        path = Path(folder) / "history.sqlite"
+        store = SQLiteHistory(str(path), reactor, flush_interval=0.05)
+        store.open()
+        try:
+            made = [store.append("#a", float(i), "message", "al", f"m{i}") for i in range(500)]
+            page = yield store.before("#a", made[-1].id, 5).addTimeout(10, reactor)
+            assert page == made[-6:-1]
+            store.append("#a", 0.0, "message", "al", "after")
+            # The loop alone writes it, within a few intervals.
+            for _ in range(200):
+                if len(rows(path)) == 501:
+                    break
+                yield deferLater(reactor, 0.02)
+            assert len(rows(path)) == 501
+        finally:
+            yield store.close().addTimeout(10, reactor)
+        assert store._pool is None
+        again = SQLiteHistory(str(path), reactor)
+        again.open()
+        try:
+            assert again.recent("#a", 1)[0].text == "after"
+        finally:
+            yield again.close().addTimeout(10, reactor)
+
+
+def deferLater(reactor: Any, delay: float) -> defer.Deferred[None]:
+    from twisted.internet import task
+
+    return task.deferLater(reactor, delay, lambda: None)

@@ -1,0 +1,400 @@
+"""The history store: recent messages per room in memory, everything in SQLite.
+
+The reactor thread only touches memory: ``append`` puts an entry in its room's tail (what
+``recent`` answers from) and in a pending batch. A ``LoopingCall`` hands the batch, every
+``flush_interval``, to one writer thread that inserts it in one transaction, so a busy room
+costs the reactor a deque append per message and SQLite one commit per interval. SIGTERM
+(``close``) loses nothing; SIGKILL loses at most the last interval.
+
+Retention runs in the writer thread right after a flush's insert, at most once every
+``retain_interval`` seconds (a minute by default), not on every flush: by count (``keep``
+per room, for the rooms written to since the last pass; every room on the first pass) and
+by age (``days``), both as deletes of id ranges on indexes the table already has.
+
+Private messages are stored like room messages under a conversation key,
+``conversation(a, b)`` (``"@"`` and the two casefolded nicknames, sorted), which cannot be a
+room name (rooms start with ``#``); ``to`` holds the recipient as it was typed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+T = TypeVar("T")
+Runner = Callable[[Callable[[], T]], "defer.Deferred[T]"]
+
+SCHEMA_VERSION = 1
+KINDS = frozenset({"message", "action", "private"})
+PAGE_MAX = 200
+# Beyond this many entries waiting for the writer (a hung or very slow disk), new ones are
+# kept in memory tails only, and counted as dropped: memory stays bounded.
+PENDING_MAX = 200_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    room TEXT NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    nick TEXT NOT NULL,
+    text TEXT NOT NULL,
+    recipient TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_room_id ON messages (room, id);
+"""
+_COLUMNS = "id, room, ts, kind, nick, text, recipient"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored line. ``id`` is the store's, increasing, unique across restarts."""
+
+    id: int
+    room: str
+    ts: float
+    kind: str
+    nick: str
+    text: str
+    to: str | None = None
+
+
+class HistoryUnavailable(Exception):
+    """The history file cannot be used; the message says which file and what to do."""
+
+
+def conversation(a: str, b: str) -> str:
+    """The key two nicknames' private messages are stored under, the same both ways."""
+    first, second = sorted((a.casefold(), b.casefold()))
+    return f"@{first} {second}"
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    return Entry(*row)
+
+
+class SQLiteHistory:
+    """Per-room history: memory tails for the reactor, one SQLite writer thread for the rest.
+
+    ``run`` runs a function off the reactor thread and fires with its result; by default a
+    one-thread pool owned by the store, so writes and reads happen in the order they were
+    asked for. Tests pass a synchronous one.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        path: str,
+        clock: IReactorTime,
+        *,
+        keep: int = 5000,
+        days: float | None = None,
+        tail: int = 200,
+        flush_interval: float = 1.0,
+        retain_interval: float = 60.0,
+        run: Runner[Any] | None = None,
+    ) -> None:
+        if keep < 1 or tail < 0 or flush_interval <= 0:
+            raise ValueError("keep must be >= 1, tail >= 0 and flush_interval > 0")
+        self.path = path
+        self.clock = clock
+        self.keep = keep
+        self.days = days
+        self.tail = min(tail, keep)
+        self.flush_interval = flush_interval
+        self.retain_interval = retain_interval
+        self.available = False
+        self._run: Runner[Any] | None = run
+        self._pool: ThreadPool | None = None
+        self._db: sqlite3.Connection | None = None
+        self._tails: dict[str, deque[Entry]] = {}
+        self._pending: list[Entry] = []
+        self._dropped = 0  # not written: pending overflow, or a failed batch
+        self._next_id = 1
+        self._loop: task.LoopingCall | None = None
+        self._last_retain: float | None = None  # None: the first pass covers every room
+        self._touched: set[str] = set()
+        self._closing: defer.Deferred[None] | None = None
+        self._shutdown_trigger: Any = None
+
+    # -- start --------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open or create the file, load the tails, start the flush loop. Synchronous: it
+        runs once, before the server accepts anyone, and refuses an unusable file here."""
+        try:
+            self._db = self._connect()
+        except sqlite3.Error as e:
+            raise HistoryUnavailable(
+                f"cannot use history file {self.path}: {e}; check that it is an SQLite file "
+                "in a writable directory, move it away, or start with --history none"
+            ) from e
+        self.available = True
+        if self._run is None:
+            self._start_pool()
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.flush_interval, now=False)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            version = self._schema_version(db)
+            if version is None:
+                db.executescript(
+                    f"BEGIN; {_SCHEMA} INSERT INTO schema_version (version) "
+                    f"VALUES ({SCHEMA_VERSION}); COMMIT;"
+                )
+            elif version > SCHEMA_VERSION:
+                raise HistoryUnavailable(
+                    f"history file {self.path} has schema version {version}, newer than this "
+                    f"server's {SCHEMA_VERSION}: upgrade the server, or move the file away"
+                )
+            (top,) = db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+            self._next_id = top + 1
+            rooms = [r for (r,) in db.execute("SELECT DISTINCT room FROM messages")]
+            for room in rooms:
+                rows = db.execute(
+                    f"SELECT {_COLUMNS} FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
+                    (room, self.tail),
+                ).fetchall()
+                self._tail(room).extend(_entry(r) for r in reversed(rows))
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _schema_version(db: sqlite3.Connection) -> int | None:
+        found = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if found is None:
+            return None
+        (version,) = db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+        return int(version)
+
+    def _start_pool(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.threads import deferToThreadPool
+
+        pool = ThreadPool(minthreads=1, maxthreads=1, name="history")
+        pool.start()
+        self._pool = pool
+        self._run = lambda f: deferToThreadPool(reactor, pool, f)  # type: ignore[arg-type]
+        # Should the owner forget close(), the reactor's shutdown still flushes and lets
+        # the (non-daemon) thread end.
+        self._shutdown_trigger = reactor.addSystemEventTrigger("before", "shutdown", self.close)
+
+    # -- the reactor side ---------------------------------------------------------------
+
+    def _tail(self, room: str) -> deque[Entry]:
+        found = self._tails.get(room)
+        if found is None:
+            found = self._tails[room] = deque(maxlen=self.tail)
+        return found
+
+    def append(
+        self, room: str, ts: float, kind: str, nick: str, text: str, to: str | None = None
+    ) -> Entry:
+        """Keep one entry: in memory now, in the file at the next flush. No I/O, no raise."""
+        entry = Entry(self._next_id, room, ts, kind, nick, text, to)
+        self._next_id += 1
+        self._tail(room).append(entry)
+        if len(self._pending) < PENDING_MAX:
+            self._pending.append(entry)
+        else:
+            self._dropped += 1
+        return entry
+
+    def recent(self, room: str, n: int) -> list[Entry]:
+        """The last ``n`` (at most ``tail``) entries of a room, oldest first, from memory."""
+        found = self._tails.get(room)
+        if not found or n <= 0:
+            return []
+        if n >= len(found):
+            return list(found)
+        return list(found)[-n:]
+
+    def before(self, room: str, before_id: int, n: int) -> defer.Deferred[list[Entry]]:
+        """The newest ``n`` (at most 200) entries of a room older than ``before_id``, oldest
+        first; an empty list when there is nothing older. Fails with HistoryUnavailable when
+        the file cannot be read."""
+        n = max(0, min(n, PAGE_MAX))
+        self._submit()  # the read is queued behind it, so it sees every appended entry
+
+        def read() -> list[Entry]:
+            assert self._db is not None
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id < ? "
+                "ORDER BY id DESC LIMIT ?",
+                (room, before_id, n),
+            ).fetchall()
+            return [_entry(r) for r in reversed(rows)]
+
+        if self._db is None or self._run is None or n == 0:
+            return defer.succeed([])
+        d: defer.Deferred[list[Entry]] = self._run(read)
+
+        def failed(reason: Failure) -> Failure:
+            self.log.failure(
+                "history read failed in {path} for {room}", reason, path=self.path, room=room
+            )
+            return Failure(HistoryUnavailable(f"history file {self.path} cannot be read"))
+
+        d.addErrback(failed)
+        return d
+
+    def flush(self) -> defer.Deferred[None]:
+        """Write everything appended so far; fires when it is in the file (or was dropped,
+        logged). Never fails."""
+        return self._submit()
+
+    def close(self) -> defer.Deferred[None]:
+        """Flush, stop the loop, close the file and end the thread. Idempotent."""
+        if self._closing is not None:
+            return self._closing
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._shutdown_trigger is not None:
+            from twisted.internet import reactor
+
+            reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
+        d = self._submit()
+
+        def shut(_: object) -> defer.Deferred[None] | None:
+            db, self._db = self._db, None
+            if db is None or self._run is None:
+                return None
+            done: defer.Deferred[None] = self._run(db.close)
+            done.addErrback(
+                lambda f: self.log.failure("closing history file {path}", f, path=self.path)
+            )
+            return done
+
+        def stop_pool(_: object) -> None:
+            self.available = False
+            if self._pool is not None:
+                self._pool.stop()
+                self._pool = None
+
+        d.addCallback(shut)
+        d.addCallback(stop_pool)
+        self._closing = d
+        return d
+
+    # -- the writer ---------------------------------------------------------------------
+
+    def _tick(self) -> defer.Deferred[None]:
+        # LoopingCall waits for this Deferred (so batches never pile up behind a slow disk)
+        # and stops for good if it fails: _submit never fails.
+        return self._submit()
+
+    def _submit(self) -> defer.Deferred[None]:
+        batch, self._pending = self._pending, []
+        dropped, self._dropped = self._dropped, 0
+        if dropped:
+            self.log.warn(
+                "history: {count} entries were not written (writer behind)",
+                count=dropped,
+                path=self.path,
+            )
+        retain = self._retain_due()
+        if self._db is None or self._run is None or (not batch and not retain):
+            return defer.succeed(None)
+        rooms = {e.room for e in batch}
+        trim: set[str] | None = set()
+        if retain:
+            # The first pass after open trims every room (keep may have been lowered);
+            # later ones only the rooms written to since, the only ones that grew.
+            trim = None if self._last_retain is None else self._touched | rooms
+            self._touched = set()
+            self._last_retain = self.clock.seconds()
+        else:
+            self._touched |= rooms
+        cutoff = None if self.days is None else self.clock.seconds() - self.days * 86400.0
+        d: defer.Deferred[None] = self._run(lambda: self._write(batch, retain, trim, cutoff))
+
+        def written(_: object) -> None:
+            if not self.available and self._db is not None:
+                self.log.info("history file {path} is writable again", path=self.path)
+            self.available = self._db is not None
+
+        def failed(reason: Failure) -> None:
+            self.available = False
+            self.log.error(
+                "history write to {path} failed ({error}): {count} entries dropped; "
+                "history unavailable until a write succeeds",
+                path=self.path,
+                error=reason.getErrorMessage(),
+                count=len(batch),
+            )
+
+        d.addCallbacks(written, failed)
+        return d
+
+    def _retain_due(self) -> bool:
+        if self._last_retain is None:
+            return True
+        return self.clock.seconds() - self._last_retain >= self.retain_interval
+
+    def _write(
+        self, batch: list[Entry], retain: bool, rooms: set[str] | None, cutoff: float | None
+    ) -> None:
+        """In the writer thread: insert the batch, then (if ``retain``) trim ``rooms`` (None:
+        every room) to ``keep`` and drop what is older than ``cutoff``: one transaction."""
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN")
+        try:
+            if batch:
+                db.executemany(
+                    f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(e.id, e.room, e.ts, e.kind, e.nick, e.text, e.to) for e in batch],
+                )
+            if retain:
+                self._retain(db, rooms, cutoff)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # SQLITE_FULL has already rolled it back
+                db.execute("ROLLBACK")
+            raise
+
+    def _retain(
+        self, db: sqlite3.Connection, rooms: Iterable[str] | None, cutoff: float | None
+    ) -> None:
+        if rooms is None:
+            rooms = [r for (r,) in db.execute("SELECT DISTINCT room FROM messages")]
+        for room in rooms:
+            # The keep-th newest id of the room, on the (room, id) index; older ones go.
+            found = db.execute(
+                "SELECT id FROM messages WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+                (room, self.keep),
+            ).fetchone()
+            if found is not None:
+                db.execute("DELETE FROM messages WHERE room = ? AND id <= ?", (room, found[0]))
+        if cutoff is not None:
+            # Times grow with ids (both are taken at append), so everything before the
+            # first id at or after the cutoff is old: one walk of the oldest rows, one
+            # delete by rowid range, no index on ts to slow every insert.
+            found = db.execute(
+                "SELECT id FROM messages WHERE ts >= ? ORDER BY id LIMIT 1", (cutoff,)
+            ).fetchone()
+            if found is None:
+                db.execute("DELETE FROM messages")
+            else:
+                db.execute("DELETE FROM messages WHERE id < ?", (found[0],))
