@@ -34,7 +34,6 @@ T = TypeVar("T")
 Runner = Callable[[Callable[[], T]], "defer.Deferred[T]"]
 
 SCHEMA_VERSION = 1
-KINDS = frozenset({"message", "action", "private"})
 PAGE_MAX = 200
 # Beyond this many entries waiting for the writer (a hung or very slow disk), new ones are
 # kept in memory tails only, and counted as dropped: memory stays bounded.
@@ -58,7 +57,8 @@ _COLUMNS = "id, room, ts, kind, nick, text, recipient"
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One stored line. ``id`` is the store's, increasing, unique across restarts."""
+    """One stored line. ``id`` is the store's, increasing, unique across restarts;
+    ``kind`` is "message", "action" or "private" (``to``: the recipient)."""
 
     id: int
     room: str
@@ -299,10 +299,15 @@ class SQLiteHistory:
 
     # -- the writer ---------------------------------------------------------------------
 
-    def _tick(self) -> defer.Deferred[None]:
+    def _tick(self) -> defer.Deferred[None] | None:
         # LoopingCall waits for this Deferred (so batches never pile up behind a slow disk)
-        # and stops for good if it fails: _submit never fails.
-        return self._submit()
+        # and stops for good if it raises or fails: neither may happen.
+        try:
+            return self._submit()
+        except Exception:
+            self.available = False
+            self.log.failure("history flush failed in {path}", path=self.path)
+            return None
 
     def _submit(self) -> defer.Deferred[None]:
         batch, self._pending = self._pending, []
