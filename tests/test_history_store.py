@@ -242,6 +242,39 @@ def test_closing_flushes_stops_the_loop_and_is_idempotent(db_path):
     assert store.available is False
 
 
+class QueuedRun:
+    """A writer thread the test steps by hand: functions run in order, when asked."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Callable[[], Any], defer.Deferred[Any]]] = []
+
+    def __call__(self, f: Callable[[], Any]) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.jobs.append((f, d))
+        return d
+
+    def step(self) -> None:
+        f, d = self.jobs.pop(0)
+        d.callback(f())
+
+
+def test_flush_and_close_wait_for_a_write_still_in_progress(db_path):
+    clock = Clock()
+    run = QueuedRun()
+    store = SQLiteHistory(str(db_path), clock, run=run)
+    store.open()
+    store.append("#a", 0.0, "message", "al", "in flight")
+    clock.advance(1.0)  # the loop hands the batch over; the "thread" has not run it yet
+    assert store.backlog == 0 and len(run.jobs) == 1
+    flushed = store.flush()
+    closed = store.close()
+    assert not flushed.called and not closed.called
+    while run.jobs:
+        run.step()
+    assert flushed.called and closed.called
+    assert rows(db_path) == [(1, "#a", "in flight")]
+
+
 @pytest_twisted.inlineCallbacks
 def test_the_real_writer_thread_writes_pages_and_closes():
     from tempfile import TemporaryDirectory

@@ -86,9 +86,9 @@ def _entry(row: Sequence[Any]) -> Entry:
 class SQLiteHistory:
     """Per-room history: memory tails for the reactor, one SQLite writer thread for the rest.
 
-    ``run`` runs a function off the reactor thread and fires with its result; by default a
-    one-thread pool owned by the store, so writes and reads happen in the order they were
-    asked for. Tests pass a synchronous one.
+    ``run`` runs a function off the reactor thread and fires with its result, in the order
+    it was given them (writes, reads and the close rely on it); by default a one-thread
+    pool owned by the store. Tests pass a synchronous one.
     """
 
     log = Logger()
@@ -125,6 +125,7 @@ class SQLiteHistory:
         self._loop: task.LoopingCall | None = None
         self._last_retain: float | None = None  # None: the first pass covers every room
         self._touched: set[str] = set()
+        self._inflight = 0  # writes handed to ``run`` and not finished
         self._closing: defer.Deferred[None] | None = None
         self._shutdown_trigger: Any = None
 
@@ -219,6 +220,11 @@ class SQLiteHistory:
         else:
             self._dropped += 1
         return entry
+
+    @property
+    def backlog(self) -> int:
+        """Entries appended but not yet handed to the writer (for metrics, back-pressure)."""
+        return len(self._pending)
 
     def recent(self, room: str, n: int) -> list[Entry]:
         """The last ``n`` (at most ``tail``) entries of a room, oldest first, from memory."""
@@ -319,8 +325,15 @@ class SQLiteHistory:
                 path=self.path,
             )
         retain = self._retain_due()
-        if self._db is None or self._run is None or (not batch and not retain):
+        db = self._db
+        if db is None or self._run is None:
             return defer.succeed(None)
+        if not batch and not retain:
+            if not self._inflight:
+                return defer.succeed(None)
+            # Something is still being written: ``run`` keeps order, so this fires after it.
+            waited: defer.Deferred[None] = self._run(lambda: None)
+            return waited
         rooms = {e.room for e in batch}
         trim: set[str] | None = set()
         if retain:
@@ -332,20 +345,23 @@ class SQLiteHistory:
         else:
             self._touched |= rooms
         cutoff = None if self.days is None else self.clock.seconds() - self.days * 86400.0
-        d: defer.Deferred[None] = self._run(lambda: self._write(batch, retain, trim, cutoff))
+        self._inflight += 1
+        d: defer.Deferred[None] = self._run(lambda: self._write(db, batch, retain, trim, cutoff))
 
         def written(_: object) -> None:
+            self._inflight -= 1
             if not self.available and self._db is not None:
                 self.log.info("history file {path} is writable again", path=self.path)
             self.available = self._db is not None
 
         def failed(reason: Failure) -> None:
+            self._inflight -= 1
             self.available = False
             self.log.error(
                 "history write to {path} failed ({error}): {count} entries dropped; "
                 "history unavailable until a write succeeds",
                 path=self.path,
-                error=reason.getErrorMessage(),
+                error=f"{type(reason.value).__name__}: {reason.getErrorMessage()}",
                 count=len(batch),
             )
 
@@ -358,12 +374,15 @@ class SQLiteHistory:
         return self.clock.seconds() - self._last_retain >= self.retain_interval
 
     def _write(
-        self, batch: list[Entry], retain: bool, rooms: set[str] | None, cutoff: float | None
+        self,
+        db: sqlite3.Connection,
+        batch: list[Entry],
+        retain: bool,
+        rooms: set[str] | None,
+        cutoff: float | None,
     ) -> None:
         """In the writer thread: insert the batch, then (if ``retain``) trim ``rooms`` (None:
         every room) to ``keep`` and drop what is older than ``cutoff``: one transaction."""
-        db = self._db
-        assert db is not None
         db.execute("BEGIN")
         try:
             if batch:
