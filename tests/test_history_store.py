@@ -191,7 +191,8 @@ def test_failing_writes_are_logged_mark_unavailable_and_recover(db_path, logged,
         store.append("#a", 0.0, "message", "al", "y" * 100 + str(i))
     clock.advance(1.0)  # still failing; the loop keeps going
     assert store.available is False
-    assert len([e for e in logged if e.get("log_level") == LogLevel.error]) == 2
+    failures = [e for e in logged if e.get("count") == 2000]
+    assert [e["log_level"] for e in failures] == [LogLevel.error, LogLevel.warn]
     store._db.execute("PRAGMA max_page_count = 1073741823")
     store.append("#a", 0.0, "message", "al", "back")
     clock.advance(1.0)

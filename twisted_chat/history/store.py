@@ -120,7 +120,7 @@ class SQLiteHistory:
         self._db: sqlite3.Connection | None = None
         self._tails: dict[str, deque[Entry]] = {}
         self._pending: list[Entry] = []
-        self._dropped = 0  # not written: pending overflow, or a failed batch
+        self._dropped = 0  # not written: appended while PENDING_MAX were waiting
         self._next_id = 1
         self._loop: task.LoopingCall | None = None
         self._last_retain: float | None = None  # None: the first pass covers every room
@@ -211,7 +211,8 @@ class SQLiteHistory:
     def append(
         self, room: str, ts: float, kind: str, nick: str, text: str, to: str | None = None
     ) -> Entry:
-        """Keep one entry: in memory now, in the file at the next flush. No I/O, no raise."""
+        """Keep one entry: in memory now, in the file at the next flush. No I/O, no raise.
+        After close() an entry stays in memory only."""
         entry = Entry(self._next_id, room, ts, kind, nick, text, to)
         self._next_id += 1
         self._tail(room).append(entry)
@@ -242,16 +243,18 @@ class SQLiteHistory:
         n = max(0, min(n, PAGE_MAX))
         self._submit()  # the read is queued behind it, so it sees every appended entry
 
+        db = self._db  # close() closes it only after this read: ``run`` keeps order
+
         def read() -> list[Entry]:
-            assert self._db is not None
-            rows = self._db.execute(
+            assert db is not None
+            rows = db.execute(
                 f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id < ? "
                 "ORDER BY id DESC LIMIT ?",
                 (room, before_id, n),
             ).fetchall()
             return [_entry(r) for r in reversed(rows)]
 
-        if self._db is None or self._run is None or n == 0:
+        if db is None or self._run is None or n == 0:
             return defer.succeed([])
         d: defer.Deferred[list[Entry]] = self._run(read)
 
@@ -356,8 +359,11 @@ class SQLiteHistory:
 
         def failed(reason: Failure) -> None:
             self._inflight -= 1
+            # An error when history becomes unavailable, a warning for each batch after
+            # that: a full disk is one incident, not one error a second.
+            emit = self.log.error if self.available else self.log.warn
             self.available = False
-            self.log.error(
+            emit(
                 "history write to {path} failed ({error}): {count} entries dropped; "
                 "history unavailable until a write succeeds",
                 path=self.path,
