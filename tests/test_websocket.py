@@ -533,3 +533,21 @@ def test_a_head_of_too_many_headers_is_refused():
     headers = b"".join(b"X-%d: y\r\n" % i for i in range(100))
     transport, answer = http(h.site, b"GET / HTTP/1.1\r\nHost: chat.test\r\n" + headers + b"\r\n")
     assert answer.startswith(b"HTTP/1.1 400") and transport.disconnecting
+
+
+def test_a_foreign_origin_is_logged_once_per_address_per_ten_seconds():
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    h = WebHarness()
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
+    try:
+        for _ in range(50):
+            assert not Browser(h.site, 1, origin="https://evil.example").accepted
+        h.clock.advance(10.5)
+        Browser(h.site, 1, origin="https://evil.example")
+    finally:
+        globalLogPublisher.removeObserver(seen.append)  # type: ignore[arg-type]
+    lines = [formatEvent(e) for e in seen if "may not connect" in formatEvent(e)]
+    assert len(lines) == 2
+    assert lines[1].endswith("(49 more refused since the last line)")

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import importlib.resources
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +37,7 @@ from twisted_chat.core.sanitize import clean_text
 from twisted_chat.doors.line import Refusal
 from twisted_chat.doors.websocket import ChatWebSocket, accept
 from twisted_chat.doors.wsframes import close_frame
+from twisted_chat.rules.admission import MAX_TRACKED_ADDRESSES, REFUSAL_LOG_EVERY
 from twisted_chat.rules.connection import Rules, abort_transport
 
 MAX_BODY = 1024  # the site takes no request bodies; a little is tolerated, then closed
@@ -157,6 +159,9 @@ class ChatSocket(Resource):
         super().__init__()
         self.rules = rules
         self.origins = origins
+        # When each address was last named in the log for a foreign origin, and how many
+        # refusals since: one line per address per REFUSAL_LOG_EVERY, as for refusals.
+        self._logged: OrderedDict[str, list[float]] = OrderedDict()
 
     def render_GET(self, request: Request) -> bytes | int:
         channel = request.channel
@@ -166,12 +171,7 @@ class ChatSocket(Resource):
             return _plain(request, 405, "the WebSocket is opened with GET\n")
         origin = _header(request, b"origin")
         if not origin_allowed(origin, _header(request, b"host"), self.origins, request.isSecure()):
-            self.log.info(
-                "WebSocket from {peer} refused: a page of {origin} may not connect "
-                "(see --web-origin)",
-                peer=channel.peer(),
-                origin=clean_text(origin or "")[:100],
-            )
+            self._log_foreign(channel, origin)
             return _plain(request, 403, "a page from another site may not open this chat\n")
         handshake = H11Handshake(ConnectionType.SERVER)
         headers = [
@@ -190,6 +190,28 @@ class ChatSocket(Resource):
             )
         channel.upgrade(ChatWebSocket(self.rules, channel.accepted), accept(handshake))
         return NOT_DONE_YET
+
+    def _log_foreign(self, channel: WebChannel, origin: str | None) -> None:
+        """Log a refused origin, at most once per address per ``REFUSAL_LOG_EVERY``: a
+        page (or a script) retrying in a loop must not fill the disk."""
+        now = self.rules.clock.seconds()
+        address = channel.address or channel.peer()
+        entry = self._logged.get(address)
+        if entry is not None and now < entry[0]:
+            entry[1] += 1
+            return
+        more = entry[1] if entry is not None else 0
+        self._logged[address] = [now + REFUSAL_LOG_EVERY, 0]
+        self._logged.move_to_end(address)
+        if len(self._logged) > MAX_TRACKED_ADDRESSES:
+            self._logged.popitem(last=False)
+        self.log.info(
+            "WebSocket from {peer} refused: a page of {origin} may not connect "
+            "(see --web-origin){more}",
+            peer=channel.peer(),
+            origin=clean_text(origin or "")[:100],
+            more=f" ({more} more refused since the last line)" if more else "",
+        )
 
 
 def _header(request: Request, name: bytes) -> str | None:
