@@ -56,6 +56,7 @@ LAYERS = {
         "doors",
         "fastwrite",
         "backplane",
+        "history",
         "tap",
         "workers.supervisor",
     },

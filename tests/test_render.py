@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from twisted_chat.core.events import (
     Error,
     Event,
     Help,
+    History,
     IdleWarning,
     Join,
     LoginNeeded,
@@ -63,6 +65,23 @@ CASES: list[tuple[Event, str, str]] = [
         '[#lobby] <alice> héllo "q" \\ ✓',
         '{"type":"message","ts":1795800000.123,"room":"#lobby","nick":"alice",'
         '"text":"héllo \\"q\\" \\\\ ✓"}',
+    ),
+    (
+        History(
+            ts=TS,
+            room="#tea",
+            items=[
+                SimpleNamespace(id=7, ts=TS - 60, kind="message", nick="bob", text="hi <all>"),
+                SimpleNamespace(id=8, ts=TS - 30, kind="action", nick="bob", text="waves"),
+            ],
+        ),
+        "*** [#tea] earlier messages (2), times in UTC:\n"
+        "[#tea 2026-11-27 17:19] <bob> hi <all>\n"
+        "[#tea 2026-11-27 17:19] * bob waves\n"
+        "*** [#tea] end of earlier messages",
+        '{"type":"history","ts":1795800000.123,"room":"#tea","items":['
+        '{"id":7,"ts":1795799940.123,"kind":"message","nick":"bob","text":"hi <all>"},'
+        '{"id":8,"ts":1795799970.123,"kind":"action","nick":"bob","text":"waves"}]}',
     ),
     (
         Action(ts=TS, room="#lobby", nick="alice", text_="waves"),

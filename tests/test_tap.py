@@ -79,6 +79,9 @@ def test_listen_queue_outlasts_an_accept_pause(port, backlog):
         ["--web", "nonsense:1"],
         ["--web-origin", "chat.example.com"],
         ["--web-origin", "https://chat.example.com/path"],
+        ["--history-replay", "201"],
+        ["--history-keep", "0"],
+        ["--history", "h.sqlite3", "--backplane", "redis://127.0.0.1:6379"],
     ],
 )
 def test_bad_values_are_usage_errors(args):
@@ -108,6 +111,24 @@ def test_web_adds_a_second_listener_on_the_same_rules_and_origins_repeat():
     assert isinstance(web.factory, WebSite) and web.web and not line.web
     assert web.factory.rules is line.factory.rules  # type: ignore[attr-defined]
     assert parse()["doors"]["web"] == (None, "")  # no web client unless asked
+
+
+def test_history_is_off_unless_asked_and_a_bad_file_is_one_line(tmp_path):
+    assert parse()["history"] is None
+    services = list(IServiceCollection(tap.makeService(parse("--port", "tcp:0"))))
+    assert not any(isinstance(s, tap.HistoryService) for s in services)
+    path = tmp_path / "h.sqlite3"
+    options = parse("--port", "tcp:0", "--history", str(path), "--history-replay", "5")
+    services = list(IServiceCollection(tap.makeService(options)))
+    (kept,) = [s for s in services if isinstance(s, tap.HistoryService)]
+    chat = next(s for s in services if isinstance(s, ChatService))
+    assert chat.history.replay == 5 and path.exists()  # checked, not opened: no thread yet
+    assert kept.store._loop is None
+    path = tmp_path / "corrupt.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(tap.OptionError) as info:
+        tap.makeService(parse("--port", "tcp:0", "--history", str(path)))
+    assert str(path) in str(info.value.code) and "\n" not in str(info.value.code)
 
 
 def test_plugin_is_thin_and_names_tap_module():

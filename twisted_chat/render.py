@@ -10,6 +10,7 @@ passes on the name a member asked for (``/format json|text``).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from twisted_chat.core.events import (
     Error,
     Event,
     Help,
+    History,
     IdleWarning,
     Join,
     LoginNeeded,
@@ -305,6 +307,30 @@ def _crowd_text(e: Crowd) -> str:
     return f"*** [{e.room}] {what}; {e.count} here"
 
 
+def _history_text(e: History) -> str:
+    """Set apart from live lines, each with its date and time (UTC: the server cannot
+    know the reader's zone)."""
+    lines = [f"*** [{e.room}] earlier messages ({len(e.items)}), times in UTC:"]
+    for item in e.items:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(item.ts))
+        if item.kind == "action":
+            lines.append(f"[{e.room} {when}] * {item.nick} {item.text}")
+        else:
+            lines.append(f"[{e.room} {when}] <{item.nick}> {item.text}")
+    lines.append(f"*** [{e.room}] end of earlier messages")
+    return "\n".join(lines)
+
+
+def _history_fields(e: History) -> dict[str, Any]:
+    return {
+        "room": e.room,
+        "items": [
+            {"id": i.id, "ts": round(i.ts, 3), "kind": i.kind, "nick": i.nick, "text": i.text}
+            for i in e.items
+        ],
+    }
+
+
 def _batch_text(e: Batch) -> str:
     return "\n".join(TEXT.text(event) for event in e.events)
 
@@ -336,6 +362,7 @@ _TEXT: dict[type[Event], Callable[[Any], str]] = {
     Error: _error_text,
     Crowd: _crowd_text,
     Batch: _batch_text,
+    History: _history_text,
 }
 
 
@@ -426,6 +453,7 @@ _FIELDS: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
     Network: lambda e: {"up": e.up, "message": e.message},
     Error: lambda e: {"code": e.code, "message": e.message},
     Crowd: _crowd_fields,
+    History: _history_fields,
     # Never on the wire (a batch is written as its events' lines); for inspection.
     Batch: lambda e: {"events": [JSON.document(event) for event in e.events]},
 }

@@ -336,6 +336,34 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "Like --port-file, for --web's address.",
         ],
         [
+            "history",
+            None,
+            "none",
+            "Keep what is said in rooms in this SQLite file and show a joining member the "
+            "room's last lines; none keeps nothing.",
+        ],
+        [
+            "history-keep",
+            None,
+            5000,
+            "Lines kept per room in the history file; older ones are deleted.",
+            _count("history-keep", "lines"),
+        ],
+        [
+            "history-days",
+            None,
+            None,
+            "Delete history older than this many days [default: keep by --history-keep only].",
+            _positive("history-days", "days"),
+        ],
+        [
+            "history-replay",
+            None,
+            20,
+            "How many of a room's last lines a joining member is shown (at most 200).",
+            _between("history-replay", int, 0, 200, "lines", "Lines, 0 to 200."),
+        ],
+        [
             "backplane",
             None,
             None,
@@ -442,6 +470,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             value = self[door.option]
             self["doors"][door.option] = (
                 (None, "") if value is None else parse_endpoint(door.option, value, reactor)
+            )
+        if self["history"] in ("", "none"):
+            self["history"] = None
+        if self["history"] is not None and self["backplane"] is not None:
+            raise OptionError(
+                "--history does not work with --backplane yet: each node would keep its "
+                "own file; use --history none"
             )
         if self["workers"] > 1:
             self._check_workers()
@@ -865,6 +900,39 @@ def _supervising(options: Options, reactor: Any) -> service.MultiService:
     return top
 
 
+class HistoryService(service.Service):
+    """Opens the history store as the server starts (after twistd may have forked: its
+    thread and SQLite connection must be the running process's) and closes it as the
+    server stops, writing what is pending."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def startService(self) -> None:
+        super().startService()
+        self.store.open()  # checked at makeService: only a file changed since can fail
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return cast(defer.Deferred[None], self.store.close())
+
+
+def _open_history(options: Options, clock: IReactorTime, top: service.MultiService) -> Any:
+    """The history store, open, as the core's ``IHistory``; a file that cannot be used
+    is one line and exit status 1, before anything listens."""
+    from twisted_chat.history import HistoryUnavailable, SQLiteHistory, StoredHistory
+
+    store = SQLiteHistory(
+        options["history"], clock, keep=options["history-keep"], days=options["history-days"]
+    )
+    try:
+        store.check()
+    except HistoryUnavailable as e:
+        raise OptionError(f"--history: {e}") from None
+    HistoryService(store).setServiceParent(top)  # first in: stopped after the chat
+    return StoredHistory(store, options["history-replay"])
+
+
 def build_node(
     options: Options, reactor: Any, sockets: dict[str, tuple[int, int]] | None = None
 ) -> service.MultiService:
@@ -890,6 +958,9 @@ def build_node(
         from twisted_chat.backplane.redis import RedisLink
 
         link = RedisLink(options["backplane"], clock, reactor)
+    history = None
+    if options["history"] is not None:
+        history = _open_history(options, clock, top)
     chat = ChatService(
         clock,
         policy,
@@ -900,6 +971,7 @@ def build_node(
         max_rooms_per_member=options["max-rooms-per-member"],
         max_rooms=options["max-rooms"],
         network=None if link is None else link.node,
+        history=history,
     )
     chat.setServiceParent(top)
     rules = Rules(

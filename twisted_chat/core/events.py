@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 @dataclass(kw_only=True, eq=False, slots=True)
@@ -267,6 +267,16 @@ class Crowd(Event):
     left_count: int
     renamed: Sequence[tuple[str, str]]
     renamed_count: int
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class History(Event):
+    """What was said in a room before the member joined it, oldest first; each item
+    has ``id``, ``ts`` (when it was said), ``kind``, ``nick`` and ``text``."""
+
+    type: ClassVar[str] = "history"
+    room: str
+    items: Sequence[Any]
 
 
 @dataclass(kw_only=True, eq=False, slots=True)

@@ -7,6 +7,7 @@ others.  Nothing behind these interfaces imports a transport.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
@@ -245,3 +246,23 @@ class INetwork(Interface):
     def left(member: Any, kind: str, reason: str, after: float) -> None:
         """``member`` left the server: ``kind`` is ``quit`` or ``disconnect`` (with
         ``reason``) or ``timeout`` (after ``after`` seconds of silence)."""
+
+
+class IHistory(Interface):
+    """What was said in rooms, kept for the members who come later.
+
+    The core records its own members' room lines and, in the same turn as a join, shows
+    the joining member the room's last ``replay`` lines from memory: nothing said after
+    the join is missed or shown twice.  ``twisted_chat.history`` keeps them (the core's
+    default, ``core.local.Forgetful``, keeps nothing).
+    """
+
+    replay = Attribute("How many of a room's last lines a joining member is shown (0: none).")
+
+    def record(room: str, ts: float, kind: str, nick: str, text: str) -> None:
+        """Keep a line said in the room whose key is ``room``; ``kind``: "message" or
+        "action".  Must not block: called on every message."""
+
+    def recent(room: str, n: int) -> Sequence[Any]:
+        """The last ``n`` lines of the room whose key is ``room``, oldest first; each has
+        ``id``, ``ts``, ``kind``, ``nick`` and ``text``."""

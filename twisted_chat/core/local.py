@@ -6,7 +6,7 @@ what it did.  A backplane replaces them, not the service.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -14,6 +14,7 @@ from zope.interface import implementer
 
 from twisted_chat.core.interfaces import (
     IDelivery,
+    IHistory,
     INetwork,
     INickRegistry,
     IParticipant,
@@ -166,3 +167,16 @@ class Remote:
 
 
 REMOTE = Remote()
+
+
+@implementer(IHistory)
+class Forgetful:
+    """No history: nothing kept, nothing shown on join."""
+
+    replay = 0
+
+    def record(self, room: str, ts: float, kind: str, nick: str, text: str) -> None:
+        pass
+
+    def recent(self, room: str, n: int) -> Sequence[Any]:
+        return ()

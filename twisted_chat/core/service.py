@@ -43,6 +43,7 @@ from twisted_chat.core.events import (
     Current,
     Disconnected,
     Event,
+    History,
     IdleWarning,
     Join,
     Members,
@@ -61,12 +62,20 @@ from twisted_chat.core.events import (
 from twisted_chat.core.interfaces import (
     IChatService,
     IDelivery,
+    IHistory,
     INetwork,
     INickRegistry,
     IParticipant,
     IRoomDirectory,
 )
-from twisted_chat.core.local import REMOTE, Alone, LocalDelivery, LocalNicks, LocalRooms
+from twisted_chat.core.local import (
+    REMOTE,
+    Alone,
+    Forgetful,
+    LocalDelivery,
+    LocalNicks,
+    LocalRooms,
+)
 from twisted_chat.core.names import (
     LOBBY,
     NICK_MAX,
@@ -197,6 +206,7 @@ class ChatService(service.Service):
         rooms: IRoomDirectory | None = None,
         delivery: IDelivery | None = None,
         network: INetwork | None = None,
+        history: IHistory | None = None,
     ) -> None:
         if max_rooms_per_member < 1 or max_rooms < 1:
             raise ValueError("max_rooms_per_member and max_rooms must be at least 1 (#lobby)")
@@ -219,6 +229,7 @@ class ChatService(service.Service):
         self.rooms: IRoomDirectory = LocalRooms() if rooms is None else rooms
         self.delivery: IDelivery = LocalDelivery() if delivery is None else delivery
         self.network: INetwork = Alone() if network is None else network
+        self.history: IHistory = Forgetful() if history is None else history
         # Every member, this node's and other nodes', by (node, id).
         self.by_id: dict[tuple[str, int], Member] = {}
         self._ids = itertools.count(1)
@@ -659,13 +670,26 @@ class ChatService(service.Service):
                 member, Join(ts=now, room=room.name, nick=member.nick, count=len(room.members))
             )
             self._note_arrival(room, member)
-            self._tell(member, Current(ts=now, room=room.name))
-            return
-        self._fanout(
-            room.members, Join(ts=now, room=room.name, nick=member.nick, count=len(room.members))
-        )
-        self._tell(member, Members(ts=now, room=room.name, members=[m.nick for m in room.members]))
+        else:
+            self._fanout(
+                room.members,
+                Join(ts=now, room=room.name, nick=member.nick, count=len(room.members)),
+            )
+            self._tell(
+                member, Members(ts=now, room=room.name, members=[m.nick for m in room.members])
+            )
+        self._replay(member, key, room, now)
         self._tell(member, Current(ts=now, room=room.name))
+
+    def _replay(self, member: Member, key: str, room: Room, now: float) -> None:
+        """The room's last lines, told in the same turn as the join: whatever is said
+        next reaches the member live, so nothing is missed or told twice."""
+        history = self.history
+        if not history.replay or member.node:
+            return
+        items = history.recent(key, history.replay)
+        if items:
+            self._tell(member, History(ts=now, room=room.name, items=list(items)))
 
     def part(self, member: Member, raw: str | None, reason: str = "") -> None:
         if raw:
@@ -760,6 +784,7 @@ class ChatService(service.Service):
         text = self._message_text(raw)
         event = kind(ts=self.clock.seconds(), room=room.name, nick=member.nick, text_=text)
         self.network.talked(member, event)
+        self.history.record(room_key(room.name), event.ts, event.type, member.nick, text)
         self._broadcast(room, event, exclude=member)
 
     def private(self, member: Member, nick: str, raw: str) -> None:

@@ -131,22 +131,33 @@ class SQLiteHistory:
 
     # -- start --------------------------------------------------------------------------
 
+    def check(self) -> None:
+        """Open and close the file once, refusing an unusable one as ``open`` would, and
+        start nothing: for before twistd forks, which no thread or SQLite connection may
+        cross."""
+        db = self._connect_or_refuse()
+        db.close()
+        self._tails.clear()
+
     def open(self) -> None:
         """Open or create the file, load the tails, start the flush loop. Synchronous: it
         runs once, before the server accepts anyone, and refuses an unusable file here."""
-        try:
-            self._db = self._connect()
-        except sqlite3.Error as e:
-            raise HistoryUnavailable(
-                f"cannot use history file {self.path}: {e}; check that it is an SQLite file "
-                "in a writable directory, move it away, or start with --history none"
-            ) from e
+        self._db = self._connect_or_refuse()
         self.available = True
         if self._run is None:
             self._start_pool()
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(self.flush_interval, now=False)
+
+    def _connect_or_refuse(self) -> sqlite3.Connection:
+        try:
+            return self._connect()
+        except sqlite3.Error as e:
+            raise HistoryUnavailable(
+                f"cannot use history file {self.path}: {e}; check that it is an SQLite file "
+                "in a writable directory, move it away, or start with --history none"
+            ) from e
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
