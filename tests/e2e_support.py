@@ -178,6 +178,21 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
 # -- the client ------------------------------------------------------------------------
 
 
+def recv_by(sock: socket.socket, deadline: float) -> bytes | None:
+    """One recv, waiting at most until ``deadline``: None on timeout, b"" at the end of
+    the stream (a reset included)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return None
+    sock.settimeout(remaining)
+    try:
+        return sock.recv(65536)
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        return b""
+
+
 def _decode(line: bytes) -> str:
     return line.decode("utf-8", errors="replace")
 
@@ -219,16 +234,11 @@ class ChatClient:
 
     def _read(self, deadline: float) -> bool:
         """One recv, waiting at most until ``deadline``; False on timeout or end of stream."""
-        remaining = deadline - time.monotonic()
-        if self.eof or remaining <= 0:
+        if self.eof:
             return False
-        self.sock.settimeout(remaining)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
+        data = recv_by(self.sock, deadline)
+        if data is None:
             return False
-        except ConnectionResetError:
-            data = b""
         if not data:
             self.eof = True
             return False

@@ -23,7 +23,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from tests.e2e_support import EXPECT_TIMEOUT, HOST
+from tests.e2e_support import EXPECT_TIMEOUT, HOST, recv_by
 
 
 class WsClient:
@@ -58,16 +58,14 @@ class WsClient:
             pass
 
     def _read(self, deadline: float) -> bool:
-        remaining = deadline - time.monotonic()
-        if self.eof or remaining <= 0:
+        if self.eof:
             return False
-        self.sock.settimeout(remaining)
         try:
-            data = self.sock.recv(65536)
-        except (TimeoutError, ssl.SSLError):
+            data = recv_by(self.sock, deadline)
+        except ssl.SSLError:  # a TLS record cut short by the deadline
             return False
-        except ConnectionResetError:
-            data = b""
+        if data is None:
+            return False
         if not data:
             self.eof = True
             self.ws.receive_data(None)

@@ -63,7 +63,7 @@ class LocalRooms(dict[str, "Room"]):
     def create(self, key: str, name: str) -> Room:
         from twisted_chat.core.service import Room
 
-        room = self[key] = Room(name)
+        room = self[key] = Room(name, key=key)
         return room
 
     def remove(self, key: str) -> None:

@@ -140,6 +140,9 @@ class HeartbeatPolicy:
 @dataclass(eq=False)
 class Room:
     name: str
+    # Its key in the room directory (``room_key(name)``), kept: folding look-alikes costs
+    # microseconds, too much to redo for every message.
+    key: str = ""
     members: dict[Member, None] = field(default_factory=dict)
     # Bumped on every change of membership: an open batch is only extended while the
     # audience it was handed to is still exactly the room's.
@@ -784,7 +787,7 @@ class ChatService(service.Service):
         text = self._message_text(raw)
         event = kind(ts=self.clock.seconds(), room=room.name, nick=member.nick, text_=text)
         self.network.talked(member, event)
-        self.history.record(room_key(room.name), event.ts, event.type, member.nick, text)
+        self.history.record(room.key, event.ts, event.type, member.nick, text)
         self._broadcast(room, event, exclude=member)
 
     def private(self, member: Member, nick: str, raw: str) -> None:

@@ -15,7 +15,6 @@ import base64
 import hashlib
 import importlib.resources
 import re
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,14 +29,15 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from wsproto import ConnectionType
+from wsproto.events import AcceptConnection
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
 from twisted_chat.core.sanitize import clean_text
 from twisted_chat.doors.line import Refusal
-from twisted_chat.doors.websocket import ChatWebSocket, accept
+from twisted_chat.doors.websocket import ChatWebSocket
 from twisted_chat.doors.wsframes import close_frame
-from twisted_chat.rules.admission import MAX_TRACKED_ADDRESSES, REFUSAL_LOG_EVERY
+from twisted_chat.rules.admission import LogThrottle
 from twisted_chat.rules.connection import Rules, abort_transport
 
 MAX_BODY = 1024  # the site takes no request bodies; a little is tolerated, then closed
@@ -159,9 +159,7 @@ class ChatSocket(Resource):
         super().__init__()
         self.rules = rules
         self.origins = origins
-        # When each address was last named in the log for a foreign origin, and how many
-        # refusals since: one line per address per REFUSAL_LOG_EVERY, as for refusals.
-        self._logged: OrderedDict[str, list[float]] = OrderedDict()
+        self._logged = LogThrottle()  # foreign origins, as refusals are logged
 
     def render_GET(self, request: Request) -> bytes | int:
         channel = request.channel
@@ -188,29 +186,24 @@ class ChatSocket(Resource):
                 426,
                 "this is the chat's WebSocket: open the page at / in a browser instead\n",
             )
-        channel.upgrade(ChatWebSocket(self.rules, channel.accepted), accept(handshake))
+        # No subprotocol and no extension: a compressed frame would cost inflating
+        # before its size is known.
+        response = bytes(handshake.send(AcceptConnection()))
+        channel.upgrade(ChatWebSocket(self.rules, channel.accepted), response)
         return NOT_DONE_YET
 
     def _log_foreign(self, channel: WebChannel, origin: str | None) -> None:
         """Log a refused origin, at most once per address per ``REFUSAL_LOG_EVERY``: a
         page (or a script) retrying in a loop must not fill the disk."""
-        now = self.rules.clock.seconds()
-        address = channel.address or channel.peer()
-        entry = self._logged.get(address)
-        if entry is not None and now < entry[0]:
-            entry[1] += 1
+        more = self._logged.due(channel.address or channel.peer(), self.rules.clock.seconds())
+        if more is None:
             return
-        more = entry[1] if entry is not None else 0
-        self._logged[address] = [now + REFUSAL_LOG_EVERY, 0]
-        self._logged.move_to_end(address)
-        if len(self._logged) > MAX_TRACKED_ADDRESSES:
-            self._logged.popitem(last=False)
         self.log.info(
             "WebSocket from {peer} refused: a page of {origin} may not connect "
             "(see --web-origin){more}",
             peer=channel.peer(),
             origin=clean_text(origin or "")[:100],
-            more=f" ({more} more refused since the last line)" if more else "",
+            more=LogThrottle.more(more),
         )
 
 

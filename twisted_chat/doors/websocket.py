@@ -13,7 +13,7 @@ once (server frames are not masked, so every recipient gets the same bytes).
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -90,14 +90,12 @@ class ChatWebSocket(Connection, Protocol):
     pauses, back-pressure and direct writes work as for the line door.
     """
 
-    __slots__ = ("_close_sent", "_frames", "_partial", "_peer_closed", "_size", "_skipping",
-                 "_started")  # fmt: skip
+    __slots__ = ("_frames", "_partial", "_peer_closed", "_size", "_skipping", "_started")
 
     def __init__(self, rules: Rules, started: float) -> None:
         Connection.__init__(self, rules)
         self.format = WS_JSON
         self._frames = FrameReader()
-        self._close_sent = False
         self._partial = ""  # the text message being received, while unfinished
         self._size = 0
         self._skipping = False  # the message is over the limit: dropped up to its end
@@ -197,12 +195,12 @@ class ChatWebSocket(Connection, Protocol):
         self._finish(close_frame(code, reason))
 
     def _finish(self, close: bytes) -> None:
+        """End with ``close``, the close frame this end calls for, instead of ours."""
         if self.state not in (Session.OPEN, Session.LOGIN) or self.transport is None:
             return  # already closing (the lines before it may have quit)
-        self._close_sent = True
         self.pending = None
         self._out = None
-        self._end(close)
+        Connection._end(self, close)
 
     def set_format(self, name: str) -> None:
         super().set_format(name)
@@ -210,18 +208,4 @@ class ChatWebSocket(Connection, Protocol):
 
     def _end(self, last: bytes) -> None:
         """Close with a close frame after ``last``, saying why when there is a why."""
-        if not self._close_sent:
-            self._close_sent = True
-            last += close_frame(NORMAL, self.why)
-        Connection._end(self, last)
-
-
-def accept(ws_handshake: Any) -> bytes:
-    """The 101 response for an upgrade request wsproto accepted.
-
-    No subprotocol and no extension is agreed: a compressed frame would cost inflating
-    before its size is known.
-    """
-    from wsproto.events import AcceptConnection
-
-    return bytes(ws_handshake.send(AcceptConnection()))
+        Connection._end(self, last + close_frame(NORMAL, self.why))

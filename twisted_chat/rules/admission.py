@@ -40,6 +40,39 @@ REFUSAL_HOLD = 2.0
 MAX_HELD_REFUSALS = 256
 
 
+class LogThrottle:
+    """One log line per key (an address) per ``every`` seconds, with a count of the lines
+    held back in between: a client refused thousands of times a second must not fill
+    the disk.  At most ``MAX_TRACKED_ADDRESSES`` keys are remembered."""
+
+    def __init__(self, every: float = REFUSAL_LOG_EVERY) -> None:
+        self.every = every
+        self._keys: OrderedDict[str, list[float]] = OrderedDict()
+
+    def due(self, key: str, now: float) -> int | None:
+        """The lines held back since ``key``'s last one (log one now), or None: it was
+        logged a moment ago, and this one is counted instead."""
+        entry = self._keys.get(key)
+        if entry is not None and now < entry[0] + self.every:
+            entry[1] += 1
+            return None
+        self._keys[key] = [now, 0]
+        self._keys.move_to_end(key)
+        if len(self._keys) > MAX_TRACKED_ADDRESSES:
+            self._keys.popitem(last=False)
+        return int(entry[1]) if entry is not None else 0
+
+    def last(self, key: str) -> float | None:
+        """When ``key`` was last logged."""
+        entry = self._keys.get(key)
+        return None if entry is None else entry[0]
+
+    @staticmethod
+    def more(count: int) -> str:
+        """The count, as the log line's ending."""
+        return f" ({count} more refused since the last line)" if count else ""
+
+
 @dataclass(frozen=True, slots=True)
 class Refused:
     """Why a connection may not come in, and whether it is worth saying."""
@@ -65,7 +98,7 @@ class Admission:
         self.per_address: Counter[str] = Counter()
         self.held = 0  # refused connections being held open (see REFUSAL_HOLD)
         self._arrivals: OrderedDict[str, TokenBucket] = OrderedDict()
-        self._refusal_log: OrderedDict[str, list[float]] = OrderedDict()
+        self._refusal_log = LogThrottle()
         # Listening ports (anything with stopReading/startReading), so that a flood of
         # refusals can pause them.
         self.ports: list[Any] = []
@@ -200,23 +233,17 @@ class Admission:
     def _log_refusal(self, host: str, reason: str) -> bool:
         """One line per address per ``REFUSAL_LOG_EVERY`` seconds, with a count of the rest.
 
-        An address refused thousands of times a second must not fill the disk.  True
-        when the refused peer should be told why: the first time in a while.
+        True when the refused peer should be told why: the first time in a while.
         """
         now = self.clock.seconds()
-        entry = self._refusal_log.get(host)
-        if entry is not None and now < entry[0]:
-            entry[1] += 1
-            return now - (entry[0] - REFUSAL_LOG_EVERY) < REFUSAL_TELL_FOR
-        self._refusal_log[host] = [now + REFUSAL_LOG_EVERY, 0]
-        self._refusal_log.move_to_end(host)
-        if len(self._refusal_log) > MAX_TRACKED_ADDRESSES:
-            self._refusal_log.popitem(last=False)
-        more = entry[1] if entry is not None else 0
+        more = self._refusal_log.due(host, now)
+        if more is None:
+            last = self._refusal_log.last(host)
+            return last is not None and now - last < REFUSAL_TELL_FOR
         self.log.warn(
             "refused {host}: {reason}{more}",
             host=host,
             reason=reason,
-            more=f" ({more} more refused since the last line)" if more else "",
+            more=LogThrottle.more(more),
         )
         return True
