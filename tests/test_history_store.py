@@ -59,11 +59,15 @@ def test_append_then_recent_in_order_and_capped_at_the_tail(db_path):
     store = make(db_path, tail=5)
     made = [store.append("#a", float(i), "message", "al", f"m{i}") for i in range(8)]
     store.append("#b", 0.0, "action", "bo", "waves")
-    assert [e.text for e in store.recent("#a", 100)] == ["m3", "m4", "m5", "m6", "m7"]
-    assert store.recent("#a", 2) == made[-2:]
+    # A full tail may have let older entries go: "more" says the file may hold them.
+    assert store.recent("#a", 100) == (made[3:], True)
+    assert store.recent("#a", 2) == (made[-2:], True)
     assert [e.id for e in made] == sorted({e.id for e in made})
-    assert store.recent("#nowhere", 5) == []
-    assert store.recent("#b", 5)[0].kind == "action"
+    assert store.mark() == made[-1].id + 2  # "#b" took the next one
+    assert store.recent("#nowhere", 5) == ([], False)
+    items, more = store.recent("#b", 5)
+    assert items[0].kind == "action" and not more  # all of "#b" is in memory
+    assert store.recent("#b", 0) == ([], True)
     assert rows(db_path) == []  # nothing written on the calling thread
     result(store.close())
 
@@ -96,8 +100,8 @@ def test_a_restart_keeps_history_and_continues_ids(db_path):
     result(store.close())
 
     again = make(db_path, tail=3)
-    assert [e.text for e in again.recent("#a", 10)] == ["m2", "m3", "m4"]
-    assert again.recent("#b", 1) == [last]
+    assert [e.text for e in again.recent("#a", 10)[0]] == ["m2", "m3", "m4"]
+    assert again.recent("#b", 1) == ([last], False)
     assert again.append("#a", 10.0, "message", "al", "next").id == last.id + 1
     result(again.close())
 
@@ -108,10 +112,12 @@ def test_before_pages_back_capped_at_200_and_empty_when_nothing_older(db_path):
     store.append("#b", 0.0, "message", "bo", "elsewhere")
     # Unflushed entries are found too: before() writes first.
     page = result(store.before("#a", made[250].id, 10))
-    assert page == made[240:250]
-    assert result(store.before("#a", made[299].id + 1, 1000)) == made[100:300]
-    assert result(store.before("#a", made[0].id, 10)) == []
-    assert result(store.before("#nowhere", 10**9, 10)) == []
+    assert page == (made[240:250], True)
+    assert result(store.before("#a", made[299].id + 1, 1000)) == (made[100:300], True)
+    assert result(store.before("#a", made[10].id, 10)) == (made[:10], False)
+    assert result(store.before("#a", made[11].id, 10)) == (made[1:11], True)
+    assert result(store.before("#a", made[0].id, 10)) == ([], False)
+    assert result(store.before("#nowhere", 10**9, 10)) == ([], False)
     result(store.close())
 
 
@@ -145,8 +151,11 @@ def test_retention_by_age(db_path):
         store.append("#a", now - age * 86400, "message", "al", f"{age} days")
     clock.advance(1.0)
     assert [t for (_, _, t) in rows(db_path)] == ["1.5 days", "0.5 days"]
+    # Memory forgets them too, as they are asked for.
+    assert [e.text for e in store.recent("#a", 10)[0]] == ["1.5 days", "0.5 days"]
     clock.advance(86400 * 1.6)
     assert [t for (_, _, t) in rows(db_path)] == []
+    assert store.recent("#a", 10) == ([], False)
     result(store.close())
 
 
@@ -186,7 +195,7 @@ def test_failing_writes_are_logged_mark_unavailable_and_recover(db_path, logged,
     assert store.available is False
     errors = [e for e in logged if e.get("log_level") == LogLevel.error]
     assert errors and errors[0]["count"] == 2000 and "full" in errors[0]["error"]
-    assert len(store.recent("#a", 200)) == 200  # memory still works
+    assert len(store.recent("#a", 200)[0]) == 200  # memory still works
     for i in range(2000):
         store.append("#a", 0.0, "message", "al", "y" * 100 + str(i))
     clock.advance(1.0)  # still failing; the loop keeps going
@@ -219,7 +228,10 @@ def test_unicode_round_trips(db_path):
     store.append("#ünï", 1.5, "message", "Zoë", text)
     result(store.close())
     again = make(db_path)
-    assert result(again.before("#ünï", 10**9, 5)) == [Entry(1, "#ünï", 1.5, "message", "Zoë", text)]
+    assert result(again.before("#ünï", 10**9, 5)) == (
+        [Entry(1, "#ünï", 1.5, "message", "Zoë", text)],
+        False,
+    )
     result(again.close())
 
 
@@ -227,7 +239,9 @@ def test_privates_go_under_a_conversation_key(db_path):
     assert conversation("Al", "bo") == conversation("Bo", "al") == "@al bo"
     store = make(db_path)
     entry = store.append(conversation("Al", "Bo"), 1.0, "private", "Al", "hi", to="Bo")
-    assert store.recent("@al bo", 5) == [entry]
+    # Kept in the file only: nobody is shown a conversation on joining.
+    assert store.recent("@al bo", 5) == ([], False)
+    assert result(store.before("@al bo", store.mark(), 5)) == ([entry], False)
     result(store.close())
 
 
@@ -289,7 +303,7 @@ def test_the_real_writer_thread_writes_pages_and_closes():
         try:
             made = [store.append("#a", float(i), "message", "al", f"m{i}") for i in range(500)]
             page = yield store.before("#a", made[-1].id, 5).addTimeout(10, reactor)
-            assert page == made[-6:-1]
+            assert page == (made[-6:-1], True)
             store.append("#a", 0.0, "message", "al", "after")
             # The loop alone writes it, within a few intervals.
             for _ in range(200):
@@ -303,7 +317,7 @@ def test_the_real_writer_thread_writes_pages_and_closes():
         again = SQLiteHistory(str(path), reactor)
         again.open()
         try:
-            assert again.recent("#a", 1)[0].text == "after"
+            assert again.recent("#a", 1)[0][0].text == "after"
         finally:
             yield again.close().addTimeout(10, reactor)
 

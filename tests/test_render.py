@@ -71,17 +71,44 @@ CASES: list[tuple[Event, str, str]] = [
             ts=TS,
             room="#tea",
             items=[
-                SimpleNamespace(id=7, ts=TS - 60, kind="message", nick="bob", text="hi <all>"),
-                SimpleNamespace(id=8, ts=TS - 30, kind="action", nick="bob", text="waves"),
+                SimpleNamespace(
+                    id=7, ts=TS - 60, kind="message", nick="bob", text="hi <all>", to=None
+                ),
+                SimpleNamespace(id=8, ts=TS - 30, kind="action", nick="bob", text="waves", to=None),
             ],
+            more=True,
         ),
         "*** [#tea] earlier messages (2), times in UTC:\n"
         "[#tea 2026-11-27 17:19] <bob> hi <all>\n"
         "[#tea 2026-11-27 17:19] * bob waves\n"
-        "*** [#tea] end of earlier messages",
-        '{"type":"history","ts":1795800000.123,"room":"#tea","items":['
+        "*** [#tea] end of earlier messages (/history #tea for older ones)",
+        '{"type":"history","ts":1795800000.123,"room":"#tea","with":null,"items":['
         '{"id":7,"ts":1795799940.123,"kind":"message","nick":"bob","text":"hi <all>"},'
-        '{"id":8,"ts":1795799970.123,"kind":"action","nick":"bob","text":"waves"}]}',
+        '{"id":8,"ts":1795799970.123,"kind":"action","nick":"bob","text":"waves"}],'
+        '"more":true,"page":false}',
+    ),
+    (
+        History(
+            ts=TS,
+            room=None,
+            with_="bob",
+            items=[
+                SimpleNamespace(id=9, ts=TS - 60, kind="private", nick="bob", text="psst", to="al"),
+            ],
+            page=True,
+        ),
+        "*** [PM bob] earlier private messages (1), times in UTC:\n"
+        "[PM bob -> al 2026-11-27 17:19] psst\n"
+        "*** [PM bob] end of earlier private messages (nothing older is kept)",
+        '{"type":"history","ts":1795800000.123,"room":null,"with":"bob","items":['
+        '{"id":9,"ts":1795799940.123,"kind":"private","nick":"bob","text":"psst","to":"al"}],'
+        '"more":false,"page":true}',
+    ),
+    (
+        History(ts=TS, room="#tea", items=[], page=True),
+        "*** [#tea] no earlier messages are kept",
+        '{"type":"history","ts":1795800000.123,"room":"#tea","with":null,"items":[],'
+        '"more":false,"page":true}',
     ),
     (
         Action(ts=TS, room="#lobby", nick="alice", text_="waves"),

@@ -9,6 +9,12 @@ from twisted_chat import tap
 from twisted_chat.core.service import ChatService
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """History is on by default, in a file of the working directory."""
+    monkeypatch.chdir(tmp_path)
+
+
 def parse(*args: str) -> tap.Options:
     options = tap.Options()
     options.parseOptions(list(args))
@@ -82,6 +88,8 @@ def test_listen_queue_outlasts_an_accept_pause(port, backlog):
         ["--history-replay", "201"],
         ["--history-keep", "0"],
         ["--history", "h.sqlite3", "--backplane", "redis://127.0.0.1:6379"],
+        ["--history-private"],
+        ["--history-private", "--history", "none", "--auth", "memory:al:pw"],
     ],
 )
 def test_bad_values_are_usage_errors(args):
@@ -91,11 +99,12 @@ def test_bad_values_are_usage_errors(args):
     assert "\n" not in str(info.value.code)
 
 
-def test_make_service_builds_core_then_listener():
+def test_make_service_builds_history_core_then_listener():
     services = list(IServiceCollection(tap.makeService(parse("--port", "tcp:0"))))
-    assert isinstance(services[0], ChatService)
-    assert isinstance(services[1], tap.ListenerService)
-    assert services[0].heartbeat.timeout == 30.0
+    assert isinstance(services[0], tap.HistoryService)
+    assert isinstance(services[1], ChatService)
+    assert isinstance(services[2], tap.ListenerService)
+    assert services[1].heartbeat.timeout == 30.0
 
 
 def test_web_adds_a_second_listener_on_the_same_rules_and_origins_repeat():
@@ -113,17 +122,30 @@ def test_web_adds_a_second_listener_on_the_same_rules_and_origins_repeat():
     assert parse()["doors"]["web"] == (None, "")  # no web client unless asked
 
 
-def test_history_is_off_unless_asked_and_a_bad_file_is_one_line(tmp_path):
-    assert parse()["history"] is None
-    services = list(IServiceCollection(tap.makeService(parse("--port", "tcp:0"))))
+def test_history_is_on_by_default_in_the_working_directory_and_a_bad_file_is_one_line(
+    tmp_path,
+):
+    assert parse()["history"] == str(tmp_path / tap.HISTORY_FILE)
+    assert parse("--history", "none")["history"] is None
+    assert parse("--backplane", "redis://127.0.0.1:6379")["history"] is None  # not yet
+    assert parse("--history", "rel.db")["history"] == str(tmp_path / "rel.db")
+    services = list(
+        IServiceCollection(tap.makeService(parse("--port", "tcp:0", "--history", "none")))
+    )
     assert not any(isinstance(s, tap.HistoryService) for s in services)
+    assert not next(s for s in services if isinstance(s, ChatService)).history.enabled
     path = tmp_path / "h.sqlite3"
     options = parse("--port", "tcp:0", "--history", str(path), "--history-replay", "5")
     services = list(IServiceCollection(tap.makeService(options)))
     (kept,) = [s for s in services if isinstance(s, tap.HistoryService)]
     chat = next(s for s in services if isinstance(s, ChatService))
     assert chat.history.replay == 5 and path.exists()  # checked, not opened: no thread yet
-    assert kept.store._loop is None
+    assert kept.store._loop is None and not chat.history.private
+    options = parse("--port", "tcp:0", "--history-private", "--auth", "memory:al:pw")
+    chat = next(
+        s for s in IServiceCollection(tap.makeService(options)) if isinstance(s, ChatService)
+    )
+    assert chat.history.private
     path = tmp_path / "corrupt.sqlite3"
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(tap.OptionError) as info:

@@ -33,6 +33,12 @@ from twisted_chat.workers.child import ParentWatch, client_share, stream_observe
 BACKPLANE = ("--backplane", "redis://127.0.0.1:6379")
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """History is on by default, in a file of the working directory."""
+    monkeypatch.chdir(tmp_path)
+
+
 def parse(*args: str) -> tap.Options:
     options = tap.Options()
     options.parseOptions(list(args))
@@ -63,7 +69,7 @@ def test_one_worker_is_the_default_and_changes_nothing():
     for args in ([], ["--workers", "1"]):
         services = list(IServiceCollection(tap.makeService(parse("--port", "tcp:0", *args))))
         kinds = [type(s).__name__ for s in services]
-        assert kinds == ["ChatService", "ListenerService"], kinds
+        assert kinds == ["HistoryService", "ChatService", "ListenerService"], kinds
 
 
 def test_more_than_one_worker_needs_the_backplane():

@@ -310,24 +310,41 @@ def _crowd_text(e: Crowd) -> str:
 def _history_text(e: History) -> str:
     """Set apart from live lines, each with its date and time (UTC: the server cannot
     know the reader's zone)."""
-    lines = [f"*** [{e.room}] earlier messages ({len(e.items)}), times in UTC:"]
+    where = e.room if e.room is not None else f"PM {e.with_}"
+    what = "messages" if e.room is not None else "private messages"
+    if not e.items:
+        return f"*** [{where}] no earlier {what} are kept"
+    lines = [f"*** [{where}] earlier {what} ({len(e.items)}), times in UTC:"]
     for item in e.items:
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(item.ts))
-        if item.kind == "action":
+        if item.kind == "private":
+            lines.append(f"[PM {item.nick} -> {item.to} {when}] {item.text}")
+        elif item.kind == "action":
             lines.append(f"[{e.room} {when}] * {item.nick} {item.text}")
         else:
             lines.append(f"[{e.room} {when}] <{item.nick}> {item.text}")
-    lines.append(f"*** [{e.room}] end of earlier messages")
+    if e.more:
+        asked = e.room if e.room is not None else e.with_
+        lines.append(f"*** [{where}] end of earlier {what} (/history {asked} for older ones)")
+    else:
+        lines.append(f"*** [{where}] end of earlier {what} (nothing older is kept)")
     return "\n".join(lines)
+
+
+def _history_item(i: Any) -> dict[str, Any]:
+    item = {"id": i.id, "ts": round(i.ts, 3), "kind": i.kind, "nick": i.nick, "text": i.text}
+    if i.to is not None:
+        item["to"] = i.to
+    return item
 
 
 def _history_fields(e: History) -> dict[str, Any]:
     return {
         "room": e.room,
-        "items": [
-            {"id": i.id, "ts": round(i.ts, 3), "kind": i.kind, "nick": i.nick, "text": i.text}
-            for i in e.items
-        ],
+        "with": e.with_,
+        "items": [_history_item(i) for i in e.items],
+        "more": e.more,
+        "page": e.page,
     }
 
 

@@ -155,6 +155,7 @@ def with_backlog(description: str) -> str:
 
 # Worker processes one server may run; a typo such as 1000 would start 1000 processes.
 MAX_WORKERS = 256
+HISTORY_FILE = "groupchat-history.sqlite3"
 # Listening sockets the parent can pass to its workers (see docs/SCALING.md).
 SHARED_KINDS = ("tcp", "tcp6", "ssl", "unix")
 
@@ -165,6 +166,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         "Run the groupchat server: a line-based chat that people use from telnet, "
         "netcat or `python -m twisted_chat.client`."
     )
+    optFlags: list[Any] = [
+        [
+            "history-private",
+            None,
+            "Keep private messages in the history too (their senders and recipients can "
+            "read them back with /history NICK); needs --auth, so that a nickname is a person.",
+        ],
+    ]
     optParameters: list[Any] = [
         [
             "port",
@@ -338,9 +347,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         [
             "history",
             None,
-            "none",
+            None,
             "Keep what is said in rooms in this SQLite file and show a joining member the "
-            "room's last lines; none keeps nothing.",
+            f"room's last lines; none keeps nothing. [default: {HISTORY_FILE} in the "
+            "working directory]",
         ],
         [
             "history-keep",
@@ -471,15 +481,32 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self["doors"][door.option] = (
                 (None, "") if value is None else parse_endpoint(door.option, value, reactor)
             )
-        if self["history"] in ("", "none"):
-            self["history"] = None
-        if self["history"] is not None and self["backplane"] is not None:
-            raise OptionError(
-                "--history does not work with --backplane yet: each node would keep its "
-                "own file; use --history none"
-            )
+        self._check_history()
         if self["workers"] > 1:
             self._check_workers()
+
+    def _check_history(self) -> None:
+        """On by default, in a file of the working directory (made absolute: twistd may
+        change directory before the server starts); ``none`` turns it off."""
+        path = self["history"]
+        if path in ("", "none"):
+            path = None
+        elif path is None:
+            path = HISTORY_FILE if self["backplane"] is None else None
+        elif self["backplane"] is not None:
+            raise OptionError(
+                "--history FILE does not work with --backplane: each node would keep its "
+                "own file; use --history none"
+            )
+        self["history"] = None if path is None else os.path.abspath(path)
+        if self["history-private"]:
+            if self["history"] is None:
+                raise OptionError("--history-private needs history (it is off: --history none)")
+            if not self.get("credCheckers"):
+                raise OptionError(
+                    "--history-private needs --auth: without logins a nickname is not a "
+                    "person, and whoever took a name next could read its private messages"
+                )
 
     def _check_workers(self) -> None:
         """Several workers are several nodes: they need the backplane to be one chat, a
@@ -930,7 +957,7 @@ def _open_history(options: Options, clock: IReactorTime, top: service.MultiServi
     except HistoryUnavailable as e:
         raise OptionError(f"--history: {e}") from None
     HistoryService(store).setServiceParent(top)  # first in: stopped after the chat
-    return StoredHistory(store, options["history-replay"])
+    return StoredHistory(store, options["history-replay"], private=options["history-private"])
 
 
 def build_node(

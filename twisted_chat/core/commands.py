@@ -96,6 +96,26 @@ def _me(svc: ChatService, m: Member, args: str) -> None:
     svc.act(m, _need(args, "/me action"))
 
 
+HISTORY_USAGE = "/history [#room|NICK] [N]"
+HISTORY_MAX = 200
+
+
+def _history(svc: ChatService, m: Member, args: str) -> defer.Deferred[None]:
+    target: str | None = None
+    n: int | None = None
+    for word in args.split():
+        if word.isdecimal() and n is None:
+            n = int(word)
+            if n < 1:
+                raise BadArguments(f"usage: {HISTORY_USAGE} (N: 1 to {HISTORY_MAX})")
+            n = min(n, HISTORY_MAX)
+        elif target is None and n is None:
+            target = word
+        else:
+            raise BadArguments(f"usage: {HISTORY_USAGE}")
+    return svc.show_history(m, target, n)
+
+
 def _ping(svc: ChatService, m: Member, args: str) -> None:
     svc.ping(m, args)
 
@@ -144,15 +164,30 @@ COMMANDS: dict[str, Command] = {
     "who": Command("/who [#room]", "list the members of a room", _who),
     "msg": Command("/msg NICK text", "send a private message", _msg),
     "me": Command("/me action", "describe an action, shown as: * NICK action", _me),
+    "history": Command(
+        HISTORY_USAGE,
+        f"earlier messages of a room, before the oldest you were shown (N: up to "
+        f"{HISTORY_MAX}); NICK: your private messages with NICK, where they are kept",
+        _history,
+        brief="/history",
+    ),
     "ping": Command("/ping [token]", "heartbeat; the server answers pong [token]", _ping),
     "format": Command("/format json|text", "switch how the server writes to you", _format),
     "help": Command("/help", "show this list", _help),
     "quit": Command("/quit [reason]", "leave the chat", _quit),
 }
 _UNIQUE = list(COMMANDS.values())
-_BRIEFS = tuple(c.brief for c in _UNIQUE)
-# A logged-in member's nickname is its login name: /nick is refused, so not offered.
-_LOGGED_IN_BRIEFS = tuple(c.brief for c in _UNIQUE if c is not COMMANDS["nick"])
+# A logged-in member's nickname is its login name: /nick is refused, so not offered; on a
+# server that keeps no history, /history is not offered either.
+_WELCOME = {
+    (logged_in, history): tuple(
+        c.brief
+        for c in _UNIQUE
+        if not (logged_in and c is COMMANDS["nick"]) and (history or c is not COMMANDS["history"])
+    )
+    for logged_in in (False, True)
+    for history in (False, True)
+}
 # Not listed in /help: only meaningful before logging in, which the protocol handles.
 COMMANDS["login"] = Command("/login NAME PASSWORD", "log in (servers with --auth)", _login)
 COMMANDS["leave"] = COMMANDS["part"]
@@ -160,9 +195,9 @@ COMMANDS["names"] = COMMANDS["who"]
 COMMANDS["list"] = COMMANDS["rooms"]
 
 
-def welcome_commands(logged_in: bool) -> tuple[str, ...]:
+def welcome_commands(logged_in: bool, history: bool = False) -> tuple[str, ...]:
     """The commands a member's welcome lists, in their short forms."""
-    return _LOGGED_IN_BRIEFS if logged_in else _BRIEFS
+    return _WELCOME[logged_in, history]
 
 
 def parse(line: str) -> tuple[str | None, str]:

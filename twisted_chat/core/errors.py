@@ -120,3 +120,15 @@ class LoginInUse(ChatError):
 
 class LoginRequired(ChatError):
     code = "login-required"
+
+
+class NoHistory(ChatError):
+    """The server keeps no history (or none of private messages)."""
+
+    code = "no-history"
+
+
+class HistoryUnavailable(ChatError):
+    """The history store cannot be read or used; the message says why."""
+
+    code = "history-unavailable"

@@ -271,12 +271,20 @@ class Crowd(Event):
 
 @dataclass(kw_only=True, eq=False, slots=True)
 class History(Event):
-    """What was said in a room before the member joined it, oldest first; each item
-    has ``id``, ``ts`` (when it was said), ``kind``, ``nick`` and ``text``."""
+    """What was said before, oldest first: a room's last lines on joining it, or a page
+    ``/history`` asked for. Each item has ``id``, ``ts`` (when it was said), ``kind``,
+    ``nick``, ``text`` and ``to`` (a private message's recipient, else None).
+
+    ``room`` names the room, or is None for a private conversation with ``with_``;
+    ``more``: older lines are kept; ``page``: it answers ``/history``.
+    """
 
     type: ClassVar[str] = "history"
-    room: str
+    room: str | None
     items: Sequence[Any]
+    with_: str | None = None
+    more: bool = False
+    page: bool = False
 
 
 @dataclass(kw_only=True, eq=False, slots=True)

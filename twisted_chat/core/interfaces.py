@@ -249,20 +249,37 @@ class INetwork(Interface):
 
 
 class IHistory(Interface):
-    """What was said in rooms, kept for the members who come later.
+    """What was said in rooms (and, when the operator asks, in private), kept for the
+    members who come later.
 
     The core records its own members' room lines and, in the same turn as a join, shows
     the joining member the room's last ``replay`` lines from memory: nothing said after
-    the join is missed or shown twice.  ``twisted_chat.history`` keeps them (the core's
-    default, ``core.local.Forgetful``, keeps nothing).
+    the join is missed or shown twice.  ``/history`` pages further back with ``before``,
+    from the oldest line the member has been shown.  ``twisted_chat.history`` keeps them
+    (the core's default, ``core.local.Forgetful``, keeps nothing).
+
+    Lines are kept under a key: a room's key, or ``conversation(a, b)`` for two people's
+    private messages.  Items have ``id`` (increasing), ``ts``, ``kind``, ``nick``,
+    ``text`` and ``to`` (the recipient of a private message, else None).
     """
 
+    enabled = Attribute("Whether anything is kept (``/history`` says so when not).")
     replay = Attribute("How many of a room's last lines a joining member is shown (0: none).")
+    private = Attribute("Whether private messages are kept.")
 
-    def record(room: str, ts: float, kind: str, nick: str, text: str) -> None:
-        """Keep a line said in the room whose key is ``room``; ``kind``: "message" or
-        "action".  Must not block: called on every message."""
+    def record(key: str, ts: float, kind: str, nick: str, text: str, to: str | None = None) -> None:
+        """Keep a line; ``kind``: "message", "action" or "private" (with ``to``).  Must
+        not block: called on every message."""
 
-    def recent(room: str, n: int) -> Sequence[Any]:
-        """The last ``n`` lines of the room whose key is ``room``, oldest first; each has
-        ``id``, ``ts``, ``kind``, ``nick`` and ``text``."""
+    def recent(key: str, n: int) -> tuple[Sequence[Any], bool]:
+        """The last ``n`` lines kept under ``key``, oldest first, from memory, and whether
+        older ones may be kept; fewer when they would make too long an answer."""
+
+    def mark(key: str) -> int:
+        """An id above every line kept under ``key`` so far: where paging starts for a
+        member who has been shown none."""
+
+    def before(key: str, before_id: int, n: int) -> Deferred[tuple[Sequence[Any], bool]]:
+        """The newest ``n`` lines kept under ``key`` older than ``before_id``, oldest
+        first, and whether older ones are kept; fails with ``HistoryUnavailable`` (a
+        ``ChatError``) when they cannot be read."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from twisted_chat.core.errors import NoHistory
 from twisted_chat.core.interfaces import (
     IDelivery,
     IHistory,
@@ -23,8 +25,6 @@ from twisted_chat.core.interfaces import (
 from twisted_chat.core.names import could_be_nick, skeletons
 
 if TYPE_CHECKING:
-    from twisted.internet.defer import Deferred
-
     from twisted_chat.core.events import Event
     from twisted_chat.core.service import Member, Room
 
@@ -173,10 +173,20 @@ REMOTE = Remote()
 class Forgetful:
     """No history: nothing kept, nothing shown on join."""
 
+    enabled = False
     replay = 0
+    private = False
 
-    def record(self, room: str, ts: float, kind: str, nick: str, text: str) -> None:
+    def record(
+        self, key: str, ts: float, kind: str, nick: str, text: str, to: str | None = None
+    ) -> None:
         pass
 
-    def recent(self, room: str, n: int) -> Sequence[Any]:
-        return ()
+    def recent(self, key: str, n: int) -> tuple[Sequence[Any], bool]:
+        return (), False
+
+    def mark(self, key: str) -> int:
+        return 0
+
+    def before(self, key: str, before_id: int, n: int) -> Deferred[tuple[Sequence[Any], bool]]:
+        return fail(NoHistory("this server keeps no history"))

@@ -217,6 +217,13 @@ def skeletons(name: str) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def conversation(a: str, b: str) -> str:
+    """The key two nicknames' private messages are kept under, the same both ways; it
+    cannot be a room key (those start with ``#``)."""
+    first, second = sorted((a.casefold(), b.casefold()))
+    return f"@{first} {second}"
+
+
 def unicode_version() -> str:
     """Version of the confusables data in use, for logs and bug reports."""
     return _tables().unicode_version

@@ -13,12 +13,13 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_chat import __version__
@@ -26,9 +27,11 @@ from twisted_chat.core.commands import Dispatcher, welcome_commands
 from twisted_chat.core.errors import (
     ChatError,
     EmptyMessage,
+    HistoryUnavailable,
     LoginInUse,
     NickReserved,
     NickTaken,
+    NoHistory,
     NoSuchNick,
     NoSuchRoom,
     NotInRoom,
@@ -79,6 +82,7 @@ from twisted_chat.core.local import (
 from twisted_chat.core.names import (
     LOBBY,
     NICK_MAX,
+    conversation,
     room_key,
     skeleton,
     skeletons,
@@ -110,6 +114,9 @@ GUEST_NAME = re.compile(r"guest[0-9ol]+")
 REASON_MAX = 200
 ROOMS_SHOWN = 50  # rooms in one /rooms answer; the rest are counted
 QUERY_MAX = 40  # characters of a /rooms search echoed back
+HISTORY_PAGE = 50  # lines /history shows when not told how many
+HISTORY_WAIT = 10.0  # seconds a /history may take before the member is told it failed
+CONVERSATIONS_SEEN = 20  # private conversations whose paging a member's cursor keeps
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,9 @@ class Member:
     # network is known everywhere as (node, id).
     node: str = ""
     id: int = 0
+    # Per room key (or conversation key): the id of the oldest line of history it has
+    # been shown, where its next /history pages back from.
+    seen: dict[str, int] = field(default_factory=dict)
 
 
 @implementer(IChatService)
@@ -423,7 +433,7 @@ class ChatService(service.Service):
             max_line=self.max_line,
             version=__version__,
             format=member.fmt,
-            commands=welcome_commands(member.logged_in),
+            commands=welcome_commands(member.logged_in, self.history.enabled),
             logged_in=member.logged_in,
             limits=None
             if self.limits is None
@@ -624,7 +634,8 @@ class ChatService(service.Service):
     def _remove_from_room(self, member: Member, room: Room) -> None:
         self.rooms.leave(room, member)
         self._rooms_version += 1
-        member.rooms.pop(room_key(room.name), None)
+        member.rooms.pop(room.key, None)
+        member.seen.pop(room.key, None)
         if not room.members and room.name != LOBBY:
             self.rooms.remove(room_key(room.name))
             self._room_order = None
@@ -688,11 +699,78 @@ class ChatService(service.Service):
         """The room's last lines, told in the same turn as the join: whatever is said
         next reaches the member live, so nothing is missed or told twice."""
         history = self.history
-        if not history.replay or member.node:
+        if not history.enabled or member.node:
             return
-        items = history.recent(key, history.replay)
+        items, more = history.recent(key, history.replay) if history.replay else ((), True)
+        member.seen[key] = items[0].id if items else history.mark(key)
         if items:
-            self._tell(member, History(ts=now, room=room.name, items=list(items)))
+            self._tell(member, History(ts=now, room=room.name, items=list(items), more=more))
+
+    def show_history(
+        self, member: Member, target: str | None, n: int | None
+    ) -> defer.Deferred[None]:
+        """Page back through a room's history (``target`` a room the member is in, or its
+        current one) or, where private messages are kept, a conversation with ``target``:
+        the ``n`` lines before the oldest it has been shown."""
+        history = self.history
+        if not history.enabled:
+            raise NoHistory("this server keeps no history")
+        n = HISTORY_PAGE if n is None else n
+        room: Room | None = None
+        peer: str | None = None
+        if target is None:
+            room = member.current
+            if room is None:
+                raise NotInRoom("you are not in any room; /history #room for one you are in")
+        elif target.startswith("#") or self.is_member_of(member, target):
+            name = validate_room(target)
+            room = member.rooms.get(room_key(name))
+            if room is None:
+                raise NotInRoom(f"you are not in {name}; /join it to read its history")
+        elif history.private:
+            peer = validate_nick(target)
+            owner = self.nicks.owner(peer)
+            peer = owner.nick if owner is not None else peer
+        else:
+            raise NoHistory(
+                f"you are in no room called {_short(clean_text(target), NICK_MAX + 1)!r} "
+                "(private messages are not kept on this server)"
+            )
+        key = room.key if room is not None else conversation(member.nick, peer or "")
+        cursor = member.seen.get(key)
+        if cursor is None:
+            cursor = history.mark(key)
+        d = history.before(key, cursor, n)
+        d.addTimeout(HISTORY_WAIT, self.clock)
+
+        def show(found: tuple[Any, bool]) -> None:
+            items, more = found
+            if not member.present or (room is not None and member.rooms.get(key) is not room):
+                return  # gone, or left the room, while it was read
+            if items:
+                if room is None:
+                    member.seen.pop(key, None)  # the newest conversation last, to be kept
+                    while len(member.seen) >= len(member.rooms) + CONVERSATIONS_SEEN:
+                        member.seen.pop(next(k for k in member.seen if k.startswith("@")))
+                member.seen[key] = items[0].id
+            self._tell(
+                member,
+                History(
+                    ts=self.clock.seconds(),
+                    room=None if room is None else room.name,
+                    with_=peer,
+                    items=list(items),
+                    more=more,
+                    page=True,
+                ),
+            )
+
+        def late(failure: Failure) -> Failure:
+            if failure.check(defer.TimeoutError, defer.CancelledError):
+                return Failure(HistoryUnavailable("history did not answer in time; try later"))
+            return failure
+
+        return d.addCallbacks(show, late)
 
     def part(self, member: Member, raw: str | None, reason: str = "") -> None:
         if raw:
@@ -800,6 +878,15 @@ class ChatService(service.Service):
         )
         if target.node:
             self.network.whispered(member, target, event)
+        if self.history.private:
+            self.history.record(
+                conversation(member.nick, target.nick),
+                event.ts,
+                event.type,
+                member.nick,
+                text,
+                target.nick,
+            )
         self._fanout({target: None, member: None}, event)
 
     def ping(self, member: Member, token: str) -> None:

@@ -30,6 +30,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from twisted_chat.core.errors import HistoryUnavailable
+from twisted_chat.core.names import conversation
+
+__all__ = ["PAGE_MAX", "Entry", "HistoryUnavailable", "SQLiteHistory", "conversation"]
+
 T = TypeVar("T")
 Runner = Callable[[Callable[[], T]], "defer.Deferred[T]"]
 
@@ -67,16 +72,6 @@ class Entry:
     nick: str
     text: str
     to: str | None = None
-
-
-class HistoryUnavailable(Exception):
-    """The history file cannot be used; the message says which file and what to do."""
-
-
-def conversation(a: str, b: str) -> str:
-    """The key two nicknames' private messages are stored under, the same both ways."""
-    first, second = sorted((a.casefold(), b.casefold()))
-    return f"@{first} {second}"
 
 
 def _entry(row: Sequence[Any]) -> Entry:
@@ -223,57 +218,75 @@ class SQLiteHistory:
         self, room: str, ts: float, kind: str, nick: str, text: str, to: str | None = None
     ) -> Entry:
         """Keep one entry: in memory now, in the file at the next flush. No I/O, no raise.
-        After close() an entry stays in memory only."""
+        After close() an entry stays in memory only. A conversation's entries (keys that
+        start with ``@``) are not kept in memory: nobody is shown them on joining."""
         entry = Entry(self._next_id, room, ts, kind, nick, text, to)
         self._next_id += 1
-        self._tail(room).append(entry)
+        if not room.startswith("@"):
+            self._tail(room).append(entry)
         if len(self._pending) < PENDING_MAX:
             self._pending.append(entry)
         else:
             self._dropped += 1
         return entry
 
+    def mark(self) -> int:
+        """An id above every entry appended so far."""
+        return self._next_id
+
     @property
     def backlog(self) -> int:
         """Entries appended but not yet handed to the writer (for metrics, back-pressure)."""
         return len(self._pending)
 
-    def recent(self, room: str, n: int) -> list[Entry]:
-        """The last ``n`` (at most ``tail``) entries of a room, oldest first, from memory."""
+    def recent(self, room: str, n: int) -> tuple[list[Entry], bool]:
+        """The last ``n`` (at most ``tail``) entries of a room, oldest first, from memory,
+        and whether older ones may be in the file."""
         found = self._tails.get(room)
         if not found or n <= 0:
-            return []
+            return [], bool(found)
+        if self.days is not None:
+            # Retention deletes old rows from the file; the tail forgets them here, as
+            # they are asked for.
+            cutoff = self.clock.seconds() - self.days * 86400.0
+            while found and found[0].ts < cutoff:
+                found.popleft()
+        # A full tail may have dropped older entries the file still has.
+        more = len(found) > n or len(found) == found.maxlen
         if n >= len(found):
-            return list(found)
-        return list(found)[-n:]
+            return list(found), more
+        return list(found)[-n:], more
 
-    def before(self, room: str, before_id: int, n: int) -> defer.Deferred[list[Entry]]:
+    def before(self, room: str, before_id: int, n: int) -> defer.Deferred[tuple[list[Entry], bool]]:
         """The newest ``n`` (at most 200) entries of a room older than ``before_id``, oldest
-        first; an empty list when there is nothing older. Fails with HistoryUnavailable when
-        the file cannot be read."""
+        first, and whether the file has older ones still; an empty list when there is
+        nothing older. Fails with HistoryUnavailable when the file cannot be read."""
         n = max(0, min(n, PAGE_MAX))
         self._submit()  # the read is queued behind it, so it sees every appended entry
 
         db = self._db  # close() closes it only after this read: ``run`` keeps order
 
-        def read() -> list[Entry]:
+        def read() -> tuple[list[Entry], bool]:
             assert db is not None
             rows = db.execute(
                 f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id < ? "
                 "ORDER BY id DESC LIMIT ?",
-                (room, before_id, n),
+                (room, before_id, n + 1),
             ).fetchall()
-            return [_entry(r) for r in reversed(rows)]
+            more = len(rows) > n
+            return [_entry(r) for r in reversed(rows[:n])], more
 
         if db is None or self._run is None or n == 0:
-            return defer.succeed([])
-        d: defer.Deferred[list[Entry]] = self._run(read)
+            return defer.succeed(([], False))
+        d: defer.Deferred[tuple[list[Entry], bool]] = self._run(read)
 
         def failed(reason: Failure) -> Failure:
+            if reason.check(defer.CancelledError):
+                return reason  # the asker gave up waiting, and says so
             self.log.failure(
                 "history read failed in {path} for {room}", reason, path=self.path, room=room
             )
-            return Failure(HistoryUnavailable(f"history file {self.path} cannot be read"))
+            return Failure(HistoryUnavailable("history cannot be read just now; try later"))
 
         d.addErrback(failed)
         return d
