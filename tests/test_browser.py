@@ -575,3 +575,132 @@ def test_common_nicknames_get_colours_of_their_own(
     )
     assert len(set(colours.values())) == len(names), colours
     no_page_errors(page)
+
+
+# The conversation on screen, entry by entry: its classes and its chat text (null for
+# notices and dividers), to tell history from live lines and count each line.
+ENTRIES = (
+    "const list = document.querySelector('#log > ol:not([hidden])');"
+    "return [...list.children].map((li) => {"
+    "  const text = li.querySelector('.text');"
+    "  return [li.className, text && li.querySelector('.nick') ? text.textContent : null]; });"
+)
+
+
+def chat_lines(page: ChatPage, *, history: bool | None = None) -> list[str]:
+    """The chat lines on screen, in order: all, only history (True) or only live."""
+    return [
+        text
+        for classes, text in page.js(ENTRIES)
+        if text is not None and (history is None or ("history" in classes.split()) == history)
+    ]
+
+
+def test_history_shows_above_live_lines_and_once_across_a_reconnect(
+    web_server: WebServerFactory, browser: BrowserFactory, connect: ClientFactory, tmp_path: Path
+):
+    web_port = free_port()
+    path = str(tmp_path / "history.sqlite3")
+    first = web_server("--history", path, web_port=web_port)
+    carol = connect(first.process, "carol")
+    set_nick(carol, "carol")
+    carol.say("/join #tea")
+    carol.expect("*** Now talking in #tea")
+    carol.say("first words")
+    carol.say("/me pours tea")
+    carol.barrier()
+
+    alice = start_page(browser, first.url, "alice")
+    alice.set_nick("alice")
+    alice.join("#tea")
+    said = ["first words", "pours tea"]
+    alice.wait(lambda: chat_lines(alice, history=True) == said, "the history")
+    # Above the rest, between dividers (under "Beginning of kept history" on a server
+    # that says whether there is more).
+    classes = [c for c, _ in alice.js(ENTRIES) if c != "history-older"]
+    assert classes[:4] == [
+        "history-divider start",
+        "entry message history",
+        "entry action history",
+        "history-divider end",
+    ], classes
+    assert "You joined #tea" in alice.log_text().split("\n")[-1]
+    # Dated: a line kept may be days old.
+    assert alice.js(
+        "return document.querySelector('#log .entry.history .time').textContent.length > 5"
+    )
+
+    carol.say("said live")
+    alice.wait(lambda: "said live" in chat_lines(alice), "the live line")
+    assert chat_lines(alice, history=False) == ["said live"]  # live, once
+    alice.type("and mine")
+    carol.expect("[#tea] <alice> and mine")
+
+    # A restart: the page rejoins #tea and is told its history again; what it shows
+    # already is not shown twice, what was said meanwhile is shown once.
+    first.stop()
+    alice.wait(lambda: alice.status() == "reconnecting", "reconnecting")
+    second = web_server("--history", path, web_port=web_port)
+    dave = connect(second.process, "dave")
+    set_nick(dave, "dave")
+    dave.say("/join #tea")
+    dave.expect("*** Now talking in #tea")
+    dave.say("while you were away")
+    alice.wait_connected(RECONNECT_WAIT)
+    alice.wait(lambda: "while you were away" in chat_lines(alice), "the line said meanwhile")
+    lines = chat_lines(alice)
+    for text in (*said, "said live", "and mine", "while you were away"):
+        assert lines.count(text) == 1, lines
+    assert alice.view() == "#tea"
+    no_page_errors(alice, ignore=("WebSocket connection to",))
+
+
+def test_show_older_messages_loads_the_page_before_and_keeps_the_reading_position(
+    web_server: WebServerFactory, browser: BrowserFactory, connect: ClientFactory, tmp_path: Path
+):
+    server = web_server(
+        "--history", str(tmp_path / "history.sqlite3"), "--history-replay", "20",
+        "--rate", "100", "--burst", "100",
+    )  # fmt: skip
+    carol = connect(server.process, "carol")
+    set_nick(carol, "carol")
+    carol.say("/join #tea")
+    carol.expect("*** Now talking in #tea")
+    carol.say("/history #tea 1")
+    carol.barrier()
+    if carol.count(lambda line: "unknown command /history" in line):
+        pytest.skip("this server has no /history command yet (unknown command /history)")
+    said = [f"line {n:02}" for n in range(40)]
+    for text in said:
+        carol.say(text)
+    carol.barrier()
+
+    alice = start_page(browser, server.url, "alice", height=500)
+    alice.set_nick("alice")
+    alice.spy_on_sent()
+    alice.join("#tea")
+    alice.wait(lambda: chat_lines(alice, history=True) == said[20:], "the last 20 lines")
+    alice.wait(alice.overflowing, "a log taller than the screen")
+    assert alice.js("return document.querySelector('#log .history-more').textContent") == (
+        "Show older messages"
+    )
+
+    # Read up to the top, note where the oldest line shown is, and ask for older ones.
+    alice.js("document.getElementById('log').scrollTop = 0")
+    where = "return [...document.querySelectorAll('#log .entry.history')].find((li) => li.textContent.endsWith(arguments[0])).getBoundingClientRect().top"  # noqa: E501
+    before = alice.js(where, "line 20")
+    alice.click("#log .history-more")
+    alice.wait(lambda: chat_lines(alice, history=True) == said, "the 20 older lines above")
+    assert abs(alice.js(where, "line 20") - before) < 2  # what was read stays in place
+    assert not alice.at_bottom()
+    alice.wait(
+        lambda: (
+            alice.js("return document.querySelector('#log .history-older').textContent")
+            == "Beginning of kept history"
+        ),
+        "the beginning of kept history",
+    )
+    assert any(line == "/history #tea 50" for _, line, _ in alice.sent())
+    carol.say("and now live")
+    alice.wait(lambda: chat_lines(alice, history=False) == ["and now live"], "a live line")
+    no_page_errors(alice)

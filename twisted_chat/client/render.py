@@ -77,10 +77,137 @@ def render(event: dict[str, Any], me: str | None = None) -> Fragments | None:
         return ts + [("class:error", f"! {_c(event.get('message'))}")]
     if kind == "pong":
         return ts + [("class:system", f"-- pong {_c(event.get('token'))}".rstrip())]
+    if kind == "history":
+        return history(event, me)
     line = system_line(event)
     if line is None:
         return None
     return ts + [("class:system", f"-- {line}")]
+
+
+def history_stamp(ts: Any, now: float | None = None) -> str:
+    """When a history line was said, in local time: ``HH:MM`` today, else with the date
+    (kept lines can be days old)."""
+    try:
+        when = time.localtime(float(ts))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "--:--"
+    today = time.localtime(time.time() if now is None else now)
+    if when[:3] == today[:3]:
+        return time.strftime("%H:%M", when)
+    return time.strftime("%Y-%m-%d %H:%M", when)
+
+
+def history(event: dict[str, Any], me: str | None = None, now: float | None = None) -> Fragments:
+    """Earlier lines of a room (or of a private conversation: ``with``), set apart from
+    live ones: a dim rule above and below, each line muted and dated."""
+    room, peer = _c(event.get("room")), _c(event.get("with"))
+    where = f"in {room}" if room else f"with {peer}" if peer else "here"
+    target = room or peer
+    raw = event.get("items")
+    items = [i for i in raw if isinstance(i, dict)] if isinstance(raw, list) else []
+    more = event.get("more")
+    ask = f"/history {target}".rstrip()
+    if not items:
+        if more is True:
+            return [("class:history-rule", f"── nothing to show {where}: {ask} for older ──")]
+        older = "older" if event.get("page") else "earlier"
+        return [("class:history-rule", f"── nothing {older} kept {where} ──")]
+    out: Fragments = [("class:history-rule", f"── earlier {where} ({len(items)}) ──")]
+    for item in items:
+        nick, text = _c(item.get("nick")), _c(item.get("text"))
+        out += [("", "\n"), ("class:time", history_stamp(item.get("ts"), now) + " ")]
+        if item.get("kind") == "private":
+            to = _c(item.get("to"))
+            label = f"[PM to {to}]" if me is not None and nick == me != to else f"[PM from {nick}]"
+            out += [("class:history-private", f"{label} "), ("class:history", text)]
+            continue
+        out.append(("class:room", f"{room} "))
+        style = f"{nick_style(nick)} class:history-nick"
+        if item.get("kind") == "action":
+            out += [(style, f"{'*':>{NICK_WIDTH}} {nick} "), ("class:history", text)]
+        else:
+            out += [(style, f"{nick:>{NICK_WIDTH}} "), ("class:history", text)]
+    if more is True:
+        end = f"{ask} for older"
+    elif more is False:
+        end = "start of kept history"
+    else:  # a server from before paging: it does not say
+        end = "end of earlier messages"
+    return [*out, ("", "\n"), ("class:history-rule", f"── {end} ──")]
+
+
+class SeenLines:
+    """Chat lines already on screen, so history told again on a rejoin (the client
+    rejoins its rooms after a reconnect, and the server replays their last lines) shows
+    only what was missed.
+
+    A history item is known by its ``id``, and also by what a live line carries (its
+    conversation, ``ts``, sender and text, which the server records unchanged); our own
+    lines, shown as they were sent with our clock's time, by conversation, sender and
+    text.  Bounded: the oldest are forgotten first.
+    """
+
+    def __init__(self, limit: int = 5000) -> None:
+        self.limit = limit
+        self._keys: dict[tuple[Any, ...], None] = {}  # insertion-ordered
+
+    def _add(self, key: tuple[Any, ...]) -> None:
+        self._keys.pop(key, None)
+        self._keys[key] = None
+        while len(self._keys) > self.limit:
+            del self._keys[next(iter(self._keys))]
+
+    @staticmethod
+    def _where(room: Any, peer: Any) -> str:
+        return f"#{_c(room).casefold()}" if room else f"@{_c(peer).casefold()}"
+
+    @staticmethod
+    def _ts(ts: Any) -> float | None:
+        try:
+            return round(float(ts), 3)
+        except (TypeError, ValueError, OverflowError):
+            return None
+
+    def note(self, event: dict[str, Any], me: str | None) -> None:
+        """A live line as it is shown."""
+        kind = event.get("type")
+        if kind in ("message", "action"):
+            where, nick = self._where(event.get("room"), None), _c(event.get("nick"))
+        elif kind == "private":
+            sender, to = _c(event.get("from")), _c(event.get("to"))
+            where, nick = self._where(None, to if sender == me else sender), sender
+        else:
+            return
+        self._add(("line", where, self._ts(event.get("ts")), nick, _c(event.get("text"))))
+
+    def note_own(self, room: str | None, peer: str | None, nick: str, text: str) -> None:
+        self._add(("own", self._where(room, peer), _c(nick).casefold(), _c(text)))
+
+    def unseen(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """``event`` with only the items not shown yet (all of them for a page the user
+        asked for), or None when a replay holds nothing new."""
+        raw = event.get("items")
+        if not isinstance(raw, list):
+            return event
+        where = self._where(event.get("room"), event.get("with"))
+        fresh = []
+        for item in raw:
+            if not isinstance(item, dict):
+                continue
+            nick, text = _c(item.get("nick")), _c(item.get("text"))
+            keys = [
+                ("id", where, item.get("id")),
+                ("line", where, self._ts(item.get("ts")), nick, text),
+                ("own", where, nick.casefold(), text),
+            ]
+            if event.get("page") or not any(key in self._keys for key in keys):
+                fresh.append(item)
+            if item.get("id") is not None:
+                self._add(keys[0])
+        if not fresh and raw:
+            return None  # all shown already: nothing missed
+        return event if len(fresh) == len(raw) else {**event, "items": fresh}
 
 
 def system_line(event: dict[str, Any]) -> str | None:

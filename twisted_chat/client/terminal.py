@@ -20,7 +20,7 @@ from prompt_toolkit.styles import Style
 from twisted.internet import defer
 
 from twisted_chat.client.app import ClientApp
-from twisted_chat.client.render import Fragments, render
+from twisted_chat.client.render import Fragments, SeenLines, render
 from twisted_chat.core.sanitize import clean_text
 
 STYLE = Style.from_dict(
@@ -31,6 +31,11 @@ STYLE = Style.from_dict(
         "status": "ansibrightred",
         "private": "ansimagenta bold",
         "error": "ansired bold",
+        # Earlier lines (history): muted, between dim rules, apart from live ones.
+        "history-rule": "ansibrightblack italic",
+        "history": "ansibrightblack",
+        "history-nick": "dim",
+        "history-private": "ansimagenta dim",
         "prompt": "bold",
     }
 )
@@ -50,6 +55,9 @@ class Terminal:
         # Our own lines are shown as they go out (the server does not echo them): under
         # the name and in the room they are really sent with, never before.
         app.session.on_sent.append(self.echo)
+        # What is on screen already: a room's history replayed on a rejoin shows only
+        # the lines missed while away.
+        self.seen = SeenLines()
 
     def _stop_prompt(self, message: str) -> None:
         if self.prompt_session.app.is_running:
@@ -70,6 +78,13 @@ class Terminal:
             app.invalidate()
 
     def show_event(self, event: dict[str, Any], me: str | None) -> None:
+        if event.get("type") == "history":
+            unseen = self.seen.unseen(event)
+            if unseen is None:
+                return
+            event = unseen
+        else:
+            self.seen.note(event, me)
         fragments = render(event, me)
         if fragments is not None:
             self._print(fragments)
@@ -95,6 +110,7 @@ class Terminal:
             "nick": s.nick or "?",
             "text": text,
         }
+        self.seen.note_own(s.current, None, s.nick or "?", text)
         fragments = render(event, s.nick)
         if fragments is not None:
             self._print(fragments)

@@ -19,6 +19,11 @@ const HISTORY_MAX = 100;
 const MEMBERS_SHOWN = 500;
 const HEARTBEAT_TOKEN = "gc-hb-";
 const RESTORE_TOKEN = "gc-restore-";
+const OLDER_TOKEN = "gc-older-"; // the /ping after a "Show older messages" /history
+const OLDER_PAGE = 50; // lines asked for by "Show older messages"
+// A page of older lines all shown already (after a reconnect the server starts paging
+// from its replay again): the next is asked for at once, up to this many in a row.
+const OLDER_SKIPS = LOG_MAX / OLDER_PAGE;
 const STORAGE_KEY = "groupchat.session";
 
 const $ = (id) => document.getElementById(id);
@@ -224,7 +229,19 @@ function makeView(id, kind, key) {
   list.hidden = id !== state.active;
   logBox.append(list);
   logResized.observe(list); // its lines rewrap when the log's width changes
-  view = { id, kind, key, list, unread: 0, scrollTop: 0, pinned: true };
+  view = {
+    id,
+    kind,
+    key,
+    list,
+    unread: 0,
+    scrollTop: 0,
+    pinned: true,
+    seen: new Map(), // what its chat lines are known by (see lineKeys) -> the entry
+    older: null, // the entry at its top: "Show older messages", or why there are none
+    olderToken: null, // the /ping after our /history, while its answer is awaited
+    olderSkips: 0,
+  };
   views.set(id, view);
   return view;
 }
@@ -325,7 +342,7 @@ function addEntry(view, entry, { unread = false, own = false } = {}) {
   if (own) view.pinned = true;
   const stick = visible && view.pinned;
   view.list.append(entry);
-  while (view.list.childElementCount > LOG_MAX) view.list.firstElementChild.remove();
+  while (view.list.childElementCount > LOG_MAX) dropEntry(view, view.list.firstElementChild);
   if (visible) {
     if (stick) {
       view.pinned = true;
@@ -380,6 +397,225 @@ function noticeEntry(ts, text, kind = "notice") {
   appendText(body, text);
   li.append(body);
   return li;
+}
+
+// -- earlier lines (history) -----------------------------------------------------------
+//
+// A room's history comes on joining it (``page`` false) and as the answer to /history
+// (``page`` true, older lines).  Its lines are set apart (class ``history``, dated) and
+// told once per view: each chat line on screen is known by its history id, by what
+// the server recorded (time, sender, text: a live line carries the same), and our own
+// lines, shown with our clock's time as they were sent, by sender and text.  So the
+// replay after a reconnect adds only what was missed.
+
+const entryKeys = new WeakMap(); // entry -> the keys it holds in its view's ``seen``
+
+function lineKeys(ts, nick, text, id) {
+  const keys = [`line ${Number(ts).toFixed(3)} ${keyOf(nick)} ${text}`];
+  if (id !== undefined && id !== null) keys.push(`id ${str(id)}`);
+  if (isMe(nick)) keys.push(`own ${keyOf(nick)} ${text}`);
+  return keys;
+}
+
+function markSeen(view, entry, keys) {
+  if (!view) return;
+  for (const key of keys) view.seen.set(key, entry);
+  entryKeys.set(entry, keys);
+}
+
+function dropEntry(view, entry) {
+  for (const key of entryKeys.get(entry) || []) {
+    if (view.seen.get(key) === entry) view.seen.delete(key);
+  }
+  if (entry === view.older) view.older = null;
+  entry.remove();
+}
+
+const dayFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
+const yearFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
+
+// A history line's time, with its date: it may be days old.
+function datedTime(ts) {
+  const node = timeElement(ts);
+  const date = new Date(node.dateTime);
+  const day = date.getFullYear() === new Date().getFullYear() ? dayFormat : yearFormat;
+  node.textContent = `${day.format(date)} ${timeFormat.format(date)}`;
+  return node;
+}
+
+function historyEntry(item) {
+  const nick = str(item.nick);
+  const action = item.kind === "action";
+  const li = chatEntry(item.ts, nick, str(item.text), { action, own: isMe(nick) });
+  li.classList.add("history");
+  li.replaceChild(datedTime(item.ts), li.firstChild);
+  return li;
+}
+
+function divider(text, className) {
+  const li = el("li", `history-divider ${className}`);
+  li.setAttribute("role", "separator");
+  li.append(el("span", null, text));
+  return li;
+}
+
+// The top of a view: a button for older lines (``more``), or why there are none.
+function setOlder(view, what) {
+  let li = view.older;
+  if (!li) {
+    li = el("li", "history-older");
+    view.older = li;
+  }
+  if (view.list.firstElementChild !== li) view.list.prepend(li);
+  if (what === "more") {
+    const button = el("button", "history-more", "Show older messages");
+    button.type = "button";
+    button.dataset.view = view.id;
+    li.replaceChildren(button);
+  } else if (what === "start") {
+    li.replaceChildren(el("span", "history-note", "Beginning of kept history"));
+  } else {
+    li.replaceChildren(
+      el("span", "history-note", `This page keeps the last ${LOG_MAX} lines of a conversation.`),
+    );
+  }
+}
+
+function viewTarget(view) {
+  if (view.kind === "room") return state.rooms.get(view.key)?.name ?? null;
+  if (view.kind === "pm") return state.pms.get(view.key)?.nick ?? null;
+  return null;
+}
+
+// "Show older messages": /history for the view, then a ping; the ping's pong, come
+// before any history, means the answer was an error (shown as such): the button is
+// offered again.
+function askOlder(view) {
+  const c = conn;
+  const target = viewTarget(view);
+  if (!target || view.olderToken) return;
+  if (!c || !c.restored) {
+    problem("Not connected: older messages can be loaded once the connection is back.");
+    return;
+  }
+  view.olderToken = `${OLDER_TOKEN}${now()}`;
+  const button = view.older?.querySelector("button");
+  if (button) {
+    button.disabled = true;
+    button.textContent = "Loading older messages…";
+  }
+  if (view.id === state.active) notePosition();
+  view.pinned = false; // reading upwards: what comes goes above, the screen stays put
+  control(`/history ${target} ${OLDER_PAGE}`);
+  control(`/ping ${view.olderToken}`);
+}
+
+function olderAnswered(view) {
+  view.olderToken = null;
+  const button = view.older?.querySelector("button");
+  if (button) {
+    button.disabled = false;
+    button.textContent = "Show older messages";
+  }
+}
+
+// Puts entries in ``view`` before ``anchor`` (null: at the end), keeping what is on
+// screen where it is when the view is not at its newest line.
+function insertEntries(view, entries, anchor) {
+  const visible = view.id === state.active;
+  if (visible) notePosition();
+  const height = logBox.scrollHeight;
+  const top = logBox.scrollTop;
+  for (const entry of entries) view.list.insertBefore(entry, anchor);
+  if (!visible) return;
+  if (view.pinned) {
+    toBottom();
+  } else {
+    logBox.scrollTop = top + (logBox.scrollHeight - height);
+    lastScrollTop = logBox.scrollTop;
+  }
+}
+
+function historyView(event) {
+  if (event.room) return roomView(str(event.room));
+  if (!event.with) return null;
+  const peer = str(event.with);
+  const known = state.pms.has(keyOf(peer));
+  ensurePm(peer);
+  if (!known) {
+    renderLists();
+    saveState();
+  }
+  return views.get(`pm:${keyOf(peer)}`);
+}
+
+function historyShown(event) {
+  const items = Array.isArray(event.items)
+    ? event.items.filter((item) => item && typeof item === "object")
+    : [];
+  const page = event.page === true;
+  const more = typeof event.more === "boolean" ? event.more : null;
+  const view = historyView(event);
+  if (!view) {
+    // Not a conversation on screen (a room we are not in): shown where the user is.
+    const where = str(event.room || event.with);
+    const entries = items.map(historyEntry);
+    if (!entries.length) entries.push(noticeEntry(event.ts, `Nothing older is kept in ${where}.`));
+    else entries.unshift(divider(`Earlier messages in ${where}`, "start"));
+    for (const entry of entries) addEntry(hereView(), entry);
+    return;
+  }
+  const asked = Boolean(view.olderToken) && page;
+  if (asked) olderAnswered(view);
+  const fresh = []; // [entry, keys] of the lines this view does not show yet
+  for (const item of items) {
+    const keys = lineKeys(item.ts, str(item.nick), str(item.text), item.id);
+    if (!keys.some((key) => view.seen.has(key))) fresh.push([historyEntry(item), keys]);
+  }
+  const start = view.list.querySelector(":scope > .history-divider.start");
+  const hasLines = view.list.querySelector(":scope > .entry.message, :scope > .entry.action");
+  if (!page && hasLines) {
+    // A rejoin (after a reconnect): what was said meanwhile, after what is shown.
+    if (fresh.length) {
+      addEntry(view, divider("Earlier messages", "start"));
+      for (const [entry, keys] of fresh) {
+        markSeen(view, entry, keys);
+        addEntry(view, entry);
+      }
+      addEntry(view, divider("New messages below", "end"));
+    }
+    if (!view.older && more !== null) setOlder(view, more ? "more" : "start");
+    return;
+  }
+  // Above everything shown: the first lines of a view, or older ones; within the
+  // view's bound (what does not fit is left out, and its top says so).
+  const free = LOG_MAX - view.list.childElementCount - (start ? 1 : 3);
+  const shown = free > 0 ? fresh.slice(Math.max(0, fresh.length - free)) : [];
+  if (shown.length) {
+    let anchor = view.list.firstElementChild;
+    if (start) anchor = start.nextSibling;
+    else if (view.older) anchor = view.older.nextSibling;
+    const entries = shown.map(([entry, keys]) => {
+      markSeen(view, entry, keys);
+      return entry;
+    });
+    if (!start) {
+      entries.unshift(divider("Earlier messages", "start"));
+      entries.push(divider("New messages below", "end"));
+    }
+    insertEntries(view, entries, anchor);
+  }
+  if (shown.length < fresh.length) setOlder(view, "full");
+  else if (more !== null) setOlder(view, more ? "more" : "start");
+  if (page && !fresh.length && items.length) {
+    if (asked && more && view.olderSkips < OLDER_SKIPS) {
+      view.olderSkips += 1;
+      askOlder(view); // all shown already: on to the page before
+      return;
+    }
+    if (!asked) notice(hereView(), "Those messages are shown already.", event.ts);
+  }
+  view.olderSkips = 0;
 }
 
 function notice(view, text, ts = nowTs()) {
@@ -832,6 +1068,7 @@ function closed(c, event) {
   c.ws.onopen = c.ws.onmessage = c.ws.onclose = c.ws.onerror = null;
   if (conn !== c) return;
   conn = null;
+  for (const view of views.values()) if (view.olderToken) olderAnswered(view);
   const why =
     c.abortReason ||
     c.bye ||
@@ -1090,16 +1327,20 @@ function userLineSent(c, item) {
   const room = c.askedCurrent;
   const view = room ? roomView(room) : null;
   const nick = state.nick || "?";
+  let entry = null;
+  let text = "";
   if (command === "/me") {
-    addEntry(
-      view || hereView(),
-      chatEntry(nowTs(), nick, trimmed.slice(4).trim(), { action: true, own: true }),
-      { own: true },
-    );
+    text = trimmed.slice(4).trim();
+    entry = chatEntry(nowTs(), nick, text, { action: true, own: true });
   } else if (!command) {
-    const text = trimmed.startsWith("//") ? line.trimStart().slice(1) : line;
-    addEntry(view || hereView(), chatEntry(nowTs(), nick, text, { own: true }), { own: true });
+    text = trimmed.startsWith("//") ? line.trimStart().slice(1) : line;
+    entry = chatEntry(nowTs(), nick, text, { own: true });
   }
+  if (!entry) return;
+  const target = view || hereView();
+  // Known by its text too: the history replayed after a reconnect has it again.
+  markSeen(target, entry, [`own ${keyOf(nick)} ${str(text).trim()}`]);
+  addEntry(target, entry, { own: true });
 }
 
 // -- what the user types ----------------------------------------------------------------
@@ -1142,7 +1383,12 @@ function submitLine(raw, { typed = true } = {}) {
   }
 
   let out;
-  if (view.kind === "pm" && !isCommand) {
+  if (command === "/history" && view.kind !== "server" && (!args[0] || /^\d+$/.test(args[0]))) {
+    // Without a name, /history means the conversation on screen (and its answer goes
+    // there): say which, rather than rely on the server's current room.
+    const asked = ["/history", viewTarget(view), ...args.filter(Boolean)].join(" ");
+    out = { line: asked, room: null, echo: false };
+  } else if (view.kind === "pm" && !isCommand) {
     const pm = state.pms.get(view.key);
     const text = trimmed.startsWith("//") ? trimmed.slice(1) : line;
     out = { line: `/msg ${pm.nick} ${text}`, room: null, echo: false };
@@ -1265,6 +1511,8 @@ function handle(c, event) {
       return roomsListed(c, event);
     case "help":
       return help(event);
+    case "history":
+      return historyShown(event);
     case "pong":
       return pong(c, event);
     case "error":
@@ -1497,9 +1745,9 @@ function roomText(event) {
   const view = views.get(`room:${key}`);
   const nick = str(event.nick);
   const text = str(event.text);
-  addEntry(view, chatEntry(event.ts, nick, text, { action: event.type === "action" }), {
-    unread: true,
-  });
+  const entry = chatEntry(event.ts, nick, text, { action: event.type === "action" });
+  markSeen(view, entry, lineKeys(event.ts, nick, text));
+  addEntry(view, entry, { unread: true });
 }
 
 function privateText(event) {
@@ -1509,7 +1757,10 @@ function privateText(event) {
   ensurePm(peer);
   const view = views.get(`pm:${keyOf(peer)}`);
   const own = isMe(from);
-  addEntry(view, chatEntry(event.ts, from, str(event.text), { own }), { unread: !own, own });
+  const text = str(event.text);
+  const entry = chatEntry(event.ts, from, text, { own });
+  markSeen(view, entry, lineKeys(event.ts, from, text));
+  addEntry(view, entry, { unread: !own, own });
   if (own && state.active !== view.id) {
     notice(hereView(), `Private message sent to ${peer} (see “${peer}” under Private).`, event.ts);
   }
@@ -1821,6 +2072,10 @@ function pong(c, event) {
   const token = str(event.token);
   if (c.barrier && token === c.barrier) {
     restoredNow(c);
+    return;
+  }
+  if (token.startsWith(OLDER_TOKEN)) {
+    for (const view of views.values()) if (view.olderToken === token) olderAnswered(view);
     return;
   }
   if (token.startsWith(HEARTBEAT_TOKEN) || token.startsWith(RESTORE_TOKEN)) return;
@@ -2157,6 +2412,12 @@ function wire() {
     closeDrawers();
     renderHeader();
     if (!narrow()) requestRooms(0);
+  });
+
+  logBox.addEventListener("click", (event) => {
+    const button = event.target.closest("button.history-more");
+    const view = button && views.get(button.dataset.view);
+    if (view) askOlder(view);
   });
 
   $("jump-latest").addEventListener("click", () => {
