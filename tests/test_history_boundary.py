@@ -195,7 +195,7 @@ class Room:
             ], s
         # And the store's file (everything flushed first) holds the room's latest lines:
         # at least what it keeps (retention trims at most once a minute), nothing else.
-        written = result(self.store.before(room_key(ROOM), 2**62, PAGE))
+        written, _ = result(self.store.before(room_key(ROOM), 2**62, PAGE))
         lines = [(e.kind, e.nick, e.text) for e in written]
         assert lines == self.log[len(self.log) - len(lines) :]
         assert len(lines) >= min(self.keep, len(self.log), PAGE)

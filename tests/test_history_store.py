@@ -102,7 +102,10 @@ def test_a_restart_keeps_history_and_continues_ids(db_path):
     again = make(db_path, tail=3)
     assert [e.text for e in again.recent("#a", 10)[0]] == ["m2", "m3", "m4"]
     assert again.recent("#b", 1) == ([last], False)
-    assert again.append("#a", 10.0, "message", "al", "next").id == last.id + 1
+    # Ids follow the time, and never go back, even for a line said "earlier".
+    assert again.append("#a", 10.0, "message", "al", "next").id == 10_000_000
+    assert again.append("#a", 1.0, "message", "al", "late").id == 10_000_001
+    assert last.id == 9_000_000
     result(again.close())
 
 
@@ -229,7 +232,7 @@ def test_unicode_round_trips(db_path):
     result(store.close())
     again = make(db_path)
     assert result(again.before("#ünï", 10**9, 5)) == (
-        [Entry(1, "#ünï", 1.5, "message", "Zoë", text)],
+        [Entry(1_500_000, "#ünï", 1.5, "message", "Zoë", text)],
         False,
     )
     result(again.close())

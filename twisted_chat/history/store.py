@@ -62,8 +62,9 @@ _COLUMNS = "id, room, ts, kind, nick, text, recipient"
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One stored line. ``id`` is the store's, increasing, unique across restarts;
-    ``kind`` is "message", "action" or "private" (``to``: the recipient)."""
+    """One stored line. ``id`` is the store's, increasing, unique across restarts (it
+    follows the time in microseconds); ``kind`` is "message", "action" or "private"
+    (``to``: the recipient)."""
 
     id: int
     room: str
@@ -220,8 +221,12 @@ class SQLiteHistory:
         """Keep one entry: in memory now, in the file at the next flush. No I/O, no raise.
         After close() an entry stays in memory only. A conversation's entries (keys that
         start with ``@``) are not kept in memory: nobody is shown them on joining."""
-        entry = Entry(self._next_id, room, ts, kind, nick, text, to)
-        self._next_id += 1
+        # Ids follow the time in microseconds (one more than the last when lines come
+        # faster): lines a SIGKILL lost were shown with ids the file never got, and a
+        # restart, later, cannot give those ids to other lines.
+        ident = max(self._next_id, int(ts * 1_000_000))
+        entry = Entry(ident, room, ts, kind, nick, text, to)
+        self._next_id = ident + 1
         if not room.startswith("@"):
             self._tail(room).append(entry)
         if len(self._pending) < PENDING_MAX:
