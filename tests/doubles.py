@@ -110,12 +110,13 @@ class ProtocolHarness:
         limits: InputLimits | None = None,
         network: Any = None,
         clock: task.Clock | None = None,
+        history: Any = None,
         **policy: Any,
     ) -> None:
         self.clock = task.Clock() if clock is None else clock
         self.service = ChatService(
             self.clock, HeartbeatPolicy(**policy), max_line=max_line, limits=limits,
-            network=network,
+            network=network, history=history,
         )  # fmt: skip
         self.rules = Rules(self.service, self.clock, max_line=max_line, limits=limits)
         self.rules.send_queue = 1 << 20

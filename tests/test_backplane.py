@@ -7,7 +7,8 @@ every node, claims are decided in one dictionary.  Time and delivery are both dr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -16,6 +17,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
 from tests.doubles import ProtocolHarness
+from twisted_chat.backplane.history import NetworkHistory, to_id
 from twisted_chat.backplane.replica import LOST_WITH_SERVER, Node
 from twisted_chat.core.names import skeletons
 from twisted_chat.rules.login import Authenticator
@@ -33,6 +35,9 @@ class Bus:
         self.seqs: dict[str, int] = {}
         self.up = True
         self.slow_claims: list[Callable[[], object]] | None = None
+        self.streams: dict[str, list[tuple[str, dict[str, str]]]] = {}  # history
+        self.stream_ms = 1_700_000_000_000
+        self.apart: set[str] = set()  # nodes cut off from the bus
 
     def settle(self) -> None:
         """Run every node's turn and deliver every envelope, until nothing is left."""
@@ -53,9 +58,24 @@ class MemoryLink:
         self.name = name
 
     def connected(self) -> bool:
-        return self.bus.up
+        return self.bus.up and self.name not in self.bus.apart
 
-    def publish(self, envelope: bytes, seq: int, state: dict[str, str | None]) -> None:
+    def publish(
+        self,
+        envelope: bytes,
+        seq: int,
+        state: dict[str, str | None],
+        lines: Sequence[tuple[str, str]] = (),
+    ) -> defer.Deferred[list[Any]] | None:
+        """As the Redis script does: lines into their streams, their ids into the
+        envelope, the state stored, the envelope on the channel."""
+        ids = []
+        for stream, line in lines:
+            self.bus.stream_ms += 1
+            ids.append(f"{self.bus.stream_ms}-0")
+            self.bus.streams.setdefault(stream, []).append((ids[-1], {"e": line}))
+        if ids:
+            envelope = envelope[:-1] + b',"h":' + json.dumps(ids).encode() + b"}"
         stored = self.bus.states.setdefault(self.name, {})
         for mid, desc in state.items():
             if desc is None:
@@ -64,6 +84,14 @@ class MemoryLink:
                 stored[mid] = desc
         self.bus.seqs[self.name] = seq
         self.bus.channel.append(envelope)
+        return defer.succeed(ids) if lines else None
+
+    def read_back(self, stream: str, before: str, count: int) -> defer.Deferred[Any]:
+        entries = self.bus.streams.get(stream, [])
+        if before != "+":
+            limit = to_id(before.lstrip("("))
+            entries = [e for e in entries if to_id(e[0]) < limit]
+        return defer.succeed(list(reversed(entries))[:count])
 
     def claim(self, keys: list[str], owner: str) -> defer.Deferred[bool]:
         if self.bus.slow_claims is not None:  # answered when the test says so
@@ -85,16 +113,24 @@ class MemoryLink:
                 del self.bus.names[k]
 
 
-def network(count: int, logins: bool = False) -> tuple[Bus, list[ProtocolHarness]]:
+def network(
+    count: int, logins: bool = False, replay: int | None = None
+) -> tuple[Bus, list[ProtocolHarness]]:
     """``count`` nodes on one bus; with ``logins``, each asks alice and bob for a
-    password (``/login alice secret``)."""
+    password (``/login alice secret``); with ``replay``, they keep history in the bus's
+    streams and show a joiner that many lines."""
     bus = Bus()
     servers = []
     for i in range(count):
-        node = Node(f"n{i + 1}", bus.clock, MemoryLink(bus, f"n{i + 1}"))
+        link = MemoryLink(bus, f"n{i + 1}")
+        node = Node(f"n{i + 1}", bus.clock, link)
         node.guests.extend(range(100 * i + 1, 100 * i + 100))
         node.on_read = _reader(bus, node)
-        h = ProtocolHarness(network=node, clock=bus.clock)
+        history = None
+        if replay is not None:
+            history = node.history = NetworkHistory(bus.clock, replay, keep=1000)
+            history.reader = link
+        h = ProtocolHarness(network=node, clock=bus.clock, history=history)
         if logins:
             checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", bob=b"hunter2")
             h.rules.authenticator = Authenticator([checker], bus.clock, failure_floor=0)

@@ -107,8 +107,14 @@ def wait_known(client: ChatClient, nicks: set[str], timeout: float) -> None:
     assert wait_until(listed, timeout), f"{client.label}: /who gave {seen[-3:]}, not {nicks}"
 
 
-def numbered(client: ChatClient, prefix: str, room: str, sender: str) -> list[str]:
-    """The texts of ``sender``'s lines in ``room`` starting with ``prefix``, in order."""
+def numbered(
+    client: ChatClient, prefix: str, room: str, sender: str, history: bool = False
+) -> list[str]:
+    """The texts of ``sender``'s lines in ``room`` starting with ``prefix``, in order;
+    with ``history``, those it was shown as history (``[#room DATE TIME] <nick> ...``)."""
+    if history:
+        shown = re.compile(rf"^\[{re.escape(room)} [0-9-]+ [0-9:]+\] <{sender}> ({prefix}.*)$")
+        return [m[1] for line in client.lines_so_far if (m := shown.match(line))]
     head = f"[{room}] <{sender}> {prefix}"
     return [
         line[len(head) - len(prefix) :] for line in client.lines_so_far if line.startswith(head)
@@ -566,3 +572,43 @@ def test_crowded_rooms_are_summarized_alike_on_every_node(
     for observer in (a1, b1):
         changes = crowd_changes(observer, 5, 5.0)
         assert changes == {"joined": set(), "left": {"a3"}, "renamed": {"b3 -> b3x"}}, changes
+
+
+def test_history_is_kept_in_redis_for_every_node_and_outlives_them(
+    redis_server: RedisProcess, start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    one, two = (start_node(start_server, redis_server) for _ in range(2))
+    alice, bob = members(connect, [(one, "alice"), (two, "bob")])
+    alice.say("/join #tea")
+    alice.expect("*** Now talking in #tea")
+    for i in range(30):
+        alice.say(f"tea-{i:02}")
+    alice.barrier()
+    wait_who(bob, "#tea", {"alice"}, 5.0)
+
+    # A joiner on the other node is shown the last 20, then pages back through Redis.
+    bob.say("/join #tea")
+    bob.expect("*** [#tea] earlier messages (20), times in UTC:")
+    bob.expect("*** Now talking in #tea")
+    assert numbered(bob, "tea-", "#tea", "alice", history=True) == [
+        f"tea-{i:02}" for i in range(10, 30)
+    ]
+    bob.say("/history 50")
+    bob.expect("*** [#tea] earlier messages (10), times in UTC:")
+    bob.expect("*** [#tea] end of earlier messages (nothing older is kept)")
+    assert numbered(bob, "tea-", "#tea", "alice", history=True) == [
+        *(f"tea-{i:02}" for i in range(10, 30)),
+        *(f"tea-{i:02}" for i in range(10)),
+    ]
+
+    # Every node stopped; a new one reads the rooms' last lines from Redis.
+    for node in (one, two):
+        node.stop()
+    three = start_node(start_server, redis_server)
+    carol = connect(three, "carol")
+    carol.say("/join #tea")
+    carol.expect("*** [#tea] earlier messages (20), times in UTC:")
+    carol.expect("*** Now talking in #tea")
+    assert numbered(carol, "tea-", "#tea", "alice", history=True) == [
+        f"tea-{i:02}" for i in range(10, 30)
+    ]

@@ -33,7 +33,14 @@ class ListHistory:
         self.lines: dict[str, list[Any]] = {}
 
     def record(
-        self, key: str, ts: float, kind: str, nick: str, text: str, to: str | None = None
+        self,
+        key: str,
+        ts: float,
+        kind: str,
+        nick: str,
+        text: str,
+        to: str | None = None,
+        ident: int | None = None,
     ) -> None:
         lines = self.lines.setdefault(key, [])
         lines.append(SimpleNamespace(id=len(lines) + 1, ts=ts, kind=kind, nick=nick, text=text))

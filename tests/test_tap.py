@@ -90,6 +90,7 @@ def test_listen_queue_outlasts_an_accept_pause(port, backlog):
         ["--history", "h.sqlite3", "--backplane", "redis://127.0.0.1:6379"],
         ["--history-private"],
         ["--history-private", "--history", "none", "--auth", "memory:al:pw"],
+        ["--history-private", "--auth", "memory:al:pw", "--backplane", "redis://127.0.0.1:6379"],
     ],
 )
 def test_bad_values_are_usage_errors(args):
@@ -127,7 +128,12 @@ def test_history_is_on_by_default_in_the_working_directory_and_a_bad_file_is_one
 ):
     assert parse()["history"] == str(tmp_path / tap.HISTORY_FILE)
     assert parse("--history", "none")["history"] is None
-    assert parse("--backplane", "redis://127.0.0.1:6379")["history"] is None  # not yet
+    networked = parse("--backplane", "redis://127.0.0.1:6379")
+    assert networked["history"] is None and networked["network-history"]  # kept in Redis
+    assert not parse("--backplane", "redis://127.0.0.1:6379", "--history", "none")[
+        "network-history"
+    ]
+    assert not parse()["network-history"]
     assert parse("--history", "rel.db")["history"] == str(tmp_path / "rel.db")
     services = list(
         IServiceCollection(tap.makeService(parse("--port", "tcp:0", "--history", "none")))
@@ -220,3 +226,20 @@ def test_unknown_options_and_missing_socket_folders_are_one_line():
     with pytest.raises(tap.OptionError) as info:
         parse("--port", "unix:/nonexistent/dir/chat.sock")
     assert info.value.message.endswith("there is no folder /nonexistent/dir")
+
+
+def test_with_a_backplane_history_goes_to_redis_with_the_same_options():
+    from twisted_chat.backplane.history import NetworkHistory
+    from twisted_chat.backplane.redis import RedisLink
+
+    options = parse(
+        "--port", "tcp:0", "--backplane", "redis://127.0.0.1:6379",
+        "--history-keep", "300", "--history-days", "2", "--history-replay", "7",
+    )  # fmt: skip
+    services = list(IServiceCollection(tap.makeService(options)))
+    chat = next(s for s in services if isinstance(s, ChatService))
+    link = next(s for s in services if isinstance(s, RedisLink))
+    assert not any(isinstance(s, tap.HistoryService) for s in services)
+    assert isinstance(chat.history, NetworkHistory) and chat.history.replay == 7
+    assert link.node.history is chat.history and chat.history.reader is link
+    assert (link.history_keep, link.history_days) == (300, 2.0)

@@ -489,17 +489,22 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """On by default, in a file of the working directory (made absolute: twistd may
         change directory before the server starts); ``none`` turns it off."""
         path = self["history"]
+        networked = self["backplane"] is not None
+        self["network-history"] = False
         if path in ("", "none"):
             path = None
         elif path is None:
-            path = HISTORY_FILE if self["backplane"] is None else None
-        elif self["backplane"] is not None:
+            self["network-history"] = networked  # a capped stream per room in Redis
+            path = None if networked else HISTORY_FILE
+        elif networked:
             raise OptionError(
-                "--history FILE does not work with --backplane: each node would keep its "
-                "own file; use --history none"
+                "--history FILE does not work with --backplane: the nodes keep history in "
+                "Redis; leave --history out (or --history none to keep nothing)"
             )
         self["history"] = None if path is None else os.path.abspath(path)
         if self["history-private"]:
+            if networked:
+                raise OptionError("--history-private does not work with --backplane yet")
             if self["history"] is None:
                 raise OptionError("--history-private needs history (it is off: --history none)")
             if not self.get("credCheckers"):
@@ -985,9 +990,19 @@ def build_node(
         from twisted_chat.backplane.redis import RedisLink
 
         link = RedisLink(options["backplane"], clock, reactor)
-    history = None
+    history: Any = None
     if options["history"] is not None:
         history = _open_history(options, clock, top)
+    elif options["network-history"] and link is not None:
+        from twisted_chat.backplane.history import NetworkHistory
+
+        history = NetworkHistory(
+            clock, options["history-replay"], options["history-keep"], options["history-days"]
+        )
+        history.reader = link
+        link.node.history = history
+        link.history_keep = options["history-keep"]
+        link.history_days = options["history-days"]
     chat = ChatService(
         clock,
         policy,

@@ -20,6 +20,7 @@ txredisapi does the connecting and reconnecting (with backoff, through Twisted's
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -30,6 +31,7 @@ from twisted.internet import defer, endpoints, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from twisted_chat.backplane.history import ROOMS, STREAM, parse_entry
 from twisted_chat.backplane.replica import LOST_WITH_SERVER, Node
 from twisted_chat.core.names import skeletons
 
@@ -47,14 +49,32 @@ SLOW_BACKLOG = 1 << 20
 REPORT_EVERY = 30.0  # seconds between two reports of the same slow node
 
 # Every other script argument is data: these run atomically inside Redis.
+# ARGV: channel, envelope, seq, the number of history lines, the streams' cap, the set
+# of streams, the oldest stream id to keep ('' for no limit by age), then (stream, line)
+# for each history line, then (field, description) for
+# each member whose state changed. The lines' stream ids go out in the envelope ("h").
 _PUBLISH = """
 local hash = KEYS[1]
 redis.call('HSET', hash, 'seq', ARGV[3])
-for i = 4, #ARGV, 2 do
-  if ARGV[i + 1] == '' then redis.call('HDEL', hash, ARGV[i])
-  else redis.call('HSET', hash, ARGV[i], ARGV[i + 1]) end
+local lines = tonumber(ARGV[4])
+local ids = {}
+local i = 8
+for n = 1, lines do
+  ids[n] = redis.call('XADD', ARGV[i], 'MAXLEN', '~', ARGV[5], '*', 'e', ARGV[i + 1])
+  if ARGV[7] ~= '' then redis.call('XTRIM', ARGV[i], 'MINID', '~', ARGV[7]) end
+  redis.call('SADD', ARGV[6], ARGV[i])
+  i = i + 2
 end
-return redis.call('PUBLISH', ARGV[1], ARGV[2])
+for j = i, #ARGV, 2 do
+  if ARGV[j + 1] == '' then redis.call('HDEL', hash, ARGV[j])
+  else redis.call('HSET', hash, ARGV[j], ARGV[j + 1]) end
+end
+local envelope = ARGV[2]
+if lines > 0 then
+  envelope = string.sub(envelope, 1, -2) .. ',"h":["' .. table.concat(ids, '","') .. '"]}'
+end
+redis.call('PUBLISH', ARGV[1], envelope)
+return ids
 """
 _CLAIM = """
 local me = ARGV[1]
@@ -196,6 +216,8 @@ class RedisLink(service.Service):
         self._reported: dict[str, float] = {}  # node id -> when it was last reported slow
         self._watch_backlogs = True  # off when Redis refuses CLIENT LIST (a managed Redis)
         self.node.on_beat = self._beat_back
+        self.history_keep = 5000  # entries kept per room's stream (``--history-keep``)
+        self.history_days: float | None = None  # and for how long (``--history-days``)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -241,14 +263,53 @@ class RedisLink(service.Service):
     def connected(self) -> bool:
         return self._up
 
-    def publish(self, envelope: bytes, seq: int, state: dict[str, str | None]) -> None:
-        self._publish(envelope, seq, state).addErrback(self._lost_command, "publishing")
+    def publish(
+        self,
+        envelope: bytes,
+        seq: int,
+        state: dict[str, str | None],
+        lines: Sequence[tuple[str, str]] = (),
+    ) -> defer.Deferred[list[Any]]:
+        d = self._publish(envelope, seq, state, lines)
+        d.addErrback(self._lost_command, "publishing")
+        return d
 
-    def _publish(self, envelope: bytes, seq: int, state: dict[str, str | None]) -> Any:
-        args: list[Any] = [CHANNEL, envelope, seq]
+    def _publish(
+        self,
+        envelope: bytes,
+        seq: int,
+        state: dict[str, str | None],
+        lines: Sequence[tuple[str, str]] = (),
+    ) -> Any:
+        minid = ""
+        if lines and self.history_days is not None:
+            minid = str(int((self.clock.seconds() - self.history_days * 86400) * 1000))
+        args: list[Any] = [CHANNEL, envelope, seq, len(lines), self.history_keep, ROOMS, minid]
+        for stream, line in lines:
+            args += [stream, line]
         for mid, desc in state.items():
             args += [f"m:{mid}", desc or ""]
         return self._commands.eval(_PUBLISH, keys=[self._node_key(self.node.id)], args=args)
+
+    def read_back(self, stream: str, before: str, count: int) -> defer.Deferred[Any]:
+        """A stream's entries before ``before`` (``(`` for exclusive), newest first."""
+        d: defer.Deferred[Any] = self._commands.execute_command(
+            "XREVRANGE", stream, before, "-", "COUNT", count
+        )
+        return d
+
+    @defer.inlineCallbacks
+    def _load_history(self) -> Any:
+        """Every room's last lines, read as this node joins (or rejoins) the network."""
+        history = self.node.history
+        if history is None:
+            return
+        streams = yield self._commands.smembers(ROOMS)
+        for stream in sorted(_text(s) for s in streams):
+            room = stream[len(STREAM) :]
+            entries = yield self.read_back(stream, "+", history.tail)
+            lines = [parse_entry(room, sid, fields) for sid, fields in entries or ()]
+            history.loaded(room, [line for line in reversed(lines) if line is not None])
 
     def claim(self, keys: list[str], owner: str) -> defer.Deferred[bool]:
         d = self._commands.eval(
@@ -321,6 +382,10 @@ class RedisLink(service.Service):
         # Redis they announce themselves again within a lease (see _renew_and_watch).
         self._joined_at = self.clock.seconds()
         self._up = True
+        try:
+            yield self._load_history()
+        except Exception:
+            self.log.failure("reading the rooms' history from redis failed")
         buffered, self._buffer = self._buffer or [], None
         for data in buffered:
             node.received(data)

@@ -19,7 +19,7 @@ import itertools
 import json
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from twisted_chat.backplane.history import STREAM, NetworkHistory, entry_json, to_id
 from twisted_chat.core.errors import NetworkUnavailable
 from twisted_chat.core.events import Event, Private
 from twisted_chat.core.interfaces import INetwork
@@ -56,10 +57,18 @@ class Link(Protocol):
         """Whether the network can be reached now."""
         ...
 
-    def publish(self, envelope: bytes, seq: int, state: dict[str, str | None]) -> None:
+    def publish(
+        self,
+        envelope: bytes,
+        seq: int,
+        state: dict[str, str | None],
+        lines: Sequence[tuple[str, str]] = (),
+    ) -> defer.Deferred[list[Any]] | None:
         """Send ``envelope`` to every other node, and store ``state`` as this node's
         (member id -> its description, None for a member that is gone) with ``seq``,
-        at once, so a node reading the state knows which envelopes it covers."""
+        at once, so a node reading the state knows which envelopes it covers.  ``lines``
+        (stream, line): room lines to keep in history, in the same step; the Deferred
+        fires with their ids, which the envelope carries too (``"h"``)."""
         ...
 
     def claim(self, keys: list[str], owner: str) -> defer.Deferred[bool]:
@@ -97,6 +106,9 @@ class Node:
         self._touched: dict[int, Member] = {}
         self._flush_call: IDelayedCall | None = None
         self.seen: dict[str, int] = {}  # the last sequence number applied, by node
+        # The rooms' history kept over the network, if any (see backplane/history.py).
+        self.history: NetworkHistory | None = None
+        self._lines: list[tuple[str, str]] = []  # this turn's, for the history streams
         # Filled by the transport (a Redis INCRBY block) so no two nodes name guests alike.
         self.guests: list[int] = []
         self._fallback = itertools.count(random.randrange(FALLBACK_GUESTS, 10**7, 1000))
@@ -184,10 +196,14 @@ class Node:
         self._op(member, op="part", room=room, reason=reason)
 
     def talked(self, member: Member, event: Event) -> None:
+        text = getattr(event, "text_", "")
         self._op(
             member, False, op="say", kind=event.type, room=getattr(event, "room", ""),
-            text=getattr(event, "text_", ""), ts=event.ts,
+            text=text, ts=event.ts,
         )  # fmt: skip
+        if self.history is not None and member.current is not None:
+            line = entry_json(event.ts, event.type, member.nick, text)
+            self._lines.append((STREAM + member.current.key, line))
 
     def whispered(self, member: Member, target: Member, event: Event) -> None:
         assert isinstance(event, Private)
@@ -223,13 +239,23 @@ class Node:
             return
         ops, self._ops = self._ops, []
         touched, self._touched = self._touched, {}
+        lines, self._lines = self._lines, []
+        history = self.history
         if not self.link.connected():
+            if history is not None:
+                history.unnumbered(len(lines))
             return  # split: the state is sent whole when the network is back
         state = {str(mid): describe(m) if m.present else None for mid, m in touched.items()}
         try:
-            self.link.publish(self._envelope(ops), self.seq, state)
+            sent = self.link.publish(self._envelope(ops), self.seq, state, lines)
         except Exception:
             self.log.failure("publishing to the network failed")
+            sent = None
+        if history is not None and lines:
+            if sent is None:
+                history.unnumbered(len(lines))
+            else:
+                sent.addCallbacks(history.numbered, lambda _: history.unnumbered(len(lines)))
 
     def announcement(self) -> tuple[bytes, int, dict[str, str | None]]:
         """What this node publishes when it joins or rejoins: an envelope that makes every
@@ -269,6 +295,9 @@ class Node:
         if sent is not None:
             self._beat(node, seq, sent)
         elif node != self.id:
+            numbers = envelope.get("h")
+            if numbers:
+                _number(ops, numbers)
             self._take(node, seq, ops, bool(envelope.get("whole")))
 
     def _beat(self, node: str, seq: int, sent: float) -> None:
@@ -339,9 +368,11 @@ class Node:
         elif kind == "part":
             service.remote_part(member, str(op["room"]), str(op.get("reason", "")))
         elif kind == "say":
+            hid = op.get("hid")
             service.remote_talk(
-                member, str(op["kind"]), str(op["room"]), str(op["text"]), float(op["ts"])
-            )
+                member, str(op["kind"]), str(op["room"]), str(op["text"]), float(op["ts"]),
+                None if hid is None else int(hid),
+            )  # fmt: skip
         elif kind == "pm":
             to_node, to_id = op["to"]
             target = service.by_id.get(("", int(to_id))) if to_node == self.id else None
@@ -410,3 +441,13 @@ class Node:
 
     def _log_failure(self, failure: Any, what: str) -> None:
         self.log.failure("{what} failed", failure, what=what)
+
+
+def _number(ops: list[dict[str, Any]], numbers: list[Any]) -> None:
+    """Give each "say" operation, in order, the history id its envelope carries."""
+    said = (op for op in ops if isinstance(op, dict) and op.get("op") == "say")
+    for op, stream_id in zip(said, numbers, strict=False):
+        try:
+            op["hid"] = to_id(str(stream_id))
+        except ValueError:
+            return

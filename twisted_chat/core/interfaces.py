@@ -267,9 +267,18 @@ class IHistory(Interface):
     replay = Attribute("How many of a room's last lines a joining member is shown (0: none).")
     private = Attribute("Whether private messages are kept.")
 
-    def record(key: str, ts: float, kind: str, nick: str, text: str, to: str | None = None) -> None:
-        """Keep a line; ``kind``: "message", "action" or "private" (with ``to``).  Must
-        not block: called on every message."""
+    def record(
+        key: str,
+        ts: float,
+        kind: str,
+        nick: str,
+        text: str,
+        to: str | None = None,
+        ident: int | None = None,
+    ) -> None:
+        """Keep a line; ``kind``: "message", "action" or "private" (with ``to``);
+        ``ident``: the id the network gave a line said on another node (None: one of
+        this node's).  Must not block: called on every message."""
 
     def recent(key: str, n: int) -> tuple[Sequence[Any], bool]:
         """The last ``n`` lines kept under ``key``, oldest first, from memory, and whether

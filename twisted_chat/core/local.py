@@ -178,7 +178,14 @@ class Forgetful:
     private = False
 
     def record(
-        self, key: str, ts: float, kind: str, nick: str, text: str, to: str | None = None
+        self,
+        key: str,
+        ts: float,
+        kind: str,
+        nick: str,
+        text: str,
+        to: str | None = None,
+        ident: int | None = None,
     ) -> None:
         pass
 

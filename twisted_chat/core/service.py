@@ -702,7 +702,9 @@ class ChatService(service.Service):
         if not history.enabled or member.node:
             return
         items, more = history.recent(key, history.replay) if history.replay else ((), True)
-        member.seen[key] = items[0].id if items else history.mark(key)
+        # Over a network, a line of this node's said a moment ago has no id yet.
+        known = [item.id for item in items if item.id is not None]
+        member.seen[key] = min(known) if known else history.mark(key)
         if items:
             self._tell(member, History(ts=now, room=room.name, items=list(items), more=more))
 
@@ -752,7 +754,7 @@ class ChatService(service.Service):
                     member.seen.pop(key, None)  # the newest conversation last, to be kept
                     while len(member.seen) >= len(member.rooms) + CONVERSATIONS_SEEN:
                         member.seen.pop(next(k for k in member.seen if k.startswith("@")))
-                member.seen[key] = items[0].id
+                member.seen[key] = min(item.id for item in items)
             self._tell(
                 member,
                 History(
@@ -923,13 +925,24 @@ class ChatService(service.Service):
         if self.is_member_of(member, room):
             self.part(member, room, reason)
 
-    def remote_talk(self, member: Member, kind: str, room: str, text: str, ts: float) -> None:
-        """``member`` said ``text`` in ``room`` (``kind``: ``message`` or ``action``)."""
+    def remote_talk(
+        self,
+        member: Member,
+        kind: str,
+        room: str,
+        text: str,
+        ts: float,
+        ident: int | None = None,
+    ) -> None:
+        """``member`` said ``text`` in ``room`` (``kind``: ``message`` or ``action``);
+        ``ident``: its id in the network's history, if it is kept."""
         found = member.rooms.get(room_key(room))
         if found is None:
             return
         cls = Action if kind == Action.type else Message
         event = cls(ts=ts, room=found.name, nick=member.nick, text_=clean_text(text))
+        if ident is not None:
+            self.history.record(found.key, ts, event.type, member.nick, event.text_, None, ident)
         self._broadcast(found, event, exclude=member)
 
     def remote_private(self, member: Member, target: Member, text: str, ts: float) -> None:

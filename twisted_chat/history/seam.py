@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -18,7 +18,18 @@ REPLAY_BYTES = 16 * 1024
 PAGE_BYTES = 32 * 1024
 
 
-def fit(items: Sequence[Entry], more: bool, budget: int) -> tuple[list[Entry], bool]:
+class _Line(Protocol):
+    @property
+    def nick(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+L = TypeVar("L", bound=_Line)
+
+
+def fit(items: Sequence[L], more: bool, budget: int) -> tuple[list[L], bool]:
     """The newest of ``items`` that fit in ``budget`` (at least one), oldest first."""
     used = 0
     start = len(items)
@@ -44,7 +55,14 @@ class StoredHistory:
         self.private = private
 
     def record(
-        self, key: str, ts: float, kind: str, nick: str, text: str, to: str | None = None
+        self,
+        key: str,
+        ts: float,
+        kind: str,
+        nick: str,
+        text: str,
+        to: str | None = None,
+        ident: int | None = None,
     ) -> None:
         self.store.append(key, ts, kind, nick, text, to)
 
