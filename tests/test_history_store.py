@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 
 from twisted_chat.history import Entry, HistoryUnavailable, SQLiteHistory, conversation
+from twisted_chat.history.store import READS_MAX
 
 
 def sync_run(f: Callable[[], Any]) -> defer.Deferred[Any]:
@@ -329,3 +330,27 @@ def deferLater(reactor: Any, delay: float) -> defer.Deferred[None]:
     from twisted.internet import task
 
     return task.deferLater(reactor, delay, lambda: None)
+
+
+def test_reads_waiting_for_the_writer_are_bounded(db_path):
+    waiting: list[defer.Deferred[Any]] = []
+
+    def queued(f: Callable[[], Any]) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        waiting.append(d)
+        d.addCallback(lambda _: f())
+        return d
+
+    store = SQLiteHistory(str(db_path), Clock(), run=queued)
+    store.open()
+    store.append("#a", 1.0, "message", "al", "hi")
+    reads = [store.before("#a", 10**9, 5) for _ in range(READS_MAX)]
+    refused = store.before("#a", 10**9, 5)
+    with pytest.raises(HistoryUnavailable, match="busy"):
+        result(refused)
+    for d in list(waiting):
+        d.callback(None)
+    assert [len(result(d)[0]) for d in reads] == [1] * READS_MAX
+    again = store.before("#a", 10**9, 5)  # room again
+    waiting[-1].callback(None)
+    assert len(result(again)[0]) == 1

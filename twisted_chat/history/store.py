@@ -43,6 +43,9 @@ PAGE_MAX = 200
 # Beyond this many entries waiting for the writer (a hung or very slow disk), new ones are
 # kept in memory tails only, and counted as dropped: memory stays bounded.
 PENDING_MAX = 200_000
+# Reads waiting for the writer thread at most: beyond, /history is told to try again, so
+# that many members paging at once cannot hold the writes back (they share the thread).
+READS_MAX = 32
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -122,6 +125,7 @@ class SQLiteHistory:
         self._last_retain: float | None = None  # None: the first pass covers every room
         self._touched: set[str] = set()
         self._inflight = 0  # writes handed to ``run`` and not finished
+        self._reads = 0  # reads handed to ``run`` and not finished
         self._closing: defer.Deferred[None] | None = None
         self._shutdown_trigger: Any = None
 
@@ -283,7 +287,16 @@ class SQLiteHistory:
 
         if db is None or self._run is None or n == 0:
             return defer.succeed(([], False))
+        if self._reads >= READS_MAX:
+            return defer.fail(HistoryUnavailable("history is busy; try again in a moment"))
+        self._reads += 1
         d: defer.Deferred[tuple[list[Entry], bool]] = self._run(read)
+
+        def done(result: Any) -> Any:
+            self._reads -= 1
+            return result
+
+        d.addBoth(done)
 
         def failed(reason: Failure) -> Failure:
             if reason.check(defer.CancelledError):
