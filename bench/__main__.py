@@ -7,6 +7,7 @@
     python -m bench attack --rounds 3 --write   # members' latency and memory under attacks
     python -m bench backplane --rounds 3 --write  # a room over two nodes and one Redis
     python -m bench web --rounds 3 --write        # WebSocket clients beside line clients
+    python -m bench history --rounds 5 --write    # the server with room history against without
 
 Extra options for our server (to try settings) go in ``GROUPCHAT_ARGS``, for example
 ``GROUPCHAT_ARGS='--flush-interval 0' python -m bench latency``.
@@ -39,6 +40,9 @@ from bench.backplane import DEFAULTS as BACKPLANE_DEFAULTS
 from bench.backplane import add_arguments as backplane_arguments
 from bench.backplane import run_backplane
 from bench.common import OUT, ROOT, SERVERS, summarize
+from bench.history_cost import DEFAULTS as HISTORY_DEFAULTS
+from bench.history_cost import add_arguments as history_arguments
+from bench.history_cost import run_history
 from bench.load import FAILED, fanout, latency, messages_for, paired_ratios, repeat
 from bench.report import update
 from bench.web import DEFAULTS as WEB_DEFAULTS
@@ -92,7 +96,7 @@ def run_latency(args: argparse.Namespace) -> list[dict[str, Any]]:
             args.servers,
             args.repeat,
             lambda d, port, pid, rate=rate: latency(
-                d, port, pid, receivers, rate, args.seconds, args.timeout
+                d, port, pid, receivers, rate, args.seconds, args.timeout, args.latency_senders
             ),
         )
         ratios = paired_ratios(measured, ["p99_ms", "server_cpu"])
@@ -235,7 +239,7 @@ def main() -> None:
     add = parser.add_argument
     add(
         "scenario",
-        choices=["fanout", "latency", "scale", "attack", "backplane", "web", "all"],
+        choices=["fanout", "latency", "scale", "attack", "backplane", "web", "history", "all"],
         help="what to measure ('all' is fanout, latency, scale and web)",
     )
     add("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS), help="which")
@@ -302,6 +306,7 @@ def main() -> None:
     attack_arguments(add)
     backplane_arguments(add)
     web_arguments(add)
+    history_arguments(add)
     add(
         "--write",
         action="store_true",
@@ -312,6 +317,8 @@ def main() -> None:
         parser.set_defaults(**BACKPLANE_DEFAULTS)
     if parser.parse_known_args()[0].scenario == "web":
         parser.set_defaults(**WEB_DEFAULTS)
+    if parser.parse_known_args()[0].scenario == "history":
+        parser.set_defaults(**HISTORY_DEFAULTS)
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
@@ -329,6 +336,8 @@ def main() -> None:
             continue
         elif scenario == "backplane":
             rows = run_backplane(args)
+        elif scenario == "history":
+            rows = run_history(args)
         elif scenario == "web":
             # In 'all', its own room sizes and connection count, not fanout's and scale's.
             alone = args.scenario == "web"

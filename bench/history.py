@@ -23,6 +23,7 @@ directory (or ``--dir``):
 from __future__ import annotations
 
 import argparse
+import json
 import sqlite3
 import statistics
 import sys
@@ -119,6 +120,15 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
             f"sustained: {sustained:,.0f} entries/s ({rows:,} entries in {options.seconds:g} s"
             f" of appends with the 1 s flush loop; close() took {tail:.2f} s more)"
         )
+    if options.json:  # for ``python -m bench history``, which runs this in a process of its own
+        figures = {
+            "append_us": cost,
+            "flush_per_s": rate,
+            "sustained_per_s": sustained,
+            "sustained_rows": rows,
+            "close_s": tail,
+        }
+        Path(options.json).write_text(json.dumps(figures) + "\n")
 
 
 def run() -> None:
@@ -127,6 +137,7 @@ def run() -> None:
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--text-bytes", type=int, default=80)
     parser.add_argument("--dir", default=None, help="where the temporary files go")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
     options = parser.parse_args()
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, options)))

@@ -165,13 +165,15 @@ async def latency(
     rate: float,
     seconds: float,
     timeout: float,
+    senders: int = 1,
 ) -> dict[str, float]:
-    """One sender at a fixed rate; each message carries its send time.
+    """Messages at a fixed rate in all, from ``senders`` in turn (one by default); each
+    carries its send time.
 
-    With several ports the sender is on the first server; the receivers on the others
-    are also timed apart (``far_p50_ms``, ``far_p99_ms``): what crossing costs.
+    With several ports the (first) sender is on the first server; the receivers on the
+    others are also timed apart (``far_p50_ms``, ``far_p99_ms``): what crossing costs.
     """
-    conns = await open_room(dialect, port, receivers, 1)
+    conns = await open_room(dialect, port, receivers, senders)
     nodes = 1 if isinstance(port, int) else len(port)
     total = int(rate * seconds)
     near: list[float] = []
@@ -204,9 +206,10 @@ async def latency(
     for i, conn in enumerate(conns[:receivers]):
         tap(conn, receiver(i))
     tasks = []
-    reader, writer = conns[receivers]
-    if dialect.sender_replies:
-        tasks.append(asyncio.create_task(_drain_forever(reader)))
+    writers = [w for _, w in conns[receivers:]]
+    # A sender reads the server's replies (redis) and, with others, what they say.
+    if dialect.sender_replies or senders > 1:
+        tasks += [asyncio.create_task(_drain_forever(r)) for r, _ in conns[receivers:]]
     probe = _probe(pid)
     cpu_before = probe()
     start = time.perf_counter()
@@ -216,7 +219,7 @@ async def latency(
         if delay > 0:
             await asyncio.sleep(delay)
         body = (MARK + f"{time.perf_counter():.6f}|".encode()).ljust(63, b".")
-        writer.write(dialect.wire(body))
+        writers[n % senders].write(dialect.wire(body))
     with suppress(TimeoutError):
         await asyncio.wait_for(all_in.wait(), timeout)
     wall = time.perf_counter() - start

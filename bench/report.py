@@ -229,6 +229,94 @@ def web_md(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _per_message(r: dict[str, Any]) -> str:
+    """CPU microseconds per message: all, and the reactor thread's and the writer's."""
+    return (
+        f"{r['server_us_per_msg']:.2f} us ({r['reactor_us_per_msg']:.2f} + "
+        f"{r['writer_us_per_msg']:.2f})"
+    )
+
+
+def _rows(r: dict[str, Any]) -> str:
+    return f"{r['history_rows']:,}" if "history_rows" in r else ""
+
+
+def _within(ratio: float | None, target: float, higher_is_worse: bool) -> str:
+    if ratio is None:
+        return ""
+    ok = ratio <= 1 + target if higher_is_worse else ratio >= 1 - target
+    return "yes" if ok else "no"
+
+
+def history_md(doc: dict[str, Any]) -> list[str]:
+    rows = doc["results"]
+    base, target = "off", 0.10  # bench.history_cost.BASE, TARGET
+    setups = dict.fromkeys(f"`{r['setup']}`: {r['what']}" for r in rows if "setup" in r)
+    lines = [
+        f"Setups: {'; '.join(setups)} (a new file for every run). Our server on CPU 0, "
+        "started afresh for every run, the generator on CPU 1; `off` and `on` alternate "
+        "within each round. Medians of the runs (min-max); `on / off` is the median of "
+        "per-round ratios. CPU per message is the server's CPU time over the messages "
+        "sent: reactor thread (over the measured part) + writer thread (until 2 s after "
+        "it, so the last batch is counted). `rows kept` is the fewest rows an `on` run's "
+        "file held once the server had stopped (each checked: the newest is the last "
+        "message sent, no gap; retention keeps 5,000 a room). Within 10 %: deliveries/s "
+        "at least 0.9 x, p50 and p99 at most 1.1 x `off`.",
+        "",
+        "Fan-out at saturation, one sender:",
+        "",
+        "| R | setup | deliveries/s | on / off | per server CPU s | on / off | server CPU "
+        "| CPU per message (reactor + writer) | on / off | generator CPU | lost | rows kept "
+        "| within 10 % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in (r for r in rows if r["kind"] == "fanout"):
+        spread = f"{_k(r['deliveries_per_s_min'])}-{_k(r['deliveries_per_s_max'])}"
+        ratio = r.get(f"deliveries_per_s_ratio_to_{base}")
+        lines.append(
+            f"| {r['receivers']} | {r['setup']}{_marks(r)} | {_k(r['deliveries_per_s'])} "
+            f"({spread}) | {_ratio(r, 'deliveries_per_s', base)} | "
+            f"{_k(r['deliveries_per_cpu_s'])} | {_ratio(r, 'deliveries_per_cpu_s', base)} | "
+            f"{r['server_cpu']:.0%} | {_per_message(r)} | "
+            f"{_ratio(r, 'server_us_per_msg', base)} | {r['generator_cpu']:.0%} | "
+            f"{r['lost']} | {_rows(r)} | {_within(ratio, target, False)} |"
+        )
+    lines += [
+        "",
+        "Latency, paced senders taking turns, in milliseconds:",
+        "",
+        "| R | senders | rate | setup | p50 | p99 | p99.9 | on / off p50, p99 | server CPU "
+        "| CPU per message (reactor + writer) | on / off | lost | rows kept | within 10 % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in (r for r in rows if r["kind"] == "latency"):
+        p50, p99 = (r.get(f"{k}_ratio_to_{base}") for k in ("p50_ms", "p99_ms"))
+        within = ""
+        if p50 is not None and p99 is not None:
+            within = "yes" if max(p50, p99) <= 1 + target else "no"
+        lines.append(
+            f"| {r['receivers']} | {r['senders']} | {r['rate']:g}/s | {r['setup']}{_marks(r)} "
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} ({r['p99_ms_min']:.2f}-"
+            f"{r['p99_ms_max']:.2f}) | {r['p999_ms']:.2f} | "
+            + (f"{p50:.2f}, {p99:.2f}" if p50 is not None and p99 is not None else "")
+            + f" | {r['server_cpu']:.0%} | {_per_message(r)} | "
+            f"{_ratio(r, 'server_us_per_msg', base)} | {r['lost']} | "
+            f"{_rows(r)} | {within} |"
+        )
+    for r in (r for r in rows if r["kind"] == "store"):
+        lines += [
+            "",
+            f"The store alone (`python -m bench.history --seconds {r['seconds']:g}`, pinned "
+            f"to CPU 0, {r['runs']} runs, medians (min-max)): append "
+            f"{r['append_us']:.2f} us on the reactor thread; the writer thread "
+            f"{r['flush_per_s']:,.0f} entries/s; sustained, with the reactor thread "
+            f"appending flat out, {r['sustained_per_s']:,.0f} entries/s "
+            f"({r['sustained_per_s_min']:,.0f}-{r['sustained_per_s_max']:,.0f}); target "
+            f"at least 50,000: {'met' if r['sustained_per_s_min'] >= 50_000 else 'not met'}.",
+        ]
+    return lines
+
+
 def render(out: Path) -> str:
     parts: list[str] = []
     for scenario, title, table in (
@@ -237,12 +325,14 @@ def render(out: Path) -> str:
         ("scale", "Connection scale (groupchat)", scale_md),
         ("web", "WebSocket (browser) clients", web_md),
         ("backplane", "Backplane: one room on one node or over two", backplane_md),
+        ("history", "History: the server with room history against without", history_md),
     ):
         doc = _load(out, scenario)
         if doc is None:
             continue
         m = doc["machine"]
-        ran = {r.get("server", "redis") for r in doc["results"]}  # backplane: Redis
+        redis = "redis" if scenario == "backplane" else "groupchat"  # backplane: Redis
+        ran = {r.get("server", redis) for r in doc["results"]}
         refs = "".join(
             f"; {m[tool]}" for tool in ("redis-server", "ngircd") if tool.split("-")[0] in ran
         )
