@@ -25,8 +25,9 @@ store's writer; nothing else runs) from the start of the measured part until
 means over the messages sent; ``server_us_per_msg`` is the two together.
 
 After every ``on`` run, once the server has stopped (SIGTERM: the store writes what is
-pending), the file is read: its newest row must be the last message sent, with no gap
-below it down to the oldest row kept, and at least ``min(sent, keep)`` rows. A run that
+pending), the file is read: at least ``min(sent, keep)`` rows, and for the fan-out's
+numbered lines the newest must be the last message sent, with no number missing below it
+down to the oldest row kept. A run that
 fails this check counts as failed, not measured: the bench cannot time a store that did
 not store.
 
@@ -54,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    MARK,
     QUIET_HEARTBEATS,
     ROOT,
     _pin,
@@ -140,20 +142,36 @@ def serve(setup: str) -> Iterator[tuple[int, Watch]]:
 
 
 def check(path: Path, result: dict[str, float] | None) -> None:
-    """The file holds the run's messages: the newest row is the last one sent, no gap
-    below it, at least ``min(sent, KEEP)`` rows (retention trims a room to ``KEEP``)."""
+    """The file holds the run's messages: at least ``min(sent, KEEP)`` rows (retention
+    trims a room to ``KEEP``), and, for the fan-out's numbered lines (``M|k|n|``), the
+    newest is the last one sent with no number missing below it down to the oldest kept.
+    (Ids follow the time in microseconds, so they are not consecutive themselves.)"""
     if result is None:
         raise RuntimeError("no result to check the history file against")
     sent = int(result["messages"])
     if not path.exists():
         raise RuntimeError(f"no history file after a run of {sent} messages")
     with closing(sqlite3.connect(path)) as db:
-        rows, first, last = db.execute("SELECT count(*), min(id), max(id) FROM messages").fetchone()
+        texts = [t for (t,) in db.execute("SELECT text FROM messages ORDER BY id")]
+    rows = len(texts)
     result["history_rows"] = rows
-    if last != sent or rows != last - first + 1 or rows < min(sent, KEEP):
+    if rows < min(sent, KEEP):
+        raise RuntimeError(f"history file holds {rows} rows after {sent} messages")
+    numbers = [_number(t) for t in texts]
+    numbered = all(n is not None for n in numbers)
+    if numbered and numbers != list(range(sent - rows, sent)):
         raise RuntimeError(
-            f"history file holds {rows} rows, ids {first}-{last}, after {sent} messages"
+            f"history file holds {rows} rows numbered {numbers[0]}-{numbers[-1]}, "
+            f"not the last of {sent} messages in order"
         )
+
+
+def _number(text: str) -> int | None:
+    """n of a fan-out line ``M|k|n|...`` (one sender), else None."""
+    parts = text.split("|")
+    if len(parts) < 3 or parts[0] + "|" != MARK.decode() or not parts[2].isdigit():
+        return None
+    return int(parts[2])
 
 
 async def _timed(load: Coroutine[Any, Any, dict[str, float]], watch: Watch) -> dict[str, float]:

@@ -27,3 +27,16 @@ def test_what_was_said_is_shown_to_a_joiner_after_a_restart(
     assert bob.expect("* alice").endswith("* alice pours tea")
     bob.expect("*** [#tea] end of earlier messages")
     bob.expect("*** Now talking in #tea")
+
+
+def test_a_history_file_that_cannot_be_used_stops_the_start_with_one_clear_line(
+    start_server: ServerFactory, tmp_path
+):
+    corrupt = tmp_path / "corrupt.sqlite3"
+    corrupt.write_bytes(b"not a database at all " * 200)
+    for path in (str(corrupt), "/proc/groupchat/history.sqlite3"):
+        server = start_server("--history", path, wait=False)
+        assert server.wait_exit(20) != 0
+        log = server.log()
+        assert f"--history: cannot use history file {path}" in log, log
+        assert "--history none" in log and "Traceback" not in log, log
