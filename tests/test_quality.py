@@ -47,7 +47,8 @@ LAYERS = {
     "doors": {"core", "rules", "render", "doors", "fastwrite"},
     "fastwrite": {"fastwrite"},
     "client": {"client", "core", "rules.limits"},
-    "backplane": {"core", "backplane"},
+    # Networked history shares the one-node store's limits (page sizes, answer budgets).
+    "backplane": {"core", "backplane", "history.seam", "history.store"},
     "history": {"core", "history"},
     "tap": {
         "core",
