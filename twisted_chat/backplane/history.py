@@ -35,7 +35,7 @@ from zope.interface import implementer
 from twisted_chat.core.errors import HistoryUnavailable
 from twisted_chat.core.interfaces import IHistory
 from twisted_chat.history.seam import PAGE_BYTES, REPLAY_BYTES, fit
-from twisted_chat.history.store import PAGE_MAX
+from twisted_chat.history.store import PAGE_MAX, last_lines
 
 STREAM = "gc:hist:"
 ROOMS = "gc:hist:rooms"
@@ -158,15 +158,8 @@ class NetworkHistory:
         tail.append(line)
 
     def recent(self, key: str, n: int) -> tuple[list[Line], bool]:
-        found = self._tails.get(key)
-        if not found or n <= 0:
-            return [], bool(found)
-        if self.days is not None:
-            cutoff = self.clock.seconds() - self.days * 86400.0
-            while found and found[0].ts < cutoff:
-                found.popleft()
-        more = len(found) > n or len(found) == found.maxlen
-        return fit(list(found)[-n:], more, REPLAY_BYTES)
+        items, more = last_lines(self._tails.get(key), n, self.days, self.clock)
+        return fit(items, more, REPLAY_BYTES)
 
     def mark(self, key: str) -> int:
         top = self._top.get(key)

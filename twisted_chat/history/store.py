@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -85,6 +85,29 @@ def _entry(row: Sequence[Any]) -> Entry:
 
 
 _new = tuple.__new__
+
+Line = TypeVar("Line", bound="_Timed")
+
+
+class _Timed(Protocol):
+    @property
+    def ts(self) -> float: ...
+
+
+def last_lines(
+    tail: deque[Line] | None, n: int, days: float | None, clock: IReactorTime
+) -> tuple[list[Line], bool]:
+    """The last ``n`` of a memory tail, oldest first, and whether older ones may be kept
+    elsewhere (a full tail has let some go). With ``days``, lines past it are forgotten
+    first: retention deletes them from the store, and the tail forgets them as asked."""
+    if not tail or n <= 0:
+        return [], bool(tail)
+    if days is not None:
+        cutoff = clock.seconds() - days * 86400.0
+        while tail and tail[0].ts < cutoff:
+            tail.popleft()
+    more = len(tail) > n or len(tail) == tail.maxlen
+    return (list(tail) if n >= len(tail) else list(tail)[-n:]), more
 
 
 class SQLiteHistory:
@@ -261,20 +284,7 @@ class SQLiteHistory:
     def recent(self, room: str, n: int) -> tuple[list[Entry], bool]:
         """The last ``n`` (at most ``tail``) entries of a room, oldest first, from memory,
         and whether older ones may be in the file."""
-        found = self._tails.get(room)
-        if not found or n <= 0:
-            return [], bool(found)
-        if self.days is not None:
-            # Retention deletes old rows from the file; the tail forgets them here, as
-            # they are asked for.
-            cutoff = self.clock.seconds() - self.days * 86400.0
-            while found and found[0].ts < cutoff:
-                found.popleft()
-        # A full tail may have dropped older entries the file still has.
-        more = len(found) > n or len(found) == found.maxlen
-        if n >= len(found):
-            return list(found), more
-        return list(found)[-n:], more
+        return last_lines(self._tails.get(room), n, self.days, self.clock)
 
     def before(self, room: str, before_id: int, n: int) -> defer.Deferred[tuple[list[Entry], bool]]:
         """The newest ``n`` (at most 200) entries of a room older than ``before_id``, oldest
