@@ -197,7 +197,9 @@ def test_a_member_shown_nothing_on_join_pages_from_its_join(tmp_path: Path):
     service.say(bob, "before carol")
     carol, seen = seat(service, "carol")
     service.join(carol, "#tea")
-    assert histories(seen) == []
+    (told,) = histories(seen)  # none shown, but there are some
+    assert told.items == [] and told.more
+    assert TEXT.text(told) == "*** [#tea] earlier messages are kept: /history #tea shows them"
     service.say(bob, "seen live by carol")
     seen.clear()
     typed(service, carol, "/history")
@@ -229,11 +231,13 @@ def test_history_refusals_are_clear_errors(tmp_path: Path):
     typed(service, bob, "/history #elsewhere")
     typed(service, bob, "/history 0")
     typed(service, bob, "/history #tea 5 6")
-    typed(service, bob, "/history alice")  # private messages are not kept here
+    typed(service, bob, "/history alice")  # a room name, as private messages are not kept
+    typed(service, bob, "/history -1")
     errors = [e for e in seen.events if isinstance(e, Error)]
     assert [e.code for e in errors] == ["not-in-room", "bad-arguments", "bad-arguments",
-                                        "no-history"]  # fmt: skip
-    assert "/join it" in errors[0].message and "not kept" in errors[3].message
+                                        "not-in-room", "bad-arguments"]  # fmt: skip
+    assert "/join it" in errors[0].message and "#alice" in errors[3].message
+    assert "at most 200" in errors[1].message
     off = ChatService(task.Clock())
     dave, seen = seat(off, "dave")
     typed(off, dave, "/history")

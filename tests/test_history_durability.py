@@ -295,6 +295,8 @@ def test_an_id_shown_before_a_crash_is_not_given_to_another_line(tmp_path: Path)
     crashed.append("#tea", 4.0, "message", "alice", "lost 1")
     shown = {e.id: e.text for e in crashed.recent("#tea", 200)[0]}
     assert [e[4] for e in stored(path)] == ["kept 0", "kept 1", "kept 2"]
+    assert crashed._lock_file is not None
+    crashed._lock_file.close()  # the killed process's lock goes with it
 
     restarted = make(path, Clock())
     new = restarted.append("#tea", 5.0, "message", "bob", "after the restart")

@@ -40,3 +40,14 @@ def test_a_history_file_that_cannot_be_used_stops_the_start_with_one_clear_line(
         log = server.log()
         assert f"--history: cannot use history file {path}" in log, log
         assert "--history none" in log and "Traceback" not in log, log
+
+
+def test_a_second_server_on_the_same_history_file_is_refused_at_start(
+    start_server: ServerFactory, tmp_path
+):
+    path = str(tmp_path / "shared.sqlite3")
+    first = start_server("--history", path)
+    second = start_server("--history", path, wait=False)
+    assert second.wait_exit(20) != 0
+    assert f"history file {path} is in use by another groupchat server" in second.log()
+    assert first.proc.poll() is None  # the first goes on

@@ -359,3 +359,16 @@ def test_reads_waiting_for_the_writer_are_bounded(db_path):
     again = store.before("#a", 10**9, 5)  # room again
     waiting[-1].callback(None)
     assert len(result(again)[0]) == 1
+
+
+def test_a_file_another_server_is_using_is_refused(db_path):
+    first = make(db_path)
+    second = SQLiteHistory(str(db_path), Clock(), run=sync_run)
+    for attempt in (second.check, second.open):
+        with pytest.raises(HistoryUnavailable, match="in use by another groupchat server"):
+            attempt()
+    assert second._db is None and not second.available
+    result(first.close())
+    second.check()  # free again once the first has closed it
+    second.open()
+    result(second.close())

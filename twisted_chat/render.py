@@ -312,6 +312,9 @@ def _history_text(e: History) -> str:
     know the reader's zone)."""
     where = e.room if e.room is not None else f"PM {e.with_}"
     what = "messages" if e.room is not None else "private messages"
+    asked = e.room if e.room is not None else e.with_
+    if not e.items and e.more:
+        return f"*** [{where}] earlier {what} are kept: /history {asked} shows them"
     if not e.items:
         return f"*** [{where}] no earlier {what} are kept"
     lines = [f"*** [{where}] earlier {what} ({len(e.items)}), times in UTC:"]
@@ -324,7 +327,6 @@ def _history_text(e: History) -> str:
         else:
             lines.append(f"[{e.room} {when}] <{item.nick}> {item.text}")
     if e.more:
-        asked = e.room if e.room is not None else e.with_
         lines.append(f"*** [{where}] end of earlier {what} (/history {asked} for older ones)")
     else:
         lines.append(f"*** [{where}] end of earlier {what} (nothing older is kept)")

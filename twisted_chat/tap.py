@@ -348,9 +348,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "history",
             None,
             None,
-            "Keep what is said in rooms in this SQLite file and show a joining member the "
-            f"room's last lines; none keeps nothing. [default: {HISTORY_FILE} in the "
-            "working directory]",
+            "Keep what is said in rooms in this SQLite file (with its -wal and -shm files "
+            "beside it) and show a joining member the room's last lines; none keeps "
+            f"nothing; with --backplane, history is kept in Redis. [default: {HISTORY_FILE} "
+            "in the working directory]",
         ],
         [
             "history-keep",
@@ -363,7 +364,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "history-days",
             None,
             None,
-            "Delete history older than this many days [default: keep by --history-keep only].",
+            "Delete history older than this many days (by default only --history-keep limits it)",
             _positive("history-days", "days"),
         ],
         [
@@ -937,12 +938,21 @@ class HistoryService(service.Service):
     thread and SQLite connection must be the running process's) and closes it as the
     server stops, writing what is pending."""
 
+    log = Logger(namespace="twisted_chat.history")
+
     def __init__(self, store: Any) -> None:
         self.store = store
 
     def startService(self) -> None:
         super().startService()
         self.store.open()  # checked at makeService: only a file changed since can fail
+        rooms = self.store.rooms()
+        self.log.info(
+            "history: {path} ({rooms} room{s} with history; --history none keeps nothing)",
+            path=self.store.path,
+            rooms=rooms,
+            s="" if rooms == 1 else "s",
+        )
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()

@@ -101,18 +101,18 @@ HISTORY_MAX = 200
 
 
 def _history(svc: ChatService, m: Member, args: str) -> defer.Deferred[None]:
+    usage = f"usage: {HISTORY_USAGE} (N: how many lines, at most {HISTORY_MAX} are shown)"
     target: str | None = None
     n: int | None = None
     for word in args.split():
-        if word.isdecimal() and n is None:
-            n = int(word)
-            if n < 1:
-                raise BadArguments(f"usage: {HISTORY_USAGE} (N: 1 to {HISTORY_MAX})")
-            n = min(n, HISTORY_MAX)
-        elif target is None and n is None:
+        if word.lstrip("+-").isdecimal():  # a number, in either place
+            if n is not None or int(word) < 1:
+                raise BadArguments(usage)
+            n = min(int(word), HISTORY_MAX)
+        elif target is None:
             target = word
         else:
-            raise BadArguments(f"usage: {HISTORY_USAGE}")
+            raise BadArguments(usage)
     return svc.show_history(m, target, n)
 
 
@@ -131,9 +131,9 @@ def _format(svc: ChatService, m: Member, args: str) -> None:
 
 
 def _help(svc: ChatService, m: Member, args: str) -> None:
-    m.participant.deliver(
-        Help(ts=svc.clock.seconds(), commands=[(c.usage, c.help) for c in _UNIQUE])
-    )
+    kept = svc.history.enabled  # /history only where history is kept
+    shown = [(c.usage, c.help) for c in _UNIQUE if kept or c is not COMMANDS["history"]]
+    m.participant.deliver(Help(ts=svc.clock.seconds(), commands=shown))
 
 
 def _login(svc: ChatService, m: Member, args: str) -> None:

@@ -701,11 +701,11 @@ class ChatService(service.Service):
         history = self.history
         if not history.enabled or member.node:
             return
-        items, more = history.recent(key, history.replay) if history.replay else ((), True)
+        items, more = history.recent(key, history.replay)
         # Over a network, a line of this node's said a moment ago has no id yet.
         known = [item.id for item in items if item.id is not None]
         member.seen[key] = min(known) if known else history.mark(key)
-        if items:
+        if items or more:  # with --history-replay 0: none shown, but /history has some
             self._tell(member, History(ts=now, room=room.name, items=list(items), more=more))
 
     def show_history(
@@ -723,21 +723,18 @@ class ChatService(service.Service):
         if target is None:
             room = member.current
             if room is None:
-                raise NotInRoom("you are not in any room; /history #room for one you are in")
-        elif target.startswith("#") or self.is_member_of(member, target):
-            name = validate_room(target)
-            room = member.rooms.get(room_key(name))
-            if room is None:
-                raise NotInRoom(f"you are not in {name}; /join it to read its history")
-        elif history.private:
+                raise NotInRoom("you are not in any room; /join #room first")
+        elif history.private and not (target.startswith("#") or self.is_member_of(member, target)):
+            # A word without '#' names a room of yours (as /join and /part read it), or,
+            # where private messages are kept, the person they were exchanged with.
             peer = validate_nick(target)
             owner = self.nicks.owner(peer)
             peer = owner.nick if owner is not None else peer
         else:
-            raise NoHistory(
-                f"you are in no room called {_short(clean_text(target), NICK_MAX + 1)!r} "
-                "(private messages are not kept on this server)"
-            )
+            name = validate_room(target)
+            room = member.rooms.get(room_key(name))
+            if room is None:
+                raise NotInRoom(f"you are not in {name}; /join it to read its history")
         key = room.key if room is not None else conversation(member.nick, peer or "")
         cursor = member.seen.get(key)
         if cursor is None:

@@ -18,10 +18,11 @@ room name (rooms start with ``#``); ``to`` holds the recipient as it was typed.
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import IO, Any, NamedTuple, Protocol, TypeVar
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -156,6 +157,7 @@ class SQLiteHistory:
         self._reads = 0  # reads handed to ``run`` and not finished
         self._closing: defer.Deferred[None] | None = None
         self._shutdown_trigger: Any = None
+        self._lock_file: IO[bytes] | None = None
 
     # -- start --------------------------------------------------------------------------
 
@@ -164,13 +166,24 @@ class SQLiteHistory:
         start nothing: for before twistd forks, which no thread or SQLite connection may
         cross."""
         db = self._connect_or_refuse()
-        db.close()
+        try:
+            probe = self._lock()  # only a probe: open() holds it, after any fork
+            if probe is not None:
+                probe.close()
+        finally:
+            db.close()
         self._tails.clear()
 
     def open(self) -> None:
         """Open or create the file, load the tails, start the flush loop. Synchronous: it
         runs once, before the server accepts anyone, and refuses an unusable file here."""
         self._db = self._connect_or_refuse()
+        try:
+            self._lock_file = self._lock()
+        except HistoryUnavailable:
+            self._db.close()
+            self._db = None
+            raise
         self.available = True
         if self._run is None:
             self._start_pool()
@@ -186,6 +199,23 @@ class SQLiteHistory:
                 f"cannot use history file {self.path}: {e}; check that it is an SQLite file "
                 "in a writable directory, move it away, or start with --history none"
             ) from e
+
+    def _lock(self) -> IO[bytes] | None:
+        """The file, locked for this process: two servers writing one file would give
+        lines the same ids. (``flock``, which SQLite's own ``fcntl`` locks ignore.)"""
+        if self.path == ":memory:":
+            return None
+        held = open(self.path, "rb")  # noqa: SIM115 (held until close())
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            held.close()
+            raise HistoryUnavailable(
+                f"history file {self.path} is in use by another groupchat server; give "
+                "this one its own --history file (or start it from another directory), "
+                "or --history none"
+            ) from None
+        return held
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -271,6 +301,10 @@ class SQLiteHistory:
         else:
             self._dropped += 1
         return entry
+
+    def rooms(self) -> int:
+        """How many rooms (and conversations) have lines in memory."""
+        return len(self._tails)
 
     def mark(self) -> int:
         """An id above every entry appended so far."""
@@ -359,6 +393,9 @@ class SQLiteHistory:
 
         def stop_pool(_: object) -> None:
             self.available = False
+            if self._lock_file is not None:
+                self._lock_file.close()  # the lock goes with it
+                self._lock_file = None
             if self._pool is not None:
                 self._pool.stop()
                 self._pool = None
