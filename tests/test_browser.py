@@ -126,7 +126,7 @@ def test_page_reconnects_after_a_restart_and_restores_nick_and_room(
     bob = connect(second.process, "bob")
     set_nick(bob, "bob")
     bob.say("/who #dev")
-    bob.expect(lambda line: line.startswith("*** [#dev] 1 here: alice"))
+    bob.expect(lambda line: line.startswith("*** [#dev] 1 here: @alice"))  # its operator again
     bob.say("/join #ops")
     bob.expect("*** [#ops] 2 here:")
     alice.wait(lambda: "bob joined" in alice.log_text(), "bob's arrival")

@@ -115,7 +115,7 @@ def wait_member(observer: ChatClient, room: str, nick: str, timeout: float = 15.
     observer.say(f"/join {room}")
     observer.say(f"/who {room}")
     members = observer.expect(lambda text: text.startswith(f"*** [{room}] ") and "here:" in text)
-    if nick in members.split("here:", 1)[1].strip().split(", "):
+    if nick in [n.lstrip("@") for n in members.split("here:", 1)[1].strip().split(", ")]:
         return
     arrivals = [f"*** [{room}] {nick} joined"]
     if room == "#lobby":  # a client is seated in #lobby as a guest, then renames itself

@@ -52,7 +52,7 @@ def test_three_users_chat_in_rooms(start_server: ServerFactory, connect: ClientF
     alice.expect("*** [#room] alice joined (1 here)")
     alice.expect("*** Now talking in #room")
     bob.say("/join #room")
-    bob.expect("*** [#room] 2 here: alice, bob")
+    bob.expect("*** [#room] 2 here: @alice, bob")  # alice made it: its operator
     alice.expect("*** [#room] bob joined (2 here)")
 
     alice.say("hello room")

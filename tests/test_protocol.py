@@ -145,7 +145,7 @@ def test_commands_end_to_end_through_the_dispatcher():
     assert "[#ops] * bob waves" in lines
     assert "[PM bob -> alice] hi there" in lines
     out = bob.new_lines()
-    assert "*** [#ops] 2 here: alice, bob" in out
+    assert "*** [#ops] 2 here: @alice, bob" in out  # the first in is its operator
     assert "*** Rooms: #lobby (2), #ops (2)" in out
     assert out[-1] == "*** pong t1"
     bob.send(b"/nick\n/msg alice\n/join\n/format xml\n")

@@ -15,6 +15,7 @@ from twisted_chat.core.commands import Dispatcher
 from twisted_chat.core.errors import UnsupportedFormat
 from twisted_chat.core.events import (
     Action,
+    Bans,
     Batch,
     Bye,
     Crowd,
@@ -29,8 +30,10 @@ from twisted_chat.core.events import (
     LoginNeeded,
     Members,
     Message,
+    Moderation,
     Network,
     NickChange,
+    Notice,
     Part,
     Pong,
     Private,
@@ -39,6 +42,8 @@ from twisted_chat.core.events import (
     Shutdown,
     SlowDown,
     TimedOut,
+    Topic,
+    Wall,
     Welcome,
 )
 from twisted_chat.core.service import ChatService
@@ -181,30 +186,95 @@ CASES: list[tuple[Event, str, str]] = [
     (
         Members(ts=TS, room="#ops", members=["alice", "bob"]),
         "*** [#ops] 2 here: alice, bob",
-        '{"type":"members","ts":1795800000.123,"room":"#ops","members":["alice","bob"]}',
+        '{"type":"members","ts":1795800000.123,"room":"#ops","members":["alice","bob"],"ops":[]}',
     ),
     (
         Members(ts=TS, room="#ops", members=[]),
         "*** [#ops] nobody here",
-        '{"type":"members","ts":1795800000.123,"room":"#ops","members":[]}',
+        '{"type":"members","ts":1795800000.123,"room":"#ops","members":[],"ops":[]}',
     ),
     (
-        RoomList(ts=TS, rooms=[("#lobby", 3), ("#ops", 2)], total=2),
-        "*** Rooms: #lobby (3), #ops (2)",
+        RoomList(ts=TS, rooms=[("#lobby", 3, ""), ("#ops", 2, "deploys")], total=2),
+        "*** Rooms: #lobby (3), #ops (2) 'deploys'",
         '{"type":"rooms","ts":1795800000.123,"rooms":[{"room":"#lobby","count":3},'
-        '{"room":"#ops","count":2}],"total":2,"query":null}',
+        '{"room":"#ops","count":2,"topic":"deploys"}],"total":2,"query":null}',
     ),
     (
-        RoomList(ts=TS, rooms=[("#lobby", 40), ("#ops", 2)], total=812),
+        RoomList(ts=TS, rooms=[("#lobby", 40, ""), ("#ops", 2, "")], total=812),
         "*** Rooms (showing 2 of 812, largest first; /rooms TEXT to search): #lobby (40), #ops (2)",
         '{"type":"rooms","ts":1795800000.123,"rooms":[{"room":"#lobby","count":40},'
         '{"room":"#ops","count":2}],"total":812,"query":null}',
     ),
     (
-        RoomList(ts=TS, rooms=[("#ops", 2)], total=3, query="ops"),
+        RoomList(ts=TS, rooms=[("#ops", 2, "")], total=3, query="ops"),
         '*** Rooms matching "ops" (showing 1 of 3, largest first): #ops (2)',
         '{"type":"rooms","ts":1795800000.123,"rooms":[{"room":"#ops","count":2}],'
         '"total":3,"query":"ops"}',
+    ),
+    (
+        Members(ts=TS, room="#ops", members=["alice", "bob"], ops=["alice"]),
+        "*** [#ops] 2 here: @alice, bob",
+        '{"type":"members","ts":1795800000.123,"room":"#ops","members":["alice","bob"],'
+        '"ops":["alice"]}',
+    ),
+    (
+        Topic(ts=TS, room="#ops", topic="deploys at 5", by="alice", set_at=TS - 3600),
+        "*** [#ops] Topic: deploys at 5 (set by alice 2026-11-27 16:20 UTC)",
+        '{"type":"topic","ts":1795800000.123,"room":"#ops","topic":"deploys at 5",'
+        '"by":"alice","set_at":1795796400.123,"locked":false,"changed":false}',
+    ),
+    (
+        Topic(ts=TS, room="#ops", topic="new", by="bob", set_at=TS, locked=True, changed=True),
+        "*** [#ops] bob set the topic: new (locked: only operators change it)",
+        '{"type":"topic","ts":1795800000.123,"room":"#ops","topic":"new","by":"bob",'
+        '"set_at":1795800000.123,"locked":true,"changed":true}',
+    ),
+    (
+        Topic(ts=TS, room="#ops", topic=""),
+        "*** [#ops] No topic is set",
+        '{"type":"topic","ts":1795800000.123,"room":"#ops","topic":"","by":null,'
+        '"set_at":null,"locked":false,"changed":false}',
+    ),
+    (
+        Moderation(ts=TS, room="#ops", action="mute", by="alice", target="bob", reason=""),
+        "*** [#ops] alice muted bob",
+        '{"type":"moderation","ts":1795800000.123,"room":"#ops","action":"mute",'
+        '"by":"alice","target":"bob","reason":""}',
+    ),
+    (
+        Moderation(ts=TS, room="#ops", action="ban", by="alice", target="b*", reason="spam"),
+        "*** [#ops] alice banned b* (spam)",
+        '{"type":"moderation","ts":1795800000.123,"room":"#ops","action":"ban",'
+        '"by":"alice","target":"b*","reason":"spam"}',
+    ),
+    (
+        Moderation(ts=TS, room="#ops", action="op", by=None, target="carol"),
+        "*** [#ops] carol is an operator now (the last operator left)",
+        '{"type":"moderation","ts":1795800000.123,"room":"#ops","action":"op",'
+        '"by":null,"target":"carol","reason":""}',
+    ),
+    (
+        Bans(ts=TS, room="#ops", bans=[("spam*", "alice", "bots"), ("carol", "alice", "")]),
+        "*** [#ops] bans: spam* (by alice: bots), carol (by alice)",
+        '{"type":"bans","ts":1795800000.123,"room":"#ops","bans":['
+        '{"target":"spam*","by":"alice","reason":"bots"},'
+        '{"target":"carol","by":"alice","reason":""}]}',
+    ),
+    (
+        Bans(ts=TS, room=None, bans=[]),
+        "*** Server no bans",
+        '{"type":"bans","ts":1795800000.123,"room":null,"bans":[]}',
+    ),
+    (
+        Notice(ts=TS, text="banned 203.0.113.0/24 from the server; 2 disconnected"),
+        "*** banned 203.0.113.0/24 from the server; 2 disconnected",
+        '{"type":"notice","ts":1795800000.123,"text":"banned 203.0.113.0/24 from the server; '
+        '2 disconnected"}',
+    ),
+    (
+        Wall(ts=TS, by="root", text="restart at 6"),
+        "*** Notice from root (server operator): restart at 6",
+        '{"type":"wall","ts":1795800000.123,"by":"root","text":"restart at 6"}',
     ),
     (
         RoomList(ts=TS, rooms=[], total=0, query="ops"),
@@ -348,7 +418,7 @@ def test_welcome_text_lists_the_core_commands_as_the_protocol_shows():
     assert TEXT.encode(_welcome(guests=2)) == (
         b"*** Welcome to groupchat 0.1.0, guest2! You are in #lobby.\r\n"
         b"*** Type a line to talk in your current room. Commands: /nick NAME, /join #room, "
-        b"/part [#room], /rooms, /who [#room], /msg NICK text, /me action, /ping [token], "
+        b"/part [#room], /rooms, /who [#room], /topic, /msg NICK text, /me action, /ping [token], "
         b"/format json|text, /help, /quit [reason]\r\n"
         b"*** Heartbeat: send any line (for example /ping) at least every 10 s; after 30 s "
         b"of silence you are disconnected (you are warned first).\r\n"

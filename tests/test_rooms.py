@@ -138,9 +138,9 @@ def test_rooms_shows_the_largest_first_then_by_name_and_counts_the_rest():
     event = _rooms(h, alice, pa)
     by_size = ["#r00", "#r01", "#r02", "#r03", "#r04", "#r05", "#r06", "#r08", "#r09", "#r10"]
     expected = [("#lobby", 3), ("#r07", 3), ("#r42", 2)] + [(n, 1) for n in by_size]
-    assert list(event.rooms[:13]) == expected
+    assert [(n, c) for n, c, _ in event.rooms[:13]] == expected
     assert len(event.rooms) == ROOMS_SHOWN == 50
-    assert event.rooms[-1] == ("#r48", 1)
+    assert event.rooms[-1] == ("#r48", 1, "")
     assert TEXT.text(event).startswith(
         "*** Rooms (showing 50 of 61, largest first; /rooms TEXT to search): "
         "#lobby (3), #r07 (3), #r42 (2), #r00 (1), "
@@ -221,7 +221,7 @@ def test_rooms_follows_every_change_despite_its_caches():
                 query = rng.choice(["", "a", "B", "#c"])
                 got = _rooms(h, member, p, query or None)
                 everything = sorted(
-                    ((r.name, len(r.members)) for r in h.service.rooms.rooms()),
+                    ((r.name, len(r.members), r.topic) for r in h.service.rooms.rooms()),
                     key=lambda item: (-item[1], item[0].casefold()),
                 )
                 want = [item for item in everything if query.lower() in item[0].lower()]

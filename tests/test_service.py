@@ -171,7 +171,11 @@ def test_join_part_rooms_who():
     assert JSON.document(pa.events[0])["members"] == ["alice", "bob"]
     pb.clear()
     h.service.part(alice, None, "lunch")
-    assert pb.texts() == ["*** [#ops] alice left (lunch)"]
+    # alice made #ops, so was its operator: bob, present longest, is one now.
+    assert pb.texts() == [
+        "*** [#ops] alice left (lunch)",
+        "*** [#ops] bob is an operator now (the last operator left)",
+    ]
     assert alice.current is not None and alice.current.name == "#lobby"
     h.service.part(bob, "#ops")
     assert "#ops" not in [r.name for r in h.service.rooms.rooms()]  # empty rooms go away
@@ -252,7 +256,10 @@ def test_quit_is_told_once_per_member_and_later_connection_lost_is_silent():
     h.service.quit(alice, "bye \x1b[31mnow")
     h.service.connection_lost(alice, "connection closed")
     h.service.quit(alice, "again")
-    assert pb.texts() == ["*** [#lobby, #ops] alice quit (bye now)"]  # once for both rooms
+    assert pb.texts() == [
+        "*** [#lobby, #ops] alice quit (bye now)",  # once for both rooms
+        "*** [#ops] bob is an operator now (the last operator left)",
+    ]
     assert [e.type for e in pa.closed if e] == ["bye"]
     assert h.service.nicks.owner("alice") is None
 

@@ -17,6 +17,7 @@ from typing import Any
 from twisted_chat.core.errors import UnsupportedFormat
 from twisted_chat.core.events import (
     Action,
+    Bans,
     Batch,
     Bye,
     Crowd,
@@ -31,8 +32,10 @@ from twisted_chat.core.events import (
     LoginNeeded,
     Members,
     Message,
+    Moderation,
     Network,
     NickChange,
+    Notice,
     Part,
     Pong,
     Private,
@@ -41,6 +44,8 @@ from twisted_chat.core.events import (
     Shutdown,
     SlowDown,
     TimedOut,
+    Topic,
+    Wall,
     Welcome,
     describe_crowd,
 )
@@ -241,7 +246,8 @@ def _current_text(e: Current) -> str:
 def _members_text(e: Members) -> str:
     if not e.members:
         return f"*** [{e.room}] nobody here"
-    shown = ", ".join(e.members[:MEMBERS_SHOWN])
+    ops = set(e.ops)
+    shown = ", ".join(f"@{n}" if n in ops else n for n in e.members[:MEMBERS_SHOWN])
     more = len(e.members) - MEMBERS_SHOWN
     tail = f" and {more} more" if more > 0 else ""
     return f"*** [{e.room}] {len(e.members)} here: {shown}{tail}"
@@ -250,13 +256,59 @@ def _members_text(e: Members) -> str:
 def _rooms_text(e: RoomList) -> str:
     if not e.rooms:
         return "*** No rooms" if e.query is None else f'*** No rooms match "{e.query}"'
-    listing = ", ".join(f"{name} ({count})" for name, count in e.rooms)
+    listing = ", ".join(
+        f"{name} ({count})" + (f" {topic!r}" if topic else "") for name, count, topic in e.rooms
+    )
     what = "Rooms" if e.query is None else f'Rooms matching "{e.query}"'
     if len(e.rooms) >= e.total:
         return f"*** {what}: {listing}"
     hint = "; /rooms TEXT to search" if e.query is None else ""
     page = f"showing {len(e.rooms)} of {e.total}, largest first{hint}"
     return f"*** {what} ({page}): {listing}"
+
+
+def _topic_text(e: Topic) -> str:
+    lock = " (locked: only operators change it)" if e.locked else ""
+    if e.changed:
+        if not e.topic:
+            return f"*** [{e.room}] {e.by} cleared the topic{lock}"
+        return f"*** [{e.room}] {e.by} set the topic: {e.topic}{lock}"
+    if not e.topic:
+        return f"*** [{e.room}] No topic is set{lock}"
+    when = (
+        "" if e.set_at is None else " " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(e.set_at))
+    )
+    return f"*** [{e.room}] Topic: {e.topic} (set by {e.by}{when}){lock}"
+
+
+_DONE = {
+    "op": "made {target} an operator",
+    "deop": "took operator status from {target}",
+    "mute": "muted {target}",
+    "unmute": "unmuted {target}",
+    "ban": "banned {target}",
+    "unban": "lifted the ban on {target}",
+    "lock-topic": "locked the topic: only operators may change it",
+    "unlock-topic": "unlocked the topic: anyone here may change it",
+}
+
+
+def _moderation_text(e: Moderation) -> str:
+    reason = f" ({e.reason})" if e.reason else ""
+    if e.by is None and e.action == "op":
+        return f"*** [{e.room}] {e.target} is an operator now (the last operator left)"
+    what = _DONE.get(e.action, e.action + " {target}").format(target=e.target)
+    return f"*** [{e.room}] {e.by} {what}{reason}"
+
+
+def _bans_text(e: Bans) -> str:
+    where = f"[{e.room}] " if e.room is not None else "Server "
+    if not e.bans:
+        return f"*** {where}no bans"
+    listed = ", ".join(
+        f"{t} (by {by}: {why})" if why else f"{t} (by {by})" for t, by, why in e.bans
+    )
+    return f"*** {where}bans: {listed}"
 
 
 def _help_text(e: Help) -> str:
@@ -370,6 +422,11 @@ _TEXT: dict[type[Event], Callable[[Any], str]] = {
     NickChange: _nick_text,
     Current: _current_text,
     Members: _members_text,
+    Topic: _topic_text,
+    Moderation: _moderation_text,
+    Wall: lambda e: f"*** Notice from {e.by} (server operator): {e.text}",
+    Notice: lambda e: f"*** {e.text}",
+    Bans: _bans_text,
     RoomList: _rooms_text,
     Help: _help_text,
     Pong: _pong_text,
@@ -429,7 +486,13 @@ def _timed_out_fields(e: TimedOut) -> dict[str, Any]:
 
 def _rooms_fields(e: RoomList) -> dict[str, Any]:
     return {
-        "rooms": [{"room": name, "count": count} for name, count in e.rooms],
+        # A topic only where one is set: the answer stays small with many rooms.
+        "rooms": [
+            {"room": name, "count": count, "topic": topic}
+            if topic
+            else {"room": name, "count": count}
+            for name, count, topic in e.rooms
+        ],
         "total": e.total,
         "query": e.query,
     }
@@ -461,7 +524,28 @@ _FIELDS: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
     TimedOut: _timed_out_fields,
     NickChange: lambda e: {"old": e.old, "new": e.new},
     Current: lambda e: {"room": e.room},
-    Members: lambda e: {"room": e.room, "members": list(e.members)},
+    Members: lambda e: {"room": e.room, "members": list(e.members), "ops": list(e.ops)},
+    Topic: lambda e: {
+        "room": e.room,
+        "topic": e.topic,
+        "by": e.by,
+        "set_at": None if e.set_at is None else round(e.set_at, 3),
+        "locked": e.locked,
+        "changed": e.changed,
+    },
+    Moderation: lambda e: {
+        "room": e.room,
+        "action": e.action,
+        "by": e.by,
+        "target": e.target,
+        "reason": e.reason,
+    },
+    Wall: lambda e: {"by": e.by, "text": e.text},
+    Notice: lambda e: {"text": e.text},
+    Bans: lambda e: {
+        "room": e.room,
+        "bans": [{"target": t, "by": by, "reason": why} for t, by, why in e.bans],
+    },
     RoomList: _rooms_fields,
     Help: lambda e: {"commands": [{"usage": u, "help": h} for u, h in e.commands]},
     Pong: lambda e: {"token": e.token},

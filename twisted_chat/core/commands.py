@@ -26,8 +26,10 @@ from twisted_chat.core.errors import (
     NotNeeded,
     UnknownCommand,
 )
-from twisted_chat.core.events import Bye, Error, Help
+from twisted_chat.core.events import Bans as BanList
+from twisted_chat.core.events import Bye, Error, Help, Notice
 from twisted_chat.core.interfaces import ILoginSession, IParticipant
+from twisted_chat.core.names import room_key, validate_room
 from twisted_chat.core.sanitize import clean_text
 
 if TYPE_CHECKING:  # the service imports this module for the welcome's command list
@@ -41,6 +43,9 @@ class Command:
     run: Callable[[ChatService, Member, str], defer.Deferred[None] | None]
     # The short form the welcome lists (the usage, unless that is too long for it).
     brief: str = ""
+    # Who it is for: "all", "operators" (room operators: /help lists it, the welcome does
+    # not) or "server" (server operators: only they see it in /help).
+    audience: str = "all"
 
     def __post_init__(self) -> None:
         if not self.brief:
@@ -116,6 +121,129 @@ def _history(svc: ChatService, m: Member, args: str) -> defer.Deferred[None]:
     return svc.show_history(m, target, n)
 
 
+def _room_first(args: str) -> tuple[str | None, str]:
+    """``[#room] rest``: the room when the first word starts with '#'."""
+    first, _, rest = args.strip().partition(" ")
+    if first.startswith("#"):
+        return first, rest.strip()
+    return None, args.strip()
+
+
+def _room_nick(args: str, usage: str) -> tuple[str | None, str, str]:
+    room, rest = _room_first(args)
+    nick, _, tail = rest.partition(" ")
+    if not nick:
+        raise BadArguments(f"usage: {usage}")
+    return room, nick, tail.strip()
+
+
+def _topic(svc: ChatService, m: Member, args: str) -> None:
+    room, text = _room_first(args)
+    svc.moderator.topic(m, room, text or None)
+
+
+def _lock(locked: bool) -> Callable[[ChatService, Member, str], None]:
+    def run(svc: ChatService, m: Member, args: str) -> None:
+        room, rest = _room_first(args)
+        if rest:
+            raise BadArguments(f"usage: /{'lock' if locked else 'unlock'}-topic [#room]")
+        svc.moderator.lock_topic(m, room, locked)
+
+    return run
+
+
+def _op(give: bool) -> Callable[[ChatService, Member, str], None]:
+    def run(svc: ChatService, m: Member, args: str) -> None:
+        room, nick, rest = _room_nick(args, f"/{'' if give else 'de'}op [#room] NICK")
+        if rest:
+            raise BadArguments(f"usage: /{'' if give else 'de'}op [#room] NICK")
+        svc.moderator.op(m, room, nick, give)
+
+    return run
+
+
+def _kick(svc: ChatService, m: Member, args: str) -> None:
+    room, nick, reason = _room_nick(args, "/kick [#room] NICK [reason]")
+    svc.moderator.kick(m, room, nick, reason)
+
+
+def _mute(on: bool) -> Callable[[ChatService, Member, str], None]:
+    def run(svc: ChatService, m: Member, args: str) -> None:
+        room, nick, rest = _room_nick(args, f"/{'' if on else 'un'}mute [#room] NICK")
+        if rest:
+            raise BadArguments(f"usage: /{'' if on else 'un'}mute [#room] NICK")
+        svc.moderator.mute(m, room, nick, on)
+
+    return run
+
+
+def _ban(svc: ChatService, m: Member, args: str) -> None:
+    room, who, reason = _room_nick(args, "/ban [#room] NICK-or-pattern [reason]")
+    svc.moderator.ban(m, room, who, reason)
+
+
+def _unban(svc: ChatService, m: Member, args: str) -> None:
+    room, who, rest = _room_nick(args, "/unban [#room] NICK-or-pattern")
+    if rest:
+        raise BadArguments("usage: /unban [#room] NICK-or-pattern")
+    svc.moderator.unban(m, room, who)
+
+
+def _bans(svc: ChatService, m: Member, args: str) -> None:
+    room, rest = _room_first(args)
+    if rest:
+        raise BadArguments("usage: /bans [#room]")
+    listed = svc.moderator.bans(m, room)
+    where = m.current if room is None else m.rooms.get(room_key(validate_room(room)))
+    shown = where.name if where is not None else validate_room(room or "")
+    svc._tell(
+        m,
+        BanList(
+            ts=svc.clock.seconds(), room=shown, bans=[(b.shown, b.by, b.reason) for b in listed]
+        ),
+    )
+
+
+def _kill(svc: ChatService, m: Member, args: str) -> None:
+    nick, _, reason = args.strip().partition(" ")
+    if not nick:
+        raise BadArguments("usage: /kill NICK reason")
+    svc.moderator.kill(m, nick, reason)
+
+
+def _wall(svc: ChatService, m: Member, args: str) -> None:
+    svc.moderator.wall(m, _need(args, "/wall text"))
+
+
+def _gban(svc: ChatService, m: Member, args: str) -> None:
+    target, _, reason = args.strip().partition(" ")
+    if not target:
+        raise BadArguments("usage: /gban ADDRESS-or-NETWORK reason")
+    ban, gone = svc.moderator.gban(m, target, reason)
+    svc._tell(
+        m,
+        Notice(
+            ts=svc.clock.seconds(),
+            text=f"banned {ban.network} from the server; {gone} disconnected",
+        ),
+    )
+
+
+def _gunban(svc: ChatService, m: Member, args: str) -> None:
+    target = _need(args.strip(), "/gunban ADDRESS-or-NETWORK")
+    if svc.moderator.gunban(m, target):
+        text = f"lifted the server ban on {target}"
+    else:
+        text = f"no server ban on {target} (/gbans lists them)"
+    svc._tell(m, Notice(ts=svc.clock.seconds(), text=text))
+
+
+def _gbans(svc: ChatService, m: Member, args: str) -> None:
+    svc.moderator._need_server_op(m)
+    listed = [(str(b.network), b.by, b.reason) for b in svc.moderator.server_bans.bans.values()]
+    svc._tell(m, BanList(ts=svc.clock.seconds(), room=None, bans=listed))
+
+
 def _ping(svc: ChatService, m: Member, args: str) -> None:
     svc.ping(m, args)
 
@@ -132,7 +260,12 @@ def _format(svc: ChatService, m: Member, args: str) -> None:
 
 def _help(svc: ChatService, m: Member, args: str) -> None:
     kept = svc.history.enabled  # /history only where history is kept
-    shown = [(c.usage, c.help) for c in _UNIQUE if kept or c is not COMMANDS["history"]]
+    server_op = svc.moderator.is_server_operator(m)
+    shown = [
+        (c.usage, c.help)
+        for c in _UNIQUE
+        if (kept or c is not COMMANDS["history"]) and (c.audience != "server" or server_op)
+    ]
     m.participant.deliver(Help(ts=svc.clock.seconds(), commands=shown))
 
 
@@ -162,6 +295,12 @@ COMMANDS: dict[str, Command] = {
         brief="/rooms",
     ),
     "who": Command("/who [#room]", "list the members of a room", _who),
+    "topic": Command(
+        "/topic [#room] [text]",
+        "show the room's topic, or set it (- clears it; once locked, operators only)",
+        _topic,
+        brief="/topic",
+    ),
     "msg": Command("/msg NICK text", "send a private message", _msg),
     "me": Command("/me action", "describe an action, shown as: * NICK action", _me),
     "history": Command(
@@ -173,6 +312,58 @@ COMMANDS: dict[str, Command] = {
     ),
     "ping": Command("/ping [token]", "heartbeat; the server answers pong [token]", _ping),
     "format": Command("/format json|text", "switch how the server writes to you", _format),
+    "op": Command(
+        "/op [#room] NICK", "make a member a room operator", _op(True), audience="operators"
+    ),
+    "deop": Command(
+        "/deop [#room] NICK", "take operator status away", _op(False), audience="operators"
+    ),
+    "kick": Command(
+        "/kick [#room] NICK [reason]", "put a member out of the room", _kick, audience="operators"
+    ),
+    "mute": Command(
+        "/mute [#room] NICK",
+        "let a member read but not talk here",
+        _mute(True),
+        audience="operators",
+    ),
+    "unmute": Command(
+        "/unmute [#room] NICK", "let a muted member talk again", _mute(False), audience="operators"
+    ),
+    "ban": Command(
+        "/ban [#room] NICK-or-pattern [reason]",
+        "keep someone out (by nickname or a pattern like spam*, login name and address)",
+        _ban,
+        audience="operators",
+    ),
+    "unban": Command("/unban [#room] NICK-or-pattern", "lift a ban", _unban, audience="operators"),
+    "bans": Command("/bans [#room]", "list the room's bans", _bans, audience="operators"),
+    "lock-topic": Command(
+        "/lock-topic [#room]",
+        "only operators may change the topic",
+        _lock(True),
+        audience="operators",
+    ),
+    "unlock-topic": Command(
+        "/unlock-topic [#room]",
+        "anyone here may change the topic",
+        _lock(False),
+        audience="operators",
+    ),
+    "kill": Command(
+        "/kill NICK reason", "disconnect someone from the server", _kill, audience="server"
+    ),
+    "gban": Command(
+        "/gban ADDRESS-or-NETWORK reason",
+        "ban an address or network (203.0.113.0/24) from the whole server",
+        _gban,
+        audience="server",
+    ),
+    "gunban": Command(
+        "/gunban ADDRESS-or-NETWORK", "lift a server ban", _gunban, audience="server"
+    ),
+    "gbans": Command("/gbans", "list the server's bans", _gbans, audience="server"),
+    "wall": Command("/wall text", "a notice to everyone on the server", _wall, audience="server"),
     "help": Command("/help", "show this list", _help),
     "quit": Command("/quit [reason]", "leave the chat", _quit),
 }
@@ -183,7 +374,9 @@ _WELCOME = {
     (logged_in, history): tuple(
         c.brief
         for c in _UNIQUE
-        if not (logged_in and c is COMMANDS["nick"]) and (history or c is not COMMANDS["history"])
+        if c.audience == "all"
+        and not (logged_in and c is COMMANDS["nick"])
+        and (history or c is not COMMANDS["history"])
     )
     for logged_in in (False, True)
     for history in (False, True)

@@ -132,3 +132,21 @@ class HistoryUnavailable(ChatError):
     """The history store cannot be read or used; the message says why."""
 
     code = "history-unavailable"
+
+
+class NotAllowed(ChatError):
+    """A moderation command the member may not give (not an operator, a protected target)."""
+
+    code = "not-allowed"
+
+
+class Banned(ChatError):
+    """A ban keeps the member out of the room."""
+
+    code = "banned"
+
+
+class NotAvailable(ChatError):
+    """Something this server cannot do in its setup (moderation over --backplane)."""
+
+    code = "not-available"

@@ -146,6 +146,60 @@ class Members(Event):
     type: ClassVar[str] = "members"
     room: str
     members: Sequence[str]
+    ops: Sequence[str] = ()  # the room's operators among them
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Topic(Event):
+    """A room's topic: told to a joiner, to the room when it changes (``by``: who
+    changed it; ``changed``), and as the answer to ``/topic``."""
+
+    type: ClassVar[str] = "topic"
+    room: str
+    topic: str  # "" when none is set
+    by: str | None = None
+    set_at: float | None = None
+    locked: bool = False
+    changed: bool = False
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Moderation(Event):
+    """An operator acted in a room (``by`` None: the server, when the last operator left
+    and the longest-present member became one); the room is told every action."""
+
+    type: ClassVar[str] = "moderation"
+    room: str
+    action: str  # op, deop, mute, unmute, ban, unban, lock-topic, unlock-topic
+    by: str | None
+    target: str = ""
+    reason: str = ""
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Bans(Event):
+    """A room's bans (``room``), or the server's (``room`` None), for an operator."""
+
+    type: ClassVar[str] = "bans"
+    room: str | None
+    bans: Sequence[tuple[str, str, str]]  # who (or which network), by, reason
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Notice(Event):
+    """The server answers one member: what its command did."""
+
+    type: ClassVar[str] = "notice"
+    text: str
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class Wall(Event):
+    """A server operator's notice to everyone."""
+
+    type: ClassVar[str] = "wall"
+    by: str
+    text: str
 
 
 @dataclass(kw_only=True, eq=False, slots=True)
@@ -157,7 +211,7 @@ class RoomList(Event):
     """
 
     type: ClassVar[str] = "rooms"
-    rooms: Sequence[tuple[str, int]]
+    rooms: Sequence[tuple[str, int, str]]  # name, members, topic
     total: int
     query: str | None = None
 

@@ -10,7 +10,7 @@ import heapq
 import itertools
 import re
 import unicodedata
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -79,6 +79,7 @@ from twisted_chat.core.local import (
     LocalNicks,
     LocalRooms,
 )
+from twisted_chat.core.moderation import Ban, Moderator
 from twisted_chat.core.names import (
     LOBBY,
     NICK_MAX,
@@ -161,6 +162,15 @@ class Room:
     renamed: list[tuple[str, str]] = field(default_factory=list)
     renamed_count: int = 0
     summary_call: IDelayedCall | None = None
+    # Moderation (core/moderation.py): operators in the order they became one, mute keys,
+    # bans, and the topic.
+    ops: dict[Member, None] = field(default_factory=dict)
+    muted: set[str] = field(default_factory=set)
+    bans: list[Ban] = field(default_factory=list)
+    topic: str = ""
+    topic_by: str | None = None
+    topic_at: float | None = None
+    topic_locked: bool = False
 
 
 @dataclass(eq=False)
@@ -188,6 +198,7 @@ class Member:
     fmt: str = "text"  # the name of its rendering, for the welcome to announce
     logged_in: bool = False
     origin: str = ""  # where it connects from, as its adapter describes it (for the log)
+    address: str = ""  # the address it connects from, as bans match it ("": unknown)
     # Which node it is connected to ("": this one) and its number there: a member of a
     # network is known everywhere as (node, id).
     node: str = ""
@@ -220,6 +231,7 @@ class ChatService(service.Service):
         delivery: IDelivery | None = None,
         network: INetwork | None = None,
         history: IHistory | None = None,
+        operators: frozenset[str] = frozenset(),
     ) -> None:
         if max_rooms_per_member < 1 or max_rooms < 1:
             raise ValueError("max_rooms_per_member and max_rooms must be at least 1 (#lobby)")
@@ -253,7 +265,7 @@ class ChatService(service.Service):
         # unfiltered first page (reused until any membership changes).
         self._room_order: list[tuple[str, Room]] | None = None
         self._rooms_version = 0
-        self._first_page: tuple[int, list[tuple[str, int]]] | None = None
+        self._first_page: tuple[int, list[tuple[str, int, str]]] | None = None
         # Members ordered by last sign of life, oldest first: a sweep stops at the first
         # member that is not yet due, so it costs the number of stale members, not all.
         self._activity: OrderedDict[Member, None] = OrderedDict()
@@ -266,6 +278,9 @@ class ChatService(service.Service):
         self._last_sweep: float | None = None
         self._batch_depth = 0
         self.dispatcher = Dispatcher(self)  # what members type reaches the core through it
+        self.moderator = Moderator(self, operators)
+        # Members who left against their will, by why (for metrics and the log).
+        self.disconnects: Counter[str] = Counter()
         self._run: _Run | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -354,6 +369,7 @@ class ChatService(service.Service):
         fmt: str = "text",
         origin: str = "",
         mid: int | None = None,
+        address: str = "",
     ) -> Member:
         """Admit a participant and seat it in ``room``, or in #lobby.
 
@@ -381,6 +397,7 @@ class ChatService(service.Service):
             logged_in=login is not None,
             fmt=fmt,
             origin=origin,
+            address=address,
             id=next(self._ids) if mid is None else mid,
         )
         self.members[member] = None
@@ -593,6 +610,8 @@ class ChatService(service.Service):
             audiences.setdefault(tuple(names), {})[other] = None
         for shared_rooms, audience in audiences.items():
             self._fanout(audience, make(list(shared_rooms)))
+        for room in rooms:
+            self.moderator.succession(room)
 
     def _forget(self, member: Member) -> None:
         """Take the member out of every structure, exactly once."""
@@ -606,6 +625,9 @@ class ChatService(service.Service):
         for room in list(member.rooms.values()):
             self._remove_from_room(member, room)
         member.current = None
+
+    def count_disconnect(self, reason: str) -> None:
+        self.disconnects[reason] += 1
 
     def _safe_close(self, member: Member, final: Event | None) -> None:
         self._closing.add(member)
@@ -636,6 +658,7 @@ class ChatService(service.Service):
         self._rooms_version += 1
         member.rooms.pop(room.key, None)
         member.seen.pop(room.key, None)
+        room.ops.pop(member, None)
         if not room.members and room.name != LOBBY:
             self.rooms.remove(room_key(room.name))
             self._room_order = None
@@ -663,6 +686,7 @@ class ChatService(service.Service):
                 f"you are in {len(member.rooms)} rooms, the most allowed; /part one first"
             )
         room = self.rooms.find(key)
+        founded = room is None
         if room is None:
             if self.rooms.count() >= self.max_rooms and not member.node:
                 raise ServerRoomsFull(
@@ -672,7 +696,11 @@ class ChatService(service.Service):
             room = self.rooms.create(key, name)
             self._room_order = None
             self.log.info("room {room} created by {nick}", room=name, nick=member.nick)
+        elif room.bans and not member.node:
+            self.moderator.check_join(member, room)
         self.rooms.enter(room, member)
+        if founded:
+            self.moderator.founded(member, room)
         self._rooms_version += 1
         member.rooms[key] = room
         member.current = room
@@ -689,9 +717,9 @@ class ChatService(service.Service):
                 room.members,
                 Join(ts=now, room=room.name, nick=member.nick, count=len(room.members)),
             )
-            self._tell(
-                member, Members(ts=now, room=room.name, members=[m.nick for m in room.members])
-            )
+            self._tell(member, self._members(room))
+        if room.topic and not member.node:
+            self._tell(member, self.moderator.topic_event(room))
         self._replay(member, key, room, now)
         self._tell(member, Current(ts=now, room=room.name))
 
@@ -796,6 +824,7 @@ class ChatService(service.Service):
             self._tell(
                 member, Current(ts=now, room=member.current.name if member.current else None)
             )
+        self.moderator.succession(room)
 
     def who(self, member: Member, raw: str | None) -> None:
         if raw:
@@ -804,11 +833,14 @@ class ChatService(service.Service):
             room = member.current
         else:
             raise NotInRoom("you are not in any room; name one: /who #room")
-        self._tell(
-            member,
-            Members(
-                ts=self.clock.seconds(), room=room.name, members=[m.nick for m in room.members]
-            ),
+        self._tell(member, self._members(room))
+
+    def _members(self, room: Room) -> Members:
+        return Members(
+            ts=self.clock.seconds(),
+            room=room.name,
+            members=[m.nick for m in room.members],
+            ops=[m.nick for m in room.ops],
         )
 
     def list_rooms(self, member: Member, query: str | None = None) -> None:
@@ -861,6 +893,8 @@ class ChatService(service.Service):
         room = member.current
         if room is None:
             raise NotInRoom("you are not in any room; /join #room first")
+        if room.muted:
+            self.moderator.check_talk(member, room)
         text = self._message_text(raw)
         event = kind(ts=self.clock.seconds(), room=room.name, nick=member.nick, text_=text)
         self.network.talked(member, event)
@@ -1169,10 +1203,10 @@ def _fold(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
 
-def _largest(order: list[tuple[str, Room]]) -> list[tuple[str, int]]:
+def _largest(order: list[tuple[str, Room]]) -> list[tuple[str, int, str]]:
     """The first page of rooms, largest first; ``order`` is by name, which breaks ties.
 
     ``heapq.nlargest`` is stable and costs O(n log page), not a full sort.
     """
     top = heapq.nlargest(ROOMS_SHOWN, order, key=lambda entry: len(entry[1].members))
-    return [(room.name, len(room.members)) for _, room in top]
+    return [(room.name, len(room.members), room.topic) for _, room in top]

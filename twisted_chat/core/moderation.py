@@ -1,0 +1,481 @@
+"""Keeping rooms civil: topics, room operators, mutes, bans, and the server's operators.
+
+The first member of a new room is its operator; when the last operator leaves, the
+member present longest becomes one (``#lobby`` has none: only server operators act
+there). Server operators are login names given with ``--operator``: they may do
+everything a room operator may, in any room, and disconnect anyone, ban an address or a
+network from the whole server, and send everyone a notice. Every action is told to the
+room (or, for a server-wide one, logged).
+
+A ban keeps a person out of a room by nickname (or a ``*``/``?`` pattern of nicknames),
+by login name, and by the address it connected from; a mute lets a member read but not
+talk, and follows its nickname and login name. A room's bans and mutes last as long as
+the room; server-wide bans are kept by ``ServerBans`` (across restarts, see ``tap``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+
+from twisted_chat.core.errors import (
+    BadArguments,
+    Banned,
+    NoSuchNick,
+    NotAllowed,
+    NotAvailable,
+    NotInRoom,
+)
+from twisted_chat.core.events import Bye, Current, Disconnected, Moderation, Part, Topic, Wall
+from twisted_chat.core.names import LOBBY, NICK_MAX, room_key, skeleton, validate_room
+from twisted_chat.core.sanitize import clean_text
+
+if TYPE_CHECKING:
+    from twisted_chat.core.service import ChatService, Member, Room
+
+TOPIC_MAX = 300
+REASON_MAX = 200
+BANS_MAX = 100  # per room, and server-wide: every list a client can grow is bounded
+MUTES_MAX = 100
+WALL_MAX = 400
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Ban:
+    """Who a room ban keeps out: ``pattern`` (casefolded, with ``*``/``?``) or ``nick``
+    (a look-alike key), and the ``login`` and ``address`` of the member it was made for."""
+
+    shown: str  # what /bans and /unban call it
+    by: str
+    reason: str = ""
+    pattern: str | None = None
+    nick: str | None = None
+    login: str | None = None
+    address: str | None = None
+
+    def keeps_out(self, member: Member) -> bool:
+        if self.pattern is not None and fnmatch.fnmatchcase(member.nick.casefold(), self.pattern):
+            return True
+        if self.nick is not None and skeleton(member.nick) == self.nick:
+            return True
+        if self.login is not None and member.logged_in and skeleton(member.nick) == self.login:
+            return True
+        return bool(self.address) and member.address == self.address
+
+
+@dataclass(frozen=True)
+class ServerBan:
+    network: Network
+    by: str
+    reason: str
+
+
+def covers(network: Network, host: str) -> bool:
+    """Whether ``host`` (an address, or an IPv6 /64 as ``rules`` counts it) is in it."""
+    try:
+        net = ipaddress.ip_network(host, strict=False)
+    except ValueError:
+        return False
+    return net.version == network.version and net.subnet_of(network)  # type: ignore[arg-type]
+
+
+class ServerBans:
+    """Addresses and networks banned from the whole server; ``save`` keeps them (called
+    with every ban after each change), ``load`` gave them at start."""
+
+    def __init__(self, save: Callable[[list[ServerBan]], object] | None = None) -> None:
+        self.bans: dict[Network, ServerBan] = {}
+        self.save = save
+
+    def load(self, bans: list[ServerBan]) -> None:
+        self.bans = {b.network: b for b in bans}
+
+    def add(self, ban: ServerBan) -> None:
+        if ban.network not in self.bans and len(self.bans) >= BANS_MAX:
+            raise NotAllowed(f"the server has {BANS_MAX} bans, the most it keeps; /gunban some")
+        self.bans[ban.network] = ban
+        self._changed()
+
+    def remove(self, network: Network) -> bool:
+        if self.bans.pop(network, None) is None:
+            return False
+        self._changed()
+        return True
+
+    def find(self, host: str) -> ServerBan | None:
+        """The ban covering ``host`` (an address, or an IPv6 /64 as ``rules`` counts it)."""
+        if not self.bans:
+            return None
+        for ban in self.bans.values():
+            if covers(ban.network, host):
+                return ban
+        return None
+
+    def _changed(self) -> None:
+        if self.save is not None:
+            self.save(list(self.bans.values()))
+
+
+def parse_network(text: str) -> Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise BadArguments(
+            f"{_short(clean_text(text), 50)!r} is not an address or network "
+            "(203.0.113.7, 203.0.113.0/24, 2001:db8::/48)"
+        ) from None
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Moderator:
+    """The rules above, acting on the chat service's members and rooms."""
+
+    log = Logger()
+
+    def __init__(self, service: ChatService, operators: frozenset[str] = frozenset()) -> None:
+        self.service = service
+        self.operators = frozenset(skeleton(name) for name in operators)
+        self.server_bans = ServerBans()
+
+    # -- who may -------------------------------------------------------------------------
+
+    def is_server_operator(self, member: Member) -> bool:
+        return member.logged_in and bool(self.operators) and skeleton(member.nick) in self.operators
+
+    def is_operator(self, member: Member, room: Room) -> bool:
+        return member in room.ops or self.is_server_operator(member)
+
+    def founded(self, member: Member, room: Room) -> None:
+        """``member`` created ``room``: its first operator."""
+        if room.name != LOBBY and not member.node and self._local():
+            room.ops[member] = None
+
+    def _local(self) -> bool:
+        return not self.service.network.arbitrates()
+
+    def _networked(self) -> None:
+        if not self._local():
+            raise NotAvailable(
+                "moderation does not work across a network of servers yet (--backplane)"
+            )
+
+    def _room(self, member: Member, raw: str | None) -> Room:
+        if raw is None:
+            if member.current is None:
+                raise NotInRoom("you are not in any room; name one: #room")
+            return member.current
+        room = member.rooms.get(room_key(validate_room(raw)))
+        if room is None and not self.is_server_operator(member):
+            raise NotInRoom(f"you are not in {validate_room(raw)}")
+        if room is None:
+            room = self.service.rooms.find(room_key(validate_room(raw)))
+            if room is None:
+                raise NotInRoom(f"there is no room {validate_room(raw)}")
+        return room
+
+    def _need_op(self, member: Member, room: Room) -> None:
+        self._networked()
+        if self.is_operator(member, room):
+            return
+        if room.name == LOBBY:
+            raise NotAllowed(f"only server operators act in {LOBBY}")
+        raise NotAllowed(f"you are not an operator of {room.name}")
+
+    def _target(self, room: Room, nick: str) -> Member:
+        target = self.service.nicks.owner(nick)
+        if target is None or target not in room.members:
+            raise NoSuchNick(
+                f"nobody called {_short(clean_text(nick), NICK_MAX + 1)!r} is in {room.name}"
+            )
+        return target
+
+    def _protected(self, member: Member, target: Member) -> None:
+        if self.is_server_operator(target) and not self.is_server_operator(member):
+            raise NotAllowed(f"{target.nick} is a server operator")
+
+    def _announce(
+        self, room: Room, action: str, by: str | None, target: str = "", reason: str = ""
+    ) -> None:
+        svc = self.service
+        svc.log.info(
+            "{room}: {by} {action} {target} {reason}",
+            room=room.name,
+            by=by or "(server)",
+            action=action,
+            target=target,
+            reason=reason,
+        )
+        event = Moderation(
+            ts=svc.clock.seconds(),
+            room=room.name,
+            action=action,
+            by=by,
+            target=target,
+            reason=reason,
+        )
+        svc._fanout(room.members, event)
+
+    # -- topics --------------------------------------------------------------------------
+
+    def topic(self, member: Member, raw_room: str | None, text: str | None) -> None:
+        room = self._room(member, raw_room)
+        if text is None:
+            self.service._tell(member, self.topic_event(room))
+            return
+        self._networked()
+        if room.topic_locked or room.name == LOBBY:
+            self._need_op(member, room)
+        text = "" if text.strip() == "-" else _short(clean_text(text).strip(), TOPIC_MAX)
+        room.topic, room.topic_by, room.topic_at = text, member.nick, self.service.clock.seconds()
+        self.service._rooms_version += 1  # /rooms shows topics
+        self.service._fanout(room.members, self.topic_event(room, changed=True))
+
+    def topic_event(self, room: Room, changed: bool = False) -> Topic:
+        return Topic(
+            ts=self.service.clock.seconds(),
+            room=room.name,
+            topic=room.topic,
+            by=room.topic_by,
+            set_at=room.topic_at,
+            locked=room.topic_locked,
+            changed=changed,
+        )
+
+    def lock_topic(self, member: Member, raw_room: str | None, locked: bool) -> None:
+        room = self._room(member, raw_room)
+        self._need_op(member, room)
+        if room.topic_locked == locked:
+            raise NotAllowed(f"the topic of {room.name} is {'already' if locked else 'not'} locked")
+        room.topic_locked = locked
+        self._announce(room, "lock-topic" if locked else "unlock-topic", member.nick)
+
+    # -- room operators ------------------------------------------------------------------
+
+    def op(self, member: Member, raw_room: str | None, nick: str, give: bool) -> None:
+        room = self._room(member, raw_room)
+        self._need_op(member, room)
+        if room.name == LOBBY:
+            raise NotAllowed(f"{LOBBY} has no room operators, only server operators")
+        target = self._target(room, nick)
+        if give == (target in room.ops):
+            raise NotAllowed(
+                f"{target.nick} is {'already' if give else 'not'} an operator of {room.name}"
+            )
+        if give:
+            room.ops[target] = None
+        else:
+            self._protected(member, target)
+            del room.ops[target]
+        self._announce(room, "op" if give else "deop", member.nick, target.nick)
+        if not give:
+            self.succession(room)
+
+    def succession(self, room: Room) -> None:
+        """The last operator left: the member present longest becomes one."""
+        if room.ops or not room.members or room.name == LOBBY or not self._local():
+            return
+        heir = next((m for m in room.members if not m.node), None)
+        if heir is None:
+            return
+        room.ops[heir] = None
+        self._announce(room, "op", None, heir.nick)
+
+    def kick(self, member: Member, raw_room: str | None, nick: str, reason: str) -> None:
+        room = self._room(member, raw_room)
+        self._need_op(member, room)
+        target = self._target(room, nick)
+        self._protected(member, target)
+        reason = _short(clean_text(reason).strip(), REASON_MAX)
+        self._remove(room, target, f"kicked by {member.nick}" + (f": {reason}" if reason else ""))
+
+    def _remove(self, room: Room, target: Member, why: str) -> None:
+        """Out of the room, everyone told (a part, so clients drop it from the list)."""
+        svc = self.service
+        svc.log.info("{room}: {nick} removed ({why})", room=room.name, nick=target.nick, why=why)
+        svc._fanout(
+            room.members, Part(ts=svc.clock.seconds(), room=room.name, nick=target.nick, reason=why)
+        )
+        was_current = target.current is room
+        svc._remove_from_room(target, room)
+        if was_current:
+            target.current = next(reversed(target.rooms.values()), None)
+            current = target.current.name if target.current else None
+            svc._tell(target, Current(ts=svc.clock.seconds(), room=current))
+        self.succession(room)
+
+    # -- mutes and bans ------------------------------------------------------------------
+
+    def mute(self, member: Member, raw_room: str | None, nick: str, on: bool) -> None:
+        room = self._room(member, raw_room)
+        self._need_op(member, room)
+        target = self._target(room, nick)
+        keys = self._keys(target)
+        if on:
+            self._protected(member, target)
+            if room.muted.intersection(keys):
+                raise NotAllowed(f"{target.nick} is already muted in {room.name}")
+            if len(room.muted) + len(keys) > 2 * MUTES_MAX:
+                raise NotAllowed(f"{room.name} has {MUTES_MAX} mutes, the most it keeps")
+            room.muted.update(keys)
+        else:
+            if not room.muted.intersection(keys):
+                raise NotAllowed(f"{target.nick} is not muted in {room.name}")
+            room.muted.difference_update(keys)
+        self._announce(room, "mute" if on else "unmute", member.nick, target.nick)
+
+    @staticmethod
+    def _keys(member: Member) -> set[str]:
+        keys = {"n:" + skeleton(member.nick)}
+        if member.logged_in:
+            keys.add("l:" + skeleton(member.nick))
+        return keys
+
+    def check_talk(self, member: Member, room: Room) -> None:
+        """Raise if ``member`` is muted in ``room`` (called only when the room has mutes)."""
+        if room.muted.intersection(self._keys(member)) and not self.is_server_operator(member):
+            raise NotAllowed(f"you are muted in {room.name}: you can read, not talk")
+
+    def ban(self, member: Member, raw_room: str | None, who: str, reason: str) -> None:
+        room = self._room(member, raw_room)
+        self._need_op(member, room)
+        reason = _short(clean_text(reason).strip(), REASON_MAX)
+        if len(room.bans) >= BANS_MAX:
+            raise NotAllowed(f"{room.name} has {BANS_MAX} bans, the most it keeps; /unban some")
+        target = None
+        if any(ch in who for ch in "*?"):
+            ban = Ban(shown=who, by=member.nick, reason=reason, pattern=who.casefold())
+            if fnmatch.fnmatchcase(member.nick.casefold(), ban.pattern or ""):
+                raise NotAllowed("that pattern would ban you too")
+        else:
+            target = self.service.nicks.owner(who)
+            if target is not None:
+                self._protected(member, target)
+                if target is member:
+                    raise NotAllowed("you cannot ban yourself")
+                ban = Ban(
+                    shown=target.nick,
+                    by=member.nick,
+                    reason=reason,
+                    nick=skeleton(target.nick),
+                    login=skeleton(target.nick) if target.logged_in else None,
+                    address=target.address or None,
+                )
+            else:
+                ban = Ban(shown=who, by=member.nick, reason=reason, nick=skeleton(who))
+        room.bans.append(ban)
+        self._announce(room, "ban", member.nick, ban.shown, reason)
+        for other in list(room.members):
+            if ban.keeps_out(other) and not self.is_server_operator(other):
+                self._remove(
+                    room, other, f"banned by {member.nick}" + (f": {reason}" if reason else "")
+                )
+
+    def unban(self, member: Member, raw_room: str | None, who: str) -> None:
+        room = self._room(member, raw_room)
+        self._need_op(member, room)
+        folded = who.casefold()
+        kept = [b for b in room.bans if b.shown.casefold() != folded]
+        if len(kept) == len(room.bans):
+            raise NotAllowed(
+                f"no ban on {_short(clean_text(who), 40)!r} in {room.name} (/bans lists them)"
+            )
+        room.bans = kept
+        self._announce(room, "unban", member.nick, who)
+
+    def bans(self, member: Member, raw_room: str | None) -> list[Ban]:
+        room = self._room(member, raw_room)
+        self._need_op(member, room)
+        return list(room.bans)
+
+    def check_join(self, member: Member, room: Room) -> None:
+        """Raise if a ban keeps ``member`` out of ``room``."""
+        if self.is_server_operator(member):
+            return
+        for ban in room.bans:
+            if ban.keeps_out(member):
+                why = f": {ban.reason}" if ban.reason else ""
+                raise Banned(f"you are banned from {room.name}{why}")
+
+    # -- server operators ----------------------------------------------------------------
+
+    def _need_server_op(self, member: Member) -> None:
+        self._networked()
+        if not self.is_server_operator(member):
+            raise NotAllowed("only server operators may do that (--operator)")
+
+    def kill(self, member: Member, nick: str, reason: str) -> None:
+        self._need_server_op(member)
+        svc = self.service
+        target = svc.nicks.owner(nick)
+        if target is None or target.node:
+            raise NoSuchNick(f"nobody is called {_short(clean_text(nick), NICK_MAX + 1)!r}")
+        reason = _short(clean_text(reason).strip(), REASON_MAX) or "no reason given"
+        svc.log.warn(
+            "{by} disconnected {nick} from {origin}: {reason}",
+            by=member.nick,
+            nick=target.nick,
+            origin=target.origin,
+            reason=reason,
+        )
+        svc.count_disconnect("killed")
+        svc._leave_all(target, Disconnected.type, reason=f"disconnected by {member.nick}: {reason}")
+        svc._safe_close(
+            target,
+            Bye(
+                ts=svc.clock.seconds(),
+                reason=f"disconnected by server operator {member.nick}: {reason}",
+            ),
+        )
+
+    def wall(self, member: Member, text: str) -> None:
+        self._need_server_op(member)
+        svc = self.service
+        text = _short(clean_text(text).strip(), WALL_MAX)
+        if not text:
+            raise BadArguments("usage: /wall text")
+        svc.log.info("notice to everyone from {by}: {text}", by=member.nick, text=text)
+        svc._fanout(list(svc.members), Wall(ts=svc.clock.seconds(), by=member.nick, text=text))
+
+    def gban(self, member: Member, raw: str, reason: str) -> tuple[ServerBan, int]:
+        """Ban an address or network from the server; its members there are disconnected.
+        Returns the ban and how many were disconnected."""
+        self._need_server_op(member)
+        network = parse_network(raw)
+        if member.address and covers(network, member.address):
+            raise NotAllowed("that would ban your own address")
+        reason = _short(clean_text(reason).strip(), REASON_MAX)
+        ban = ServerBan(network, member.nick, reason)
+        self.server_bans.add(ban)
+        svc = self.service
+        svc.log.warn(
+            "{by} banned {network} from the server: {reason}",
+            by=member.nick,
+            network=str(network),
+            reason=reason or "no reason given",
+        )
+        gone = [m for m in list(svc.members) if m.address and covers(network, m.address)]
+        why = f"banned from this server by {member.nick}" + (f": {reason}" if reason else "")
+        for target in gone:
+            svc.count_disconnect("banned")
+            svc._leave_all(target, Disconnected.type, reason=why)
+            svc._safe_close(target, Bye(ts=svc.clock.seconds(), reason=why))
+        return ban, len(gone)
+
+    def gunban(self, member: Member, raw: str) -> bool:
+        self._need_server_op(member)
+        network = parse_network(raw)
+        removed = self.server_bans.remove(network)
+        if removed:
+            self.service.log.warn(
+                "{by} lifted the server ban on {network}", by=member.nick, network=str(network)
+            )
+        return removed
