@@ -175,9 +175,31 @@ def test_a_corrupt_file_is_refused_with_its_path(db_path):
 def test_a_newer_schema_version_is_refused(db_path):
     with sqlite3.connect(db_path) as db:
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        db.execute("INSERT INTO schema_version VALUES (2)")
-    with pytest.raises(HistoryUnavailable, match=r"schema version 2.*upgrade"):
+        db.execute("INSERT INTO schema_version VALUES (3)")
+    with pytest.raises(HistoryUnavailable, match=r"schema version 3.*upgrade"):
         make(db_path)
+
+
+def test_a_version_1_file_is_migrated_and_keeps_its_lines_and_server_bans_are_kept(db_path):
+    with sqlite3.connect(db_path) as db:  # the first release's schema, with one line
+        db.executescript(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+            "INSERT INTO schema_version VALUES (1);"
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY, room TEXT NOT NULL, ts REAL NOT NULL,"
+            " kind TEXT NOT NULL, nick TEXT NOT NULL, text TEXT NOT NULL, recipient TEXT);"
+            "CREATE INDEX messages_room_id ON messages (room, id);"
+            "INSERT INTO messages VALUES (7, '#a', 1.0, 'message', 'al', 'old', NULL);"
+        )
+    store = make(db_path)
+    assert [e.text for e in store.recent("#a", 5)[0]] == ["old"]
+    assert store.bans == []
+    store.save_bans([("203.0.113.0/24", "root", "spam")])
+    result(store.close())
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    again = make(db_path)
+    assert again.bans == [("203.0.113.0/24", "root", "spam")]
+    result(again.close())
 
 
 def test_a_directory_that_cannot_be_written_is_refused_at_start(tmp_path):

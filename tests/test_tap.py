@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from twisted.application.service import IServiceCollection
 
+from tests.test_history_store import sync_run
 from twisted_chat import tap
+from twisted_chat.core.names import skeleton
 from twisted_chat.core.service import ChatService
 
 
@@ -243,3 +245,44 @@ def test_with_a_backplane_history_goes_to_redis_with_the_same_options():
     assert isinstance(chat.history, NetworkHistory) and chat.history.replay == 7
     assert link.node.history is chat.history and chat.history.reader is link
     assert (link.history_keep, link.history_days) == (300, 2.0)
+
+
+def test_operators_need_logins_and_reach_the_core(tmp_path):
+    with pytest.raises(tap.OptionError) as info:
+        parse("--operator", "chief")
+    assert "--operator needs --auth" in str(info.value.code)
+    with pytest.raises(tap.OptionError) as info:
+        parse("--operator", "guest7", "--auth", "memory:chief:pw")
+    assert "--operator 'guest7'" in str(info.value.code)
+    options = parse("--port", "tcp:0", "--auth", "memory:chief:pw:al:pw", "--operator", "chief")
+    chat = next(
+        s for s in IServiceCollection(tap.makeService(options)) if isinstance(s, ChatService)
+    )
+    assert chat.moderator.operators == frozenset({skeleton("chief")})  # look-alikes too
+
+
+def test_server_bans_outlive_the_server_in_the_history_file_or_a_file_of_their_own(tmp_path):
+    from twisted_chat.core.moderation import ServerBan, parse_network
+
+    def started(*args: str) -> ChatService:
+        services = list(IServiceCollection(tap.makeService(parse("--port", "tcp:0", *args))))
+        for s in services:
+            if isinstance(s, tap.HistoryService):
+                s.store._run = sync_run  # the writer's work done at once, no thread
+                s.store.open()
+        return next(s for s in services if isinstance(s, ChatService))
+
+    for args in ((), ("--history", "none")):
+        chat = started(*args)
+        chat.moderator.server_bans.add(ServerBan(parse_network("192.0.2.0/24"), "chief", "spam"))
+        history = chat.history
+        if history.enabled:
+            from twisted_chat.history import StoredHistory
+
+            assert isinstance(history, StoredHistory)
+            history.store.close()
+        again = started(*args)
+        assert [str(n) for n in again.moderator.server_bans.bans] == ["192.0.2.0/24"]
+        if again.history.enabled:
+            again.history.store.close()  # type: ignore[attr-defined]
+    assert (tmp_path / "groupchat-bans.json").exists()  # with history off

@@ -422,6 +422,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         except ValueError as e:
             raise OptionError(f"--web-origin: {e}") from None
 
+    def opt_operator(self, name: str) -> None:
+        """A login name (of --auth) that may act as a server operator: moderate any room,
+        /kill, /gban and /wall; may be repeated."""
+        try:
+            ChatService.login_nick(name)
+        except ChatError as e:
+            raise OptionError(f"--operator {name!r}: {e.message}") from None
+        self.setdefault("operators", []).append(name)
+
     def opt_auth(self, description: str) -> None:
         """Require a login, checked by a Twisted strcred checker such as file:users.txt
         (one name:password line each); may be repeated (any checker may accept). The login
@@ -435,7 +444,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise OptionError(f"--auth {description!r}: {e}") from None
 
     # usage.Options shows a method's docstring as written, wrapped lines' indentation too.
-    for _method in (opt_web_origin, opt_auth):
+    for _method in (opt_web_origin, opt_operator, opt_auth):
         _method.__doc__ = " ".join((_method.__doc__ or "").split())
     del _method
 
@@ -483,6 +492,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 (None, "") if value is None else parse_endpoint(door.option, value, reactor)
             )
         self._check_history()
+        if self.get("operators") and not self.get("credCheckers"):
+            raise OptionError(
+                "--operator needs --auth: operators are login names, so that a nickname "
+                "alone never makes one"
+            )
         if self["workers"] > 1:
             self._check_workers()
 
@@ -975,6 +989,36 @@ def _open_history(options: Options, clock: IReactorTime, top: service.MultiServi
     return StoredHistory(store, options["history-replay"], private=options["history-private"])
 
 
+def _keep_server_bans(options: Options, chat: ChatService, history: Any) -> None:
+    """Server-wide bans survive a restart: in the history file, or, with history off, in
+    a JSON file beside where it would be. Read now, before anything listens."""
+    from twisted_chat.core.errors import HistoryUnavailable
+    from twisted_chat.core.moderation import ServerBan, parse_network
+    from twisted_chat.history.bans import BANS_FILE, BanFile
+
+    store = getattr(history, "store", None)
+    keeper: Any = store
+    if store is None:
+        keeper = BanFile(os.path.abspath(BANS_FILE))
+        try:
+            rows = keeper.load()
+        except HistoryUnavailable as e:
+            raise OptionError(str(e)) from None
+        save = keeper.save
+    else:
+        rows, save = store.bans, store.save_bans
+    bans = []
+    for network, by, reason in rows:
+        try:
+            bans.append(ServerBan(parse_network(network), by, reason))
+        except ChatError:
+            continue  # not a network: skipped, and dropped at the next save
+    chat.moderator.server_bans.load(bans)
+    chat.moderator.server_bans.save = lambda bans: save(
+        [(str(b.network), b.by, b.reason) for b in bans]
+    )
+
+
 def build_node(
     options: Options, reactor: Any, sockets: dict[str, tuple[int, int]] | None = None
 ) -> service.MultiService:
@@ -1024,8 +1068,11 @@ def build_node(
         max_rooms=options["max-rooms"],
         network=None if link is None else link.node,
         history=history,
+        operators=frozenset(options.get("operators") or ()),
     )
     chat.setServiceParent(top)
+    if link is None:
+        _keep_server_bans(options, chat, history)
     rules = Rules(
         chat,
         clock,
@@ -1047,6 +1094,7 @@ def build_node(
     admission.max_per_address = options["max-per-address"]
     admission.connect_rate = options["connect-rate"]
     admission.shared_port = sockets is not None  # a worker: others accept on its socket
+    admission.server_bans = chat.moderator.server_bans
     for door in FRONT_DOORS:
         endpoint, description = options["doors"][door.option]
         if endpoint is None:

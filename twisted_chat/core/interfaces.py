@@ -97,8 +97,10 @@ class IChatService(Interface):
         fmt: str = "text",
         origin: str = "",
         mid: int | None = None,
+        address: str = "",
     ) -> Any:
         """Admit a participant, greet it and seat it; returns its member handle.
+        ``address``: where it connects from, as bans match it.
 
         ``login``: the name it logged in as, which becomes its nickname (``mid``: the
         number ``claim_login`` gave, holding that name for it).  Otherwise a

@@ -38,7 +38,7 @@ __all__ = ["PAGE_MAX", "Entry", "HistoryUnavailable", "SQLiteHistory", "conversa
 T = TypeVar("T")
 Runner = Callable[[Callable[[], T]], "defer.Deferred[T]"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PAGE_MAX = 200
 # Beyond this many entries waiting for the writer (a hung or very slow disk), new ones are
 # kept in memory tails only, and counted as dropped: memory stays bounded.
@@ -59,7 +59,13 @@ CREATE TABLE IF NOT EXISTS messages (
     recipient TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_room_id ON messages (room, id);
+CREATE TABLE IF NOT EXISTS bans (network TEXT PRIMARY KEY, by TEXT NOT NULL, reason TEXT NOT NULL);
 """
+# What takes a file from each version to the next, in one transaction each.
+_MIGRATIONS = {
+    1: "CREATE TABLE IF NOT EXISTS bans "
+    "(network TEXT PRIMARY KEY, by TEXT NOT NULL, reason TEXT NOT NULL);",
+}
 _COLUMNS = "id, room, ts, kind, nick, text, recipient"
 
 
@@ -158,6 +164,8 @@ class SQLiteHistory:
         self._closing: defer.Deferred[None] | None = None
         self._shutdown_trigger: Any = None
         self._lock_file: IO[bytes] | None = None
+        # Server-wide bans (network, by, reason), read as the file is opened.
+        self.bans: list[tuple[str, str, str]] = []
 
     # -- start --------------------------------------------------------------------------
 
@@ -233,6 +241,13 @@ class SQLiteHistory:
                     f"history file {self.path} has schema version {version}, newer than this "
                     f"server's {SCHEMA_VERSION}: upgrade the server, or move the file away"
                 )
+            else:
+                for step in range(version, SCHEMA_VERSION):
+                    db.executescript(
+                        f"BEGIN; {_MIGRATIONS[step]} "
+                        f"UPDATE schema_version SET version = {step + 1}; COMMIT;"
+                    )
+            self.bans = [tuple(r) for r in db.execute("SELECT network, by, reason FROM bans")]
             (top,) = db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
             self._next_id = top + 1
             rooms = [r for (r,) in db.execute("SELECT DISTINCT room FROM messages")]
@@ -301,6 +316,29 @@ class SQLiteHistory:
         else:
             self._dropped += 1
         return entry
+
+    def save_bans(self, bans: list[tuple[str, str, str]]) -> None:
+        """Replace the server-wide bans kept in the file (network, by, reason), in the
+        writer thread, in order with the writes."""
+        self.bans = list(bans)
+        db = self._db
+        if db is None or self._run is None:
+            return
+
+        def write() -> None:
+            assert db is not None
+            db.execute("BEGIN")
+            try:
+                db.execute("DELETE FROM bans")
+                db.executemany("INSERT INTO bans (network, by, reason) VALUES (?, ?, ?)", bans)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        d = self._run(write)
+        d.addErrback(lambda f: self.log.failure("saving server bans to {path}", f, path=self.path))
 
     def rooms(self) -> int:
         """How many rooms (and conversations) have lines in memory."""

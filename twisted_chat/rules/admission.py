@@ -110,6 +110,8 @@ class Admission:
         # The listening socket is shared with other processes (--workers): when full,
         # step aside rather than refuse what another worker could seat.
         self.shared_port = False
+        # Addresses and networks banned from the whole server (core.moderation.ServerBans).
+        self.server_bans: Any = None
 
     def admit(self, addr: object) -> tuple[str, Refused | None]:
         """Count a new connection from ``addr`` in, or say why not: (its key, refusal)."""
@@ -144,6 +146,12 @@ class Admission:
         return self.max_clients is not None and self.total >= self.max_clients
 
     def _refusal(self, host: str) -> str | None:
+        bans = self.server_bans
+        if bans is not None and bans.bans:
+            ban = bans.find(host)
+            if ban is not None:
+                why = f": {ban.reason}" if ban.reason else ""
+                return f"your address is banned from this server{why}"
         if self._full():
             return f"the server is full ({self.max_clients} connections); try again later"
         if self.max_per_address is not None and self.per_address[host] >= self.max_per_address:

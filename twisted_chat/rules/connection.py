@@ -246,6 +246,7 @@ class Connection:
             room=setup.get(b"/join"),
             fmt=self.format.name,
             origin=self.peer,
+            address=self.address or "",
         )
         self.log.info("connect {peer} as {nick}", peer=self.peer, nick=member.nick)
         # What could not be granted is replayed as typed, so its error is the usual one;
@@ -394,7 +395,9 @@ class Connection:
             return
         self._cancel_deadline()
         self.state = Session.OPEN
-        self.member = self.service.connect(self, login=login, origin=self.peer, mid=mid)
+        self.member = self.service.connect(
+            self, login=login, origin=self.peer, mid=mid, address=self.address or ""
+        )
         self.log.info("login {peer} as {nick}", peer=self.peer, nick=login)
 
     def _tell(self, error: ChatError) -> None:
