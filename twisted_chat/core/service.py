@@ -90,6 +90,7 @@ from twisted_chat.core.names import (
     validate_room,
 )
 from twisted_chat.core.sanitize import clean_text
+from twisted_chat.core.tally import Tally
 
 
 class InputLimits(Protocol):
@@ -266,6 +267,7 @@ class ChatService(service.Service):
         self._last_sweep: float | None = None
         self._batch_depth = 0
         self.dispatcher = Dispatcher(self)  # what members type reaches the core through it
+        self.tally = Tally()  # counters for --metrics, added to as things happen
         self._run: _Run | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -526,6 +528,7 @@ class ChatService(service.Service):
             origin=member.origin,
             reason=reason or "no reason",
         )
+        self.tally.disconnect("quit")
         self._leave_all(member, Quit.type, reason=reason)
         self._safe_close(member, Bye(ts=self.clock.seconds(), reason="you quit"))
 
@@ -865,6 +868,7 @@ class ChatService(service.Service):
         event = kind(ts=self.clock.seconds(), room=room.name, nick=member.nick, text_=text)
         self.network.talked(member, event)
         self.history.record(room.key, event.ts, event.type, member.nick, text)
+        self.tally.messages += 1
         self._broadcast(room, event, exclude=member)
 
     def private(self, member: Member, nick: str, raw: str) -> None:
@@ -886,6 +890,7 @@ class ChatService(service.Service):
                 text,
                 target.nick,
             )
+        self.tally.privates += 1
         self._fanout({target: None, member: None}, event)
 
     def ping(self, member: Member, token: str) -> None:
@@ -1150,6 +1155,7 @@ class ChatService(service.Service):
             origin=member.origin,
             idle=idle,
         )
+        self.tally.disconnect("timeout")
         self._leave_all(member, TimedOut.type, after=idle)
         self._safe_close(
             member, Bye(ts=self.clock.seconds(), reason=f"no heartbeat for {idle:.1f} s")
