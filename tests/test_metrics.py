@@ -270,3 +270,18 @@ def test_backplane_traffic_is_counted_on_the_node():
     assert one.envelopes_in == 0
     two.received(beat)
     assert (two.envelopes_in, two.bytes_in) == (1, len(beat))
+
+
+def test_metrics_options():
+    from twisted_chat.tap import OptionError, Options
+
+    options = Options()
+    options.parseOptions(["--metrics", "tcp:0:interface=127.0.0.1", "--history", "none"])
+    assert options["metrics-endpoint"][1] == "tcp:0:interface=127.0.0.1"
+    assert Options()["metrics"] is None
+    with pytest.raises(OptionError, match="--metrics 'nonsense:1' is not usable"):
+        Options().parseOptions(["--metrics", "nonsense:1"])
+    with pytest.raises(OptionError, match="--metrics does not work with --workers"):
+        Options().parseOptions(
+            ["--metrics", "9100", "--workers", "2", "--backplane", "redis://127.0.0.1:6379"]
+        )
