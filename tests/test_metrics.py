@@ -38,7 +38,7 @@ def value(metrics: Metrics, name: str, **labels: str) -> float:
 def room(n: int, **harness: Any) -> tuple[ProtocolHarness, Metrics, list[Connection]]:
     """A server with metrics and ``n`` members in #lobby, each having read its output."""
     h = ProtocolHarness(**harness)
-    metrics = Metrics(h.service, h.rules, h.clock)
+    metrics = Metrics(h.service, h.rules, h.clock, sample=1)  # every call timed
     people = [h.connect(f"p{i}") for i in range(n)]
     for person in people:
         person.new_lines()
@@ -285,3 +285,15 @@ def test_metrics_options():
         Options().parseOptions(
             ["--metrics", "9100", "--workers", "2", "--backplane", "redis://127.0.0.1:6379"]
         )
+
+
+def test_timing_is_sampled_counting_is_not():
+    h = ProtocolHarness()
+    metrics = Metrics(h.service, h.rules, h.clock, sample=4)
+    people = [h.connect(f"p{i}") for i in range(3)]
+    commands = value(metrics, "groupchat_command_seconds_count")
+    deliveries = value(metrics, "groupchat_deliveries_total")
+    for i in range(8):
+        people[0].send(b"line %d\r\n" % i)
+    assert value(metrics, "groupchat_command_seconds_count") == commands + 2
+    assert value(metrics, "groupchat_deliveries_total") == deliveries + 8 * 2
