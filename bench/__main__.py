@@ -8,6 +8,7 @@
     python -m bench backplane --rounds 3 --write  # a room over two nodes and one Redis
     python -m bench web --rounds 3 --write        # WebSocket clients beside line clients
     python -m bench history --rounds 5 --write    # the server with room history against without
+    python -m bench metrics --rounds 3 --write    # the server with --metrics against without
 
 Extra options for our server (to try settings) go in ``GROUPCHAT_ARGS``, for example
 ``GROUPCHAT_ARGS='--flush-interval 0' python -m bench latency``.
@@ -44,6 +45,8 @@ from bench.history_cost import DEFAULTS as HISTORY_DEFAULTS
 from bench.history_cost import add_arguments as history_arguments
 from bench.history_cost import run_history
 from bench.load import FAILED, fanout, latency, messages_for, paired_ratios, repeat
+from bench.metrics_cost import DEFAULTS as METRICS_DEFAULTS
+from bench.metrics_cost import run_metrics
 from bench.report import update
 from bench.web import DEFAULTS as WEB_DEFAULTS
 from bench.web import add_arguments as web_arguments
@@ -239,7 +242,17 @@ def main() -> None:
     add = parser.add_argument
     add(
         "scenario",
-        choices=["fanout", "latency", "scale", "attack", "backplane", "web", "history", "all"],
+        choices=[
+            "fanout",
+            "latency",
+            "scale",
+            "attack",
+            "backplane",
+            "web",
+            "history",
+            "metrics",
+            "all",
+        ],
         help="what to measure ('all' is fanout, latency, scale and web)",
     )
     add("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS), help="which")
@@ -319,6 +332,8 @@ def main() -> None:
         parser.set_defaults(**WEB_DEFAULTS)
     if parser.parse_known_args()[0].scenario == "history":
         parser.set_defaults(**HISTORY_DEFAULTS)
+    if parser.parse_known_args()[0].scenario == "metrics":
+        parser.set_defaults(**METRICS_DEFAULTS)
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
@@ -338,6 +353,8 @@ def main() -> None:
             rows = run_backplane(args)
         elif scenario == "history":
             rows = run_history(args)
+        elif scenario == "metrics":
+            rows = run_metrics(args)
         elif scenario == "web":
             # In 'all', its own room sizes and connection count, not fanout's and scale's.
             alone = args.scenario == "web"

@@ -195,7 +195,7 @@ def test_server_operators_kill_wall_and_ban_networks():
     assert r.texts("alice") == [
         "*** [#lobby, #tea] bob lost connection (disconnected by chief: flooding)"
     ]
-    assert r.service.disconnects["killed"] == 1
+    assert r.service.tally.disconnects["killed"] == 1
     saved: list[list[ServerBan]] = []
     r.service.moderator.server_bans.save = saved.append
     r.type("chief", "/gban 198.51.100.0/30 abuse")  # alice is .2: gone; chief is .1: refused

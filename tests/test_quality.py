@@ -58,9 +58,12 @@ LAYERS = {
         "fastwrite",
         "backplane",
         "history",
+        "metrics",
         "tap",
         "workers.supervisor",
     },
+    # --metrics reads the core's, the rules' and the backplane's counters.
+    "metrics": {"core", "rules", "backplane", "metrics"},
     # The supervisor knows nothing of the chat; a worker builds its node with tap.
     "workers": {"tap", "workers"},
     # The browser client's files: read by doors.web as package data, importing nothing.

@@ -345,6 +345,20 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "Like --port-file, for --web's address.",
         ],
         [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics and a health check at /healthz on this "
+            "endpoint, for example tcp:9100:interface=127.0.0.1 (anyone who can connect "
+            "can read them: keep it on loopback or behind a firewall). Default: none.",
+        ],
+        [
+            "metrics-port-file",
+            None,
+            None,
+            "Like --port-file, for --metrics' address.",
+        ],
+        [
             "history",
             None,
             None,
@@ -491,6 +505,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self["doors"][door.option] = (
                 (None, "") if value is None else parse_endpoint(door.option, value, reactor)
             )
+        self["metrics-endpoint"] = (None, "")
+        if self["metrics"] is not None:
+            if self["workers"] > 1:
+                raise OptionError(
+                    "--metrics does not work with --workers yet (each worker would need "
+                    "an endpoint of its own)"
+                )
+            self["metrics-endpoint"] = parse_endpoint("metrics", self["metrics"], reactor)
         self._check_history()
         if self.get("operators") and not self.get("credCheckers"):
             raise OptionError(
@@ -726,6 +748,7 @@ class ListenerService(service.Service):
         self.reactor = reactor
         self.socket = socket  # a worker's: (fd, family) of the socket its parent bound
         self.web = False  # the --web door: logged as the address to open in a browser
+        self.metrics = False  # --metrics: logged as the address to scrape
         self.port: IListeningPort | None = None
         self._waiting: defer.Deferred[Any] | None = None
 
@@ -770,12 +793,10 @@ class ListenerService(service.Service):
         if self.description.startswith("ssl:"):
             where = "ssl:" + where.partition(":")[2]  # the same address, behind TLS
         if self.web and self.socket is None:
-            scheme = "https" if self.description.startswith("ssl:") else "http"
-            host, _, number = where.partition(":")[2].rpartition(":")
-            if host in ("0.0.0.0", "[::]"):  # every interface: this machine's own name works
-                host = "localhost"
-            url = f"{scheme}://{host}:{number}/"
-            self.log.info("groupchat web client at {url} (WebSocket: /ws)", url=url)
+            self.log.info("groupchat web client at {url} (WebSocket: /ws)", url=self._url(where))
+        elif self.metrics:
+            url = self._url(where) + "metrics"
+            self.log.info("groupchat metrics at {url} (health: /healthz)", url=url)
         elif self.socket is None:
             self.log.info("groupchat listening on {address}", address=where)
         else:
@@ -785,6 +806,14 @@ class ListenerService(service.Service):
             with open(tmp, "w") as f:
                 f.write(where + "\n")
             os.replace(tmp, self.port_file)
+
+    def _url(self, where: str) -> str:
+        """The http(s) address a browser or a scraper opens for the bound ``where``."""
+        scheme = "https" if self.description.startswith("ssl:") else "http"
+        host, _, number = where.partition(":")[2].rpartition(":")
+        if host in ("0.0.0.0", "[::]"):  # every interface: this machine's own name works
+            host = "localhost"
+        return f"{scheme}://{host}:{number}/"
 
     def _failed(self, failure: Any) -> None:
         self.log.critical(
@@ -1095,6 +1124,17 @@ def build_node(
     admission.connect_rate = options["connect-rate"]
     admission.shared_port = sockets is not None  # a worker: others accept on its socket
     admission.server_bans = chat.moderator.server_bans
+    endpoint, description = options.get("metrics-endpoint", (None, ""))
+    if endpoint is not None:
+        from twisted_chat.metrics import Metrics  # prometheus_client: only when asked
+
+        metrics = Metrics(chat, rules, clock, link)
+        metrics.setServiceParent(top)
+        listener = ListenerService(
+            endpoint, metrics.site, None, description, options["metrics-port-file"], reactor
+        )
+        listener.metrics = True
+        listener.setServiceParent(top)
     for door in FRONT_DOORS:
         endpoint, description = options["doors"][door.option]
         if endpoint is None:

@@ -120,6 +120,10 @@ class Node:
         self._reading: dict[str, list[dict[str, Any]]] = {}
         # Called with the seconds this node's own heartbeat took to come back.
         self.on_beat: Callable[[float], None] = lambda lag: None
+        # Traffic, for --metrics: envelopes (heartbeats included) and their bytes, sent
+        # by this node and received from the others (this node's own echo not counted).
+        self.envelopes_out = self.envelopes_in = 0
+        self.bytes_out = self.bytes_in = 0
 
     def attach(self, service: ChatService, batching: Batching | None = None) -> None:
         """Serve ``service``; ``batching`` (the front doors' output batcher) gathers what
@@ -266,12 +270,17 @@ class Node:
         """A heartbeat for the channel: when it was sent (this node measures how late it
         reads) and the last envelope sent before it (the others notice one they missed)."""
         beat = {"node": self.id, "seq": self.seq, "beat": self.clock.seconds()}
-        return json.dumps(beat, separators=(",", ":")).encode()
+        return self._sent(json.dumps(beat, separators=(",", ":")).encode())
 
     def _envelope(self, ops: list[dict[str, Any]], **extra: Any) -> bytes:
         self.seq += 1
         envelope = {"node": self.id, "seq": self.seq, "ops": ops, **extra}
-        return json.dumps(envelope, separators=(",", ":")).encode()
+        return self._sent(json.dumps(envelope, separators=(",", ":")).encode())
+
+    def _sent(self, data: bytes) -> bytes:
+        self.envelopes_out += 1
+        self.bytes_out += len(data)
+        return data
 
     def whole_state(self) -> dict[str, str | None]:
         """Every member of this node, described."""
@@ -292,6 +301,9 @@ class Node:
         except (ValueError, KeyError, TypeError):
             self.log.warn("unreadable envelope from the network: {data!r}", data=data[:200])
             return
+        if node != self.id:
+            self.envelopes_in += 1
+            self.bytes_in += len(data)
         if sent is not None:
             self._beat(node, seq, sent)
         elif node != self.id:

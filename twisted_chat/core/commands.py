@@ -426,6 +426,7 @@ def _before_login(
     elif command == "ping":
         session.deliver(svc.pong(args))
     elif command == "quit":
+        svc.tally.disconnect("quit")
         session.close(Bye(ts=svc.clock.seconds(), reason="you quit"))
     return None
 

@@ -88,6 +88,7 @@ class IChatService(Interface):
     dispatcher = Attribute(
         "The core's commands.Dispatcher: front doors hand it every line a connection types."
     )
+    tally = Attribute("The server's core.tally.Tally: counters the rules and doors add to.")
 
     def connect(
         participant: IParticipant,

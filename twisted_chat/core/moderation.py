@@ -295,6 +295,7 @@ class Moderator:
         target = self._target(room, nick)
         self._protected(member, target)
         reason = _short(clean_text(reason).strip(), REASON_MAX)
+        self.service.count_disconnect("kicked")  # from the room
         self._remove(room, target, f"kicked by {member.nick}" + (f": {reason}" if reason else ""))
 
     def _remove(self, room: Room, target: Member, why: str) -> None:
@@ -375,6 +376,7 @@ class Moderator:
         self._announce(room, "ban", member.nick, ban.shown, reason)
         for other in list(room.members):
             if ban.keeps_out(other) and not self.is_server_operator(other):
+                self.service.count_disconnect("banned")  # from the room
                 self._remove(
                     room, other, f"banned by {member.nick}" + (f": {reason}" if reason else "")
                 )

@@ -10,7 +10,7 @@ import heapq
 import itertools
 import re
 import unicodedata
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -91,6 +91,7 @@ from twisted_chat.core.names import (
     validate_room,
 )
 from twisted_chat.core.sanitize import clean_text
+from twisted_chat.core.tally import Tally
 
 
 class InputLimits(Protocol):
@@ -279,8 +280,7 @@ class ChatService(service.Service):
         self._batch_depth = 0
         self.dispatcher = Dispatcher(self)  # what members type reaches the core through it
         self.moderator = Moderator(self, operators)
-        # Members who left against their will, by why (for metrics and the log).
-        self.disconnects: Counter[str] = Counter()
+        self.tally = Tally()  # counters for --metrics, added to as things happen
         self._run: _Run | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -543,6 +543,7 @@ class ChatService(service.Service):
             origin=member.origin,
             reason=reason or "no reason",
         )
+        self.tally.disconnect("quit")
         self._leave_all(member, Quit.type, reason=reason)
         self._safe_close(member, Bye(ts=self.clock.seconds(), reason="you quit"))
 
@@ -627,7 +628,7 @@ class ChatService(service.Service):
         member.current = None
 
     def count_disconnect(self, reason: str) -> None:
-        self.disconnects[reason] += 1
+        self.tally.disconnect(reason)
 
     def _safe_close(self, member: Member, final: Event | None) -> None:
         self._closing.add(member)
@@ -899,6 +900,7 @@ class ChatService(service.Service):
         event = kind(ts=self.clock.seconds(), room=room.name, nick=member.nick, text_=text)
         self.network.talked(member, event)
         self.history.record(room.key, event.ts, event.type, member.nick, text)
+        self.tally.messages += 1
         self._broadcast(room, event, exclude=member)
 
     def private(self, member: Member, nick: str, raw: str) -> None:
@@ -920,6 +922,7 @@ class ChatService(service.Service):
                 text,
                 target.nick,
             )
+        self.tally.privates += 1
         self._fanout({target: None, member: None}, event)
 
     def ping(self, member: Member, token: str) -> None:
@@ -1184,6 +1187,7 @@ class ChatService(service.Service):
             origin=member.origin,
             idle=idle,
         )
+        self.tally.disconnect("timeout")
         self._leave_all(member, TimedOut.type, after=idle)
         self._safe_close(
             member, Bye(ts=self.clock.seconds(), reason=f"no heartbeat for {idle:.1f} s")

@@ -59,6 +59,7 @@ class ChatLineProtocol(Connection, LineReceiver):
         self._opened()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.rules.tally.closed("line")
         self._lost(reason)
 
     def dataReceived(self, data: bytes) -> None:
@@ -172,6 +173,7 @@ class ChatFactory(ServerFactory):
                 # socket before any transport exists, the cheapest refusal there is.
                 return None
             return Refusal(refused, self.rules.admission, self.rules.clock)
+        self.rules.tally.opened("line")
         proto = ChatLineProtocol(self.rules)
         proto.factory = self
         proto.address = host

@@ -324,6 +324,7 @@ class WebChannel(HTTPChannel):
             super().rawDataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.site.rules.tally.closed("web")
         socket = self.socket
         if socket is not None:
             socket.connectionLost(reason)
@@ -455,6 +456,7 @@ class WebSite(Site):
             if not (refused.tell or refused.hold):
                 return None
             return WebRefusal(refused, self.rules.admission, self.rules.clock)
+        self.rules.tally.opened("web")
         channel = super().buildProtocol(addr)
         channel.address = host
         return channel

@@ -97,6 +97,7 @@ class Admission:
         self.total = 0
         self.per_address: Counter[str] = Counter()
         self.held = 0  # refused connections being held open (see REFUSAL_HOLD)
+        self.refused = 0  # connections refused since the start, for --metrics
         self._arrivals: OrderedDict[str, TokenBucket] = OrderedDict()
         self._refusal_log = LogThrottle()
         # Listening ports (anything with stopReading/startReading), so that a flood of
@@ -119,6 +120,7 @@ class Admission:
         host = network_key(str(getattr(addr, "host", "local")))
         reason = self._refusal(host)
         if reason is not None:
+            self.refused += 1
             self._step_aside_when_full()
             self._count_refusal()
             tell = self._log_refusal(host, reason)

@@ -40,6 +40,7 @@ from twisted_chat.core.events import Bye, Event, LoginNeeded, SlowDown
 from twisted_chat.core.interfaces import IChatService, ILoginSession
 from twisted_chat.core.sanitize import clean_text
 from twisted_chat.core.service import Member
+from twisted_chat.core.tally import Tally
 from twisted_chat.fastwrite import can_write_directly, write_now
 from twisted_chat.render import TEXT, Renderer, renderer_for
 from twisted_chat.rules.admission import Admission
@@ -76,6 +77,7 @@ class Rules:
         self.service = service
         self.clock = clock
         self.dispatcher: Dispatcher = service.dispatcher
+        self.tally: Tally = service.tally  # counted here as well as in the core
         self.admission = Admission(clock)
         self.batcher = Batcher(service, clock, flush_interval)
         self.max_line = max_line
@@ -311,10 +313,13 @@ class Connection:
             self.state = Session.CLOSING
             abort_transport(self.transport)
         elif self.state is Session.LOGIN:
+            self.rules.tally.disconnect("login")
             self.close(Bye(ts=self.clock.seconds(), reason=f"no login within {timeout:g} s"))
 
     def _lost(self, reason: Failure) -> None:
         """The transport is gone: stop every timer, give back the slot, tell the core."""
+        if self.state in (Session.OPEN, Session.LOGIN):  # not closed by us: by the client
+            self.rules.tally.disconnect("lost")
         self.state = Session.CLOSED
         for call in (self._abort_call, self._resume_call, self._login_call, self._seat_call):
             if call is not None and call.active():
@@ -366,7 +371,9 @@ class Connection:
                 why=e.message,
             )
             self._attempts -= 1  # it costs an attempt like any other refusal
+            self.rules.tally.login_failures += 1
             if self._attempts <= 0:
+                self.rules.tally.disconnect("login")
                 self.close(Bye(ts=self.clock.seconds(), reason="too many failed logins"))
                 return
             raise LoginFailed(f"this login cannot be used as a nickname: {e.message}") from None
@@ -375,14 +382,17 @@ class Connection:
         except LoginRefused as e:
             if self.state is Session.LOGIN:
                 self._tell(e)  # before the close, which ends all output
+                self.rules.tally.disconnect("login")
                 self.close(Bye(ts=self.clock.seconds(), reason="login refused"))
             return
         except LoginFailed as e:
             self._attempts -= 1
+            self.rules.tally.login_failures += 1
             self.log.info("failed login from {peer} as {name}", peer=self.peer, name=nick)
             if self.state is not Session.LOGIN:
                 return  # closed (its deadline passed) while it was made to wait
             if self._attempts <= 0:
+                self.rules.tally.disconnect("login")
                 self.close(Bye(ts=self.clock.seconds(), reason="too many failed logins"))
                 return
             left = f"{self._attempts} attempt{'s' if self._attempts > 1 else ''} left"
@@ -407,6 +417,7 @@ class Connection:
 
     def _charge(self, nbytes: int) -> bool:
         """Count ``nbytes`` just read against the limits; False: ignore them (closing)."""
+        self.rules.tally.bytes_in += nbytes
         if self.state not in (Session.OPEN, Session.LOGIN) or self._awaiting_tls:
             return False
         if self.member is not None:
@@ -524,6 +535,7 @@ class Connection:
                 )
             else:
                 reason = f"flooding: held at {limits.rate:g} lines/s for {limits.flood_timeout:g} s"
+            self.rules.tally.disconnect("flood")
             self._abuse(reason)
             return
         if new_episode and self.held_by == "lines":
@@ -600,6 +612,7 @@ class Connection:
 
     def _send(self, data: bytes) -> None:
         assert self.transport is not None
+        self.rules.tally.bytes_out += len(data)
         if not self.gate.paused and not self.queue:
             if self._direct:
                 error = write_now(self.transport, data)
@@ -616,6 +629,7 @@ class Connection:
             self.queue = None
             self.queued = 0
             self._out = None
+            self.rules.tally.disconnect("not_reading")
             self._abuse("send queue exceeded: not reading")
 
     def flush_queue(self) -> None:
@@ -644,6 +658,7 @@ class Connection:
         """Write ``last``, stop reading, close, and abort if the peer stalls the close."""
         assert self.transport is not None
         if last:
+            self.rules.tally.bytes_out += len(last)
             self.transport.write(last)
         self.state = Session.CLOSING
         # Read nothing more: whatever the peer still sends is ignored anyway, and a
