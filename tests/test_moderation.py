@@ -134,6 +134,11 @@ def test_a_muted_member_reads_but_cannot_talk_even_renamed():
     assert r.texts("alice") == ["*** [#tea] alice muted bob"]  # and nothing from bob
     r.type("alice", "still here")
     assert r.texts("bob") == ["[#tea] <alice> still here"]
+    r.type("bob", "/nick robert")  # a guest renamed is still the member muted
+    r.type("bob", "now?")
+    assert r.errors("bob") == ["not-allowed: you are muted in #tea: you can read, not talk"]
+    r.type("bob", "/nick bob")
+    r.texts("alice")
     r.type("alice", "/unmute bob")
     r.type("bob", "thanks")
     assert r.texts("alice")[-1] == "[#tea] <bob> thanks"

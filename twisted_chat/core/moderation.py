@@ -58,8 +58,11 @@ class Ban:
     nick: str | None = None
     login: str | None = None
     address: str | None = None
+    who: tuple[str, int] | None = None  # the member it was made for, whatever its name
 
     def keeps_out(self, member: Member) -> bool:
+        if self.who is not None and (member.node, member.id) == self.who:
+            return True
         if self.pattern is not None and fnmatch.fnmatchcase(member.nick.casefold(), self.pattern):
             return True
         if self.nick is not None and skeleton(member.nick) == self.nick:
@@ -120,6 +123,12 @@ class ServerBans:
     def _changed(self) -> None:
         if self.save is not None:
             self.save(list(self.bans.values()))
+
+
+def _address(member: Member) -> str | None:
+    """The address a ban may hold against ``member``: none for a UNIX socket's "local",
+    which every local user shares."""
+    return member.address if member.address and member.address != "local" else None
 
 
 def parse_network(text: str) -> Network:
@@ -324,7 +333,7 @@ class Moderator:
             self._protected(member, target)
             if room.muted.intersection(keys):
                 raise NotAllowed(f"{target.nick} is already muted in {room.name}")
-            if len(room.muted) + len(keys) > 2 * MUTES_MAX:
+            if len(room.muted) + len(keys) > 3 * MUTES_MAX:  # up to 3 keys a mute
                 raise NotAllowed(f"{room.name} has {MUTES_MAX} mutes, the most it keeps")
             room.muted.update(keys)
         else:
@@ -335,7 +344,8 @@ class Moderator:
 
     @staticmethod
     def _keys(member: Member) -> set[str]:
-        keys = {"n:" + skeleton(member.nick)}
+        # The member itself too: a guest that renames is still muted.
+        keys = {"n:" + skeleton(member.nick), f"m:{member.node}/{member.id}"}
         if member.logged_in:
             keys.add("l:" + skeleton(member.nick))
         return keys
@@ -368,7 +378,8 @@ class Moderator:
                     reason=reason,
                     nick=skeleton(target.nick),
                     login=skeleton(target.nick) if target.logged_in else None,
-                    address=target.address or None,
+                    address=_address(target),
+                    who=(target.node, target.id),
                 )
             else:
                 ban = Ban(shown=who, by=member.nick, reason=reason, nick=skeleton(who))
