@@ -297,3 +297,23 @@ def test_timing_is_sampled_counting_is_not():
         people[0].send(b"line %d\r\n" % i)
     assert value(metrics, "groupchat_command_seconds_count") == commands + 2
     assert value(metrics, "groupchat_deliveries_total") == deliveries + 8 * 2
+
+
+def test_the_metrics_port_takes_a_few_scrapers_at_once_and_closes_the_rest():
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.web.resource import Resource
+
+    from twisted_chat.metrics import SCRAPERS_MAX, CappedSite, MetricsSite
+
+    site = CappedSite(MetricsSite(Resource(), timeout=30))
+    addr = IPv4Address("TCP", "127.0.0.1", 5000)
+    held = []
+    for _ in range(SCRAPERS_MAX):
+        protocol = site.buildProtocol(addr)
+        assert protocol is not None
+        protocol.makeConnection(StringTransport())
+        held.append(protocol)
+    assert site.buildProtocol(addr) is None
+    held[0].connectionLost(None)
+    assert site.buildProtocol(addr) is not None

@@ -255,3 +255,85 @@ def test_admission_refuses_a_banned_address_with_the_reason():
     bans.add(ServerBan(parse_network("203.0.113.0/24"), "chief", "spam"))
     refused = admission.admit(addr)[1]
     assert refused is not None and refused.reason == "your address is banned from this server: spam"
+
+
+def test_a_client_asking_at_connect_for_a_room_that_bans_it_starts_in_the_lobby():
+    from tests.doubles import Connection, ProtocolHarness
+
+    h = ProtocolHarness()
+    keeper = h.connect("keeper")
+    keeper.send(b"/join #r\r\n/ban bad* bots\r\n")
+    h.rules.seat_wait = 0.25  # a client's first lines choose where it starts
+    bad = Connection(h.factory, 40999)  # asks for its name and the room at once
+    bad.send(b"/nick badguy\r\n/join #r\r\n")
+    h.clock.advance(1)
+    lines = bad.new_lines()
+    assert "*** Welcome to groupchat 0.1.0, badguy! You are in #lobby." in lines
+    assert "!!! banned: you are banned from #r: bots" in lines
+    bad.send(b"hello\r\n")
+    assert bad.protocol.member is not None and bad.protocol.member.present
+    assert [m.nick for m in h.service.members] == ["keeper", "badguy"]
+
+
+def test_a_ban_puts_out_only_the_person_even_on_a_shared_address():
+    r = Room()
+    for nick in ("alice", "bob", "carol", "troll"):
+        r.add(nick, address="192.0.2.1")  # one NAT
+        r.type(nick, "/join #den")
+    r.type("alice", "/op bob")
+    for nick in r.people:
+        r.texts(nick)
+    r.type("alice", "/ban troll trolling")
+    assert r.texts("carol") == [
+        "*** [#den] alice banned troll (trolling)",
+        "*** [#den] troll left (banned by alice: trolling)",
+    ]
+    (ban,) = r.member("alice").current.bans  # type: ignore[union-attr]
+    assert ban.address is None  # the operator's own address is no address to ban
+    r.type("troll", "/nick troll2")
+    r.type("troll", "/join #den")
+    assert r.errors("troll") == ["banned: you are banned from #den: trolling"]
+
+
+def test_patterns_are_short_and_compiled_with_their_ban():
+    r = tea("alice", "bob")
+    r.type("alice", "/ban " + "*a" * 20)
+    assert r.errors("alice")[0].startswith("bad-arguments: a pattern is at most 32 characters")
+    r.type("alice", "/ban \u0455pam*")  # Cyrillic: a look-alike pattern names look-alikes
+    r.add("spam1")
+    r.type("spam1", "/join #tea")
+    assert r.errors("spam1") == ["banned: you are banned from #tea"]
+
+
+def test_a_muted_member_cannot_talk_through_a_topic_a_part_or_succession():
+    r = tea("alice", "bob", "carol")
+    r.type("alice", "/mute bob")
+    r.type("bob", "/topic buy my tea")
+    assert r.errors("bob") == ["not-allowed: you are muted in #tea: you can read, not talk"]
+    r.texts("carol")
+    r.type("bob", "/part #tea buy my tea at example.com")
+    assert r.texts("carol") == ["*** [#tea] bob left"]
+    r.type("bob", "/join #tea")
+    r.texts("carol")
+    r.type("alice", "/quit")
+    assert "*** [#tea] carol is an operator now (the last operator left)" in r.texts("carol")
+
+
+def test_network_bans_follow_how_addresses_are_counted():
+    assert str(parse_network("::ffff:127.0.0.3")) == "127.0.0.3/32"
+    assert str(parse_network("2001:db8:1:2::/64")) == "2001:db8:1:2::/64"
+    try:
+        parse_network("2001:db8:1:2::7")
+    except Exception as e:
+        assert "ban 2001:db8:1:2::/64" in str(e)
+    else:
+        raise AssertionError("a single IPv6 address was accepted")
+
+
+def test_a_server_operator_cannot_kill_itself_and_hears_what_it_did_outside_a_room():
+    r = tea("alice", "bob", operators=frozenset({"chief"}), login=True)
+    r.add("chief", address="198.51.100.9", login=True)
+    r.type("chief", "/kill chief")
+    assert r.errors("chief") == ["not-allowed: to leave, /quit"]
+    r.type("chief", "/kick #tea bob")
+    assert r.texts("chief") == ["*** #tea: kicked bob"]

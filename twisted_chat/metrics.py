@@ -38,6 +38,7 @@ from twisted.application import service
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.protocols import policies
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -408,6 +409,22 @@ class MetricsSite(Site):
         """No access log: a scrape every few seconds would fill it."""
 
 
+# Scrapers at once: a Prometheus server or two, a curl. Beyond, a connection is closed at
+# once, so slow connections to this port cannot use up the descriptors the chat needs.
+SCRAPERS_MAX = 16
+
+
+class CappedSite(policies.WrappingFactory):
+    """The site, closing connections beyond ``SCRAPERS_MAX`` at accept."""
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if len(self.protocols) >= SCRAPERS_MAX:
+            return None
+        return super().buildProtocol(addr)
+
+
 class Metrics(service.Service):
     """What ``--metrics`` adds to a node: the timers in the core, the lag loop (run
     while the service runs) and the site that serves them."""
@@ -434,7 +451,7 @@ class Metrics(service.Service):
         root = Resource()
         root.putChild(b"metrics", MetricsPage(self.registry))
         root.putChild(b"healthz", Health(chat))
-        self.site = MetricsSite(root, timeout=30)
+        self.site = CappedSite(MetricsSite(root, timeout=30))
 
     def startService(self) -> None:
         super().startService()

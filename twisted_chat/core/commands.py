@@ -207,7 +207,7 @@ def _bans(svc: ChatService, m: Member, args: str) -> None:
 def _kill(svc: ChatService, m: Member, args: str) -> None:
     nick, _, reason = args.strip().partition(" ")
     if not nick:
-        raise BadArguments("usage: /kill NICK reason")
+        raise BadArguments("usage: /kill NICK [reason]")
     svc.moderator.kill(m, nick, reason)
 
 
@@ -351,7 +351,7 @@ COMMANDS: dict[str, Command] = {
         audience="operators",
     ),
     "kill": Command(
-        "/kill NICK reason", "disconnect someone from the server", _kill, audience="server"
+        "/kill NICK [reason]", "disconnect someone from the server", _kill, audience="server"
     ),
     "gban": Command(
         "/gban ADDRESS-or-NETWORK reason",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,7 +32,16 @@ from twisted_chat.core.errors import (
     NotAvailable,
     NotInRoom,
 )
-from twisted_chat.core.events import Bye, Current, Disconnected, Moderation, Part, Topic, Wall
+from twisted_chat.core.events import (
+    Bye,
+    Current,
+    Disconnected,
+    Moderation,
+    Notice,
+    Part,
+    Topic,
+    Wall,
+)
 from twisted_chat.core.names import LOBBY, NICK_MAX, room_key, skeleton, validate_room
 from twisted_chat.core.sanitize import clean_text
 
@@ -40,6 +50,8 @@ if TYPE_CHECKING:
 
 TOPIC_MAX = 300
 REASON_MAX = 200
+PATTERN_MAX = NICK_MAX + 8
+WILDCARDS_MAX = 8
 BANS_MAX = 100  # per room, and server-wide: every list a client can grow is bounded
 MUTES_MAX = 100
 WALL_MAX = 400
@@ -59,17 +71,26 @@ class Ban:
     login: str | None = None
     address: str | None = None
     who: tuple[str, int] | None = None  # the member it was made for, whatever its name
+    # The pattern compiled once, here (not in fnmatch's process-wide cache, which a
+    # stream of distinct patterns would fill).
+    regex: re.Pattern[str] | None = None
+    looks: re.Pattern[str] | None = None  # the same over look-alike keys
 
-    def keeps_out(self, member: Member) -> bool:
+    def names(self, member: Member) -> bool:
+        """Whether it is about this person: by name, pattern, login, or itself (not the
+        address it shares with whoever else is behind it)."""
         if self.who is not None and (member.node, member.id) == self.who:
             return True
-        if self.pattern is not None and fnmatch.fnmatchcase(member.nick.casefold(), self.pattern):
+        if self.regex is not None and self.regex.match(member.nick.casefold()):
+            return True
+        if self.looks is not None and self.looks.match(skeleton(member.nick)):
             return True
         if self.nick is not None and skeleton(member.nick) == self.nick:
             return True
-        if self.login is not None and member.logged_in and skeleton(member.nick) == self.login:
-            return True
-        return bool(self.address) and member.address == self.address
+        return self.login is not None and member.logged_in and skeleton(member.nick) == self.login
+
+    def keeps_out(self, member: Member) -> bool:
+        return self.names(member) or (bool(self.address) and member.address == self.address)
 
 
 @dataclass(frozen=True)
@@ -133,12 +154,22 @@ def _address(member: Member) -> str | None:
 
 def parse_network(text: str) -> Network:
     try:
-        return ipaddress.ip_network(text, strict=False)
+        network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise BadArguments(
             f"{_short(clean_text(text), 50)!r} is not an address or network "
             "(203.0.113.7, 203.0.113.0/24, 2001:db8::/48)"
         ) from None
+    if isinstance(network, ipaddress.IPv6Network):
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None and network.prefixlen >= 96:  # an IPv4 address, as IPv6
+            return ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False)
+        if network.prefixlen > 64:
+            raise BadArguments(
+                f"{network} is narrower than a /64: the server counts IPv6 clients by /64 "
+                f"(one subscriber's block); ban {network.supernet(new_prefix=64)}"
+            )
+    return network
 
 
 def _short(text: str, limit: int) -> str:
@@ -211,6 +242,12 @@ class Moderator:
         if self.is_server_operator(target) and not self.is_server_operator(member):
             raise NotAllowed(f"{target.nick} is a server operator")
 
+    def _outside(self, member: Member, room: Room, what: str) -> None:
+        """A server operator acting on a room it is not in hears what it did."""
+        if member not in room.members:
+            svc = self.service
+            svc._tell(member, Notice(ts=svc.clock.seconds(), text=f"{room.name}: {what}"))
+
     def _announce(
         self, room: Room, action: str, by: str | None, target: str = "", reason: str = ""
     ) -> None:
@@ -232,6 +269,10 @@ class Moderator:
             reason=reason,
         )
         svc._fanout(room.members, event)
+        if by is not None:
+            actor = svc.nicks.owner(by)
+            if actor is not None and actor not in room.members:
+                self._outside(actor, room, f"{action} {target}".strip())
 
     # -- topics --------------------------------------------------------------------------
 
@@ -243,6 +284,8 @@ class Moderator:
         self._networked()
         if room.topic_locked or room.name == LOBBY:
             self._need_op(member, room)
+        if room.muted:
+            self.check_talk(member, room)  # a topic is talking to the room too
         text = "" if text.strip() == "-" else _short(clean_text(text).strip(), TOPIC_MAX)
         room.topic, room.topic_by, room.topic_at = text, member.nick, self.service.clock.seconds()
         self.service._rooms_version += 1  # /rooms shows topics
@@ -286,13 +329,23 @@ class Moderator:
             del room.ops[target]
         self._announce(room, "op" if give else "deop", member.nick, target.nick)
         if not give:
-            self.succession(room)
+            self.succession(room, passed_over=target)
 
-    def succession(self, room: Room) -> None:
-        """The last operator left: the member present longest becomes one."""
+    def succession(self, room: Room, passed_over: Member | None = None) -> None:
+        """The last operator left: the member present longest becomes one (not one that
+        is muted there, nor ``passed_over``, who just gave it up)."""
         if room.ops or not room.members or room.name == LOBBY or not self._local():
             return
-        heir = next((m for m in room.members if not m.node), None)
+        heir = next(
+            (
+                m
+                for m in room.members
+                if not m.node
+                and m is not passed_over
+                and not room.muted.intersection(self._keys(m))
+            ),
+            None,
+        )
         if heir is None:
             return
         room.ops[heir] = None
@@ -306,6 +359,7 @@ class Moderator:
         reason = _short(clean_text(reason).strip(), REASON_MAX)
         self.service.count_disconnect("kicked")  # from the room
         self._remove(room, target, f"kicked by {member.nick}" + (f": {reason}" if reason else ""))
+        self._outside(member, room, f"kicked {target.nick}")
 
     def _remove(self, room: Room, target: Member, why: str) -> None:
         """Out of the room, everyone told (a part, so clients drop it from the list)."""
@@ -363,8 +417,20 @@ class Moderator:
             raise NotAllowed(f"{room.name} has {BANS_MAX} bans, the most it keeps; /unban some")
         target = None
         if any(ch in who for ch in "*?"):
-            ban = Ban(shown=who, by=member.nick, reason=reason, pattern=who.casefold())
-            if fnmatch.fnmatchcase(member.nick.casefold(), ban.pattern or ""):
+            if len(who) > PATTERN_MAX or sum(who.count(c) for c in "*?") > WILDCARDS_MAX:
+                raise BadArguments(
+                    f"a pattern is at most {PATTERN_MAX} characters with at most "
+                    f"{WILDCARDS_MAX} wildcards (nicknames are at most {NICK_MAX})"
+                )
+            pattern = who.casefold()
+            # Each literal run folded as nicknames are, so a look-alike cannot slip by.
+            looks = "".join(p if p in "*?" else skeleton(p) for p in re.split(r"([*?])", pattern))
+            ban = Ban(
+                shown=who, by=member.nick, reason=reason, pattern=pattern,
+                regex=re.compile(fnmatch.translate(pattern)),
+                looks=re.compile(fnmatch.translate(looks)),
+            )  # fmt: skip
+            if ban.names(member):
                 raise NotAllowed("that pattern would ban you too")
         else:
             target = self.service.nicks.owner(who)
@@ -378,15 +444,18 @@ class Moderator:
                     reason=reason,
                     nick=skeleton(target.nick),
                     login=skeleton(target.nick) if target.logged_in else None,
-                    address=_address(target),
+                    # Not an address the operator shares (loopback, a NAT): that would
+                    # keep the operator out too.
+                    address=_address(target) if _address(target) != _address(member) else None,
                     who=(target.node, target.id),
                 )
             else:
                 ban = Ban(shown=who, by=member.nick, reason=reason, nick=skeleton(who))
         room.bans.append(ban)
         self._announce(room, "ban", member.nick, ban.shown, reason)
+        # Those it names are put out now; the address keeps them out on joining again.
         for other in list(room.members):
-            if ban.keeps_out(other) and not self.is_server_operator(other):
+            if other is not member and ban.names(other) and not self.is_server_operator(other):
                 self.service.count_disconnect("banned")  # from the room
                 self._remove(
                     room, other, f"banned by {member.nick}" + (f": {reason}" if reason else "")
@@ -408,6 +477,17 @@ class Moderator:
         room = self._room(member, raw_room)
         self._need_op(member, room)
         return list(room.bans)
+
+    def may_join(self, member: Member, name: str) -> bool:
+        """Whether no ban keeps ``member`` out of the room called ``name`` (if it exists)."""
+        room = self.service.rooms.find(room_key(name))
+        if room is None or not room.bans:
+            return True
+        try:
+            self.check_join(member, room)
+        except Banned:
+            return False
+        return True
 
     def check_join(self, member: Member, room: Room) -> None:
         """Raise if a ban keeps ``member`` out of ``room``."""
@@ -431,6 +511,8 @@ class Moderator:
         target = svc.nicks.owner(nick)
         if target is None or target.node:
             raise NoSuchNick(f"nobody is called {_short(clean_text(nick), NICK_MAX + 1)!r}")
+        if target is member:
+            raise NotAllowed("to leave, /quit")
         reason = _short(clean_text(reason).strip(), REASON_MAX) or "no reason given"
         svc.log.warn(
             "{by} disconnected {nick} from {origin}: {reason}",

@@ -389,7 +389,7 @@ class ChatService(service.Service):
         chosen = granted or self._guest_nick()
         # Under a name it did not ask for, it waits in #lobby: a room it named must never
         # see it as someone else.
-        start = (self._open_room(room) if granted or nick is None else None) or LOBBY
+        wanted = (self._open_room(room) if granted or nick is None else None) or LOBBY
         member = Member(
             participant=participant,
             nick=chosen,
@@ -405,9 +405,17 @@ class ChatService(service.Service):
         self.nicks.claim(member.nick, member)
         self._activity[member] = None
         self._close_run()
+        start: str | None = wanted
+        if wanted != LOBBY and not self.moderator.may_join(member, wanted):
+            start = LOBBY  # banned there: the adapter's replayed /join says so
+        if start == LOBBY and not self.moderator.may_join(member, LOBBY):
+            start = None  # banned even from #lobby: in no room, and told why below
         participant.deliver(self.welcome(member, starting_in=start))
         self.network.arrived(member)
-        self.join(member, start)
+        try:
+            self.join(member, start or LOBBY)
+        except ChatError as e:
+            self.dispatcher.report(member, e)
         return member
 
     def _free_nick(self, raw: str | None) -> str | None:
@@ -810,6 +818,11 @@ class ChatService(service.Service):
         if member not in room.members:
             raise NotInRoom(f"you are not in {room.name}")
         reason = _short(clean_text(reason), REASON_MAX)
+        if room.muted and not member.node:
+            try:
+                self.moderator.check_talk(member, room)
+            except ChatError:
+                reason = ""  # a muted member's reason would be talking to the room
         now = self.clock.seconds()
         if not member.node:
             self.network.parted(member, room.name, reason)
