@@ -46,6 +46,7 @@ PENDING_MAX = 200_000
 # Reads waiting for the writer thread at most: beyond, /history is told to try again, so
 # that many members paging at once cannot hold the writes back (they share the thread).
 READS_MAX = 32
+OUTAGE_REPORT_EVERY = 60.0  # seconds between two log lines about failing writes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -161,6 +162,8 @@ class SQLiteHistory:
         self._touched: set[str] = set()
         self._inflight = 0  # writes handed to ``run`` and not finished
         self._reads = 0  # reads handed to ``run`` and not finished
+        self._outage_reported = 0.0  # when a failing write was last logged
+        self._outage_dropped = 0  # entries dropped since
         self._closing: defer.Deferred[None] | None = None
         self._shutdown_trigger: Any = None
         self._lock_file: IO[bytes] | None = None
@@ -496,17 +499,33 @@ class SQLiteHistory:
 
         def failed(reason: Failure) -> None:
             self._inflight -= 1
-            # An error when history becomes unavailable, a warning for each batch after
-            # that: a full disk is one incident, not one error a second.
-            emit = self.log.error if self.available else self.log.warn
-            self.available = False
-            emit(
-                "history write to {path} failed ({error}): {count} entries dropped; "
-                "history unavailable until a write succeeds",
-                path=self.path,
-                error=f"{type(reason.value).__name__}: {reason.getErrorMessage()}",
-                count=len(batch),
-            )
+            # An error when history becomes unavailable, then a warning at most every
+            # OUTAGE_REPORT_EVERY with what was dropped since: a full disk is one
+            # incident, not one log line a second while people talk.
+            error = f"{type(reason.value).__name__}: {reason.getErrorMessage()}"
+            now = self.clock.seconds()
+            if self.available:
+                self.available = False
+                self._outage_reported, self._outage_dropped = now, 0
+                self.log.error(
+                    "history write to {path} failed ({error}): {count} entries dropped; "
+                    "history unavailable until a write succeeds",
+                    path=self.path,
+                    error=error,
+                    count=len(batch),
+                )
+                return
+            self._outage_dropped += len(batch)
+            if now - self._outage_reported >= OUTAGE_REPORT_EVERY:
+                self.log.warn(
+                    "history write to {path} still failing ({error}): {count} entries "
+                    "dropped in the last {seconds:.0f} s",
+                    path=self.path,
+                    error=error,
+                    count=self._outage_dropped,
+                    seconds=now - self._outage_reported,
+                )
+                self._outage_reported, self._outage_dropped = now, 0
 
         d.addCallbacks(written, failed)
         return d
