@@ -63,8 +63,7 @@ from bench.common import (
     summarize,
     tree_cpu_seconds,
 )
-from bench.load import FAILED, fanout, latency, messages_for, paired_ratios, repeat
-from bench.references import DIALECTS
+from bench.load import FAILED, on_and_off, paired_ratios
 
 BASE = "off"
 REPLAY = 20
@@ -281,39 +280,8 @@ def store_alone(runs: int, seconds: float) -> dict[str, Any]:
 
 
 def run_history(args: argparse.Namespace) -> list[dict[str, Any]]:
-    names = list(SETUPS)
-    setups = {name: partial(serve, name) for name in names}
-    dialects = {name: DIALECTS["groupchat"] for name in names}
-
-    def rounds(
-        load: Callable[[Any, int, Watch], Coroutine[Any, Any, dict[str, float]]],
-    ) -> dict[str, list[dict[str, float]]]:
-        return repeat(
-            names,
-            args.rounds,
-            lambda d, port, watch: _timed(load(d, port, watch), watch),
-            setups,
-            dialects,
-        )
-
-    rows: list[dict[str, Any]] = []
-    for r in args.receivers:
-        for s in args.senders:
-            n = messages_for(args, r)
-            measured = rounds(
-                lambda d, port, watch, r=r, s=s, n=n: fanout(
-                    d, port, watch, r, s, n, args.window, args.timeout
-                )
-            )
-            rows += rows_of("fanout", {"receivers": r, "senders": s, "messages": n}, measured)
-    r, s = args.latency_receivers, args.latency_senders
-    for rate in args.rates:
-        measured = rounds(
-            lambda d, port, watch, rate=rate: latency(
-                d, port, watch, r, rate, args.seconds, args.timeout, s
-            )
-        )
-        rows += rows_of("latency", {"receivers": r, "senders": s, "rate": rate}, measured)
+    setups = {name: partial(serve, name) for name in SETUPS}
+    rows = on_and_off(args, setups, lambda load, watch, receivers: _timed(load, watch), rows_of)
     if args.store_runs > 0:
         rows.append(store_alone(args.store_runs, args.store_seconds))
     return rows

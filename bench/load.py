@@ -332,3 +332,54 @@ def messages_for(args: argparse.Namespace, receivers: int) -> int:
     """Enough messages that a run lasts about a second or more at millions per second:
     shorter runs put CPU time (read in 10 ms ticks) and start-up jitter in the figures."""
     return max(args.messages, int(args.deliveries) // receivers)
+
+
+Wrap = Callable[
+    [Coroutine[Any, Any, dict[str, float]], Any, int], Coroutine[Any, Any, dict[str, float]]
+]
+RowsOf = Callable[[str, dict[str, Any], dict[str, list[dict[str, float]]]], list[dict[str, Any]]]
+
+
+def on_and_off(
+    args: argparse.Namespace,
+    setups: Mapping[str, Start],
+    wrap: Wrap,
+    rows_of: RowsOf,
+) -> list[dict[str, Any]]:
+    """Our server in each of ``setups`` (a feature on, and off), alternating within every
+    round: fan-out for each ``--receivers`` x ``--senders``, then the paced latency for each
+    ``--rates``. ``wrap(load, watch, receivers)`` adds what the comparison itself measures
+    or checks to each run; ``rows_of`` turns the runs into rows."""
+    names = list(setups)
+    dialects = {name: DIALECTS["groupchat"] for name in names}
+
+    def rounds(load: Measure, receivers: int) -> dict[str, list[dict[str, float]]]:
+        return repeat(
+            names,
+            args.rounds,
+            lambda d, port, watch: wrap(load(d, port, watch), watch, receivers),
+            setups,
+            dialects,
+        )
+
+    rows: list[dict[str, Any]] = []
+    for r in args.receivers:
+        for s in args.senders:
+            n = messages_for(args, r)
+            measured = rounds(
+                lambda d, port, watch, r=r, s=s, n=n: fanout(
+                    d, port, watch, r, s, n, args.window, args.timeout
+                ),
+                r,
+            )
+            rows += rows_of("fanout", {"receivers": r, "senders": s, "messages": n}, measured)
+    r, s = args.latency_receivers, args.latency_senders
+    for rate in args.rates:
+        measured = rounds(
+            lambda d, port, watch, rate=rate: latency(
+                d, port, watch, r, rate, args.seconds, args.timeout, s
+            ),
+            r,
+        )
+        rows += rows_of("latency", {"receivers": r, "senders": s, "rate": rate}, measured)
+    return rows

@@ -36,15 +36,15 @@ from __future__ import annotations
 import argparse
 import tempfile
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bench.common import QUIET_HEARTBEATS, groupchat_server, summarize, tree_cpu_seconds
-from bench.load import FAILED, fanout, latency, messages_for, paired_ratios, repeat
-from bench.references import DIALECTS, HOST
+from bench.load import FAILED, on_and_off, paired_ratios
+from bench.references import HOST
 
 BASE = "off"
 SETUPS = {BASE: "no --metrics", "on": f"--metrics tcp:0:interface={HOST}"}
@@ -176,39 +176,6 @@ def line(row: dict[str, Any]) -> str:
 
 
 def run_metrics(args: argparse.Namespace) -> list[dict[str, Any]]:
-    names = list(SETUPS)
-    setups = {name: partial(serve, name) for name in names}
-    dialects = {name: DIALECTS["groupchat"] for name in names}
-
-    def rounds(
-        load: Callable[[Any, int, Watch], Coroutine[Any, Any, dict[str, float]]], receivers: int
-    ) -> dict[str, list[dict[str, float]]]:
-        return repeat(
-            names,
-            args.rounds,
-            lambda d, port, watch: _checked(load(d, port, watch), watch, receivers),
-            setups,
-            dialects,
-        )
-
-    rows: list[dict[str, Any]] = []
-    for r in args.receivers:
-        for s in args.senders:
-            n = messages_for(args, r)
-            measured = rounds(
-                lambda d, port, watch, r=r, s=s, n=n: fanout(
-                    d, port, watch, r, s, n, args.window, args.timeout
-                ),
-                r,
-            )
-            rows += rows_of("fanout", {"receivers": r, "senders": s, "messages": n}, measured)
-    r, s = args.latency_receivers, args.latency_senders
-    for rate in args.rates:
-        measured = rounds(
-            lambda d, port, watch, rate=rate: latency(
-                d, port, watch, r, rate, args.seconds, args.timeout, s
-            ),
-            r,
-        )
-        rows += rows_of("latency", {"receivers": r, "senders": s, "rate": rate}, measured)
+    setups = {name: partial(serve, name) for name in SETUPS}
+    rows = on_and_off(args, setups, _checked, rows_of)
     return rows
