@@ -442,3 +442,44 @@ def test_what_one_read_from_the_network_brings_is_written_once_per_member():
             bus.nodes[1].received(data)
     assert bob.new_lines() == [f"[#lobby] <alice> line {i}" for i in range(3)]
     assert len(writes) == 1, writes
+
+
+# -- server operators over the network -------------------------------------------------------
+
+
+def test_a_server_operator_reaches_every_node_with_wall_kill_and_gban():
+    from twisted_chat.core.names import skeleton
+
+    bus, (one, two) = network(2, logins=True)
+    for h in (one, two):
+        h.service.moderator.operators = frozenset({skeleton("alice")})
+    alice = login(bus, one)  # an operator, on n1
+    bob = login(bus, two, "bob", "hunter2")  # on n2
+    for conn in (alice, bob):
+        conn.new_lines()
+
+    alice.send(b"/wall restart at 6\r\n")
+    bus.settle()
+    assert bob.new_lines() == ["*** Notice from alice (server operator): restart at 6"]
+    alice.new_lines()  # her own notice too
+
+    alice.send(b"/kill bob spamming\r\n")
+    bus.settle()
+    assert alice.new_lines()[0] == (
+        "*** bob is on another server of the network, which disconnects it"
+    )
+    assert "*** Disconnected: disconnected by server operator alice: spamming" in bob.new_lines()
+    assert bob.protocol.member is not None and not bob.protocol.member.present
+    assert one.service.nicks.owner("bob") is None  # gone from n1's replica too
+
+    bob = login(bus, two, "bob", "hunter2")
+    assert bob.protocol.member is not None
+    address = bob.protocol.member.address = "192.0.2.7"  # not alice's (both are loopback)
+    alice.send(f"/gban {address} bots\r\n".encode())
+    bus.settle()
+    for h in (one, two):  # every node refuses that address from now on
+        assert h.service.moderator.server_bans.find(address) is not None
+    assert bob.new_lines()[-1].startswith("*** Disconnected: banned from this server by alice")
+    alice.send(f"/gunban {address}\r\n".encode())
+    bus.settle()
+    assert all(not h.service.moderator.server_bans.bans for h in (one, two))

@@ -32,6 +32,7 @@ from twisted_chat.backplane.history import STREAM, NetworkHistory, entry_json, t
 from twisted_chat.core.errors import NetworkUnavailable
 from twisted_chat.core.events import Event, Private
 from twisted_chat.core.interfaces import INetwork
+from twisted_chat.core.moderation import parse_network
 from twisted_chat.core.names import skeletons
 
 if TYPE_CHECKING:
@@ -226,6 +227,9 @@ class Node:
         if self.link.connected():
             self.link.release(list(skeletons(member.nick)), self.owner(member.id))
 
+    def operated(self, member: Member, action: str, **data: Any) -> None:
+        self._op(member, False, op="srv", action=action, **data)
+
     def _op(self, member: Member, changes: bool = True, **op: Any) -> None:
         """Queue ``op`` for this turn's envelope; ``changes``: it changes the member's
         stored state (talking does not, so the state is not written again for it)."""
@@ -392,10 +396,30 @@ class Node:
                 service.remote_private(member, target, str(op["text"]), float(op["ts"]))
         elif kind == "nick":
             service.remote_rename(member, str(op["nick"]))
+        elif kind == "srv":
+            self._server_wide(service, member, op)
         elif kind == "leave":
             service.remote_leave(
                 member, str(op["kind"]), str(op.get("reason", "")), float(op.get("after", 0.0))
             )
+
+    def _server_wide(self, service: ChatService, operator: Member, op: dict[str, Any]) -> None:
+        """A server operator elsewhere acted on the whole network (checked there)."""
+        moderator = service.moderator
+        action = str(op["action"])
+        if action == "wall":
+            moderator.notice_all(operator.nick, str(op["text"]))
+        elif action == "kill":
+            to_node, to_id = op["target"]
+            target = service.by_id.get(("", int(to_id))) if to_node == self.id else None
+            if target is not None:
+                moderator.disconnect(operator.nick, target, str(op.get("reason", "")))
+        elif action in ("gban", "gunban"):
+            network = parse_network(str(op["network"]))
+            if action == "gban":
+                moderator.ban_network(operator.nick, network, str(op.get("reason", "")))
+            else:
+                moderator.unban_network(operator.nick, network)
 
     def begin_read(self, node: str) -> None:
         """The transport starts reading ``node``'s stored state (``read_done`` follows)."""

@@ -250,6 +250,11 @@ class INetwork(Interface):
         """``member`` left the server: ``kind`` is ``quit`` or ``disconnect`` (with
         ``reason``) or ``timeout`` (after ``after`` seconds of silence)."""
 
+    def operated(member: Any, action: str, **data: Any) -> None:
+        """``member``, a server operator, acted on the whole network: ``wall`` (``text``),
+        ``kill`` (``target``: node and id, ``reason``), ``gban`` (``network``,
+        ``reason``) or ``gunban`` (``network``); every node applies it to its own."""
+
 
 class IHistory(Interface):
     """What was said in rooms (and, when the operator asks, in private), kept for the

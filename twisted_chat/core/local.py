@@ -144,6 +144,9 @@ class Alone:
     def left(self, member: Member, kind: str, reason: str, after: float) -> None:
         pass
 
+    def operated(self, member: Member, action: str, **data: Any) -> None:
+        pass
+
 
 @implementer(IParticipant)
 class Remote:

@@ -501,7 +501,7 @@ class Moderator:
     # -- server operators ----------------------------------------------------------------
 
     def _need_server_op(self, member: Member) -> None:
-        self._networked()
+        # Server-wide actions work over a network too: each node applies them to its own.
         if not self.is_server_operator(member):
             raise NotAllowed("only server operators may do that (--operator)")
 
@@ -509,56 +509,82 @@ class Moderator:
         self._need_server_op(member)
         svc = self.service
         target = svc.nicks.owner(nick)
-        if target is None or target.node:
+        if target is None:
             raise NoSuchNick(f"nobody is called {_short(clean_text(nick), NICK_MAX + 1)!r}")
         if target is member:
             raise NotAllowed("to leave, /quit")
         reason = _short(clean_text(reason).strip(), REASON_MAX) or "no reason given"
+        if target.node:  # its own server disconnects it, and tells everyone as usual
+            svc.network.operated(member, "kill", target=[target.node, target.id], reason=reason)
+            text = f"{target.nick} is on another server of the network, which disconnects it"
+            svc._tell(member, Notice(ts=svc.clock.seconds(), text=text))
+            svc.log.warn(
+                "{by} disconnects {nick} (on {node}): {reason}",
+                by=member.nick,
+                nick=target.nick,
+                node=target.node,
+                reason=reason,
+            )
+            return
+        self.disconnect(member.nick, target, reason)
+
+    def disconnect(self, by: str, target: Member, reason: str) -> None:
+        """``/kill``, carried out here (``target`` is a member of this server)."""
+        svc = self.service
+        if not target.present or target.node:
+            return
         svc.log.warn(
             "{by} disconnected {nick} from {origin}: {reason}",
-            by=member.nick,
+            by=by,
             nick=target.nick,
             origin=target.origin,
             reason=reason,
         )
         svc.count_disconnect("killed")
-        svc._leave_all(target, Disconnected.type, reason=f"disconnected by {member.nick}: {reason}")
+        svc._leave_all(target, Disconnected.type, reason=f"disconnected by {by}: {reason}")
         svc._safe_close(
             target,
-            Bye(
-                ts=svc.clock.seconds(),
-                reason=f"disconnected by server operator {member.nick}: {reason}",
-            ),
+            Bye(ts=svc.clock.seconds(), reason=f"disconnected by server operator {by}: {reason}"),
         )
 
     def wall(self, member: Member, text: str) -> None:
         self._need_server_op(member)
-        svc = self.service
         text = _short(clean_text(text).strip(), WALL_MAX)
         if not text:
             raise BadArguments("usage: /wall text")
-        svc.log.info("notice to everyone from {by}: {text}", by=member.nick, text=text)
-        svc._fanout(list(svc.members), Wall(ts=svc.clock.seconds(), by=member.nick, text=text))
+        self.service.network.operated(member, "wall", text=text)
+        self.notice_all(member.nick, text)
+
+    def notice_all(self, by: str, text: str) -> None:
+        """``/wall``, to this server's members."""
+        svc = self.service
+        svc.log.info("notice to everyone from {by}: {text}", by=by, text=text)
+        svc._fanout(list(svc.members), Wall(ts=svc.clock.seconds(), by=by, text=text))
 
     def gban(self, member: Member, raw: str, reason: str) -> tuple[ServerBan, int]:
-        """Ban an address or network from the server; its members there are disconnected.
-        Returns the ban and how many were disconnected."""
+        """Ban an address or network from the server (every server of a network); its
+        members there are disconnected. Returns the ban and how many left here."""
         self._need_server_op(member)
         network = parse_network(raw)
         if member.address and covers(network, member.address):
             raise NotAllowed("that would ban your own address")
         reason = _short(clean_text(reason).strip(), REASON_MAX)
-        ban = ServerBan(network, member.nick, reason)
+        self.service.network.operated(member, "gban", network=str(network), reason=reason)
+        return self.ban_network(member.nick, network, reason)
+
+    def ban_network(self, by: str, network: Network, reason: str) -> tuple[ServerBan, int]:
+        """``/gban``, carried out here."""
+        ban = ServerBan(network, by, reason)
         self.server_bans.add(ban)
         svc = self.service
         svc.log.warn(
             "{by} banned {network} from the server: {reason}",
-            by=member.nick,
+            by=by,
             network=str(network),
             reason=reason or "no reason given",
         )
         gone = [m for m in list(svc.members) if m.address and covers(network, m.address)]
-        why = f"banned from this server by {member.nick}" + (f": {reason}" if reason else "")
+        why = f"banned from this server by {by}" + (f": {reason}" if reason else "")
         for target in gone:
             svc.count_disconnect("banned")
             svc._leave_all(target, Disconnected.type, reason=why)
@@ -568,9 +594,13 @@ class Moderator:
     def gunban(self, member: Member, raw: str) -> bool:
         self._need_server_op(member)
         network = parse_network(raw)
+        self.service.network.operated(member, "gunban", network=str(network))
+        return self.unban_network(member.nick, network)
+
+    def unban_network(self, by: str, network: Network) -> bool:
         removed = self.server_bans.remove(network)
         if removed:
             self.service.log.warn(
-                "{by} lifted the server ban on {network}", by=member.nick, network=str(network)
+                "{by} lifted the server ban on {network}", by=by, network=str(network)
             )
         return removed
