@@ -614,3 +614,23 @@ def test_history_is_kept_in_redis_for_every_node_and_outlives_them(
     assert numbered(carol, "tea-", "#tea", "alice", history=True) == [
         f"tea-{i:02}" for i in range(10, 30)
     ]
+
+
+def test_a_server_ban_reaches_nodes_started_later(
+    redis_server: RedisProcess, start_server: ServerFactory, tmp_path: Path
+) -> None:
+    from tests.test_moderation_e2e import logged_in
+
+    users = tmp_path / "users.txt"
+    users.write_text("chief:pw-chief\nboss:pw-boss\n")
+    ops = ("--auth", f"file:{users}", "--operator", "chief", "--operator", "boss")
+    one = start_node(start_server, redis_server, *ops)
+    chief = logged_in(one, "chief")
+    chief.say("/gban 192.0.2.0/24 known spammers")
+    chief.expect("*** banned 192.0.2.0/24 from the server; 0 disconnected")
+    stored = lambda: b"192.0.2.0/24" in redis_server.command("HGETALL", "gc:gbans")  # noqa: E731
+    assert wait_until(stored, 5.0), "the ban never reached redis"
+    later = start_node(start_server, redis_server, *ops)
+    boss = logged_in(later, "boss")
+    boss.say("/gbans")
+    boss.expect("*** Server bans: 192.0.2.0/24 (by chief: known spammers)")

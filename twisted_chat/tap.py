@@ -1102,6 +1102,10 @@ def build_node(
     chat.setServiceParent(top)
     if link is None:
         _keep_server_bans(options, chat, history)
+    else:  # kept in Redis, for every node; read as each node joins the network
+        chat.moderator.server_bans.save = lambda bans: link.save_server_bans(
+            [(str(b.network), b.by, b.reason) for b in bans]
+        )
     rules = Rules(
         chat,
         clock,

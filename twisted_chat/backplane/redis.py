@@ -19,6 +19,7 @@ txredisapi does the connecting and reconnecting (with backoff, through Twisted's
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from twisted_chat.core.names import skeletons
 
 PREFIX = "gc:"
 CHANNEL = PREFIX + "ops"
+GBANS = PREFIX + "gbans"  # network -> [by, reason]: the server bans, for nodes to come
 SUBSCRIBER_NAME = "gc-sub-"  # + node id: the client name of a node's subscription
 LEASE = 5.0  # seconds a node lives without renewing; its members are then removed
 GUEST_BLOCK = 100
@@ -100,6 +102,12 @@ return 1
 """
 # A block of guest numbers, after raising the counter to at least ARGV[1] (a counter that
 # restarted must not give out numbers members hold).
+# Replace a hash's fields with ARGV's (field, value) pairs, in one step.
+_REPLACE_HASH = """
+redis.call('DEL', KEYS[1])
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return #ARGV / 2
+"""
 _GUESTS = """
 local top = tonumber(redis.call('GET', KEYS[1]) or '0')
 if top < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
@@ -298,6 +306,37 @@ class RedisLink(service.Service):
         )
         return d
 
+    def save_server_bans(self, bans: list[tuple[str, str, str]]) -> None:
+        """Every server ban (network, by, reason), kept in Redis for the nodes to come:
+        the whole set replaced (each node applying a ban writes the set it then has)."""
+        if not self._up:
+            return
+        rows = {network: json.dumps([by, reason]) for network, by, reason in bans}
+        d = self._commands.eval(
+            _REPLACE_HASH, keys=[GBANS], args=[x for kv in rows.items() for x in kv]
+        )
+        d.addErrback(self._lost_command, "saving server bans")
+
+    @defer.inlineCallbacks
+    def _load_server_bans(self) -> Any:
+        """The server bans made on the network, added to this node's (a node joining
+        later, or back after a split, learns those made meanwhile)."""
+        service = self.node.service
+        if service is None:
+            return
+        from twisted_chat.core.moderation import ServerBan, parse_network
+
+        stored = yield self._commands.hgetall(GBANS)
+        bans = service.moderator.server_bans
+        for network, value in (stored or {}).items():
+            try:
+                by, reason = json.loads(_text(value))
+                ban = ServerBan(parse_network(_text(network)), str(by), str(reason))
+            except Exception:
+                continue
+            if ban.network not in bans.bans:
+                bans.bans[ban.network] = ban
+
     @defer.inlineCallbacks
     def _load_history(self) -> Any:
         """Every room's last lines, read as this node joins (or rejoins) the network."""
@@ -386,6 +425,10 @@ class RedisLink(service.Service):
             yield self._load_history()
         except Exception:
             self.log.failure("reading the rooms' history from redis failed")
+        try:
+            yield self._load_server_bans()
+        except Exception:
+            self.log.failure("reading the server bans from redis failed")
         buffered, self._buffer = self._buffer or [], None
         for data in buffered:
             node.received(data)
