@@ -63,7 +63,7 @@ from bench.common import (
     summarize,
     tree_cpu_seconds,
 )
-from bench.load import FAILED, on_and_off, paired_ratios
+from bench.load import on_and_off, setup_rows
 
 BASE = "off"
 REPLAY = 20
@@ -206,18 +206,13 @@ def rows_of(
     ``off``, round by round, then the median."""
     fan = kind == "fanout"
     keys, ratios = (FANOUT_KEYS, FANOUT_RATIOS) if fan else (LATENCY_KEYS, LATENCY_RATIOS)
-    base = measured.get(BASE)
-    rows = []
-    for name, runs in measured.items():
-        row: dict[str, Any] = {"kind": kind, "setup": name, "what": SETUPS[name][0], **config}
-        row |= summarize(runs, keys)
-        if base and name != BASE:
-            row |= paired_ratios({name: runs, BASE: base}, ratios, name)
+
+    def kept(row: dict[str, Any], name: str, runs: list[dict[str, float]]) -> None:
         if name != BASE:
             row["history_rows"] = min(int(r["history_rows"]) for r in runs)
-        row["lost"] = max(r["lost"] for r in runs)
-        row["failed_runs"] = FAILED.get(name, [])
-        rows.append(row)
+
+    rows = setup_rows(kind, config, measured, keys, ratios, BASE, lambda n: SETUPS[n][0], kept)
+    for row in rows:
         print(line(row), flush=True)
     return rows
 

@@ -14,7 +14,17 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractContextManager, suppress
 from typing import Any
 
-from bench.common import MARK, SERVERS, Conn, Probe, cpu_probe, run_loop, tap, with_steal
+from bench.common import (
+    MARK,
+    SERVERS,
+    Conn,
+    Probe,
+    cpu_probe,
+    run_loop,
+    summarize,
+    tap,
+    with_steal,
+)
 from bench.references import DIALECTS, HOST, Dialect, Unavailable
 
 
@@ -338,6 +348,34 @@ Wrap = Callable[
     [Coroutine[Any, Any, dict[str, float]], Any, int], Coroutine[Any, Any, dict[str, float]]
 ]
 RowsOf = Callable[[str, dict[str, Any], dict[str, list[dict[str, float]]]], list[dict[str, Any]]]
+
+
+def setup_rows(
+    kind: str,
+    config: dict[str, Any],
+    measured: dict[str, list[dict[str, float]]],
+    keys: Sequence[str],
+    ratios: Sequence[str],
+    base: str,
+    what: Callable[[str], str],
+    extra: Callable[[dict[str, Any], str, list[dict[str, float]]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per setup of an on/off comparison: medians (min, max) of its runs, and,
+    but for ``base``, its ratios to ``base`` round by round, then the median; ``extra``
+    adds what that comparison reports besides."""
+    base_runs = measured.get(base)
+    rows = []
+    for name, runs in measured.items():
+        row: dict[str, Any] = {"kind": kind, "setup": name, "what": what(name), **config}
+        row |= summarize(runs, list(keys))
+        if base_runs and name != base:
+            row |= paired_ratios({name: runs, base: base_runs}, list(ratios), name)
+        if extra is not None:
+            extra(row, name, runs)
+        row["lost"] = max(r["lost"] for r in runs)
+        row["failed_runs"] = FAILED.get(name, [])
+        rows.append(row)
+    return rows
 
 
 def on_and_off(

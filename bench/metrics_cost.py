@@ -42,8 +42,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import QUIET_HEARTBEATS, groupchat_server, summarize, tree_cpu_seconds
-from bench.load import FAILED, on_and_off, paired_ratios
+from bench.common import QUIET_HEARTBEATS, groupchat_server, tree_cpu_seconds
+from bench.load import on_and_off, setup_rows
 from bench.references import HOST
 
 BASE = "off"
@@ -137,20 +137,15 @@ def rows_of(
     ``off``, round by round, then the median, and whether they are within 3 %."""
     fan = kind == "fanout"
     keys, ratios = (FANOUT_KEYS, FANOUT_RATIOS) if fan else (LATENCY_KEYS, LATENCY_RATIOS)
-    base = measured.get(BASE)
-    rows = []
-    for name, runs in measured.items():
-        row: dict[str, Any] = {"kind": kind, "setup": name, "what": SETUPS[name], **config}
-        row |= summarize(runs, keys)
-        if base and name != BASE:
-            row |= paired_ratios({name: runs, BASE: base}, ratios, name)
-            cpu = row.get(f"server_us_per_msg_ratio_to_{BASE}")
-            rate = row.get(f"deliveries_per_s_ratio_to_{BASE}", 1.0)
-            if cpu is not None:
-                row["within_target"] = cpu <= 1 + TARGET and rate >= 1 - TARGET
-        row["lost"] = max(r["lost"] for r in runs)
-        row["failed_runs"] = FAILED.get(name, [])
-        rows.append(row)
+
+    def within(row: dict[str, Any], name: str, runs: list[dict[str, float]]) -> None:
+        cpu = row.get(f"server_us_per_msg_ratio_to_{BASE}")
+        rate = row.get(f"deliveries_per_s_ratio_to_{BASE}", 1.0)
+        if cpu is not None:
+            row["within_target"] = cpu <= 1 + TARGET and rate >= 1 - TARGET
+
+    rows = setup_rows(kind, config, measured, keys, ratios, BASE, SETUPS.__getitem__, within)
+    for row in rows:
         print(line(row), flush=True)
     return rows
 

@@ -1022,30 +1022,20 @@ def _keep_server_bans(options: Options, chat: ChatService, history: Any) -> None
     """Server-wide bans survive a restart: in the history file, or, with history off, in
     a JSON file beside where it would be. Read now, before anything listens."""
     from twisted_chat.core.errors import HistoryUnavailable
-    from twisted_chat.core.moderation import ServerBan, parse_network
     from twisted_chat.history.bans import BANS_FILE, BanFile
 
+    bans = chat.moderator.server_bans
     store = getattr(history, "store", None)
-    keeper: Any = store
     if store is None:
         keeper = BanFile(os.path.abspath(BANS_FILE))
         try:
-            rows = keeper.load()
+            bans.load(keeper.load())
         except HistoryUnavailable as e:
             raise OptionError(str(e)) from None
-        save = keeper.save
+        bans.save = keeper.save
     else:
-        rows, save = store.bans, store.save_bans
-    bans = []
-    for network, by, reason in rows:
-        try:
-            bans.append(ServerBan(parse_network(network), by, reason))
-        except ChatError:
-            continue  # not a network: skipped, and dropped at the next save
-    chat.moderator.server_bans.load(bans)
-    chat.moderator.server_bans.save = lambda bans: save(
-        [(str(b.network), b.by, b.reason) for b in bans]
-    )
+        bans.load(store.bans)
+        bans.save = store.save_bans
 
 
 def build_node(
@@ -1103,9 +1093,7 @@ def build_node(
     if link is None:
         _keep_server_bans(options, chat, history)
     else:  # kept in Redis, for every node; read as each node joins the network
-        chat.moderator.server_bans.save = lambda bans: link.save_server_bans(
-            [(str(b.network), b.by, b.reason) for b in bans]
-        )
+        chat.moderator.server_bans.save = link.save_server_bans
     rules = Rules(
         chat,
         clock,

@@ -324,18 +324,15 @@ class RedisLink(service.Service):
         service = self.node.service
         if service is None:
             return
-        from twisted_chat.core.moderation import ServerBan, parse_network
-
         stored = yield self._commands.hgetall(GBANS)
-        bans = service.moderator.server_bans
+        rows = []
         for network, value in (stored or {}).items():
             try:
                 by, reason = json.loads(_text(value))
-                ban = ServerBan(parse_network(_text(network)), str(by), str(reason))
-            except Exception:
+            except (ValueError, TypeError):
                 continue
-            if ban.network not in bans.bans:
-                bans.bans[ban.network] = ban
+            rows.append((_text(network), str(by), str(reason)))
+        service.moderator.server_bans.load(rows)
 
     @defer.inlineCallbacks
     def _load_history(self) -> Any:

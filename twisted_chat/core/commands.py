@@ -26,10 +26,8 @@ from twisted_chat.core.errors import (
     NotNeeded,
     UnknownCommand,
 )
-from twisted_chat.core.events import Bans as BanList
 from twisted_chat.core.events import Bye, Error, Help, Notice
 from twisted_chat.core.interfaces import ILoginSession, IParticipant
-from twisted_chat.core.names import room_key, validate_room
 from twisted_chat.core.sanitize import clean_text
 
 if TYPE_CHECKING:  # the service imports this module for the welcome's command list
@@ -129,12 +127,13 @@ def _room_first(args: str) -> tuple[str | None, str]:
     return None, args.strip()
 
 
-def _room_nick(args: str, usage: str) -> tuple[str | None, str, str]:
+def _room_nick(args: str, usage: str, tail: bool = True) -> tuple[str | None, str, str]:
+    """``[#room] NICK [rest]``; without ``tail``, nothing may follow NICK."""
     room, rest = _room_first(args)
-    nick, _, tail = rest.partition(" ")
-    if not nick:
+    nick, _, more = rest.partition(" ")
+    if not nick or (more.strip() and not tail):
         raise BadArguments(f"usage: {usage}")
-    return room, nick, tail.strip()
+    return room, nick, more.strip()
 
 
 def _topic(svc: ChatService, m: Member, args: str) -> None:
@@ -152,29 +151,9 @@ def _lock(locked: bool) -> Callable[[ChatService, Member, str], None]:
     return run
 
 
-def _op(give: bool) -> Callable[[ChatService, Member, str], None]:
-    def run(svc: ChatService, m: Member, args: str) -> None:
-        room, nick, rest = _room_nick(args, f"/{'' if give else 'de'}op [#room] NICK")
-        if rest:
-            raise BadArguments(f"usage: /{'' if give else 'de'}op [#room] NICK")
-        svc.moderator.op(m, room, nick, give)
-
-    return run
-
-
 def _kick(svc: ChatService, m: Member, args: str) -> None:
     room, nick, reason = _room_nick(args, "/kick [#room] NICK [reason]")
     svc.moderator.kick(m, room, nick, reason)
-
-
-def _mute(on: bool) -> Callable[[ChatService, Member, str], None]:
-    def run(svc: ChatService, m: Member, args: str) -> None:
-        room, nick, rest = _room_nick(args, f"/{'' if on else 'un'}mute [#room] NICK")
-        if rest:
-            raise BadArguments(f"usage: /{'' if on else 'un'}mute [#room] NICK")
-        svc.moderator.mute(m, room, nick, on)
-
-    return run
 
 
 def _ban(svc: ChatService, m: Member, args: str) -> None:
@@ -182,26 +161,11 @@ def _ban(svc: ChatService, m: Member, args: str) -> None:
     svc.moderator.ban(m, room, who, reason)
 
 
-def _unban(svc: ChatService, m: Member, args: str) -> None:
-    room, who, rest = _room_nick(args, "/unban [#room] NICK-or-pattern")
-    if rest:
-        raise BadArguments("usage: /unban [#room] NICK-or-pattern")
-    svc.moderator.unban(m, room, who)
-
-
 def _bans(svc: ChatService, m: Member, args: str) -> None:
     room, rest = _room_first(args)
     if rest:
         raise BadArguments("usage: /bans [#room]")
-    listed = svc.moderator.bans(m, room)
-    where = m.current if room is None else m.rooms.get(room_key(validate_room(room)))
-    shown = where.name if where is not None else validate_room(room or "")
-    svc._tell(
-        m,
-        BanList(
-            ts=svc.clock.seconds(), room=shown, bans=[(b.shown, b.by, b.reason) for b in listed]
-        ),
-    )
+    svc._tell(m, svc.moderator.bans(m, room))
 
 
 def _kill(svc: ChatService, m: Member, args: str) -> None:
@@ -239,9 +203,7 @@ def _gunban(svc: ChatService, m: Member, args: str) -> None:
 
 
 def _gbans(svc: ChatService, m: Member, args: str) -> None:
-    svc.moderator._need_server_op(m)
-    listed = [(str(b.network), b.by, b.reason) for b in svc.moderator.server_bans.bans.values()]
-    svc._tell(m, BanList(ts=svc.clock.seconds(), room=None, bans=listed))
+    svc._tell(m, svc.moderator.network_bans(m))
 
 
 def _ping(svc: ChatService, m: Member, args: str) -> None:
@@ -279,6 +241,18 @@ def _quit(svc: ChatService, m: Member, args: str) -> None:
     svc.quit(m, args)
 
 
+def _member_command(
+    usage: str, help: str, act: Callable[[ChatService, Member, str | None, str], None]
+) -> Command:
+    """An operators' ``/command [#room] NICK`` acting on one member (or pattern) of a room."""
+
+    def run(svc: ChatService, m: Member, args: str) -> None:
+        room, nick, _ = _room_nick(args, usage, tail=False)
+        act(svc, m, room, nick)
+
+    return Command(usage, help, run, audience="operators")
+
+
 COMMANDS: dict[str, Command] = {
     "nick": Command("/nick NAME", "choose or change your nickname", _nick),
     "join": Command("/join #room", "join a room (created if new) and talk there", _join),
@@ -312,23 +286,28 @@ COMMANDS: dict[str, Command] = {
     ),
     "ping": Command("/ping [token]", "heartbeat; the server answers pong [token]", _ping),
     "format": Command("/format json|text", "switch how the server writes to you", _format),
-    "op": Command(
-        "/op [#room] NICK", "make a member a room operator", _op(True), audience="operators"
+    "op": _member_command(
+        "/op [#room] NICK",
+        "make a member a room operator",
+        lambda svc, m, room, nick: svc.moderator.op(m, room, nick, True),
     ),
-    "deop": Command(
-        "/deop [#room] NICK", "take operator status away", _op(False), audience="operators"
+    "deop": _member_command(
+        "/deop [#room] NICK",
+        "take operator status away",
+        lambda svc, m, room, nick: svc.moderator.op(m, room, nick, False),
     ),
     "kick": Command(
         "/kick [#room] NICK [reason]", "put a member out of the room", _kick, audience="operators"
     ),
-    "mute": Command(
+    "mute": _member_command(
         "/mute [#room] NICK",
         "let a member read but not talk here",
-        _mute(True),
-        audience="operators",
+        lambda svc, m, room, nick: svc.moderator.mute(m, room, nick, True),
     ),
-    "unmute": Command(
-        "/unmute [#room] NICK", "let a muted member talk again", _mute(False), audience="operators"
+    "unmute": _member_command(
+        "/unmute [#room] NICK",
+        "let a muted member talk again",
+        lambda svc, m, room, nick: svc.moderator.mute(m, room, nick, False),
     ),
     "ban": Command(
         "/ban [#room] NICK-or-pattern [reason]",
@@ -336,7 +315,11 @@ COMMANDS: dict[str, Command] = {
         _ban,
         audience="operators",
     ),
-    "unban": Command("/unban [#room] NICK-or-pattern", "lift a ban", _unban, audience="operators"),
+    "unban": _member_command(
+        "/unban [#room] NICK-or-pattern",
+        "lift a ban",
+        lambda svc, m, room, who: svc.moderator.unban(m, room, who),
+    ),
     "bans": Command("/bans [#room]", "list the room's bans", _bans, audience="operators"),
     "lock-topic": Command(
         "/lock-topic [#room]",

@@ -153,14 +153,12 @@ class Remote:
     """A member connected to another node, as this node's rooms hold it.
 
     Its own node shows it everything; here it only takes up its place in rooms and in
-    the nickname registry, so every delivery to it does nothing (but be counted, so
-    that ``--metrics`` counts deliveries to this node's members only).
+    the nickname registry, so every delivery to it does nothing. (``--metrics`` makes
+    it count them, to count deliveries to this node's members only.)
     """
 
-    handed = 0
-
     def deliver(self, event: Event) -> None:
-        self.handed += 1
+        pass
 
     def close(self, final: Event | None) -> None:
         pass

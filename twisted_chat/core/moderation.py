@@ -18,7 +18,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,12 +27,14 @@ from twisted.logger import Logger
 from twisted_chat.core.errors import (
     BadArguments,
     Banned,
+    ChatError,
     NoSuchNick,
     NotAllowed,
     NotAvailable,
     NotInRoom,
 )
 from twisted_chat.core.events import (
+    Bans,
     Bye,
     Current,
     Disconnected,
@@ -109,16 +111,26 @@ def covers(network: Network, host: str) -> bool:
     return net.version == network.version and net.subnet_of(network)  # type: ignore[arg-type]
 
 
+Row = tuple[str, str, str]  # a server ban as it is kept: network, by, reason
+
+
 class ServerBans:
     """Addresses and networks banned from the whole server; ``save`` keeps them (called
-    with every ban after each change), ``load`` gave them at start."""
+    with every ban, as rows, after each change), ``load`` reads them back."""
 
-    def __init__(self, save: Callable[[list[ServerBan]], object] | None = None) -> None:
+    def __init__(self, save: Callable[[list[Row]], object] | None = None) -> None:
         self.bans: dict[Network, ServerBan] = {}
         self.save = save
 
-    def load(self, bans: list[ServerBan]) -> None:
-        self.bans = {b.network: b for b in bans}
+    def load(self, rows: Iterable[Row]) -> None:
+        """Add the bans kept (a row that is not a network is skipped, and dropped at the
+        next save)."""
+        for network, by, reason in rows:
+            try:
+                ban = ServerBan(parse_network(network), str(by), str(reason))
+            except ChatError:
+                continue
+            self.bans.setdefault(ban.network, ban)
 
     def add(self, ban: ServerBan) -> None:
         if ban.network not in self.bans and len(self.bans) >= BANS_MAX:
@@ -143,7 +155,7 @@ class ServerBans:
 
     def _changed(self) -> None:
         if self.save is not None:
-            self.save(list(self.bans.values()))
+            self.save([(str(b.network), b.by, b.reason) for b in self.bans.values()])
 
 
 def _address(member: Member) -> str | None:
@@ -213,13 +225,16 @@ class Moderator:
             if member.current is None:
                 raise NotInRoom("you are not in any room; name one: #room")
             return member.current
-        room = member.rooms.get(room_key(validate_room(raw)))
-        if room is None and not self.is_server_operator(member):
-            raise NotInRoom(f"you are not in {validate_room(raw)}")
+        name = validate_room(raw)
+        key = room_key(name)
+        room = member.rooms.get(key)
+        if room is not None:
+            return room
+        if not self.is_server_operator(member):  # they act in rooms they are not in
+            raise NotInRoom(f"you are not in {name}")
+        room = self.service.rooms.find(key)
         if room is None:
-            room = self.service.rooms.find(room_key(validate_room(raw)))
-            if room is None:
-                raise NotInRoom(f"there is no room {validate_room(raw)}")
+            raise NotInRoom(f"there is no room {name}")
         return room
 
     def _need_op(self, member: Member, room: Room) -> None:
@@ -249,9 +264,12 @@ class Moderator:
             svc._tell(member, Notice(ts=svc.clock.seconds(), text=f"{room.name}: {what}"))
 
     def _announce(
-        self, room: Room, action: str, by: str | None, target: str = "", reason: str = ""
+        self, room: Room, action: str, actor: Member | None, target: str = "", reason: str = ""
     ) -> None:
+        """Tell the room (``actor`` None: the server did it), and an operator acting from
+        outside it what it did."""
         svc = self.service
+        by = None if actor is None else actor.nick
         svc.log.info(
             "{room}: {by} {action} {target} {reason}",
             room=room.name,
@@ -269,10 +287,8 @@ class Moderator:
             reason=reason,
         )
         svc._fanout(room.members, event)
-        if by is not None:
-            actor = svc.nicks.owner(by)
-            if actor is not None and actor not in room.members:
-                self._outside(actor, room, f"{action} {target}".strip())
+        if actor is not None:
+            self._outside(actor, room, f"{action} {target}".strip())
 
     # -- topics --------------------------------------------------------------------------
 
@@ -308,7 +324,7 @@ class Moderator:
         if room.topic_locked == locked:
             raise NotAllowed(f"the topic of {room.name} is {'already' if locked else 'not'} locked")
         room.topic_locked = locked
-        self._announce(room, "lock-topic" if locked else "unlock-topic", member.nick)
+        self._announce(room, "lock-topic" if locked else "unlock-topic", member)
 
     # -- room operators ------------------------------------------------------------------
 
@@ -327,7 +343,7 @@ class Moderator:
         else:
             self._protected(member, target)
             del room.ops[target]
-        self._announce(room, "op" if give else "deop", member.nick, target.nick)
+        self._announce(room, "op" if give else "deop", member, target.nick)
         if not give:
             self.succession(room, passed_over=target)
 
@@ -357,7 +373,7 @@ class Moderator:
         target = self._target(room, nick)
         self._protected(member, target)
         reason = _short(clean_text(reason).strip(), REASON_MAX)
-        self.service.count_disconnect("kicked")  # from the room
+        self.service.tally.disconnect("kicked")  # from the room
         self._remove(room, target, f"kicked by {member.nick}" + (f": {reason}" if reason else ""))
         self._outside(member, room, f"kicked {target.nick}")
 
@@ -394,7 +410,7 @@ class Moderator:
             if not room.muted.intersection(keys):
                 raise NotAllowed(f"{target.nick} is not muted in {room.name}")
             room.muted.difference_update(keys)
-        self._announce(room, "mute" if on else "unmute", member.nick, target.nick)
+        self._announce(room, "mute" if on else "unmute", member, target.nick)
 
     @staticmethod
     def _keys(member: Member) -> set[str]:
@@ -452,11 +468,11 @@ class Moderator:
             else:
                 ban = Ban(shown=who, by=member.nick, reason=reason, nick=skeleton(who))
         room.bans.append(ban)
-        self._announce(room, "ban", member.nick, ban.shown, reason)
+        self._announce(room, "ban", member, ban.shown, reason)
         # Those it names are put out now; the address keeps them out on joining again.
         for other in list(room.members):
             if other is not member and ban.names(other) and not self.is_server_operator(other):
-                self.service.count_disconnect("banned")  # from the room
+                self.service.tally.disconnect("banned")  # from the room
                 self._remove(
                     room, other, f"banned by {member.nick}" + (f": {reason}" if reason else "")
                 )
@@ -471,12 +487,20 @@ class Moderator:
                 f"no ban on {_short(clean_text(who), 40)!r} in {room.name} (/bans lists them)"
             )
         room.bans = kept
-        self._announce(room, "unban", member.nick, who)
+        self._announce(room, "unban", member, who)
 
-    def bans(self, member: Member, raw_room: str | None) -> list[Ban]:
+    def bans(self, member: Member, raw_room: str | None) -> Bans:
+        """A room's bans, for its operators."""
         room = self._room(member, raw_room)
         self._need_op(member, room)
-        return list(room.bans)
+        listed = [(b.shown, b.by, b.reason) for b in room.bans]
+        return Bans(ts=self.service.clock.seconds(), room=room.name, bans=listed)
+
+    def network_bans(self, member: Member) -> Bans:
+        """The server's bans, for server operators."""
+        self._need_server_op(member)
+        listed = [(str(b.network), b.by, b.reason) for b in self.server_bans.bans.values()]
+        return Bans(ts=self.service.clock.seconds(), room=None, bans=listed)
 
     def may_join(self, member: Member, name: str) -> bool:
         """Whether no ban keeps ``member`` out of the room called ``name`` (if it exists)."""
@@ -540,7 +564,7 @@ class Moderator:
             origin=target.origin,
             reason=reason,
         )
-        svc.count_disconnect("killed")
+        svc.tally.disconnect("killed")
         svc._leave_all(target, Disconnected.type, reason=f"disconnected by {by}: {reason}")
         svc._safe_close(
             target,
@@ -586,7 +610,7 @@ class Moderator:
         gone = [m for m in list(svc.members) if m.address and covers(network, m.address)]
         why = f"banned from this server by {by}" + (f": {reason}" if reason else "")
         for target in gone:
-            svc.count_disconnect("banned")
+            svc.tally.disconnect("banned")
             svc._leave_all(target, Disconnected.type, reason=why)
             svc._safe_close(target, Bye(ts=svc.clock.seconds(), reason=why))
         return ban, len(gone)

@@ -215,6 +215,7 @@ class ChatService(service.Service):
 
     log = Logger()
     name = "groupchat-core"
+    moderator: Moderator  # topics, operators, mutes, bans (core/moderation.py)
 
     def __init__(
         self,
@@ -634,9 +635,6 @@ class ChatService(service.Service):
         for room in list(member.rooms.values()):
             self._remove_from_room(member, room)
         member.current = None
-
-    def count_disconnect(self, reason: str) -> None:
-        self.tally.disconnect(reason)
 
     def _safe_close(self, member: Member, final: Event | None) -> None:
         self._closing.add(member)

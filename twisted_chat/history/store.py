@@ -176,14 +176,13 @@ class SQLiteHistory:
         """Open and close the file once, refusing an unusable one as ``open`` would, and
         start nothing: for before twistd forks, which no thread or SQLite connection may
         cross."""
-        db = self._connect_or_refuse()
+        db = self._connect_or_refuse(tails=False)
         try:
             probe = self._lock()  # only a probe: open() holds it, after any fork
             if probe is not None:
                 probe.close()
         finally:
             db.close()
-        self._tails.clear()
 
     def open(self) -> None:
         """Open or create the file, load the tails, start the flush loop. Synchronous: it
@@ -202,9 +201,9 @@ class SQLiteHistory:
         self._loop.clock = self.clock
         self._loop.start(self.flush_interval, now=False)
 
-    def _connect_or_refuse(self) -> sqlite3.Connection:
+    def _connect_or_refuse(self, tails: bool = True) -> sqlite3.Connection:
         try:
-            return self._connect()
+            return self._connect(tails)
         except sqlite3.Error as e:
             raise HistoryUnavailable(
                 f"cannot use history file {self.path}: {e}; check that it is an SQLite file "
@@ -228,7 +227,9 @@ class SQLiteHistory:
             ) from None
         return held
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, tails: bool) -> sqlite3.Connection:
+        """Open (creating or migrating) the file; with ``tails``, load each room's last
+        lines into memory (``open`` does; ``check`` only looks)."""
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -253,8 +254,9 @@ class SQLiteHistory:
             self.bans = [tuple(r) for r in db.execute("SELECT network, by, reason FROM bans")]
             (top,) = db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
             self._next_id = top + 1
-            rooms = [r for (r,) in db.execute("SELECT DISTINCT room FROM messages")]
-            for room in rooms:
+            # Rooms only: conversations (keys starting with "@") are never kept in memory.
+            found = db.execute("SELECT DISTINCT room FROM messages") if tails else ()
+            for room in (r for (r,) in found if not r.startswith("@")):
                 rows = db.execute(
                     f"SELECT {_COLUMNS} FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
                     (room, self.tail),
