@@ -38,6 +38,7 @@ class Bus:
         self.streams: dict[str, list[tuple[str, dict[str, str]]]] = {}  # history
         self.stream_ms = 1_700_000_000_000
         self.apart: set[str] = set()  # nodes cut off from the bus
+        self.rooms: dict[str, str] = {}  # each room's moderation state
 
     def settle(self) -> None:
         """Run every node's turn and deliver every envelope, until nothing is left."""
@@ -111,6 +112,12 @@ class MemoryLink:
         for k in keys:
             if self.bus.names.get(k) == owner:
                 del self.bus.names[k]
+
+    def save_room(self, key: str, state: str | None) -> None:
+        if state is None:
+            self.bus.rooms.pop(key, None)
+        else:
+            self.bus.rooms[key] = state
 
 
 def network(
@@ -483,3 +490,139 @@ def test_a_server_operator_reaches_every_node_with_wall_kill_and_gban():
     alice.send(f"/gunban {address}\r\n".encode())
     bus.settle()
     assert all(not h.service.moderator.server_bans.bans for h in (one, two))
+
+
+# -- room moderation over the network --------------------------------------------------------
+
+
+def say(bus: Bus, conn: Any, line: str) -> None:
+    conn.send(f"{line}\r\n".encode())
+    bus.settle()
+
+
+def ops_of(h: ProtocolHarness, room: str) -> list[str]:
+    found = h.service.rooms.find(room)
+    return [] if found is None else sorted(m.nick for m in found.ops)
+
+
+def test_room_operators_act_on_members_of_every_node():
+    bus, (one, two) = network(2)
+    alice, carol = join(bus, one, "alice"), join(bus, one, "carol")
+    bob, dave = join(bus, two, "bob"), join(bus, two, "dave")
+    for conn in (alice, bob, carol, dave):
+        say(bus, conn, "/join #den")
+    quiet(alice, bob, carol, dave)
+    assert ops_of(one, "#den") == ops_of(two, "#den") == ["alice"]
+
+    say(bus, alice, "/topic #den plans for friday")
+    assert bob.new_lines() == ["*** [#den] alice set the topic: plans for friday"]
+    assert two.service.rooms.find("#den").topic == "plans for friday"
+
+    say(bus, alice, "/op bob")
+    assert ops_of(one, "#den") == ops_of(two, "#den") == ["alice", "bob"]
+    assert dave.new_lines()[-1] == "*** [#den] alice made bob an operator"
+    quiet(alice, bob, carol)
+
+    say(bus, bob, "/kick carol spam")  # bob on n2 kicks carol on n1
+    assert "*** [#den] carol left (kicked by bob: spam)" in alice.new_lines()
+    assert "*** [#den] carol left (kicked by bob: spam)" in dave.new_lines()
+    assert not one.service.is_member_of(carol.protocol.member, "#den")
+    assert not two.service.is_member_of(two.service.nicks.owner("carol"), "#den")
+
+    say(bus, alice, "/mute dave")  # alice on n1 mutes dave on n2
+    assert dave.new_lines()[-1] == "*** [#den] alice muted dave"
+    quiet(alice, bob)
+    say(bus, dave, "hello?")
+    assert dave.new_lines() == ["!!! not-allowed: you are muted in #den: you can read, not talk"]
+    assert alice.new_lines() == []
+    say(bus, bob, "/unmute dave")
+    say(bus, dave, "hello again")
+    assert alice.new_lines()[-1] == "[#den] <dave> hello again"
+
+    say(bus, alice, "/ban dave trolling")
+    assert "*** [#den] dave left (banned by alice: trolling)" in bob.new_lines()
+    assert not two.service.is_member_of(dave.protocol.member, "#den")
+    say(bus, dave, "/join #den")
+    assert dave.new_lines()[-1] == "!!! banned: you are banned from #den: trolling"
+    say(bus, bob, "/bans")  # every node lists the same bans
+    assert bob.new_lines() == ["*** [#den] bans: dave (by alice: trolling)"]
+    say(bus, bob, "/unban dave")
+    say(bus, dave, "/join #den")
+    assert "*** Now talking in #den" in dave.new_lines()
+    for h in (one, two):
+        room = h.service.rooms.find("#den")
+        assert not room.bans and not room.muted and room.topic == "plans for friday"
+
+
+def test_a_ban_by_address_keeps_out_a_member_of_another_node():
+    bus, (one, two) = network(2)
+    alice, bob = join(bus, one, "alice"), join(bus, two, "bob")
+    alice.protocol.member.address = "198.51.100.1"  # not bob's, so the ban may hold it
+    for conn in (alice, bob):
+        say(bus, conn, "/join #den")
+    assert one.service.nicks.owner("bob").address == bob.protocol.member.address  # arrived
+    say(bus, alice, "/ban bob")
+    say(bus, bob, "/nick robert")  # another name, the same address
+    say(bus, bob, "/join #den")
+    assert bob.new_lines()[-1] == "!!! banned: you are banned from #den"
+
+
+HEIR = "*** [#den] bob is an operator now (the last operator left)"
+
+
+def test_when_the_last_operator_leaves_one_node_names_the_heir_for_all():
+    bus, (one, two) = network(2)
+    alice = join(bus, two, "alice")  # the operator, on n2
+    bob, carol = join(bus, one, "bob"), join(bus, two, "carol")
+    for conn in (alice, bob, carol):
+        say(bus, conn, "/join #den")
+    quiet(alice, bob, carol)
+    say(bus, alice, "/part")
+    # n1 comes first by name: it picks the member present longest, bob, and tells n2.
+    assert ops_of(one, "#den") == ops_of(two, "#den") == ["bob"]
+    assert bob.new_lines().count(HEIR) == 1
+    assert carol.new_lines().count(HEIR) == 1
+    assert json.loads(bus.rooms["#den"])["ops"] == [["n1", bob.protocol.member.id]]
+
+    say(bus, bob, "/deop bob")  # giving it up passes it on, across the network
+    assert ops_of(one, "#den") == ops_of(two, "#den") == ["carol"]
+
+
+def test_a_lost_node_operators_are_succeeded_on_the_others():
+    bus, (one, two) = network(2)
+    alice, bob = join(bus, two, "alice"), join(bus, one, "bob")
+    for conn in (alice, bob):
+        say(bus, conn, "/join #den")
+    quiet(bob)
+    bus.nodes[0].forget("n2")
+    bus.settle()
+    assert ops_of(one, "#den") == ["bob"]
+    assert HEIR in bob.new_lines()
+
+
+def test_a_node_joining_later_takes_the_rooms_state_from_the_network():
+    bus, (one, two) = network(2)
+    alice, bob = join(bus, one, "alice"), join(bus, one, "bob")
+    for conn in (alice, bob):
+        say(bus, conn, "/join #den")
+    say(bus, alice, "/topic #den the plan")
+    say(bus, alice, "/mute bob")
+    say(bus, alice, "/ban mallory")
+    assert "#den" in bus.rooms
+    # n2 has not seen any of it (as if it started now): it reads the members, then the
+    # rooms' state, as the Redis link does when a node joins.
+    late = two.service.rooms.find("#den")
+    late.topic, late.bans, late.muted, late.ops = "", [], set(), {}
+    two.service.moderator.restore("#den", bus.rooms["#den"])
+    assert late.topic == "the plan" and [b.shown for b in late.bans] == ["mallory"]
+    assert ops_of(two, "#den") == ["alice"]
+    carol = join(bus, two, "carol")
+    say(bus, carol, "/join #den")
+    assert "*** [#den] Topic: the plan (set by alice" in " ".join(carol.new_lines())
+    say(bus, alice, "/unmute bob")  # the mute restored on n2 is the one n1 lifts
+    assert not late.muted
+
+    say(bus, alice, "/part #den")
+    say(bus, bob, "/part #den")
+    say(bus, carol, "/part #den")
+    assert "#den" not in bus.rooms  # gone with the room

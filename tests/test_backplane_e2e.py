@@ -64,9 +64,9 @@ def members(connect: ClientFactory, wanted: list[tuple[ServerProcess, str]]) -> 
     return clients
 
 
-def who(client: ChatClient, room: str = "#lobby") -> set[str]:
+def who(client: ChatClient, room: str = "#lobby", ops: bool = False) -> set[str]:
     """The nicknames ``/who room`` lists for ``client`` now (and no earlier listing);
-    none for a room that does not exist (yet)."""
+    none for a room that does not exist (yet).  With ``ops``, operators keep their ``@``."""
     client.barrier()
     client.skip_seen()
     client.say(f"/who {room}")
@@ -83,14 +83,16 @@ def who(client: ChatClient, room: str = "#lobby") -> set[str]:
         return set()
     names = set(m[3].split(", "))
     assert len(names) == int(m[2]), line  # nobody twice
-    return names
+    return names if ops else {name.removeprefix("@") for name in names}
 
 
 def wait_who(client: ChatClient, room: str, expected: set[str], timeout: float) -> None:
+    """Until ``/who room`` lists ``expected`` (with ``@`` for operators when it has any)."""
     seen: list[set[str]] = []
+    ops = any(name.startswith("@") for name in expected)
 
     def listed() -> bool:
-        seen.append(who(client, room))
+        seen.append(who(client, room, ops))
         return seen[-1] == expected
 
     assert wait_until(listed, timeout), f"{client.label}: /who {room} gave {seen[-3:]}"
@@ -188,7 +190,7 @@ def test_two_nodes_share_rooms_who_and_private_messages(
     # A room created on one node is seen, joined and talked in from the other.
     alice.say("/join #pair")
     alice.expect("*** Now talking in #pair")
-    wait_who(bob, "#pair", {"alice"}, 5.0)
+    wait_who(bob, "#pair", {"@alice"}, 5.0)  # its founder: an operator on every node
     bob.say("/join #pair")
     alice.expect("*** [#pair] bob joined (2 here)")
     bob.say("in the pair")
@@ -634,3 +636,34 @@ def test_a_server_ban_reaches_nodes_started_later(
     boss = logged_in(later, "boss")
     boss.say("/gbans")
     boss.expect("*** Server bans: 192.0.2.0/24 (by chief: known spammers)")
+
+
+def test_room_moderation_crosses_nodes_and_reaches_nodes_started_later(
+    redis_server: RedisProcess, start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    one = start_node(start_server, redis_server)
+    two = start_node(start_server, redis_server)
+    alice, bob = members(connect, [(one, "alice"), (two, "bob")])
+    for client in (alice, bob):
+        client.say("/join #den")
+        client.expect("*** Now talking in #den")
+    wait_who(alice, "#den", {"@alice", "bob"}, 5.0)  # alice founded it: its operator
+    alice.say("/topic #den the plan")
+    bob.expect("*** [#den] alice set the topic: the plan")
+    alice.say("/mute bob")
+    bob.expect("*** [#den] alice muted bob")
+    bob.say("can I talk?")
+    bob.expect("!!! not-allowed: you are muted in #den: you can read, not talk")
+    alice.say("/kick bob enough")  # bob's own node puts him out
+    bob.expect("*** [#den] bob left (kicked by alice: enough)")
+    alice.expect("*** [#den] bob left (kicked by alice: enough)")
+
+    def kept() -> bool:
+        return b"the plan" in redis_server.command("HGET", "gc:rooms", "#den")
+
+    assert wait_until(kept, 5.0), "the room's state never reached redis"
+    later = start_node(start_server, redis_server)
+    (carol,) = members(connect, [(later, "carol")])
+    carol.say("/join #den")
+    carol.expect(lambda line: line.startswith("*** [#den] Topic: the plan (set by alice"))
+    wait_who(carol, "#den", {"@alice", "carol"}, 5.0)

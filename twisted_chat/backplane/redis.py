@@ -10,6 +10,9 @@ Keys (prefix ``gc:``):
   with what was published.
 - ``gc:nick:<key>``: ``<node>/<id>`` for each look-alike key of a held nickname; a key
   whose node has no lease is free.  ``gc:nicks:<node>`` lists a node's keys.
+- ``gc:rooms``: a hash, room key -> the room's moderation state (topic, operators,
+  mutes, bans; ``Moderator.snapshot``), written by the node where it changed.
+- ``gc:gbans``: a hash, network -> [by, reason]: the server bans.
 - ``gc:guests``: a counter; each node takes blocks of guest numbers from it, raising it
   first past every guest number it knows of when it (re)joins (Redis may have lost it).
 
@@ -39,6 +42,7 @@ from twisted_chat.core.names import skeletons
 PREFIX = "gc:"
 CHANNEL = PREFIX + "ops"
 GBANS = PREFIX + "gbans"  # network -> [by, reason]: the server bans, for nodes to come
+ROOM_STATES = PREFIX + "rooms"  # room key -> its moderation state, for nodes to come
 SUBSCRIBER_NAME = "gc-sub-"  # + node id: the client name of a node's subscription
 LEASE = 5.0  # seconds a node lives without renewing; its members are then removed
 GUEST_BLOCK = 100
@@ -317,6 +321,26 @@ class RedisLink(service.Service):
         )
         d.addErrback(self._lost_command, "saving server bans")
 
+    def save_room(self, key: str, state: str | None) -> None:
+        if not self._up:
+            return
+        if state is None:
+            d = self._commands.hdel(ROOM_STATES, key)
+        else:
+            d = self._commands.hset(ROOM_STATES, key, state)
+        d.addErrback(self._lost_command, "keeping a room's state")
+
+    @defer.inlineCallbacks
+    def _load_rooms(self) -> Any:
+        """The rooms' moderation as the network keeps it, taken for the rooms there are
+        (read after the other nodes' members, who are the rooms' members and operators)."""
+        service = self.node.service
+        if service is None:
+            return
+        stored = yield self._commands.hgetall(ROOM_STATES)
+        for key, value in (stored or {}).items():
+            service.moderator.restore(_text(key), _text(value))
+
     @defer.inlineCallbacks
     def _load_server_bans(self) -> Any:
         """The server bans made on the network, added to this node's (a node joining
@@ -426,6 +450,10 @@ class RedisLink(service.Service):
             yield self._load_server_bans()
         except Exception:
             self.log.failure("reading the server bans from redis failed")
+        try:
+            yield self._load_rooms()
+        except Exception:
+            self.log.failure("reading the rooms' moderation from redis failed")
         buffered, self._buffer = self._buffer or [], None
         for data in buffered:
             node.received(data)

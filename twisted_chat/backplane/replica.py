@@ -80,12 +80,16 @@ class Link(Protocol):
         """Give up the keys ``owner`` holds."""
         ...
 
+    def save_room(self, key: str, state: str | None) -> None:
+        """Keep a room's moderation state for nodes to come (None: forget it)."""
+        ...
+
 
 def describe(member: Member) -> str:
     """A member's state as other nodes store it (see ``Node.reconcile``)."""
     return json.dumps(
         {"nick": member.nick, "rooms": [r.name for r in member.rooms.values()],
-         "login": member.logged_in},
+         "login": member.logged_in, "addr": member.address},
         separators=(",", ":"),
     )  # fmt: skip
 
@@ -176,7 +180,8 @@ class Node:
         return f"{self.id}/{member_id}"
 
     def arrived(self, member: Member) -> None:
-        self._op(member, op="arrive", nick=member.nick, login=member.logged_in)
+        self._op(member, op="arrive", nick=member.nick, login=member.logged_in,
+                 addr=member.address)  # fmt: skip
         self._confirm(member)
 
     def _confirm(self, member: Member) -> None:
@@ -230,13 +235,25 @@ class Node:
     def operated(self, member: Member, action: str, **data: Any) -> None:
         self._op(member, False, op="srv", action=action, **data)
 
+    def moderated(self, member: Member, action: str, **data: Any) -> None:
+        # ``member`` may be another node's (an heir chosen here), so it goes by name.
+        self._queue({"op": "room", "action": action, "by": [member.node or self.id, member.id],
+                     **data})  # fmt: skip
+
+    def keep_room(self, key: str, state: str | None) -> None:
+        if self.link.connected():
+            self.link.save_room(key, state)
+
     def _op(self, member: Member, changes: bool = True, **op: Any) -> None:
         """Queue ``op`` for this turn's envelope; ``changes``: it changes the member's
         stored state (talking does not, so the state is not written again for it)."""
         op["m"] = member.id
-        self._ops.append(op)
         if changes:
             self._touched[member.id] = member
+        self._queue(op)
+
+    def _queue(self, op: dict[str, Any]) -> None:
+        self._ops.append(op)
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
 
@@ -372,9 +389,14 @@ class Node:
 
     def _apply_one(self, service: ChatService, node: str, op: dict[str, Any]) -> None:
         kind = op["op"]
+        if kind == "room":
+            service.moderator.replicated(str(op["action"]), op)
+            return
         mid = int(op["m"])
         if kind == "arrive":
-            service.remote_arrive(node, mid, str(op["nick"]), bool(op.get("login")))
+            service.remote_arrive(
+                node, mid, str(op["nick"]), bool(op.get("login")), str(op.get("addr", ""))
+            )
             return
         member = service.by_id.get((node, mid))
         if member is None:
@@ -398,6 +420,7 @@ class Node:
             service.remote_rename(member, str(op["nick"]))
         elif kind == "srv":
             self._server_wide(service, member, op)
+
         elif kind == "leave":
             service.remote_leave(
                 member, str(op["kind"]), str(op.get("reason", "")), float(op.get("after", 0.0))
@@ -459,7 +482,7 @@ class Node:
                     service.remote_leave(member, "disconnect", reason)
             for mid, desc in wanted.items():
                 nick, login = str(desc["nick"]), bool(desc.get("login"))
-                member = service.remote_arrive(node, mid, nick, login)
+                member = service.remote_arrive(node, mid, nick, login, str(desc.get("addr", "")))
                 service.remote_rename(member, nick)
                 rooms = [str(r) for r in desc.get("rooms", [])]
                 for room in list(member.rooms.values()):

@@ -144,9 +144,3 @@ class Banned(ChatError):
     """A ban keeps the member out of the room."""
 
     code = "banned"
-
-
-class NotAvailable(ChatError):
-    """Something this server cannot do in its setup (moderation over --backplane)."""
-
-    code = "not-available"

@@ -211,6 +211,8 @@ class INetwork(Interface):
     process has no network (``core.local.Alone``): every call does nothing.
     """
 
+    id = Attribute("This node's name on the network (empty alone); members are (node, id).")
+
     def arbitrates() -> bool:
         """True when nicknames are granted by the network (``claim``): a name asked for
         before the welcome cannot be granted at once."""
@@ -254,6 +256,15 @@ class INetwork(Interface):
         """``member``, a server operator, acted on the whole network: ``wall`` (``text``),
         ``kill`` (``target``: node and id, ``reason``), ``gban`` (``network``,
         ``reason``) or ``gunban`` (``network``); every node applies it to its own."""
+
+    def moderated(member: Any, action: str, **data: Any) -> None:
+        """``member`` acted on the room ``data["room"]`` (a room operator's action, or
+        ``heir``: this node chose it, of any node, to succeed the last operator); every
+        node applies it with ``Moderator.replicated``, members named by ``[node, id]``."""
+
+    def keep_room(key: str, state: str | None) -> None:
+        """Keep a room's moderation (``Moderator.snapshot``; None: the room is gone) for
+        nodes that join later."""
 
 
 class IHistory(Interface):

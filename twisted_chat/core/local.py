@@ -111,6 +111,8 @@ class LocalDelivery:
 class Alone:
     """No other nodes: nothing to ask, nobody to tell."""
 
+    id = ""
+
     def arbitrates(self) -> bool:
         return False
 
@@ -145,6 +147,12 @@ class Alone:
         pass
 
     def operated(self, member: Member, action: str, **data: Any) -> None:
+        pass
+
+    def moderated(self, member: Member, action: str, **data: Any) -> None:
+        pass
+
+    def keep_room(self, key: str, state: str | None) -> None:
         pass
 
 

@@ -7,6 +7,13 @@ everything a room operator may, in any room, and disconnect anyone, ban an addre
 network from the whole server, and send everyone a notice. Every action is told to the
 room (or, for a server-wide one, logged).
 
+Over a network of servers (``--backplane``) every action is checked on the acting
+member's server and then applied by every server to its replica of the room
+(``replicated``), with the same code; kicks and bans put a member out on its own
+server, through its usual part. The room's state is also kept in the network
+(``snapshot``, ``restore``) for servers that join later. When the last operator leaves,
+the server first by name among those with members in the room picks the heir.
+
 A ban keeps a person out of a room by nickname (or a ``*``/``?`` pattern of nicknames),
 by login name, and by the address it connected from; a mute lets a member read but not
 talk, and follows its nickname and login name. A room's bans and mutes last as long as
@@ -17,10 +24,11 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
@@ -30,7 +38,6 @@ from twisted_chat.core.errors import (
     ChatError,
     NoSuchNick,
     NotAllowed,
-    NotAvailable,
     NotInRoom,
 )
 from twisted_chat.core.events import (
@@ -184,6 +191,16 @@ def parse_network(text: str) -> Network:
     return network
 
 
+def _pattern_ban(shown: str, pattern: str, by: str, reason: str) -> Ban:
+    # Each literal run folded as nicknames are, so a look-alike cannot slip by.
+    looks = "".join(p if p in "*?" else skeleton(p) for p in re.split(r"([*?])", pattern))
+    return Ban(
+        shown=shown, by=by, reason=reason, pattern=pattern,
+        regex=re.compile(fnmatch.translate(pattern)),
+        looks=re.compile(fnmatch.translate(looks)),
+    )  # fmt: skip
+
+
 def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -207,18 +224,17 @@ class Moderator:
         return member in room.ops or self.is_server_operator(member)
 
     def founded(self, member: Member, room: Room) -> None:
-        """``member`` created ``room``: its first operator."""
-        if room.name != LOBBY and not member.node and self._local():
+        """``member`` created ``room`` (here, or on its own server): its first operator.
+        Two servers creating one room at once make both founders operators."""
+        if room.name != LOBBY:
             room.ops[member] = None
+            if not member.node:
+                self._keep(room)
 
-    def _local(self) -> bool:
-        return not self.service.network.arbitrates()
-
-    def _networked(self) -> None:
-        if not self._local():
-            raise NotAvailable(
-                "moderation does not work across a network of servers yet (--backplane)"
-            )
+    def emptied(self, room: Room, member: Member) -> None:
+        """``member``, the last in ``room``, left it: the room and its state are gone."""
+        if not member.node and self.service.network.id:
+            self.service.network.keep_room(room.key, None)
 
     def _room(self, member: Member, raw: str | None) -> Room:
         if raw is None:
@@ -238,7 +254,6 @@ class Moderator:
         return room
 
     def _need_op(self, member: Member, room: Room) -> None:
-        self._networked()
         if self.is_operator(member, room):
             return
         if room.name == LOBBY:
@@ -297,15 +312,12 @@ class Moderator:
         if text is None:
             self.service._tell(member, self.topic_event(room))
             return
-        self._networked()
         if room.topic_locked or room.name == LOBBY:
             self._need_op(member, room)
         if room.muted:
             self.check_talk(member, room)  # a topic is talking to the room too
         text = "" if text.strip() == "-" else _short(clean_text(text).strip(), TOPIC_MAX)
-        room.topic, room.topic_by, room.topic_at = text, member.nick, self.service.clock.seconds()
-        self.service._rooms_version += 1  # /rooms shows topics
-        self.service._fanout(room.members, self.topic_event(room, changed=True))
+        self._act(member, room, "topic", text=text, at=self.service.clock.seconds())
 
     def topic_event(self, room: Room, changed: bool = False) -> Topic:
         return Topic(
@@ -323,8 +335,7 @@ class Moderator:
         self._need_op(member, room)
         if room.topic_locked == locked:
             raise NotAllowed(f"the topic of {room.name} is {'already' if locked else 'not'} locked")
-        room.topic_locked = locked
-        self._announce(room, "lock-topic" if locked else "unlock-topic", member)
+        self._act(member, room, "lock-topic" if locked else "unlock-topic")
 
     # -- room operators ------------------------------------------------------------------
 
@@ -338,34 +349,30 @@ class Moderator:
             raise NotAllowed(
                 f"{target.nick} is {'already' if give else 'not'} an operator of {room.name}"
             )
-        if give:
-            room.ops[target] = None
-        else:
-            self._protected(member, target)
-            del room.ops[target]
-        self._announce(room, "op" if give else "deop", member, target.nick)
         if not give:
-            self.succession(room, passed_over=target)
+            self._protected(member, target)
+        self._act(member, room, "op" if give else "deop", target=self.ident(target))
 
     def succession(self, room: Room, passed_over: Member | None = None) -> None:
         """The last operator left: the member present longest becomes one (not one that
-        is muted there, nor ``passed_over``, who just gave it up)."""
-        if room.ops or not room.members or room.name == LOBBY or not self._local():
+        is muted there, nor ``passed_over``, who just gave it up).  Over a network the
+        server first by name among those with members in the room decides, so that
+        exactly one does."""
+        if room.ops or not room.members or room.name == LOBBY:
             return
+        here = self.service.network.id
+        if here and min(m.node or here for m in room.members) != here:
+            return  # that server's choice arrives as an "heir"
         heir = next(
             (
                 m
                 for m in room.members
-                if not m.node
-                and m is not passed_over
-                and not room.muted.intersection(self._keys(m))
+                if m is not passed_over and not room.muted.intersection(self._keys(m))
             ),
             None,
         )
-        if heir is None:
-            return
-        room.ops[heir] = None
-        self._announce(room, "op", None, heir.nick)
+        if heir is not None:
+            self._act(heir, room, "heir")
 
     def kick(self, member: Member, raw_room: str | None, nick: str, reason: str) -> None:
         room = self._room(member, raw_room)
@@ -373,14 +380,16 @@ class Moderator:
         target = self._target(room, nick)
         self._protected(member, target)
         reason = _short(clean_text(reason).strip(), REASON_MAX)
-        self.service.tally.disconnect("kicked")  # from the room
-        self._remove(room, target, f"kicked by {member.nick}" + (f": {reason}" if reason else ""))
+        why = f"kicked by {member.nick}" + (f": {reason}" if reason else "")
+        self._act(member, room, "kick", target=self.ident(target), why=why)
         self._outside(member, room, f"kicked {target.nick}")
 
     def _remove(self, room: Room, target: Member, why: str) -> None:
-        """Out of the room, everyone told (a part, so clients drop it from the list)."""
+        """Out of the room, everyone told (a part, so clients drop it from the list);
+        ``target`` is a member of this server, whose part the others hear of as usual."""
         svc = self.service
         svc.log.info("{room}: {nick} removed ({why})", room=room.name, nick=target.nick, why=why)
+        svc.network.parted(target, room.name, why)
         svc._fanout(
             room.members, Part(ts=svc.clock.seconds(), room=room.name, nick=target.nick, reason=why)
         )
@@ -405,12 +414,10 @@ class Moderator:
                 raise NotAllowed(f"{target.nick} is already muted in {room.name}")
             if len(room.muted) + len(keys) > 3 * MUTES_MAX:  # up to 3 keys a mute
                 raise NotAllowed(f"{room.name} has {MUTES_MAX} mutes, the most it keeps")
-            room.muted.update(keys)
-        else:
-            if not room.muted.intersection(keys):
-                raise NotAllowed(f"{target.nick} is not muted in {room.name}")
-            room.muted.difference_update(keys)
-        self._announce(room, "mute" if on else "unmute", member, target.nick)
+        elif not room.muted.intersection(keys):
+            raise NotAllowed(f"{target.nick} is not muted in {room.name}")
+        canonical = sorted(self._canonical_key(k) for k in keys)
+        self._act(member, room, "mute" if on else "unmute", keys=canonical, nick=target.nick)
 
     @staticmethod
     def _keys(member: Member) -> set[str]:
@@ -438,14 +445,7 @@ class Moderator:
                     f"a pattern is at most {PATTERN_MAX} characters with at most "
                     f"{WILDCARDS_MAX} wildcards (nicknames are at most {NICK_MAX})"
                 )
-            pattern = who.casefold()
-            # Each literal run folded as nicknames are, so a look-alike cannot slip by.
-            looks = "".join(p if p in "*?" else skeleton(p) for p in re.split(r"([*?])", pattern))
-            ban = Ban(
-                shown=who, by=member.nick, reason=reason, pattern=pattern,
-                regex=re.compile(fnmatch.translate(pattern)),
-                looks=re.compile(fnmatch.translate(looks)),
-            )  # fmt: skip
+            ban = _pattern_ban(who, who.casefold(), member.nick, reason)
             if ban.names(member):
                 raise NotAllowed("that pattern would ban you too")
         else:
@@ -467,15 +467,7 @@ class Moderator:
                 )
             else:
                 ban = Ban(shown=who, by=member.nick, reason=reason, nick=skeleton(who))
-        room.bans.append(ban)
-        self._announce(room, "ban", member, ban.shown, reason)
-        # Those it names are put out now; the address keeps them out on joining again.
-        for other in list(room.members):
-            if other is not member and ban.names(other) and not self.is_server_operator(other):
-                self.service.tally.disconnect("banned")  # from the room
-                self._remove(
-                    room, other, f"banned by {member.nick}" + (f": {reason}" if reason else "")
-                )
+        self._act(member, room, "ban", ban=self._ban_data(ban))
 
     def unban(self, member: Member, raw_room: str | None, who: str) -> None:
         room = self._room(member, raw_room)
@@ -486,8 +478,7 @@ class Moderator:
             raise NotAllowed(
                 f"no ban on {_short(clean_text(who), 40)!r} in {room.name} (/bans lists them)"
             )
-        room.bans = kept
-        self._announce(room, "unban", member, who)
+        self._act(member, room, "unban", who=who)
 
     def bans(self, member: Member, raw_room: str | None) -> Bans:
         """A room's bans, for its operators."""
@@ -521,6 +512,168 @@ class Moderator:
             if ban.keeps_out(member):
                 why = f": {ban.reason}" if ban.reason else ""
                 raise Banned(f"you are banned from {room.name}{why}")
+
+    # -- acting here and on every server -------------------------------------------------
+
+    def _act(self, member: Member, room: Room, action: str, **data: Any) -> None:
+        """Do ``action`` (checked already) here and on every other server, in that
+        order on each: the others hear of it before any part it causes."""
+        data["room"] = room.name
+        self.service.network.moderated(member, action, **data)
+        self._apply(member, room, action, data)
+        self._keep(room)
+
+    def replicated(self, action: str, data: dict[str, Any]) -> None:
+        """A member of another server did ``action`` (checked there), or another server
+        chose an heir (``by``: the heir)."""
+        actor = self._resolve(data["by"])
+        room = self.service.rooms.find(room_key(str(data["room"])))
+        if actor is not None and room is not None:
+            self._apply(actor, room, action, data)
+
+    def _apply(self, actor: Member, room: Room, action: str, data: dict[str, Any]) -> None:
+        svc = self.service
+        if action == "topic":
+            room.topic, room.topic_by = str(data["text"]), actor.nick
+            room.topic_at = float(data["at"])
+            svc._rooms_version += 1  # /rooms shows topics
+            svc._fanout(room.members, self.topic_event(room, changed=True))
+        elif action in ("lock-topic", "unlock-topic"):
+            room.topic_locked = action == "lock-topic"
+            self._announce(room, action, actor)
+        elif action in ("op", "deop"):
+            target = self._resolve(data["target"])
+            if target is None or target not in room.members:
+                return
+            if action == "op":
+                room.ops[target] = None
+            else:
+                room.ops.pop(target, None)
+            self._announce(room, action, actor, target.nick)
+            if action == "deop":
+                self.succession(room, passed_over=target)
+        elif action == "heir":
+            if actor in room.members:
+                room.ops[actor] = None
+                self._announce(room, "op", None, actor.nick)
+        elif action in ("mute", "unmute"):
+            keys = {self._local_key(str(k)) for k in data["keys"]}
+            if action == "mute":
+                room.muted.update(keys)
+            else:
+                room.muted.difference_update(keys)
+            self._announce(room, action, actor, str(data["nick"]))
+        elif action == "ban":
+            ban = self._ban_from(data["ban"])
+            room.bans.append(ban)
+            self._announce(room, "ban", actor, ban.shown, ban.reason)
+            # Those it names are put out now (each by its own server); the address keeps
+            # them out on joining again.
+            why = f"banned by {actor.nick}" + (f": {ban.reason}" if ban.reason else "")
+            for other in list(room.members):
+                if (
+                    not other.node
+                    and other is not actor
+                    and ban.names(other)
+                    and not self.is_server_operator(other)
+                ):
+                    svc.tally.disconnect("banned")  # from the room
+                    self._remove(room, other, why)
+        elif action == "unban":
+            who = str(data["who"])
+            room.bans = [b for b in room.bans if b.shown.casefold() != who.casefold()]
+            self._announce(room, "unban", actor, who)
+        elif action == "kick":
+            target = self._resolve(data["target"])
+            if target is not None and not target.node and target in room.members:
+                svc.tally.disconnect("kicked")  # from the room
+                self._remove(room, target, str(data["why"]))
+
+    # -- who is who over a network, and a room's state kept there ------------------------
+
+    def ident(self, member: Member) -> list[Any]:
+        """``member`` as every server knows it: [its server, its number there]."""
+        return [member.node or self.service.network.id, member.id]
+
+    def _resolve(self, ident: Any) -> Member | None:
+        node, mid = str(ident[0]), int(ident[1])
+        if node == self.service.network.id:
+            node = ""
+        return self.service.by_id.get((node, mid))
+
+    def _canonical_key(self, key: str) -> str:
+        """A mute key as every server writes it (this server's members by its name)."""
+        return f"m:{self.service.network.id}/{key[3:]}" if key.startswith("m:/") else key
+
+    def _local_key(self, key: str) -> str:
+        prefix = f"m:{self.service.network.id}/"
+        return "m:/" + key[len(prefix) :] if key.startswith(prefix) else key
+
+    def _ban_data(self, ban: Ban) -> dict[str, Any]:
+        who = None if ban.who is None else [ban.who[0] or self.service.network.id, ban.who[1]]
+        return {
+            "shown": ban.shown, "by": ban.by, "reason": ban.reason, "pattern": ban.pattern,
+            "nick": ban.nick, "login": ban.login, "address": ban.address, "who": who,
+        }  # fmt: skip
+
+    def _ban_from(self, data: dict[str, Any]) -> Ban:
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return None if value is None else str(value)
+
+        shown, by, reason = str(data["shown"]), str(data["by"]), str(data.get("reason", ""))
+        pattern = text("pattern")
+        if pattern is not None:
+            return _pattern_ban(shown, pattern[:PATTERN_MAX], by, reason)
+        who = data.get("who")
+        if who is not None:
+            node = str(who[0])
+            who = ("" if node == self.service.network.id else node, int(who[1]))
+        return Ban(
+            shown=shown, by=by, reason=reason, nick=text("nick"), login=text("login"),
+            address=text("address"), who=who,
+        )  # fmt: skip
+
+    def _keep(self, room: Room) -> None:
+        if self.service.network.id:
+            self.service.network.keep_room(room.key, self.snapshot(room))
+
+    def snapshot(self, room: Room) -> str:
+        """A room's topic, operators, mutes and bans, as the network keeps them."""
+        return json.dumps(
+            {
+                "topic": room.topic, "by": room.topic_by, "at": room.topic_at,
+                "locked": room.topic_locked, "ops": [self.ident(m) for m in room.ops],
+                "muted": sorted(self._canonical_key(k) for k in room.muted),
+                "bans": [self._ban_data(b) for b in room.bans],
+            },
+            separators=(",", ":"),
+        )  # fmt: skip
+
+    def restore(self, key: str, text: str) -> None:
+        """Take a room's state as the network kept it (this server joins the network, or
+        comes back to it: the network's word replaces what this server did apart).  Its
+        operators who are no longer in the room are skipped; when none is left, the
+        room keeps those it has here."""
+        room = self.service.rooms.find(key)
+        if room is None:
+            return
+        try:
+            data = json.loads(text)
+            room.topic = _short(str(data.get("topic") or ""), TOPIC_MAX)
+            room.topic_by = None if data.get("by") is None else str(data["by"])
+            room.topic_at = None if data.get("at") is None else float(data["at"])
+            room.topic_locked = bool(data.get("locked"))
+            ops = [self._resolve(i) for i in data.get("ops", [])]
+            found = {m: None for m in ops if m is not None and m in room.members}
+            if found and room.name != LOBBY:
+                room.ops = found
+            room.muted = {self._local_key(str(k)) for k in data.get("muted", [])[: 3 * MUTES_MAX]}
+            room.bans = [self._ban_from(b) for b in data.get("bans", [])[:BANS_MAX]]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            self.log.warn("the network's state of room {key} is unreadable", key=key)
+            return
+        self.service._rooms_version += 1
 
     # -- server operators ----------------------------------------------------------------
 

@@ -667,6 +667,7 @@ class ChatService(service.Service):
         member.seen.pop(room.key, None)
         room.ops.pop(member, None)
         if not room.members and room.name != LOBBY:
+            self.moderator.emptied(room, member)
             self.rooms.remove(room_key(room.name))
             self._room_order = None
             if room.summary_call is not None and room.summary_call.active():
@@ -945,8 +946,11 @@ class ChatService(service.Service):
 
     # -- members of other nodes (a backplane reports what they do) ---------------------
 
-    def remote_arrive(self, node: str, mid: int, nick: str, logged_in: bool = False) -> Member:
-        """A member of ``node`` is on the network: it holds ``nick`` here too."""
+    def remote_arrive(
+        self, node: str, mid: int, nick: str, logged_in: bool = False, address: str = ""
+    ) -> Member:
+        """A member of ``node`` is on the network: it holds ``nick`` here too (``address``:
+        where it connected from, which a room ban made here may hold against it)."""
         member = self.by_id.get((node, mid))
         if member is not None:
             return member
@@ -956,6 +960,7 @@ class ChatService(service.Service):
             last_seen=self.clock.seconds(),
             logged_in=logged_in,
             origin=f"node {node}",
+            address=address,
             node=node,
             id=mid,
         )
