@@ -3,6 +3,7 @@
     python -m bench all --write              # everything; rewrites docs/bench and the tables
     python -m bench fanout --receivers 100 1000 --senders 1 10
     python -m bench latency --rates 500 2000
+    python -m bench senders                  # 10 and 100 senders sharing 2000 msg/s
     python -m bench scale --clients 1000 5000 10000
     python -m bench attack --rounds 3 --write   # members' latency and memory under attacks
     python -m bench backplane --rounds 3 --write  # a room over two nodes and one Redis
@@ -120,6 +121,43 @@ def run_latency(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"lost {row['lost']}" + _ratios(row),
                 flush=True,
             )
+    return rows
+
+
+def run_senders(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Paced traffic from many senders: ``--many-senders`` members share ``--many-rate``
+    messages a second in turn, into rooms of ``--many-receivers``, as in a real room
+    where many people each say something now and then."""
+    rows = []
+    for receivers in args.many_receivers:
+        for senders in args.many_senders:
+            measured = repeat(
+                args.servers,
+                args.repeat,
+                lambda d, port, pid, r=receivers, s=senders: latency(
+                    d, port, pid, r, args.many_rate, args.seconds, args.timeout, s
+                ),
+            )
+            ratios = paired_ratios(measured, ["p50_ms", "p99_ms", "server_cpu"])
+            for name, runs in measured.items():
+                row = {"server": name, "rate": args.many_rate, "receivers": receivers,
+                       "senders": senders}  # fmt: skip
+                if name == "groupchat":
+                    row |= ratios
+                row |= summarize(
+                    runs, ["p50_ms", "p99_ms", "p999_ms", "max_ms", "server_cpu", "steal"]
+                )
+                row["lost"] = max(r["lost"] for r in runs)
+                row["failed_runs"] = FAILED.get(name, [])
+                rows.append(row)
+                print(
+                    f"{name:16} R={receivers:<5} S={senders:<4} rate={args.many_rate:g} "
+                    f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms "
+                    f"({row['p99_ms_min']:.2f}-{row['p99_ms_max']:.2f})  "
+                    f"server CPU {row['server_cpu']:.0%}  steal {row['steal']:.0%}  "
+                    f"lost {row['lost']}" + _ratios(row),
+                    flush=True,
+                )
     return rows
 
 
@@ -245,6 +283,7 @@ def main() -> None:
         choices=[
             "fanout",
             "latency",
+            "senders",
             "scale",
             "attack",
             "backplane",
@@ -253,7 +292,7 @@ def main() -> None:
             "metrics",
             "all",
         ],
-        help="what to measure ('all' is fanout, latency, scale and web)",
+        help="what to measure ('all' is fanout, latency, senders, scale and web)",
     )
     add("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS), help="which")
 
@@ -306,6 +345,15 @@ def main() -> None:
         help="latency, backplane: messages/s" + backplane_default("rates"),
     )
     add("--latency-receivers", type=int, default=100, help="latency: room size")
+    add("--many-receivers", type=int, nargs="+", default=[100, 1000], help="senders: room sizes")
+    add(
+        "--many-senders",
+        type=int,
+        nargs="+",
+        default=[10, 100],
+        help="senders: how many members share the rate",
+    )
+    add("--many-rate", type=float, default=2000.0, help="senders: messages/s in all")
     add("--seconds", type=float, default=3.0, help="latency, backplane: sending time per run")
     add(
         "--clients",
@@ -337,13 +385,19 @@ def main() -> None:
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
-    scenarios = ["fanout", "latency", "scale", "web"] if args.scenario == "all" else [args.scenario]
+    scenarios = (
+        ["fanout", "latency", "senders", "scale", "web"]
+        if args.scenario == "all"
+        else [args.scenario]
+    )
     for scenario in scenarios:
         print(f"== {scenario}", flush=True)
         if scenario == "fanout":
             rows = run_fanout(args)
         elif scenario == "latency":
             rows = run_latency(args)
+        elif scenario == "senders":
+            rows = run_senders(args)
         elif scenario == "attack":
             rows = run_attack(args)
             if args.write:  # its section of docs/PERFORMANCE.md is written by hand

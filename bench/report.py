@@ -99,6 +99,35 @@ def latency_md(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def senders_md(doc: dict[str, Any]) -> list[str]:
+    rows = doc["results"]
+    names = list(dict.fromkeys(r["server"] for r in rows))
+    others = [n for n in names if n != "groupchat"]
+    lines = [
+        "S senders share the rate in turn, into a room of R members (the senders among "
+        "them); milliseconds from send to receipt over every delivery, medians of the "
+        "runs. Ratios: groupchat over each reference (above 1: slower or busier), median "
+        "of per-round ratios.",
+        "",
+        "| R | S | rate | server | p50 | p99 | p99.9 | server CPU | lost |"
+        + "".join(f" p50, p99, CPU: ours / {n} |" for n in others),
+        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(others),
+    ]
+    for r in rows:
+        ratios = "".join(
+            f" {_ratio(r, 'p50_ms', n)}, {_ratio(r, 'p99_ms', n)}, {_ratio(r, 'server_cpu', n)} |"
+            if r["server"] == "groupchat"
+            else " |"
+            for n in others
+        )
+        lines.append(
+            f"| {r['receivers']} | {r['senders']} | {r['rate']:g}/s | {r['server']}{_marks(r)} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} ({r['p99_ms_min']:.2f}-{r['p99_ms_max']:.2f})"
+            f" | {r['p999_ms']:.2f} | {r['server_cpu']:.0%} | {r['lost']} |{ratios}"
+        )
+    return lines
+
+
 def scale_md(doc: dict[str, Any]) -> list[str]:
     lines = [
         "| clients | connect + nick + join, all | RSS per connection | one message to all "
@@ -378,6 +407,7 @@ def render(out: Path) -> str:
     for scenario, title, table in (
         ("fanout", "Fan-out throughput", fanout_md),
         ("latency", "Latency", latency_md),
+        ("senders", "Many senders", senders_md),
         ("scale", "Connection scale (groupchat)", scale_md),
         ("web", "WebSocket (browser) clients", web_md),
         ("backplane", "Backplane: one room on one node or over two", backplane_md),

@@ -74,6 +74,7 @@ class Connection:
     """One protocol instance on a StringTransport, reading what the server wrote."""
 
     def __init__(self, factory: ChatFactory, port: int) -> None:
+        self.clock = factory.rules.clock
         self.transport = StringTransport(peerAddress=_addr(port))
         protocol = factory.buildProtocol(_addr(port))
         assert isinstance(protocol, ChatLineProtocol)
@@ -82,7 +83,9 @@ class Connection:
         self._read = 0
 
     def send(self, data: bytes) -> None:
+        """As the reactor reads it: the output is written at the end of the iteration."""
         self.protocol.dataReceived(data)
+        self.clock.advance(0)  # type: ignore[attr-defined]  # a task.Clock in tests
 
     def output(self) -> bytes:
         return self.transport.value()

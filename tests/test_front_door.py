@@ -55,12 +55,15 @@ def test_a_new_door_shares_rooms_limits_and_admission_with_the_line_protocol():
     telnet = h.connect("alice")
     door, transport = open_door(h, 1)
     door.dataReceived(b"/nick carol")
+    h.clock.advance(0)
     assert b"carol" in transport.value()
     door.dataReceived(b"hello from the other door")
+    h.clock.advance(0)
     assert telnet.new_lines()[-1] == "[#lobby] <carol> hello from the other door"
     telnet.send(b"hi carol\r\n")
     assert transport.value().endswith(b"[#lobby] <alice> hi carol\r\n")
     door.dataReceived(b"one")  # the line rate holds it back like any connection
+    h.clock.advance(0)
     assert b"Slow down" in transport.value()
     # Connections through either door count against the same per-address limit.
     open_door(h, 2)

@@ -464,6 +464,28 @@ def test_one_turn_is_rendered_per_recipient_format_and_format_switch_keeps_earli
     assert json.loads(lines[1])["type"] == "welcome"
 
 
+def test_lines_read_in_one_reactor_iteration_reach_each_member_in_one_write():
+    h = ProtocolHarness()
+    alice, bob, carol = h.connect("alice"), h.connect("bob"), h.connect("carol")
+    carol.new_lines()
+    writes: list[bytes] = []
+    write = carol.transport.write
+
+    def counted(data: bytes) -> None:
+        writes.append(data)
+        write(data)
+
+    carol.transport.write = counted  # type: ignore[method-assign]
+    # Two members' lines, read in one iteration (before the reactor runs its calls).
+    alice.protocol.dataReceived(b"from alice\r\n")
+    bob.protocol.dataReceived(b"from bob\r\n")
+    assert writes == []
+    h.clock.advance(0)  # the iteration ends: no wait was added
+    assert writes == [b"[#lobby] <alice> from alice\r\n[#lobby] <bob> from bob\r\n"]
+    alice.send(b"later\r\n")  # the next iteration: written at its end, again
+    assert carol.new_lines()[-1] == "[#lobby] <alice> later"
+
+
 def test_flush_interval_holds_output_under_load_but_not_after_a_quiet_spell():
     h = ProtocolHarness()
     h.rules.batcher.flush_interval = 0.002
@@ -552,9 +574,11 @@ def test_a_command_answered_later_holds_the_connections_next_lines_in_order(monk
     assert bob.new_lines() == []  # nothing said while /slow is being answered
     assert alice.transport.producerState == "paused"  # and nothing more read
     pending[0].callback(None)
+    h.clock.advance(0)  # the end of the reactor iteration: output is written
     assert bob.new_lines() == ["[#lobby] <alice> after the slow one"]
     assert alice.transport.producerState == "paused"  # the second /slow now
     pending[1].errback(NickTaken("taken, later"))  # a domain error, told as usual
+    h.clock.advance(0)
     assert alice.new_lines()[-1] == "!!! nick-taken: taken, later"
     assert bob.new_lines() == ["[#lobby] <alice> last"]
     assert alice.transport.producerState == "producing"

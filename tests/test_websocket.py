@@ -70,6 +70,7 @@ class Browser:
     def __init__(
         self, site: WebSite, port: int, origin: str | None = ORIGIN, path: str = "/ws"
     ) -> None:
+        self.site = site
         self.transport = StringTransport(peerAddress=_addr(port))
         channel = site.buildProtocol(_addr(port))
         self.channel = channel
@@ -91,6 +92,7 @@ class Browser:
 
     def send_raw(self, data: bytes) -> None:
         self.channel.dataReceived(data)  # the channel's, or the socket's once upgraded
+        self.site.rules.clock.advance(0)  # type: ignore[attr-defined]  # the iteration ends
 
     def say(self, text: str) -> None:
         self.send_raw(self.ws.send(TextMessage(text)))

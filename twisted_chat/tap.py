@@ -105,9 +105,7 @@ def _count(name: str, unit: str) -> Callable[[str], int]:
 
 
 _line_limit = _between("max-line", int, 64, 1_048_576, "bytes", "Bytes, 64 to 1048576.")
-_flush_interval = _between(
-    "flush-interval", float, 0, 1, "seconds", "Seconds, 0 to 1; 0 writes at once."
-)
+_flush_interval = _between("flush-interval", float, 0, 1, "seconds", "Seconds, 0 to 1; 0: no hold.")
 
 
 def _size(value: str) -> int:
@@ -288,10 +286,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         [
             "flush-interval",
             None,
-            0.001,
-            "Under sustained traffic, write to each client at most this often (seconds), "
-            "so a busy room costs one send per member per interval, not per line. "
-            "Output after a quiet spell goes out at once.",
+            0.0,
+            "Under sustained traffic, write to each client at most this often (seconds): "
+            "fewer sends for more latency. Without it, output is written once per "
+            "reactor iteration, for everything the iteration read.",
             _flush_interval,
         ],
         [

@@ -1,5 +1,5 @@
-"""Output every connection shares: gathering per input turn, the timed flush, and the
-transport's back-pressure.
+"""Output every connection shares: gathering per reactor iteration, the optional hold,
+and the transport's back-pressure.
 
 One ``Batcher`` serves every front door of a server, so members in one room are
 coalesced the same way whichever door they came through.
@@ -26,11 +26,15 @@ class Flushable(Protocol):
 
 
 class Batcher:
-    """Gathers output during an input turn and writes it once per recipient.
+    """Gathers output during a reactor iteration and writes it once per recipient.
 
     A connection that is handed an event while a batch is open keeps it and registers
-    in ``dirty``; the flush at the end of the turn (or after ``flush_interval`` under
-    sustained traffic) writes each recipient's events in one ``write``.
+    in ``dirty``; one flush after every connection that was ready in this iteration has
+    been read (a ``callLater(0)``, which the reactor runs before it polls again) writes
+    each recipient's events in one ``write``.  When many members talk, one poll often
+    brings lines from several of them: each recipient then gets them in one ``send()``,
+    with no added wait.  ``flush_interval`` optionally holds output longer under
+    sustained traffic.
     """
 
     log = Logger()
@@ -50,30 +54,28 @@ class Batcher:
         self.service.begin_batch()
 
     def end_batch(self) -> None:
-        """Flush what was gathered, unless the last flush was under ``flush_interval`` ago.
+        """Have what was gathered written at the end of this reactor iteration, or, with
+        ``flush_interval``, no sooner than that long after the last flush.
 
-        Under a steady stream of input (one line per read), writing at once costs one
-        ``send()`` per member per line; holding output for at most ``flush_interval``
-        turns that into one per member per interval.  A line after a quiet spell still
-        goes out at once.
+        Writing at the end of each input turn would cost one ``send()`` per member per
+        line; at the end of the iteration it costs one per member per poll.  Holding
+        for ``flush_interval`` makes that at most one per member per interval, at the
+        price of that much latency; a line after a quiet spell is never held.
         """
         self.service.end_batch()
         if self.batch_depth > 1:
             self.batch_depth -= 1
             return
-        try:
-            if self._flush_call is not None:
-                return  # a flush is already due; what was gathered waits for it
-            wait = self._last_flush + self.flush_interval - self.clock.seconds()
-            # Hold only after a flush that reached several members: a stream of single
-            # answers (pongs, errors, one connection's own traffic) is not the sustained
-            # broadcast the hold coalesces, and must not delay everyone else's lines.
-            if wait > 0 and self.dirty and self._last_flush_size >= HOLD_AFTER:
-                self._flush_call = self.clock.callLater(wait, self._timed_flush)
-                return
-            self.flush()
-        finally:
-            self.batch_depth = 0
+        self.batch_depth = 0
+        if self._flush_call is not None or not self.dirty:
+            return  # a flush is already due; what was gathered waits for it
+        wait = 0.0
+        # Hold only after a flush that reached several members: a stream of single
+        # answers (pongs, errors, one connection's own traffic) is not the sustained
+        # broadcast the hold coalesces, and must not delay everyone else's lines.
+        if self.flush_interval and self._last_flush_size >= HOLD_AFTER:
+            wait = max(0.0, self._last_flush + self.flush_interval - self.clock.seconds())
+        self._flush_call = self.clock.callLater(wait, self._timed_flush)
 
     def _timed_flush(self) -> None:
         self._flush_call = None
