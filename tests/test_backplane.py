@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from tests.doubles import ProtocolHarness
 from twisted_chat.backplane.history import NetworkHistory, to_id
 from twisted_chat.backplane.replica import LOST_WITH_SERVER, Node
-from twisted_chat.core.names import skeletons
+from twisted_chat.core.names import room_key, skeletons
 from twisted_chat.rules.login import Authenticator
 
 
@@ -41,6 +41,30 @@ class Bus:
         self.apart: set[str] = set()  # nodes cut off from the bus
         self.rooms: dict[str, str] = {}  # each room's moderation state
 
+    def keep_room(
+        self, key: str, state: str | None, born: str, mode: str, shared: bool = False
+    ) -> tuple[bool, str | None]:
+        """What the Redis script ``_KEEP_ROOM`` does: (written, the state kept)."""
+        cur = self.rooms.get(key)
+        if mode == "drop":
+            if cur is not None and json.loads(cur)["born"] == born:
+                del self.rooms[key]
+            return False, None
+        assert state is not None
+        take = True
+        if cur is not None:
+            old, new = json.loads(cur), json.loads(state)
+            if old["born"] == new["born"]:
+                take = new["v"] > old["v"]
+            elif mode == "merge" and shared:
+                take = old["born"] == "" or (
+                    new["born"] != "" and (new["bt"], new["born"]) < (old["bt"], old["born"])
+                )
+        if take:
+            self.rooms[key] = state
+            return True, state
+        return False, cur
+
     def settle(self) -> None:
         """Run every node's turn and deliver every envelope, until nothing is left."""
         for _ in range(100):
@@ -50,7 +74,8 @@ class Bus:
             sent, self.channel = self.channel, []
             for data in sent:
                 for node in self.nodes:
-                    node.received(data)
+                    if node.id not in self.apart:
+                        node.received(data)
         raise AssertionError("the network never settled")
 
 
@@ -120,11 +145,8 @@ class MemoryLink:
             if self.bus.names.get(k) == owner:
                 del self.bus.names[k]
 
-    def save_room(self, key: str, state: str | None) -> None:
-        if state is None:
-            self.bus.rooms.pop(key, None)
-        else:
-            self.bus.rooms[key] = state
+    def save_room(self, key: str, state: str | None, born: str) -> None:
+        self.bus.keep_room(key, state, born, "keep" if state is not None else "drop")
 
 
 def network(
@@ -509,8 +531,8 @@ def say(bus: Bus, conn: Any, line: str) -> None:
     bus.settle()
 
 
-def ops_of(h: ProtocolHarness, room: str) -> list[str]:
-    found = h.service.rooms.find(room)
+def ops_of(h: Any, room: str) -> list[str]:
+    found = h.service.rooms.find(room_key(room))
     return [] if found is None else sorted(m.nick for m in found.ops)
 
 
@@ -635,3 +657,122 @@ def test_a_node_joining_later_takes_the_rooms_state_from_the_network():
     say(bus, bob, "/part #den")
     say(bus, carol, "/part #den")
     assert "#den" not in bus.rooms  # gone with the room
+
+
+def merge(bus: Bus, index: int) -> None:
+    """What the Redis link does with the rooms' state as a node (re)joins."""
+    node = bus.nodes[index]
+    service = node.service
+    assert service is not None
+    for room in list(service.rooms.rooms()):
+        state = service.moderator.snapshot(room)
+        shared = any(m.node for m in room.members)
+        written, kept = bus.keep_room(room.key, state, room.born, "merge", shared)
+        node.merged(room.key, state, written, kept)
+    bus.settle()
+
+
+def rejoin(bus: Bus, index: int) -> None:
+    """A node back on the bus (or new on it): it announces itself, the others read its
+    state and it reads theirs, then the rooms' state is settled, as the Redis link does."""
+    node = bus.nodes[index]
+    bus.apart.discard(node.id)
+    envelope, seq, state = node.announcement()
+    node.link.publish(envelope, seq, state)
+    bus.settle()
+    for other in bus.nodes:
+        if other is not node:
+            node.begin_read(other.id)
+            _reader(bus, node)(other.id, True)
+    merge(bus, index)
+
+
+def test_two_operators_acting_at_once_leave_every_node_alike():
+    bus, (one, two) = network(2)
+    alice, bob = join(bus, one, "alice"), join(bus, two, "bob")
+    for conn in (alice, bob):
+        say(bus, conn, "/join #den")
+    say(bus, alice, "/op bob")
+    say(bus, alice, "/ban spam*")
+    quiet(alice, bob)
+    # In one instant, before either hears of the other's:
+    alice.protocol.dataReceived(b"/topic from alice\r\n/lock-topic\r\n/unban spam*\r\n")
+    bob.protocol.dataReceived(b"/topic from bob\r\n/lock-topic\r\n/unban spam*\r\n")
+    bus.settle()
+    rooms = [h.service.rooms.find("#den") for h in (one, two)]
+    assert rooms[0].topic == rooms[1].topic == "from bob"  # n1 published first
+    assert rooms[0].topic_locked and rooms[1].topic_locked
+    assert [b.shown for b in rooms[0].bans] == [b.shown for b in rooms[1].bans]
+    seen = alice.new_lines()
+    assert seen == bob.new_lines()  # the same story, in the same order, on both
+    assert sum("locked the topic" in line for line in seen) == 1
+
+
+def test_two_nodes_making_one_room_at_once_make_both_founders_operators_everywhere():
+    bus, (one, two) = network(2)
+    alice, bob = join(bus, one, "alice"), join(bus, two, "bob")
+    alice.protocol.dataReceived(b"/join #new\r\n")
+    bob.protocol.dataReceived(b"/join #new\r\n")
+    bus.settle()
+    assert ops_of(one, "#new") == ops_of(two, "#new") == ["alice", "bob"]
+    assert one.service.rooms.find("#new").born == two.service.rooms.find("#new").born
+
+
+def network_with_vip(redis_lost: bool) -> tuple[Bus, list[ProtocolHarness], Any]:
+    """alice (n1) made #vip and locked its topic, bob (n2) is in it; n3 was apart all
+    along, and mallory there made a #vip of her own; then n3 joins (after Redis lost
+    the rooms' state, if ``redis_lost``, so that every node settles them again)."""
+    bus, servers = network(3)
+    bus.apart.add("n3")
+    alice, bob = join(bus, servers[0], "alice"), join(bus, servers[1], "bob")
+    for conn in (alice, bob):
+        say(bus, conn, "/join #vip")
+    say(bus, alice, "/topic #vip members only")
+    say(bus, alice, "/lock-topic")
+    bus.clock.advance(1)  # a moment later
+    mallory = servers[2].connect("mallory")
+    say(bus, mallory, "/join #vip")
+    assert ops_of(servers[2], "#vip") == ["mallory"]  # apart: it made the room there
+    if redis_lost:
+        bus.rooms.clear()
+    rejoin(bus, 2)  # n3 first
+    if redis_lost:
+        merge(bus, 0)
+        merge(bus, 1)
+    return bus, servers, mallory
+
+
+def test_a_room_made_while_apart_does_not_take_over_the_networks_room():
+    for redis_lost in (False, True):
+        bus, servers, mallory = network_with_vip(redis_lost)
+        for h in servers:
+            room = h.service.rooms.find(room_key("#vip"))
+            assert sorted(m.nick for m in room.members) == ["alice", "bob", "mallory"]
+            assert ops_of(h, "#vip") == ["alice"], redis_lost
+            assert room.topic == "members only" and room.topic_locked
+        mallory.new_lines()
+        say(bus, mallory, "/topic #vip mine now")
+        assert mallory.new_lines() == ["!!! not-allowed: you are not an operator of #vip"]
+
+
+def test_a_room_made_while_apart_replaces_a_forgotten_one_of_the_same_name():
+    bus, (one, _) = network(2)
+    alice = join(bus, one, "alice")
+    say(bus, alice, "/join #old")
+    say(bus, alice, "/ban newbie*")
+    stale = bus.rooms[room_key("#old")]
+    say(bus, alice, "/part #old")
+    assert room_key("#old") not in bus.rooms  # forgotten with the room
+    bus.rooms[room_key("#old")] = stale  # as if Redis was out of reach when the room emptied
+    bus.apart.add("n1")
+    newbie = one.connect("newbie1")
+    say(bus, newbie, "/join #old")  # a new #old, made while apart
+    rejoin(bus, 0)
+    for node in bus.nodes:  # n2 takes n1's state of the room, as n1 settled it
+        assert node.service is not None
+        room = node.service.rooms.find(room_key("#old"))
+        assert room is not None and not room.bans and ops_of(node, "#old") == ["newbie1"]
+    assert (
+        json.loads(bus.rooms[room_key("#old")])["born"]
+        == one.service.rooms.find(room_key("#old")).born
+    )

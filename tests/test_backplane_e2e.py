@@ -644,10 +644,12 @@ def test_room_moderation_crosses_nodes_and_reaches_nodes_started_later(
     one = start_node(start_server, redis_server)
     two = start_node(start_server, redis_server)
     alice, bob = members(connect, [(one, "alice"), (two, "bob")])
-    for client in (alice, bob):
-        client.say("/join #den")
-        client.expect("*** Now talking in #den")
-    wait_who(alice, "#den", {"@alice", "bob"}, 5.0)  # alice founded it: its operator
+    alice.say("/join #den")
+    alice.expect("*** Now talking in #den")
+    wait_who(bob, "#den", {"@alice"}, 5.0)  # alice founded it: its operator, everywhere
+    bob.say("/join #den")
+    bob.expect("*** Now talking in #den")
+    wait_who(alice, "#den", {"@alice", "bob"}, 5.0)
     alice.say("/topic #den the plan")
     bob.expect("*** [#den] alice set the topic: the plan")
     alice.say("/mute bob")
@@ -667,3 +669,50 @@ def test_room_moderation_crosses_nodes_and_reaches_nodes_started_later(
     carol.say("/join #den")
     carol.expect(lambda line: line.startswith("*** [#den] Topic: the plan (set by alice"))
     wait_who(carol, "#den", {"@alice", "carol"}, 5.0)
+
+
+def test_rooms_state_and_server_bans_outlive_a_redis_restart(
+    redis_server: RedisProcess, start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Redis without persistence loses its data when restarted: the nodes write back
+    what they hold as they rejoin, so a node started afterwards still enforces it."""
+    from tests.test_moderation_e2e import logged_in
+
+    users = tmp_path / "users.txt"
+    users.write_text("chief:pw-chief\nboss:pw-boss\n")
+    ops = ("--auth", f"file:{users}", "--operator", "chief", "--operator", "boss")
+    one = start_node(start_server, redis_server, *ops)
+    nodes = [one]
+    restarted: list[RedisProcess] = []
+    try:
+        chief = logged_in(one, "chief")
+        chief.say("/join #den")
+        chief.expect("*** Now talking in #den")
+        chief.say("/topic #den kept through it all")
+        chief.expect("*** [#den] chief set the topic: kept through it all")
+        chief.say("/gban 192.0.2.0/24 spam")
+        chief.expect("*** banned 192.0.2.0/24 from the server; 0 disconnected")
+        stop(redis_server)
+        chief.expect(SPLIT, timeout=REJOIN_TIMEOUT)
+        redis = start_redis(redis_server.folder, redis_server.port, "redis2.log")
+        restarted.append(redis)
+        chief.expect(WHOLE, timeout=REJOIN_TIMEOUT)
+
+        def written_back() -> bool:
+            return b"kept through it all" in redis.command(
+                "HGET", "gc:rooms", "#den"
+            ) and b"192.0.2.0/24" in redis.command("HGETALL", "gc:gbans")
+
+        assert wait_until(written_back, 5.0), "the nodes never wrote their state back"
+        later = start_node(start_server, redis, *ops)
+        nodes.append(later)
+        boss = logged_in(later, "boss")
+        boss.say("/gbans")
+        boss.expect("*** Server bans: 192.0.2.0/24 (by chief: spam)")
+        boss.say("/join #den")
+        boss.expect(lambda line: line.startswith("*** [#den] Topic: kept through it all"))
+    finally:
+        for node in nodes:  # the nodes first, then the Redis this test started
+            node.stop()
+        for redis in restarted:
+            stop(redis)

@@ -337,3 +337,37 @@ def test_a_server_operator_cannot_kill_itself_and_hears_what_it_did_outside_a_ro
     assert r.errors("chief") == ["not-allowed: to leave, /quit"]
     r.type("chief", "/kick #tea bob")
     assert r.texts("chief") == ["*** #tea: kicked bob"]
+
+
+def test_unmuting_lifts_the_whole_mute_whatever_name_it_was_made_under():
+    r = tea("alice", "bob", "carol")
+    r.type("alice", "/mute bob")
+    r.type("bob", "/nick robert")
+    r.type("alice", "/unmute robert")
+    r.type("bob", "free again")  # (typed by the same member, now robert)
+    assert r.texts("carol")[-1] == "[#tea] <robert> free again"
+    r.add("bob")  # a newcomer taking the old name is not muted by what was left over
+    r.type("bob", "/join #tea")
+    r.type("bob", "hello")
+    assert r.errors("bob") == []
+    assert not r.service.rooms.find("#tea").muted
+    r.type("alice", "/mute alice")
+    assert r.errors("alice") == ["not-allowed: you cannot mute yourself"]
+
+
+def test_bans_by_address_and_their_limits():
+    r = tea("alice", "bob")
+    r.type("alice", "/ban 198.51.100.2 from there")  # bob's address, typed
+    assert r.texts("bob")[0] == "*** [#tea] alice banned 198.51.100.2 (from there)"
+    r.add("carol", address="198.51.100.2")
+    r.type("carol", "/join #tea")
+    assert r.errors("carol") == ["banned: you are banned from #tea: from there"]
+    r.type("alice", "/ban 198.51.100.1")
+    assert r.errors("alice") == ["not-allowed: that is your own address"]
+    r.type("alice", "/ban 2001:db8::1")  # IPv6, counted by /64 as admission counts it
+    r.type("alice", "/bans")
+    assert "2001:db8::/64 (by alice)" in r.texts("alice")[-1]
+    r.type("alice", "/ban " + "x" * 40)
+    assert r.errors("alice")[0].startswith("bad-arguments: nicknames are at most")
+    r.type("alice", "/ban 198.51.100.2")
+    assert r.errors("alice") == ["not-allowed: 198.51.100.2 is already banned from #tea"]

@@ -11,7 +11,8 @@ Keys (prefix ``gc:``):
 - ``gc:nick:<key>``: ``<node>/<id>`` for each look-alike key of a held nickname; a key
   whose node has no lease is free.  ``gc:nicks:<node>`` lists a node's keys.
 - ``gc:rooms``: a hash, room key -> the room's moderation state (topic, operators,
-  mutes, bans; ``Moderator.snapshot``), written by the node where it changed.
+  mutes, bans; ``Moderator.snapshot``), written by the node where it changed, never
+  over a newer state of the same incarnation of the room (``_KEEP_ROOM``).
 - ``gc:gbans``: a hash, network -> [by, reason]: the server bans.
 - ``gc:guests``: a counter; each node takes blocks of guest numbers from it, raising it
   first past every guest number it knows of when it (re)joins (Redis may have lost it).
@@ -192,6 +193,39 @@ class _SubscriberFactory(txredisapi.SubscriberFactory):
         return p
 
 
+# KEYS[1]: the rooms' hash. ARGV: room key, state (JSON with born, bt, v), born, and the
+# mode: 'keep' (after an action: newer than what is kept, or another incarnation),
+# 'drop' (the room emptied: forget it if it is that incarnation) or 'merge' (a node
+# (re)joins; ARGV[5] '1' when the room has members of other nodes: then, of two
+# incarnations, the older is the room and wins). Returns {1, state} when it was
+# written, {0, the state kept} when not.
+_KEEP_ROOM = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local mode = ARGV[4]
+if mode == 'drop' then
+  if cur and cjson.decode(cur).born == ARGV[3] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+  return {0}
+end
+local take = true
+if cur then
+  local old = cjson.decode(cur)
+  local new = cjson.decode(ARGV[2])
+  if old.born == new.born then
+    take = tonumber(new.v) > tonumber(old.v)
+  elseif mode == 'merge' and ARGV[5] == '1' then
+    local nbt, obt = tonumber(new.bt), tonumber(old.bt)
+    local older = nbt < obt or (nbt == obt and new.born < old.born)
+    take = old.born == '' or (new.born ~= '' and older)
+  end
+end
+if take then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return {1, ARGV[2]}
+end
+return {0, cur}
+"""
+
+
 class RedisLink(service.Service):
     """This node's place in a Redis network: the ``Link`` of ``replica.Node``."""
 
@@ -321,25 +355,42 @@ class RedisLink(service.Service):
         )
         d.addErrback(self._lost_command, "saving server bans")
 
-    def save_room(self, key: str, state: str | None) -> None:
+    def save_room(self, key: str, state: str | None, born: str) -> None:
         if not self._up:
             return
-        if state is None:
-            d = self._commands.hdel(ROOM_STATES, key)
-        else:
-            d = self._commands.hset(ROOM_STATES, key, state)
+        mode = "keep" if state is not None else "drop"
+        d = self._commands.eval(
+            _KEEP_ROOM, keys=[ROOM_STATES], args=[key, state or "", born, mode, "0"]
+        )
         d.addErrback(self._lost_command, "keeping a room's state")
 
     @defer.inlineCallbacks
-    def _load_rooms(self) -> Any:
-        """The rooms' moderation as the network keeps it, taken for the rooms there are
-        (read after the other nodes' members, who are the rooms' members and operators)."""
+    def _merge_rooms(self) -> Any:
+        """Each room's moderation, settled with the network's as this node (re)joins
+        (after reading the other nodes' members, who are the rooms' members): the kept
+        state wins unless this node's is newer, or the older incarnation of a room the
+        network shares (a room made here while apart is not the network's room), or
+        Redis lost it. What this node wrote, the others take; what it read, it takes."""
         service = self.node.service
         if service is None:
             return
-        stored = yield self._commands.hgetall(ROOM_STATES)
-        for key, value in (stored or {}).items():
-            service.moderator.restore(_text(key), _text(value))
+        moderator = service.moderator
+        rooms = list(service.rooms.rooms())
+        for start in range(0, len(rooms), CLAIMS_AT_ONCE):  # pipelined, in bounded runs
+            batch = rooms[start : start + CLAIMS_AT_ONCE]
+            sent = [moderator.snapshot(room) for room in batch]
+            answers = yield defer.gatherResults(
+                [self._merge_room(room, state) for room, state in zip(batch, sent, strict=True)],
+                consumeErrors=True,
+            )
+            for room, state, answer in zip(batch, sent, answers, strict=True):
+                kept = _text(answer[1]) if len(answer) > 1 else None
+                self.node.merged(room.key, state, bool(int(answer[0])), kept)
+
+    def _merge_room(self, room: Any, state: str) -> Any:
+        shared = "1" if any(m.node for m in room.members) else "0"
+        args = [room.key, state, room.born, "merge", shared]
+        return self._commands.eval(_KEEP_ROOM, keys=[ROOM_STATES], args=args)
 
     @defer.inlineCallbacks
     def _load_server_bans(self) -> Any:
@@ -356,7 +407,15 @@ class RedisLink(service.Service):
             except (ValueError, TypeError):
                 continue
             rows.append((_text(network), str(by), str(reason)))
-        service.moderator.server_bans.load(rows)
+        bans = service.moderator.server_bans
+        bans.load(rows)
+        # Ours and the network's together: kept for nodes to come (Redis may have lost
+        # them), and told to the others, who add those they lack.
+        mine = [(str(b.network), b.by, b.reason) for b in bans.bans.values()]
+        if len(mine) > len(rows):
+            self.save_server_bans(mine)
+        if mine:
+            self.node.share_bans(mine)
 
     @defer.inlineCallbacks
     def _load_history(self) -> Any:
@@ -451,9 +510,9 @@ class RedisLink(service.Service):
         except Exception:
             self.log.failure("reading the server bans from redis failed")
         try:
-            yield self._load_rooms()
+            yield self._merge_rooms()
         except Exception:
-            self.log.failure("reading the rooms' moderation from redis failed")
+            self.log.failure("settling the rooms' moderation with redis failed")
         buffered, self._buffer = self._buffer or [], None
         for data in buffered:
             node.received(data)

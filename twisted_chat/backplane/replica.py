@@ -80,8 +80,9 @@ class Link(Protocol):
         """Give up the keys ``owner`` holds."""
         ...
 
-    def save_room(self, key: str, state: str | None) -> None:
-        """Keep a room's moderation state for nodes to come (None: forget it)."""
+    def save_room(self, key: str, state: str | None, born: str) -> None:
+        """Keep a room's moderation state for nodes to come, unless a newer one of the
+        same incarnation ``born`` is kept (None: forget that incarnation)."""
         ...
 
 
@@ -235,14 +236,35 @@ class Node:
     def operated(self, member: Member, action: str, **data: Any) -> None:
         self._op(member, False, op="srv", action=action, **data)
 
-    def moderated(self, member: Member, action: str, **data: Any) -> None:
+    def moderated(self, member: Member, action: str, **data: Any) -> bool:
+        if not self.link.connected():
+            return False  # split: applied here only, and settled when the network is back
         # ``member`` may be another node's (an heir chosen here), so it goes by name.
         self._queue({"op": "room", "action": action, "by": [member.node or self.id, member.id],
                      **data})  # fmt: skip
+        return True
 
-    def keep_room(self, key: str, state: str | None) -> None:
+    def keep_room(self, key: str, state: str | None, born: str) -> None:
         if self.link.connected():
-            self.link.save_room(key, state)
+            self.link.save_room(key, state, born)
+
+    def share_room(self, key: str, state: str) -> None:
+        """This node's state of a room won over the network's (it comes back after a
+        split, or Redis lost it): every other node takes it."""
+        self._queue({"op": "state", "key": key, "state": state})
+
+    def merged(self, key: str, sent: str, written: bool, kept: str | None) -> None:
+        """Redis settled a room's state as this node (re)joined (``sent``: this node's):
+        what was written, the others take; what was kept instead, this node takes."""
+        if written:
+            self.share_room(key, sent)
+        elif kept is not None and kept != sent:
+            assert self.service is not None
+            self.service.moderator.restore(key, kept)
+
+    def share_bans(self, rows: list[tuple[str, str, str]]) -> None:
+        """Every server ban this node knows: the others add those they lack."""
+        self._queue({"op": "bans", "rows": [list(row) for row in rows]})
 
     def _op(self, member: Member, changes: bool = True, **op: Any) -> None:
         """Queue ``op`` for this turn's envelope; ``changes``: it changes the member's
@@ -269,6 +291,10 @@ class Node:
         if not self.link.connected():
             if history is not None:
                 history.unnumbered(len(lines))
+            # Moderation meant to come back from the network is applied here alone.
+            own = [op for op in ops if op.get("op") == "room"]
+            if own:
+                self.apply(self.id, own)
             return  # split: the state is sent whole when the network is back
         state = {str(mid): describe(m) if m.present else None for mid, m in touched.items()}
         try:
@@ -332,6 +358,10 @@ class Node:
             if numbers:
                 _number(ops, numbers)
             self._take(node, seq, ops, bool(envelope.get("whole")))
+        else:  # this node's own: its moderation is applied now, in the network's order
+            own = [op for op in ops if isinstance(op, dict) and op.get("op") == "room"]
+            if own:
+                self.apply(node, own)
 
     def _beat(self, node: str, seq: int, sent: float) -> None:
         if node == self.id:
@@ -391,6 +421,13 @@ class Node:
         kind = op["op"]
         if kind == "room":
             service.moderator.replicated(str(op["action"]), op)
+            return
+        if kind == "state":
+            service.moderator.offered(str(op["key"]), str(op["state"]), node)
+            return
+        if kind == "bans":
+            rows = [(str(n), str(by), str(why)) for n, by, why in op["rows"]]
+            service.moderator.server_bans.load(rows)
             return
         mid = int(op["m"])
         if kind == "arrive":

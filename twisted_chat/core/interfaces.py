@@ -257,14 +257,16 @@ class INetwork(Interface):
         ``kill`` (``target``: node and id, ``reason``), ``gban`` (``network``,
         ``reason``) or ``gunban`` (``network``); every node applies it to its own."""
 
-    def moderated(member: Any, action: str, **data: Any) -> None:
-        """``member`` acted on the room ``data["room"]`` (a room operator's action, or
-        ``heir``: this node chose it, of any node, to succeed the last operator); every
-        node applies it with ``Moderator.replicated``, members named by ``[node, id]``."""
+    def moderated(member: Any, action: str, **data: Any) -> bool:
+        """``member`` acted on the room ``data["room"]`` (a room operator's action,
+        ``found``: it created the room, or ``heir``: this node chose it, of any node, to
+        succeed the last operator).  True: the network hands it back to every node, this
+        one included, in one order, to apply with ``Moderator.replicated`` (members named
+        by ``[node, id]``); False: nobody to tell, apply it now."""
 
-    def keep_room(key: str, state: str | None) -> None:
-        """Keep a room's moderation (``Moderator.snapshot``; None: the room is gone) for
-        nodes that join later."""
+    def keep_room(key: str, state: str | None, born: str) -> None:
+        """Keep a room's moderation (``Moderator.snapshot``) for nodes that join later;
+        ``state`` None: the incarnation ``born`` of the room is gone."""
 
 
 class IHistory(Interface):

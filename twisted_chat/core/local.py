@@ -149,10 +149,10 @@ class Alone:
     def operated(self, member: Member, action: str, **data: Any) -> None:
         pass
 
-    def moderated(self, member: Member, action: str, **data: Any) -> None:
-        pass
+    def moderated(self, member: Member, action: str, **data: Any) -> bool:
+        return False
 
-    def keep_room(self, key: str, state: str | None) -> None:
+    def keep_room(self, key: str, state: str | None, born: str) -> None:
         pass
 
 

@@ -8,11 +8,12 @@ network from the whole server, and send everyone a notice. Every action is told 
 room (or, for a server-wide one, logged).
 
 Over a network of servers (``--backplane``) every action is checked on the acting
-member's server and then applied by every server to its replica of the room
-(``replicated``), with the same code; kicks and bans put a member out on its own
-server, through its usual part. The room's state is also kept in the network
-(``snapshot``, ``restore``) for servers that join later. When the last operator leaves,
-the server first by name among those with members in the room picks the heir.
+member's server, then published, and applied by every server (that one included) as
+the network hands it back, so all apply them in one order and their replicas agree
+(``replicated``); kicks and bans put a member out on its own server, through its usual
+part. The room's state is also kept in the network (``snapshot``, ``restore``) for
+servers that join later or come back. When the last operator leaves, the server first
+by name among those with members in the room picks the heir.
 
 A ban keeps a person out of a room by nickname (or a ``*``/``?`` pattern of nicknames),
 by login name, and by the address it connected from; a mute lets a member read but not
@@ -191,6 +192,19 @@ def parse_network(text: str) -> Network:
     return network
 
 
+def _parse_address(text: str) -> str | None:
+    """An address as bans and admission count it (an IPv6 /64 as one), or None."""
+    try:
+        ip = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def _pattern_ban(shown: str, pattern: str, by: str, reason: str) -> Ban:
     # Each literal run folded as nicknames are, so a look-alike cannot slip by.
     looks = "".join(p if p in "*?" else skeleton(p) for p in re.split(r"([*?])", pattern))
@@ -224,17 +238,17 @@ class Moderator:
         return member in room.ops or self.is_server_operator(member)
 
     def founded(self, member: Member, room: Room) -> None:
-        """``member`` created ``room`` (here, or on its own server): its first operator.
-        Two servers creating one room at once make both founders operators."""
-        if room.name != LOBBY:
-            room.ops[member] = None
-            if not member.node:
-                self._keep(room)
+        """``member`` created ``room``: its first operator.  Over a network its own
+        server says so, in the network's order: two servers creating one room at once
+        make both founders operators, everywhere."""
+        if room.name != LOBBY and not member.node:
+            self._act(member, room, "found", at=self.service.clock.seconds())
 
     def emptied(self, room: Room, member: Member) -> None:
-        """``member``, the last in ``room``, left it: the room and its state are gone."""
-        if not member.node and self.service.network.id:
-            self.service.network.keep_room(room.key, None)
+        """The last member left ``room`` here: the room and its state are gone (every
+        server says so; the network forgets only this incarnation of the room)."""
+        if room.born and self.service.network.id:
+            self.service.network.keep_room(room.key, None, room.born)
 
     def _room(self, member: Member, raw: str | None) -> Room:
         if raw is None:
@@ -410,9 +424,11 @@ class Moderator:
         keys = self._keys(target)
         if on:
             self._protected(member, target)
+            if target is member:
+                raise NotAllowed("you cannot mute yourself")
             if room.muted.intersection(keys):
                 raise NotAllowed(f"{target.nick} is already muted in {room.name}")
-            if len(room.muted) + len(keys) > 3 * MUTES_MAX:  # up to 3 keys a mute
+            if len(room.mutes) >= MUTES_MAX:
                 raise NotAllowed(f"{room.name} has {MUTES_MAX} mutes, the most it keeps")
         elif not room.muted.intersection(keys):
             raise NotAllowed(f"{target.nick} is not muted in {room.name}")
@@ -448,6 +464,10 @@ class Moderator:
             ban = _pattern_ban(who, who.casefold(), member.nick, reason)
             if ban.names(member):
                 raise NotAllowed("that pattern would ban you too")
+        elif (address := _parse_address(who)) is not None:
+            if address == _address(member):
+                raise NotAllowed("that is your own address")
+            ban = Ban(shown=address, by=member.nick, reason=reason, address=address)
         else:
             target = self.service.nicks.owner(who)
             if target is not None:
@@ -466,7 +486,14 @@ class Moderator:
                     who=(target.node, target.id),
                 )
             else:
+                if len(who) > NICK_MAX:
+                    raise BadArguments(
+                        f"nicknames are at most {NICK_MAX} characters; to ban many, use a "
+                        "pattern such as spam*"
+                    )
                 ban = Ban(shown=who, by=member.nick, reason=reason, nick=skeleton(who))
+        if any(b.shown.casefold() == ban.shown.casefold() for b in room.bans):
+            raise NotAllowed(f"{ban.shown} is already banned from {room.name}")
         self._act(member, room, "ban", ban=self._ban_data(ban))
 
     def unban(self, member: Member, raw_room: str | None, who: str) -> None:
@@ -516,34 +543,52 @@ class Moderator:
     # -- acting here and on every server -------------------------------------------------
 
     def _act(self, member: Member, room: Room, action: str, **data: Any) -> None:
-        """Do ``action`` (checked already) here and on every other server, in that
-        order on each: the others hear of it before any part it causes."""
+        """Do ``action`` (checked already): at once when alone (or apart from the
+        network), else when the network hands it back, in its order, on every server."""
+        network = self.service.network
         data["room"] = room.name
-        self.service.network.moderated(member, action, **data)
-        self._apply(member, room, action, data)
-        self._keep(room)
+        data["from"] = network.id
+        if not network.moderated(member, action, **data):
+            self._apply(member, room, action, data)
 
     def replicated(self, action: str, data: dict[str, Any]) -> None:
-        """A member of another server did ``action`` (checked there), or another server
-        chose an heir (``by``: the heir)."""
+        """An action the network hands back, in its order: a member's (checked on its
+        server, this one included), or an heir a server chose (``by``: the heir).  The
+        server it came from keeps the room's new state for servers to come."""
         actor = self._resolve(data["by"])
         room = self.service.rooms.find(room_key(str(data["room"])))
         if actor is not None and room is not None:
             self._apply(actor, room, action, data)
+            if data.get("from") == self.service.network.id:
+                self._keep(room)
 
     def _apply(self, actor: Member, room: Room, action: str, data: dict[str, Any]) -> None:
+        """Change the room and tell it; what would change nothing (an action raced by
+        another operator's) is passed over silently, on every server alike."""
         svc = self.service
-        if action == "topic":
+        room.mods += 1
+        if action == "found":
+            if actor in room.members:
+                if not room.born:
+                    node, mid = self.ident(actor)
+                    room.born = f"{float(data['at']):.6f}/{node}/{mid}"
+                room.ops[actor] = None
+        elif action == "topic":
             room.topic, room.topic_by = str(data["text"]), actor.nick
             room.topic_at = float(data["at"])
             svc._rooms_version += 1  # /rooms shows topics
             svc._fanout(room.members, self.topic_event(room, changed=True))
         elif action in ("lock-topic", "unlock-topic"):
-            room.topic_locked = action == "lock-topic"
-            self._announce(room, action, actor)
+            if room.topic_locked != (action == "lock-topic"):
+                room.topic_locked = action == "lock-topic"
+                self._announce(room, action, actor)
         elif action in ("op", "deop"):
             target = self._resolve(data["target"])
-            if target is None or target not in room.members:
+            if (
+                target is None
+                or target not in room.members
+                or (action == "op") == (target in room.ops)
+            ):
                 return
             if action == "op":
                 room.ops[target] = None
@@ -553,18 +598,23 @@ class Moderator:
             if action == "deop":
                 self.succession(room, passed_over=target)
         elif action == "heir":
-            if actor in room.members:
+            if actor in room.members and not room.ops:
                 room.ops[actor] = None
                 self._announce(room, "op", None, actor.nick)
         elif action in ("mute", "unmute"):
-            keys = {self._local_key(str(k)) for k in data["keys"]}
+            keys = frozenset(self._local_key(str(k)) for k in data["keys"])
+            if (action == "mute") == bool(room.muted.intersection(keys)):
+                return  # already (not) muted
             if action == "mute":
-                room.muted.update(keys)
-            else:
-                room.muted.difference_update(keys)
+                room.mutes.append(keys)
+            else:  # every mute of that member, whatever name it had then
+                room.mutes = [m for m in room.mutes if not m.intersection(keys)]
+            room.muted = set().union(*room.mutes)
             self._announce(room, action, actor, str(data["nick"]))
         elif action == "ban":
             ban = self._ban_from(data["ban"])
+            if any(b.shown.casefold() == ban.shown.casefold() for b in room.bans):
+                return
             room.bans.append(ban)
             self._announce(room, "ban", actor, ban.shown, ban.reason)
             # Those it names are put out now (each by its own server); the address keeps
@@ -581,8 +631,10 @@ class Moderator:
                     self._remove(room, other, why)
         elif action == "unban":
             who = str(data["who"])
-            room.bans = [b for b in room.bans if b.shown.casefold() != who.casefold()]
-            self._announce(room, "unban", actor, who)
+            kept = [b for b in room.bans if b.shown.casefold() != who.casefold()]
+            if len(kept) < len(room.bans):
+                room.bans = kept
+                self._announce(room, "unban", actor, who)
         elif action == "kick":
             target = self._resolve(data["target"])
             if target is not None and not target.node and target in room.members:
@@ -636,43 +688,76 @@ class Moderator:
 
     def _keep(self, room: Room) -> None:
         if self.service.network.id:
-            self.service.network.keep_room(room.key, self.snapshot(room))
+            self.service.network.keep_room(room.key, self.snapshot(room), room.born)
 
     def snapshot(self, room: Room) -> str:
-        """A room's topic, operators, mutes and bans, as the network keeps them."""
+        """A room's topic, operators, mutes and bans as the network keeps them, with
+        which incarnation of the room it is (``born``, and ``bt``: when) and how many
+        actions it has seen (``v``), so a newer state is never replaced by an older."""
+        born_at = float(room.born.split("/", 1)[0]) if room.born else 0.0
         return json.dumps(
             {
+                "born": room.born, "bt": born_at, "v": room.mods,
                 "topic": room.topic, "by": room.topic_by, "at": room.topic_at,
                 "locked": room.topic_locked, "ops": [self.ident(m) for m in room.ops],
-                "muted": sorted(self._canonical_key(k) for k in room.muted),
+                "mutes": [sorted(self._canonical_key(k) for k in m) for m in room.mutes],
                 "bans": [self._ban_data(b) for b in room.bans],
             },
             separators=(",", ":"),
         )  # fmt: skip
 
+    def offered(self, key: str, text: str, sender: str) -> None:
+        """Another server's state of a room won over the network's as it came back
+        (``sender``): taken by the rule Redis applied (``backplane.redis._KEEP_ROOM``),
+        so that every server ends with the same state, whatever the order of arrival."""
+        room = self.service.rooms.find(key)
+        if room is None:
+            return
+        try:
+            theirs = json.loads(text)
+            born, bt, v = str(theirs["born"]), float(theirs["bt"]), int(theirs["v"])
+        except (ValueError, TypeError, KeyError):
+            return
+        here = self.service.network.id
+        if room.born == born:
+            take = v > room.mods
+        elif not room.born or not any((m.node or here) != sender for m in room.members):
+            take = True  # the room is the sender's members' alone: its state is theirs
+        else:  # of two incarnations of a room both share, the older is the room
+            take = bool(born) and (bt, born) < (float(room.born.split("/", 1)[0]), room.born)
+        if take:
+            self.restore(key, text)
+
     def restore(self, key: str, text: str) -> None:
-        """Take a room's state as the network kept it (this server joins the network, or
-        comes back to it: the network's word replaces what this server did apart).  Its
-        operators who are no longer in the room are skipped; when none is left, the
-        room keeps those it has here."""
+        """Take a room's state as the network kept it (this server joins the network or
+        comes back to it, or another server's state won: the network's word replaces
+        what this server did apart).  Its operators who are no longer in the room are
+        skipped; when none is left, the room keeps those it has here."""
         room = self.service.rooms.find(key)
         if room is None:
             return
         try:
             data = json.loads(text)
-            room.topic = _short(str(data.get("topic") or ""), TOPIC_MAX)
-            room.topic_by = None if data.get("by") is None else str(data["by"])
-            room.topic_at = None if data.get("at") is None else float(data["at"])
-            room.topic_locked = bool(data.get("locked"))
+            topic = _short(str(data.get("topic") or ""), TOPIC_MAX)
+            by = None if data.get("by") is None else str(data["by"])
+            at = None if data.get("at") is None else float(data["at"])
             ops = [self._resolve(i) for i in data.get("ops", [])]
-            found = {m: None for m in ops if m is not None and m in room.members}
-            if found and room.name != LOBBY:
-                room.ops = found
-            room.muted = {self._local_key(str(k)) for k in data.get("muted", [])[: 3 * MUTES_MAX]}
-            room.bans = [self._ban_from(b) for b in data.get("bans", [])[:BANS_MAX]]
+            mutes = [
+                frozenset(self._local_key(str(k)) for k in m[:3])
+                for m in data.get("mutes", [])[:MUTES_MAX]
+            ]
+            bans = [self._ban_from(b) for b in data.get("bans", [])[:BANS_MAX]]
+            born, mods = str(data.get("born") or ""), int(data.get("v") or 0)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             self.log.warn("the network's state of room {key} is unreadable", key=key)
             return
+        room.topic, room.topic_by, room.topic_at = topic, by, at
+        room.topic_locked = bool(data.get("locked"))
+        found = {m: None for m in ops if m is not None and m in room.members}
+        if found and room.name != LOBBY:
+            room.ops = found
+        room.mutes, room.muted = mutes, set().union(*mutes)
+        room.bans, room.born, room.mods = bans, born, mods
         self.service._rooms_version += 1
 
     # -- server operators ----------------------------------------------------------------

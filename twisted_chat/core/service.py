@@ -163,15 +163,20 @@ class Room:
     renamed: list[tuple[str, str]] = field(default_factory=list)
     renamed_count: int = 0
     summary_call: IDelayedCall | None = None
-    # Moderation (core/moderation.py): operators in the order they became one, mute keys,
-    # bans, and the topic.
+    # Moderation (core/moderation.py): operators in the order they became one, mutes
+    # (each the keys of one muted member; ``muted`` is their union, for the quick test),
+    # bans, and the topic.  ``born`` names this incarnation of the room over a network
+    # and ``mods`` counts the moderation applied to it (the same on every node).
     ops: dict[Member, None] = field(default_factory=dict)
+    mutes: list[frozenset[str]] = field(default_factory=list)
     muted: set[str] = field(default_factory=set)
     bans: list[Ban] = field(default_factory=list)
     topic: str = ""
     topic_by: str | None = None
     topic_at: float | None = None
     topic_locked: bool = False
+    born: str = ""
+    mods: int = 0
 
 
 @dataclass(eq=False)
@@ -707,13 +712,13 @@ class ChatService(service.Service):
         elif room.bans and not member.node:
             self.moderator.check_join(member, room)
         self.rooms.enter(room, member)
-        if founded:
-            self.moderator.founded(member, room)
         self._rooms_version += 1
         member.rooms[key] = room
         member.current = room
         if not member.node:
             self.network.joined(member, room.name)
+        if founded:  # after the join, which other nodes must have heard of first
+            self.moderator.founded(member, room)
         if self._summarizing(room):
             # A crowd: only the joiner hears of it now (no member list: /who has it).
             self._tell(
