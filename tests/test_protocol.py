@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.doubles import ProtocolHarness
 
@@ -484,6 +485,50 @@ def test_lines_read_in_one_reactor_iteration_reach_each_member_in_one_write():
     assert writes == [b"[#lobby] <alice> from alice\r\n[#lobby] <bob> from bob\r\n"]
     alice.send(b"later\r\n")  # the next iteration: written at its end, again
     assert carol.new_lines()[-1] == "[#lobby] <alice> later"
+
+
+def direct(*conns: Any) -> None:
+    """As on plain TCP: the batcher writes room broadcasts to these itself (a socket
+    whose ``send`` takes everything, appending to the transport's output)."""
+    for conn in conns:
+        transport = conn.transport
+
+        class Sock:
+            def send(self, data: bytes, transport: Any = transport) -> int:
+                transport.io.write(data)
+                return len(data)
+
+        transport.socket = Sock()
+        transport.dataBuffer, transport.offset, transport._tempDataBuffer = b"", 0, []
+        transport.TLS = transport.disconnecting = transport._writeDisconnected = False
+        conn.protocol._direct = True
+
+
+def test_room_lines_of_one_iteration_keep_each_members_order_on_the_fast_path():
+    h = ProtocolHarness()
+    alice, bob, carol, dave = (h.connect(n) for n in ("alice", "bob", "carol", "dave"))
+    direct(alice, bob, carol, dave)
+    for conn in (alice, bob, carol, dave):
+        conn.new_lines()
+    # dave's own answer waits before the room's lines; bob then writes to carol.
+    dave.protocol.dataReceived(b"/ping 1\r\n")
+    alice.protocol.dataReceived(b"one\r\n")
+    bob.protocol.dataReceived(b"two\r\n/msg carol psst\r\n")
+    h.clock.advance(0)
+    assert carol.new_lines() == [
+        "[#lobby] <alice> one",
+        "[#lobby] <bob> two",
+        "[PM bob -> carol] psst",
+    ]
+    assert dave.new_lines() == ["*** pong 1", "[#lobby] <alice> one", "[#lobby] <bob> two"]
+    assert alice.new_lines() == ["[#lobby] <bob> two"]  # never her own line back
+    assert bob.new_lines() == ["[#lobby] <alice> one", "[PM bob -> carol] psst"]
+    # Quitting right after a line: it is written before the goodbye.
+    alice.protocol.dataReceived(b"three\r\n")
+    carol.protocol.dataReceived(b"/quit\r\n")
+    h.clock.advance(0)
+    lines = carol.new_lines()
+    assert lines == ["[#lobby] <alice> three", "*** Disconnected: you quit"]
 
 
 def test_flush_interval_holds_output_under_load_but_not_after_a_quiet_spell():

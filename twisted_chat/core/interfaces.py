@@ -202,6 +202,11 @@ class IDelivery(Interface):
         One recipient failing must not keep it from the others.
         """
 
+    def broadcast(room: Any, event: Event, exclude: Any) -> list[Any]:
+        """``fanout`` to the room's members, inside a batch: the delivery may hand it to
+        the whole room at once (and keep what it learnt of the room's members until
+        ``room.version`` changes)."""
+
 
 class INetwork(Interface):
     """The other nodes of a network: what they must hear of this node's own members.

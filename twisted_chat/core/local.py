@@ -6,7 +6,7 @@ what it did.  A backplane replaces them, not the service.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail
@@ -86,9 +86,15 @@ class LocalRooms(dict[str, "Room"]):
 
 @implementer(IDelivery)
 class LocalDelivery:
-    """Straight to each member's participant."""
+    """Straight to each member's participant.
+
+    ``gather``, when a front door sets it, takes a room broadcast for the room's members
+    it serves at once (its batcher writes them in one loop) and returns the members
+    left to hand it to one by one.
+    """
 
     log = Logger()
+    gather: Callable[[Room, Event, Member | None], list[Member]] | None = None
 
     def fanout(
         self, members: Iterable[Member], event: Event, exclude: Member | None
@@ -105,6 +111,13 @@ class LocalDelivery:
                 )
                 failed.append(member)
         return failed
+
+    def broadcast(self, room: Room, event: Event, exclude: Member | None) -> list[Member]:
+        gather = self.gather
+        if gather is None:
+            return LocalDelivery.fanout(self, room.members, event, exclude)
+        rest = gather(room, event, exclude)
+        return LocalDelivery.fanout(self, rest, event, exclude) if rest else []
 
 
 @implementer(INetwork)

@@ -1129,7 +1129,9 @@ class ChatService(service.Service):
             return
         batch = Batch(ts=event.ts, events=[event])
         version = room.version
-        self._fanout(room.members, batch, exclude)
+        self._close_run()
+        for member in self.delivery.broadcast(room, batch, exclude):
+            self.drop(member, "internal error while sending to you")
         if room.version == version:  # nobody was dropped while it went out
             self._run = _Run(room, version, exclude, batch)
 

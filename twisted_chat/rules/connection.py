@@ -38,6 +38,7 @@ from twisted_chat.core.errors import (
 )
 from twisted_chat.core.events import Bye, Event, LoginNeeded, SlowDown
 from twisted_chat.core.interfaces import IChatService, ILoginSession
+from twisted_chat.core.local import LocalDelivery
 from twisted_chat.core.sanitize import clean_text
 from twisted_chat.core.service import Member
 from twisted_chat.core.tally import Tally
@@ -80,6 +81,11 @@ class Rules:
         self.tally: Tally = service.tally  # counted here as well as in the core
         self.admission = Admission(clock)
         self.batcher = Batcher(service, clock, flush_interval)
+        self.batcher.tally = self.tally
+        # Room broadcasts to members on plain TCP are gathered for the whole room.
+        delivery = getattr(service, "delivery", None)
+        if isinstance(delivery, LocalDelivery):
+            delivery.gather = self.batcher.gather
         self.max_line = max_line
         self.send_queue = send_queue
         self.limits = limits
@@ -110,6 +116,7 @@ class Connection:
     """
 
     log = Logger()
+    OPEN = Session.OPEN  # for the batcher's quick test
     transport: ITransport | None
     # Slots: with more than 30 attributes an instance dict stops sharing its keys with
     # the class and costs about 1.5 KiB more per connection (tracemalloc, 2000 clients).
@@ -591,7 +598,8 @@ class Connection:
             out.append(event)
             return
         batcher = self.batcher
-        if batcher is not None and batcher.batch_depth:
+        if batcher is not None and (batcher.batch_depth or batcher.casts):
+            # (A room broadcast waiting to be written may include this member.)
             self._out = [event]
             batcher.dirty.append(self)
             return
@@ -602,6 +610,10 @@ class Connection:
         (a telnet timing mark, a WebSocket ping) overrides this."""
 
     def flush_out(self) -> None:
+        batcher = self.batcher
+        if batcher is not None and batcher.casts and not batcher.flushing:
+            batcher.flush()  # room broadcasts gathered before this output go first
+            return
         out, self._out = self._out, None
         if out and self.state in (Session.OPEN, Session.LOGIN) and self.transport is not None:
             renderer = self.format
