@@ -776,3 +776,64 @@ def test_a_room_made_while_apart_replaces_a_forgotten_one_of_the_same_name():
         json.loads(bus.rooms[room_key("#old")])["born"]
         == one.service.rooms.find(room_key("#old")).born
     )
+
+
+def test_an_operator_overtaken_by_another_does_not_act():
+    bus, (one, two) = network(2)
+    alice, bob = join(bus, one, "alice"), join(bus, two, "bob")
+    for conn in (alice, bob):
+        say(bus, conn, "/join #den")
+    say(bus, alice, "/op bob")
+    quiet(alice, bob)
+    # Crossing bans: the first in the network's order puts bob out and takes his
+    # operator status at once, so his ban of alice, checked before, is dropped everywhere.
+    alice.protocol.dataReceived(b"/ban bob enough\r\n")
+    bob.protocol.dataReceived(b"/ban alice no you\r\n")
+    bus.settle()
+    for h in (one, two):
+        room = h.service.rooms.find("#den")
+        assert [b.shown for b in room.bans] == ["bob"]
+        assert [m.nick for m in room.members] == ["alice"] and ops_of(h, "#den") == ["alice"]
+
+
+def test_actions_just_before_quitting_apply_on_every_node_alike():
+    bus, (one, two) = network(2)
+    alice, bob = join(bus, one, "alice"), join(bus, two, "bob")
+    for conn in (alice, bob):
+        say(bus, conn, "/join #den")
+    say(bus, alice, "/topic #den final words\r\n/lock-topic\r\n/ban zed\r\n/quit")
+    for h in (one, two):
+        room = h.service.rooms.find("#den")
+        assert room.topic == "final words" and room.topic_locked
+        assert [b.shown for b in room.bans] == ["zed"]
+        assert ops_of(h, "#den") == ["bob"]  # and the heir, once alice was gone
+
+
+def test_a_ban_made_while_its_targets_node_was_apart_puts_it_out_on_return():
+    bus, (one, two) = network(2)
+    alice, mallory = join(bus, one, "alice"), join(bus, two, "mallory")
+    for conn in (alice, mallory):
+        say(bus, conn, "/join #den")
+    bus.apart.add("n2")
+    say(bus, alice, "/ban mallory spam")
+    assert "#den" in mallory.protocol.member.rooms  # n2 did not hear of it
+    rejoin(bus, 1)
+    assert "*** [#den] mallory left (banned by alice: spam)" in mallory.new_lines()
+    for h in (one, two):
+        assert [m.nick for m in h.service.rooms.find("#den").members] == ["alice"]
+
+
+def test_a_room_action_redis_did_not_take_is_applied_here_alone(logged_errors: Any) -> None:
+    logged_errors.expected = True  # the failed publish is logged
+    bus, (one, _) = network(2)
+    alice = join(bus, one, "alice")
+    say(bus, alice, "/join #den")
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("redis went away")
+
+    link = bus.nodes[0].link
+    publish, link.publish = link.publish, refused  # type: ignore[method-assign]
+    alice.send(b"/lock-topic\r\n")
+    assert one.service.rooms.find("#den").topic_locked
+    link.publish = publish  # type: ignore[method-assign]

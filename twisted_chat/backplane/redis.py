@@ -46,6 +46,7 @@ GBANS = PREFIX + "gbans"  # network -> [by, reason]: the server bans, for nodes 
 ROOM_STATES = PREFIX + "rooms"  # room key -> its moderation state, for nodes to come
 SUBSCRIBER_NAME = "gc-sub-"  # + node id: the client name of a node's subscription
 LEASE = 5.0  # seconds a node lives without renewing; its members are then removed
+LEAVE_TIMEOUT = 2.0  # seconds a stopping node waits for Redis to drop its state
 GUEST_BLOCK = 100
 CLAIMS_AT_ONCE = 1000  # names re-claimed in one pipelined run when (re)joining
 # A node is reported as falling behind when its own heartbeat comes back this late, or
@@ -202,13 +203,14 @@ class _SubscriberFactory(txredisapi.SubscriberFactory):
 _KEEP_ROOM = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local mode = ARGV[4]
+local ok, old = false, nil
+if cur then ok, old = pcall(cjson.decode, cur) end
 if mode == 'drop' then
-  if cur and cjson.decode(cur).born == ARGV[3] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+  if cur and (not ok or old.born == ARGV[3]) then redis.call('HDEL', KEYS[1], ARGV[1]) end
   return {0}
 end
 local take = true
-if cur then
-  local old = cjson.decode(cur)
+if cur and ok then
   local new = cjson.decode(ARGV[2])
   if old.born == new.born then
     take = tonumber(new.v) > tonumber(old.v)
@@ -296,7 +298,9 @@ class RedisLink(service.Service):
             self._beat.stop()
         if self._up:
             try:
-                yield self._forget_node(self.node.id)
+                # Not for longer than a moment: a Redis that hangs must not keep the
+                # server from stopping (the others then forget this node by its lease).
+                yield self._forget_node(self.node.id).addTimeout(LEAVE_TIMEOUT, self.clock)
             except Exception:
                 self.log.failure("leaving the network cleanly failed")
         self._up = False
@@ -386,6 +390,27 @@ class RedisLink(service.Service):
             for room, state, answer in zip(batch, sent, answers, strict=True):
                 kept = _text(answer[1]) if len(answer) > 1 else None
                 self.node.merged(room.key, state, bool(int(answer[0])), kept)
+
+    @defer.inlineCallbacks
+    def _sweep_rooms(self) -> Any:
+        """Forget the kept state of rooms nobody is in (their last node was lost, or
+        Redis was out of reach as they emptied): each only if it is still the
+        incarnation read here, so a room made meanwhile keeps its state."""
+        service = self.node.service
+        if service is None:
+            return
+        stored = yield self._commands.hgetall(ROOM_STATES)
+        for key, value in (stored or {}).items():
+            key = _text(key)
+            if service.rooms.find(key) is not None:
+                continue
+            try:
+                born = str(json.loads(_text(value)).get("born") or "")
+            except (ValueError, AttributeError):
+                born = ""
+            yield self._commands.eval(
+                _KEEP_ROOM, keys=[ROOM_STATES], args=[key, "", born, "drop", "0"]
+            )
 
     def _merge_room(self, room: Any, state: str) -> Any:
         shared = "1" if any(m.node for m in room.members) else "0"
@@ -500,6 +525,7 @@ class RedisLink(service.Service):
         # Nodes known here but not in Redis are not forgotten yet: after a restart of
         # Redis they announce themselves again within a lease (see _renew_and_watch).
         self._joined_at = self.clock.seconds()
+        node.moderating = False  # until the rooms' state is settled below
         self._up = True
         try:
             yield self._load_history()
@@ -513,9 +539,15 @@ class RedisLink(service.Service):
             yield self._merge_rooms()
         except Exception:
             self.log.failure("settling the rooms' moderation with redis failed")
+        finally:
+            node.moderating = True
         buffered, self._buffer = self._buffer or [], None
         for data in buffered:
             node.received(data)
+        try:
+            yield self._sweep_rooms()
+        except Exception:
+            self.log.failure("forgetting rooms that are gone failed")
         if self._was_up:
             node.service.network_changed(True, "the network is whole again")
             self.log.info("backplane: node {node} rejoined the network", node=node.id)

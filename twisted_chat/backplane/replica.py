@@ -130,6 +130,12 @@ class Node:
         # by this node and received from the others (this node's own echo not counted).
         self.envelopes_out = self.envelopes_in = 0
         self.bytes_out = self.bytes_in = 0
+        # False while this node (re)joins, until its rooms' state is settled with the
+        # network's: meanwhile its members' moderation is applied here alone, as apart.
+        self.moderating = True
+        # This node's members with room actions on their way through the network, so an
+        # action still applies here in the network's order if its member left meanwhile.
+        self._acting: dict[int, tuple[Member, int]] = {}
 
     def attach(self, service: ChatService, batching: Batching | None = None) -> None:
         """Serve ``service``; ``batching`` (the front doors' output batcher) gathers what
@@ -237,12 +243,35 @@ class Node:
         self._op(member, False, op="srv", action=action, **data)
 
     def moderated(self, member: Member, action: str, **data: Any) -> bool:
-        if not self.link.connected():
-            return False  # split: applied here only, and settled when the network is back
+        if not self.link.connected() or not self.moderating:
+            return False  # apart: applied here only, and settled when the network is back
         # ``member`` may be another node's (an heir chosen here), so it goes by name.
         self._queue({"op": "room", "action": action, "by": [member.node or self.id, member.id],
                      **data})  # fmt: skip
+        if not member.node:
+            _, count = self._acting.get(member.id, (member, 0))
+            self._acting[member.id] = (member, count + 1)
         return True
+
+    def _own(self, ops: list[dict[str, Any]]) -> None:
+        """This node's room actions, back from the network (or not sent after all)."""
+        service = self.service
+        assert service is not None
+        with self.batch():
+            for op in ops:
+                node, mid = op["by"]
+                departed: Member | None = None
+                acting = self._acting.pop(int(mid), None) if node == self.id else None
+                if acting is not None:
+                    member, count = acting
+                    if count > 1:
+                        self._acting[int(mid)] = (member, count - 1)
+                    if not member.present:  # left since: checked as it was typed
+                        departed = member
+                try:
+                    service.moderator.replicated(str(op["action"]), op, departed)
+                except Exception:
+                    self.log.failure("applying this node's {action} failed", action=op["action"])
 
     def keep_room(self, key: str, state: str | None, born: str) -> None:
         if self.link.connected():
@@ -288,13 +317,12 @@ class Node:
         touched, self._touched = self._touched, {}
         lines, self._lines = self._lines, []
         history = self.history
+        own = [op for op in ops if op.get("op") == "room"]
         if not self.link.connected():
             if history is not None:
                 history.unnumbered(len(lines))
-            # Moderation meant to come back from the network is applied here alone.
-            own = [op for op in ops if op.get("op") == "room"]
-            if own:
-                self.apply(self.id, own)
+            if own:  # moderation meant to come back from the network: applied here alone
+                self._own(own)
             return  # split: the state is sent whole when the network is back
         state = {str(mid): describe(m) if m.present else None for mid, m in touched.items()}
         try:
@@ -302,6 +330,10 @@ class Node:
         except Exception:
             self.log.failure("publishing to the network failed")
             sent = None
+            if own:
+                self._own(own)
+        if sent is not None and own:
+            sent.addErrback(self._not_sent, own)
         if history is not None and lines:
             if sent is None:
                 history.unnumbered(len(lines))
@@ -361,7 +393,7 @@ class Node:
         else:  # this node's own: its moderation is applied now, in the network's order
             own = [op for op in ops if isinstance(op, dict) and op.get("op") == "room"]
             if own:
-                self.apply(node, own)
+                self._own(own)
 
     def _beat(self, node: str, seq: int, sent: float) -> None:
         if node == self.id:
@@ -517,6 +549,7 @@ class Node:
             for member in service.remote_members(node):
                 if member.id not in wanted:
                     service.remote_leave(member, "disconnect", reason)
+            joins = []
             for mid, desc in wanted.items():
                 nick, login = str(desc["nick"]), bool(desc.get("login"))
                 member = service.remote_arrive(node, mid, nick, login, str(desc.get("addr", "")))
@@ -525,6 +558,10 @@ class Node:
                 for room in list(member.rooms.values()):
                     if room.name not in rooms:
                         service.remote_part(member, room.name, "")
+                joins.append((member, rooms))
+            # Every part before any join: a room all of whose members left meanwhile
+            # goes, and one made again since is a new room, not the old one's state.
+            for member, rooms in joins:
                 for room_name in rooms:
                     if not service.is_member_of(member, room_name):
                         service.remote_join(member, room_name)
@@ -534,6 +571,12 @@ class Node:
     def forget(self, node: str, reason: str = LOST_WITH_SERVER) -> None:
         """``node`` is gone: its members leave everyone here with ``reason``."""
         self.reconcile(node, None, {}, reason)
+
+    def _not_sent(self, failure: Any, own: list[dict[str, Any]]) -> Any:
+        """Redis did not take an envelope (it hung, or went): its room actions are
+        applied here alone, as during a split, and settled when the network is back."""
+        self._own(own)
+        return failure
 
     def _log_failure(self, failure: Any, what: str) -> None:
         self.log.failure("{what} failed", failure, what=what)

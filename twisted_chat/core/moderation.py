@@ -247,7 +247,7 @@ class Moderator:
     def emptied(self, room: Room, member: Member) -> None:
         """The last member left ``room`` here: the room and its state are gone (every
         server says so; the network forgets only this incarnation of the room)."""
-        if room.born and self.service.network.id:
+        if self.service.network.id:
             self.service.network.keep_room(room.key, None, room.born)
 
     def _room(self, member: Member, raw: str | None) -> Room:
@@ -551,16 +551,39 @@ class Moderator:
         if not network.moderated(member, action, **data):
             self._apply(member, room, action, data)
 
-    def replicated(self, action: str, data: dict[str, Any]) -> None:
+    def replicated(self, action: str, data: dict[str, Any], departed: Member | None = None) -> None:
         """An action the network hands back, in its order: a member's (checked on its
         server, this one included), or an heir a server chose (``by``: the heir).  The
-        server it came from keeps the room's new state for servers to come."""
-        actor = self._resolve(data["by"])
+        server it came from keeps the room's new state for servers to come.
+
+        ``departed``: this server's member who did it and has left since (the others
+        apply it before they hear it left; here it was checked as it was typed)."""
+        actor = self._resolve(data["by"]) or departed
         room = self.service.rooms.find(room_key(str(data["room"])))
-        if actor is not None and room is not None:
+        if actor is None or room is None:
+            return
+        if actor is departed or self._may(actor, room, action, data):
             self._apply(actor, room, action, data)
-            if data.get("from") == self.service.network.id:
-                self._keep(room)
+        if data.get("from") == self.service.network.id:
+            self._keep(room)
+
+    def _may(self, actor: Member, room: Room, action: str, data: dict[str, Any]) -> bool:
+        """Whether ``actor`` may still do it at its place in the network's order: an
+        action that crossed another (its operator deopped, kicked or banned first) is
+        dropped on every server alike."""
+        if action in ("found", "heir") or self.is_server_operator(actor):
+            return True
+        if action == "topic" and not room.topic_locked and room.name != LOBBY:
+            return actor in room.members and not (
+                room.muted and room.muted.intersection(self._keys(actor))
+            )
+        if actor not in room.ops:
+            return False
+        target = data.get("target")
+        if target is not None:  # room operators cannot act on server operators
+            member = self._resolve(target)
+            return member is None or not self.is_server_operator(member)
+        return True
 
     def _apply(self, actor: Member, room: Room, action: str, data: dict[str, Any]) -> None:
         """Change the room and tell it; what would change nothing (an action raced by
@@ -605,6 +628,8 @@ class Moderator:
             keys = frozenset(self._local_key(str(k)) for k in data["keys"])
             if (action == "mute") == bool(room.muted.intersection(keys)):
                 return  # already (not) muted
+            if action == "mute" and len(room.mutes) >= MUTES_MAX:
+                return
             if action == "mute":
                 room.mutes.append(keys)
             else:  # every mute of that member, whatever name it had then
@@ -613,22 +638,24 @@ class Moderator:
             self._announce(room, action, actor, str(data["nick"]))
         elif action == "ban":
             ban = self._ban_from(data["ban"])
-            if any(b.shown.casefold() == ban.shown.casefold() for b in room.bans):
+            if len(room.bans) >= BANS_MAX or any(
+                b.shown.casefold() == ban.shown.casefold() for b in room.bans
+            ):
                 return
             room.bans.append(ban)
             self._announce(room, "ban", actor, ban.shown, ban.reason)
-            # Those it names are put out now (each by its own server); the address keeps
-            # them out on joining again.
+            # Those it names are put out now, each by its own server (the others hear of
+            # its part later, but take away its operator status at once); the address
+            # keeps them out on joining again.
             why = f"banned by {actor.nick}" + (f": {ban.reason}" if ban.reason else "")
             for other in list(room.members):
-                if (
-                    not other.node
-                    and other is not actor
-                    and ban.names(other)
-                    and not self.is_server_operator(other)
-                ):
+                if other is actor or not ban.names(other) or self.is_server_operator(other):
+                    continue
+                room.ops.pop(other, None)
+                if not other.node:
                     svc.tally.disconnect("banned")  # from the room
                     self._remove(room, other, why)
+            self.succession(room)
         elif action == "unban":
             who = str(data["who"])
             kept = [b for b in room.bans if b.shown.casefold() != who.casefold()]
@@ -637,9 +664,13 @@ class Moderator:
                 self._announce(room, "unban", actor, who)
         elif action == "kick":
             target = self._resolve(data["target"])
-            if target is not None and not target.node and target in room.members:
+            if target is None or target not in room.members:
+                return
+            room.ops.pop(target, None)  # at once, on every server: its part comes later
+            if not target.node:
                 svc.tally.disconnect("kicked")  # from the room
                 self._remove(room, target, str(data["why"]))
+            self.succession(room)
 
     # -- who is who over a network, and a room's state kept there ------------------------
 
@@ -759,6 +790,21 @@ class Moderator:
         room.mutes, room.muted = mutes, set().union(*mutes)
         room.bans, room.born, room.mods = bans, born, mods
         self.service._rooms_version += 1
+        self.enforce(room)
+
+    def enforce(self, room: Room) -> None:
+        """Put out of ``room`` this server's members its bans keep out (bans made while
+        this server was apart from the network, or members seated here meanwhile)."""
+        if not room.bans:
+            return
+        for member in list(room.members):
+            if member.node or self.is_server_operator(member):
+                continue
+            ban = next((b for b in room.bans if b.keeps_out(member)), None)
+            if ban is not None:
+                self.service.tally.disconnect("banned")
+                why = f"banned by {ban.by}" + (f": {ban.reason}" if ban.reason else "")
+                self._remove(room, member, why)
 
     # -- server operators ----------------------------------------------------------------
 
