@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_chat import __version__
+from twisted_chat.core.busylog import BusyLog
 from twisted_chat.core.commands import Dispatcher, welcome_commands
 from twisted_chat.core.errors import (
     ChatError,
@@ -260,6 +261,9 @@ class ChatService(service.Service):
         self.nicks: INickRegistry = LocalNicks() if nicks is None else nicks
         self.rooms: IRoomDirectory = LocalRooms() if rooms is None else rooms
         self.delivery: IDelivery = LocalDelivery() if delivery is None else delivery
+        # Lines logged once per member: affordable during a storm of connections.
+        self._renames = BusyLog(self.log, clock, "renames")
+        self._departures = BusyLog(self.log, clock, "departures")
         self.network: INetwork = Alone() if network is None else network
         self.history: IHistory = Forgetful() if history is None else history
         # Every member, this node's and other nodes', by (node, id).
@@ -537,7 +541,7 @@ class ChatService(service.Service):
         self.nicks.claim(nick, member)
         member.nick = nick
         if not member.node:  # another node's member is logged there
-            self.log.info("nick {old} -> {new}", old=old, new=nick)
+            self._renames.info("nick {old} -> {new}", old=old, new=nick)
             self.network.renamed(member, old)
         audience: dict[Member, None] = {member: None}
         for room in member.rooms.values():
@@ -551,7 +555,7 @@ class ChatService(service.Service):
         reason = _short(clean_text(reason), REASON_MAX)
         if not member.present:
             return
-        self.log.info(
+        self._departures.info(
             "quit {nick} from {origin} ({reason})",
             nick=member.nick,
             origin=member.origin,
@@ -567,7 +571,7 @@ class ChatService(service.Service):
             self._drained.callback(None)
         if not member.present:
             return
-        self.log.info(
+        self._departures.info(
             "disconnect {nick} from {origin}: {reason}",
             nick=member.nick,
             origin=member.origin,

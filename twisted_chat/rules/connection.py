@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_chat.core.busylog import BusyLog
 from twisted_chat.core.commands import Dispatcher, parse_format
 from twisted_chat.core.errors import (
     ChatError,
@@ -91,6 +92,7 @@ class Rules:
         self.limits = limits
         self.authenticator: Authenticator | None = None
         self.register_timeout = DEFAULT_REGISTER_TIMEOUT
+        self.connects = BusyLog(Connection.log, clock, "connects")
         self.seat_wait = DEFAULT_SEAT_WAIT
 
 
@@ -225,7 +227,7 @@ class Connection:
         if rules.authenticator is not None:
             self.state = Session.LOGIN
             self._attempts = rules.authenticator.attempts
-            self.log.info("connect {peer}, awaiting login", peer=self.peer)
+            self.rules.connects.info("connect {peer}, awaiting login", self.log, peer=self.peer)
             self.deliver(LoginNeeded(ts=self.clock.seconds(), attempts=self._attempts))
         elif rules.seat_wait > 0:
             self._seat_call = self.clock.callLater(rules.seat_wait, self._seat)
@@ -257,7 +259,9 @@ class Connection:
             origin=self.peer,
             address=self.address or "",
         )
-        self.log.info("connect {peer} as {nick}", peer=self.peer, nick=member.nick)
+        self.rules.connects.info(
+            "connect {peer} as {nick}", self.log, peer=self.peer, nick=member.nick
+        )
         # What could not be granted is replayed as typed, so its error is the usual one;
         # a nickname already granted is a no-op, a room already joined is not repeated.
         dispatcher = self.rules.dispatcher
