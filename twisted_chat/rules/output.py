@@ -74,8 +74,15 @@ class Batcher:
         if recipients is None or recipients.version != room.version:
             recipients = self._rooms[room] = _Recipients(room)
         excluded = None if exclude is None else exclude.participant
-        waiting = recipients.participants.intersection(self.dirty) if self.dirty else None
-        if waiting:
+        waiting = None
+        if self.dirty:  # (usually few: whoever got an answer of its own this iteration)
+            key = room.key
+            dirty: list[Any] = self.dirty
+            waiting = {
+                p
+                for p in dirty
+                if getattr(p, "_direct", False) and p.member is not None and key in p.member.rooms
+            }
             for participant in waiting:
                 if participant is not excluded:
                     participant._out.append(event)
@@ -166,8 +173,8 @@ class Batcher:
     def _cast_run(self, to: _Recipients, run: list[_Cast]) -> int:
         """Several broadcasts to one room's recipients: each gets them in one write, and
         those who said some of them the others' (their own lines are not sent back)."""
-        speakers = {cast.excluded for cast in run}
-        speakers.intersection_update(to.participants)  # (not another node's members)
+        # (Not other nodes' members, nor those of other doors: they got it one by one.)
+        speakers = {cast.excluded for cast in run if getattr(cast.excluded, "_direct", False)}
         count = self._cast(to.fast, _Joined([cast.event for cast in run]), None, speakers)
         for p in speakers:
             if p.state is not p.OPEN:
@@ -187,9 +194,10 @@ class Batcher:
         size = 0
         direct_bytes = 0
         count = 0
-        for p, t, send in fast:
+        for p in fast:
             if p is excluded or (skip and p in skip) or p.state is not p.OPEN:
                 continue
+            t = p.transport
             count += 1
             if p.format is not renderer:
                 renderer = p.format
@@ -206,7 +214,7 @@ class Batcher:
                 and not t.disconnecting
             ):
                 try:
-                    sent = send(data)
+                    sent = t.socket.send(data)
                 except BlockingIOError:
                     sent = 0
                 except OSError as e:  # as write_now: kept to describe the loss
@@ -225,23 +233,21 @@ class Batcher:
 
 
 class _Recipients:
-    """A room's members as ``Batcher`` writes to them: those on plain TCP, each with its
-    transport and its socket's ``send`` (``fast``), and the rest (``others``)."""
+    """A room's members as ``Batcher`` writes to them: the connections on plain TCP
+    (``fast``; one reference each, as a room of 10,000 keeps them), and the rest."""
 
-    __slots__ = ("fast", "others", "participants", "version")
+    __slots__ = ("fast", "others", "version")
 
     def __init__(self, room: Room) -> None:
         self.version = room.version
-        self.fast: list[tuple[Any, Any, Any]] = []
+        self.fast: list[Any] = []
         self.others: list[Member] = []
         for member in room.members:
             p: Any = member.participant
-            transport = getattr(p, "transport", None)
-            if getattr(p, "_direct", False) and transport is not None:
-                self.fast.append((p, transport, transport.socket.send))
+            if getattr(p, "_direct", False) and getattr(p, "transport", None) is not None:
+                self.fast.append(p)
             else:
                 self.others.append(member)
-        self.participants = {f[0] for f in self.fast}
 
 
 class _Cast(NamedTuple):
