@@ -143,3 +143,30 @@ def test_an_answer_that_waited_while_the_reactor_was_busy_is_not_a_hang():
     commands.answer_renewals()  # ...which bring the answer that had arrived meanwhile
     clock.advance(0)
     assert not any(c.transport.aborted for c in connections)
+
+
+def test_a_connection_redis_refused_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """txredisapi gives up when a connection's first command is refused (Redis at its
+    client limit as the node reconnects); the link starts connecting again."""
+    r, clock = link()
+
+    class Factory:
+        def __init__(self) -> None:
+            self.stopped = True
+            self.disconnectCalled = False
+            self.slots: list[Any] = []
+            self.started: list[Any] = []
+
+        def startConnecting(self, endpoint: Any) -> None:
+            self.started.append(endpoint)
+
+    refused, fine = Factory(), Factory()
+    fine.stopped = False
+    r._command_factory, r._sub_factory = refused, fine
+    monkeypatch.setattr(RedisAddress, "endpoint", lambda self, reactor: "endpoint")
+    with capturedLogs() as events:
+        r._heartbeat()  # not joined: only looks at the connections
+        r._heartbeat()
+    assert refused.started == ["endpoint"] and not refused.stopped
+    assert fine.started == []
+    assert sum("refused a connection" in str(e.get("log_format")) for e in events) == 1

@@ -623,6 +623,7 @@ class RedisLink(service.Service):
         """Renew our lease, take over the members of nodes whose lease ran out, see
         which nodes fall behind."""
         if not self._up:
+            self._revive()
             return
         renewing = self._renewing
         # A renewal still unanswered one beat later (lease / 3; the test allows for a
@@ -646,6 +647,22 @@ class RedisLink(service.Service):
             self._commands.execute_command("CLIENT", "LIST", "TYPE", "pubsub").addCallbacks(
                 self._read_backlogs, self._no_backlogs
             )
+
+    def _revive(self) -> None:
+        """txredisapi stops reconnecting for good when Redis refuses a connection's
+        first command (AUTH, SELECT), which also happens when Redis has reached its
+        client limit as this node reconnects: start connecting again, so the node
+        rejoins once Redis takes it (a wrong password is then reported every 30 s)."""
+        for factory in (self._command_factory, self._sub_factory):
+            if factory is None or not factory.stopped or factory.disconnectCalled:
+                continue
+            now = self.clock.seconds()
+            if now - self._reported.get("", float("-inf")) >= REPORT_EVERY:
+                self._reported[""] = now
+                self.log.warn("backplane: redis refused a connection; trying again")
+            factory.stopped = False
+            factory.slots = [slot for slot in factory.slots if slot.protocol is not None]
+            factory.startConnecting(self.address.endpoint(self.reactor))
 
     def _watched(self, _: Any) -> None:
         self._watching = False
