@@ -55,7 +55,7 @@ class Bus:
         if cur is not None:
             old, new = json.loads(cur), json.loads(state)
             if old["born"] == new["born"]:
-                take = new["v"] > old["v"]
+                take = mode == "keep" and new["v"] > old["v"]
             elif mode == "merge" and shared:
                 take = old["born"] == "" or (
                     new["born"] != "" and (new["bt"], new["born"]) < (old["bt"], old["born"])
@@ -685,6 +685,8 @@ def rejoin(bus: Bus, index: int) -> None:
             node.begin_read(other.id)
             _reader(bus, node)(other.id, True)
     merge(bus, index)
+    node.replay_apart()
+    bus.settle()
 
 
 def test_two_operators_acting_at_once_leave_every_node_alike():
@@ -837,3 +839,74 @@ def test_a_room_action_redis_did_not_take_is_applied_here_alone(logged_errors: A
     alice.send(b"/lock-topic\r\n")
     assert one.service.rooms.find("#den").topic_locked
     link.publish = publish  # type: ignore[method-assign]
+
+
+def test_what_a_member_did_apart_is_checked_again_in_the_networks_order():
+    bus, (one, two) = network(2)
+    alice, mallory = join(bus, one, "alice"), join(bus, two, "mallory")
+    for conn in (alice, mallory):
+        say(bus, conn, "/join #den")
+    bus.apart.add("n2")
+    say(bus, alice, "/ban mallory spam")
+    say(bus, alice, "/lock-topic")
+    for i in range(5):  # n2 never heard of the lock: allowed there, for now
+        say(bus, mallory, f"/topic mine{i}")
+    rejoin(bus, 1)
+    for h in (one, two):
+        room = h.service.rooms.find("#den")
+        assert room.topic_locked and [b.shown for b in room.bans] == ["mallory"]
+        assert room.topic == "" and [m.nick for m in room.members] == ["alice"]
+
+
+def test_an_operators_actions_redis_did_not_take_reach_the_network_when_it_is_back(
+    logged_errors: Any,
+) -> None:
+    logged_errors.expected = True  # the failed publish is logged
+    bus, (one, two) = network(2)
+    alice, bob = join(bus, one, "alice"), join(bus, two, "bob")
+    for conn in (alice, bob):
+        say(bus, conn, "/join #den")
+    link = bus.nodes[0].link
+
+    def hung(*args: Any, **kwargs: Any) -> Any:
+        return defer.fail(ConnectionError("lost connection"))
+
+    publish, link.publish = link.publish, hung  # type: ignore[method-assign]
+    say(bus, alice, "/lock-topic")
+    assert one.service.rooms.find("#den").topic_locked  # here at once, alone
+    assert not two.service.rooms.find("#den").topic_locked
+    link.publish = publish  # type: ignore[method-assign]
+    rejoin(bus, 0)
+    assert two.service.rooms.find("#den").topic_locked
+
+
+def test_a_room_without_operators_is_not_taken_over_by_one_made_apart():
+    bus, servers = network(3)
+    alice, bob = join(bus, servers[0], "alice"), join(bus, servers[1], "bob")
+    for conn in (alice, bob):
+        say(bus, conn, "/join #room")
+    say(bus, alice, "/mute bob")
+    say(bus, alice, "/part #room")  # the only heir is muted: no operator left
+    assert ops_of(servers[1], "#room") == []
+    bus.apart.add("n3")
+    bus.clock.advance(1)
+    mallory = servers[2].connect("mallory")
+    say(bus, mallory, "/join #room")  # made afresh there
+    rejoin(bus, 2)
+    for h in servers:
+        assert ops_of(h, "#room") == [], h.service.rooms.find(room_key("#room"))
+
+
+def test_a_member_just_banned_on_another_node_is_not_made_heir():
+    bus, servers = network(3)
+    alice = join(bus, servers[0], "alice")
+    zed, bob = join(bus, servers[1], "zed"), join(bus, servers[2], "bob")
+    for conn in (alice, zed, bob):
+        say(bus, conn, "/join #den")
+    quiet(zed, bob)
+    # In one read: the ban, then the quit; n1 is gone from #den before zed's part.
+    alice.protocol.dataReceived(b"/ban zed\r\n/quit\r\n")
+    bus.settle()
+    for h in servers:
+        assert ops_of(h, "#den") == ["bob"]
+    assert not any("zed is an operator" in line for line in bob.new_lines())

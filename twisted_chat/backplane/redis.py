@@ -213,7 +213,9 @@ local take = true
 if cur and ok then
   local new = cjson.decode(ARGV[2])
   if old.born == new.born then
-    take = tonumber(new.v) > tonumber(old.v)
+    -- The same room: newer after an action; the network's when a node comes back
+    -- (what it did apart it publishes again, to be checked in the network's order).
+    take = mode == 'keep' and tonumber(new.v) > tonumber(old.v)
   elseif mode == 'merge' and ARGV[5] == '1' then
     local nbt, obt = tonumber(new.bt), tonumber(old.bt)
     local older = nbt < obt or (nbt == obt and new.born < old.born)
@@ -321,8 +323,12 @@ class RedisLink(service.Service):
         lines: Sequence[tuple[str, str]] = (),
     ) -> defer.Deferred[list[Any]]:
         d = self._publish(envelope, seq, state, lines)
-        d.addErrback(self._lost_command, "publishing")
-        return d
+
+        def lost(failure: Any) -> Any:
+            self._lost_command(failure, "publishing")
+            return failure  # the node applies what it meant to publish (replica.Node)
+
+        return d.addErrback(lost)
 
     def _publish(
         self,
@@ -541,6 +547,7 @@ class RedisLink(service.Service):
             self.log.failure("settling the rooms' moderation with redis failed")
         finally:
             node.moderating = True
+        node.replay_apart()
         buffered, self._buffer = self._buffer or [], None
         for data in buffered:
             node.received(data)
@@ -708,7 +715,9 @@ class RedisLink(service.Service):
                 )  # fmt: skip
 
     def _no_backlogs(self, failure: Any) -> None:
-        self._watch_backlogs = False
+        if not failure.check(txredisapi.ResponseError):
+            return  # the connection was lost: watched again once it is back
+        self._watch_backlogs = False  # refused (a managed Redis): not asked again
         self.log.warn("backplane: cannot watch for slow nodes (CLIENT LIST: {error})",
                       error=failure.getErrorMessage())  # fmt: skip
 

@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from twisted_chat.core.service import ChatService, Member
 
 LOST_WITH_SERVER = "lost with its server"
+APART_MAX = 1000  # room actions kept to publish again after a split
+# Not published again: a room made apart is not the network's room, and the network
+# chooses its own heirs.
+NOT_REPLAYED = frozenset({"found", "heir"})
 FALLBACK_GUESTS = 10**6  # guest numbers from here on are given out during a split
 _GUEST_NUMBER = re.compile(r"guest([0-9]+)")
 
@@ -136,6 +140,10 @@ class Node:
         # This node's members with room actions on their way through the network, so an
         # action still applies here in the network's order if its member left meanwhile.
         self._acting: dict[int, tuple[Member, int]] = {}
+        # Room actions applied here alone (apart, rejoining, or Redis not taking them):
+        # published again once the network is back, to be checked and applied by every
+        # node in its order (the network's state of the room having replaced this one's).
+        self._apart: list[dict[str, Any]] = []
 
     def attach(self, service: ChatService, batching: Batching | None = None) -> None:
         """Serve ``service``; ``batching`` (the front doors' output batcher) gathers what
@@ -244,7 +252,11 @@ class Node:
 
     def moderated(self, member: Member, action: str, **data: Any) -> bool:
         if not self.link.connected() or not self.moderating:
-            return False  # apart: applied here only, and settled when the network is back
+            # Apart: applied here now, and published again when the network is back.
+            if len(self._apart) < APART_MAX and action not in NOT_REPLAYED:
+                by = [member.node or self.id, member.id]
+                self._apart.append({"op": "room", "action": action, "by": by, **data})
+            return False
         # ``member`` may be another node's (an heir chosen here), so it goes by name.
         self._queue({"op": "room", "action": action, "by": [member.node or self.id, member.id],
                      **data})  # fmt: skip
@@ -253,10 +265,14 @@ class Node:
             self._acting[member.id] = (member, count + 1)
         return True
 
-    def _own(self, ops: list[dict[str, Any]]) -> None:
-        """This node's room actions, back from the network (or not sent after all)."""
+    def _own(self, ops: list[dict[str, Any]], apart: bool = False) -> None:
+        """This node's room actions, back from the network (or, ``apart``, not sent
+        after all: applied here alone, and published again when the network is back)."""
         service = self.service
         assert service is not None
+        if apart:
+            again = [op for op in ops if op.get("action") not in NOT_REPLAYED]
+            self._apart.extend(again[: max(0, APART_MAX - len(self._apart))])
         with self.batch():
             for op in ops:
                 node, mid = op["by"]
@@ -291,6 +307,20 @@ class Node:
             assert self.service is not None
             self.service.moderator.restore(key, kept)
 
+    def replay_apart(self) -> None:
+        """The rooms' state is settled with the network's: the room actions applied
+        here alone meanwhile go out again, each checked where it falls in the network's
+        order (an operator's ban holds; what a member could do only apart is refused)."""
+        ops, self._apart = self._apart, []
+        for op in ops:
+            node, mid = op["by"]
+            member = self.service.by_id.get(("", int(mid))) if self.service else None
+            if node != self.id or member is None:
+                continue  # (an heir chosen apart: the network chooses again)
+            self._queue(op)
+            _, count = self._acting.get(member.id, (member, 0))
+            self._acting[member.id] = (member, count + 1)
+
     def share_bans(self, rows: list[tuple[str, str, str]]) -> None:
         """Every server ban this node knows: the others add those they lack."""
         self._queue({"op": "bans", "rows": [list(row) for row in rows]})
@@ -322,7 +352,7 @@ class Node:
             if history is not None:
                 history.unnumbered(len(lines))
             if own:  # moderation meant to come back from the network: applied here alone
-                self._own(own)
+                self._own(own, apart=True)
             return  # split: the state is sent whole when the network is back
         state = {str(mid): describe(m) if m.present else None for mid, m in touched.items()}
         try:
@@ -331,14 +361,15 @@ class Node:
             self.log.failure("publishing to the network failed")
             sent = None
             if own:
-                self._own(own)
-        if sent is not None and own:
-            sent.addErrback(self._not_sent, own)
-        if history is not None and lines:
-            if sent is None:
-                history.unnumbered(len(lines))
-            else:
+                self._own(own, apart=True)
+        if sent is not None:
+            if own:
+                sent.addErrback(self._not_sent, own)
+            if history is not None and lines:
                 sent.addCallbacks(history.numbered, lambda _: history.unnumbered(len(lines)))
+            sent.addErrback(lambda _: None)  # reported by the link
+        elif history is not None and lines:
+            history.unnumbered(len(lines))
 
     def announcement(self) -> tuple[bytes, int, dict[str, str | None]]:
         """What this node publishes when it joins or rejoins: an envelope that makes every
@@ -575,7 +606,7 @@ class Node:
     def _not_sent(self, failure: Any, own: list[dict[str, Any]]) -> Any:
         """Redis did not take an envelope (it hung, or went): its room actions are
         applied here alone, as during a split, and settled when the network is back."""
-        self._own(own)
+        self._own(own, apart=True)
         return failure
 
     def _log_failure(self, failure: Any, what: str) -> None:

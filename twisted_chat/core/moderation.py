@@ -381,7 +381,9 @@ class Moderator:
             (
                 m
                 for m in room.members
-                if m is not passed_over and not room.muted.intersection(self._keys(m))
+                if m is not passed_over
+                and not room.muted.intersection(self._keys(m))
+                and not (room.leaving and m in room.leaving)
             ),
             None,
         )
@@ -655,6 +657,8 @@ class Moderator:
                 if not other.node:
                     svc.tally.disconnect("banned")  # from the room
                     self._remove(room, other, why)
+                else:
+                    self._leaving(room, other)
             self.succession(room)
         elif action == "unban":
             who = str(data["who"])
@@ -670,7 +674,15 @@ class Moderator:
             if not target.node:
                 svc.tally.disconnect("kicked")  # from the room
                 self._remove(room, target, str(data["why"]))
+            else:
+                self._leaving(room, target)
             self.succession(room)
+
+    @staticmethod
+    def _leaving(room: Room, member: Member) -> None:
+        if room.leaving is None:
+            room.leaving = set()
+        room.leaving.add(member)
 
     # -- who is who over a network, and a room's state kept there ------------------------
 
@@ -746,12 +758,12 @@ class Moderator:
             return
         try:
             theirs = json.loads(text)
-            born, bt, v = str(theirs["born"]), float(theirs["bt"]), int(theirs["v"])
+            born, bt = str(theirs["born"]), float(theirs["bt"])
         except (ValueError, TypeError, KeyError):
             return
         here = self.service.network.id
         if room.born == born:
-            take = v > room.mods
+            take = True  # what Redis holds now: the last share of a room is its state
         elif not room.born or not any((m.node or here) != sender for m in room.members):
             take = True  # the room is the sender's members' alone: its state is theirs
         else:  # of two incarnations of a room both share, the older is the room
@@ -784,13 +796,13 @@ class Moderator:
             return
         room.topic, room.topic_by, room.topic_at = topic, by, at
         room.topic_locked = bool(data.get("locked"))
-        found = {m: None for m in ops if m is not None and m in room.members}
-        if found and room.name != LOBBY:
-            room.ops = found
+        if room.name != LOBBY:  # those still here; none: the network picks an heir
+            room.ops = {m: None for m in ops if m is not None and m in room.members}
         room.mutes, room.muted = mutes, set().union(*mutes)
         room.bans, room.born, room.mods = bans, born, mods
         self.service._rooms_version += 1
         self.enforce(room)
+        self.succession(room)
 
     def enforce(self, room: Room) -> None:
         """Put out of ``room`` this server's members its bans keep out (bans made while

@@ -178,6 +178,9 @@ class Room:
     topic_locked: bool = False
     born: str = ""
     mods: int = 0
+    # Members of other nodes kicked or banned here whose part is still on its way: not
+    # heirs meanwhile (None: nobody, without a set per room).
+    leaving: set[Member] | None = None
 
 
 @dataclass(eq=False)
@@ -675,6 +678,8 @@ class ChatService(service.Service):
         member.rooms.pop(room.key, None)
         member.seen.pop(room.key, None)
         room.ops.pop(member, None)
+        if room.leaving:
+            room.leaving.discard(member)
         if not room.members and room.name != LOBBY:
             self.moderator.emptied(room, member)
             self.rooms.remove(room_key(room.name))
