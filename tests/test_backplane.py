@@ -910,3 +910,21 @@ def test_a_member_just_banned_on_another_node_is_not_made_heir():
     for h in servers:
         assert ops_of(h, "#den") == ["bob"]
     assert not any("zed is an operator" in line for line in bob.new_lines())
+
+
+def test_a_kick_while_the_targets_node_was_apart_puts_it_out_on_return():
+    bus, (one, two) = network(2)
+    alice, mallory = join(bus, one, "alice"), join(bus, two, "mallory")
+    for conn in (alice, mallory):
+        say(bus, conn, "/join #den")
+    say(bus, alice, "/op mallory")
+    bus.apart.add("n2")
+    say(bus, alice, "/kick mallory go away")
+    rejoin(bus, 1)
+    assert "*** [#den] mallory left (kicked by alice: go away)" in mallory.new_lines()
+    for h in (one, two):
+        room = h.service.rooms.find("#den")
+        assert [m.nick for m in room.members] == ["alice"] and not room.leaving
+    assert json.loads(bus.rooms["#den"])["out"] == []  # forgotten once she was out
+    say(bus, mallory, "/join #den")  # a kick is not a ban: she may come back
+    assert [m.nick for m in one.service.rooms.find("#den").members] == ["alice", "mallory"]

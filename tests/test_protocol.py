@@ -645,3 +645,18 @@ def test_before_login_lines_are_read_by_the_same_parser():
         "!!! login-required: log in first: /login NAME PASSWORD",
         "!!! login-required: log in first: /login NAME PASSWORD",
     ]
+
+
+def test_members_of_both_renderings_each_get_theirs_on_the_fast_path():
+    h = ProtocolHarness()
+    alice, bob, carol, dave = (h.connect(n) for n in ("alice", "bob", "carol", "dave"))
+    bob.send(b"/format json\r\n")
+    direct(alice, bob, carol, dave)
+    for conn in (alice, bob, carol, dave):
+        conn.new_lines()
+    alice.protocol.dataReceived(b"one\r\n")
+    dave.protocol.dataReceived(b"two\r\n")
+    h.clock.advance(0)
+    assert carol.new_lines() == ["[#lobby] <alice> one", "[#lobby] <dave> two"]
+    assert [(e["nick"], e["text"]) for e in bob.new_json()] == [("alice", "one"), ("dave", "two")]
+    assert alice.new_lines() == ["[#lobby] <dave> two"]

@@ -590,7 +590,11 @@ class RedisLink(service.Service):
             self.node.received(data)
 
     def _join_failed(self, failure: Any) -> None:
-        self.log.failure("backplane: joining the network failed; retrying", failure)
+        # Once every 30 s at most: a Redis that keeps refusing would fill the log.
+        now = self.clock.seconds()
+        if now - self._reported.get("join", float("-inf")) >= REPORT_EVERY:
+            self._reported["join"] = now
+            self.log.failure("backplane: joining the network failed; retrying", failure)
         if self._subscriber is not None and self._subscriber.transport is not None:
             self._subscriber.transport.loseConnection()
 
@@ -664,8 +668,8 @@ class RedisLink(service.Service):
             if factory is None or not factory.stopped or factory.disconnectCalled:
                 continue
             now = self.clock.seconds()
-            if now - self._reported.get("", float("-inf")) >= REPORT_EVERY:
-                self._reported[""] = now
+            if now - self._reported.get("refused", float("-inf")) >= REPORT_EVERY:
+                self._reported["refused"] = now
                 self.log.warn("backplane: redis refused a connection; trying again")
             factory.stopped = False
             factory.slots = [slot for slot in factory.slots if slot.protocol is not None]

@@ -658,7 +658,7 @@ class Moderator:
                     svc.tally.disconnect("banned")  # from the room
                     self._remove(room, other, why)
                 else:
-                    self._leaving(room, other)
+                    self._leaving(room, other, why)
             self.succession(room)
         elif action == "unban":
             who = str(data["who"])
@@ -675,14 +675,21 @@ class Moderator:
                 svc.tally.disconnect("kicked")  # from the room
                 self._remove(room, target, str(data["why"]))
             else:
-                self._leaving(room, target)
+                self._leaving(room, target, str(data["why"]))
             self.succession(room)
 
+    def gone_out(self, room: Room) -> None:
+        """A member kicked or banned from ``room`` on another node has left it: the kept
+        state no longer names it (every node counts it alike; the first write wins)."""
+        room.mods += 1
+        if room.members:
+            self._keep(room)
+
     @staticmethod
-    def _leaving(room: Room, member: Member) -> None:
+    def _leaving(room: Room, member: Member, why: str) -> None:
         if room.leaving is None:
-            room.leaving = set()
-        room.leaving.add(member)
+            room.leaving = {}
+        room.leaving[member] = why
 
     # -- who is who over a network, and a room's state kept there ------------------------
 
@@ -745,6 +752,7 @@ class Moderator:
                 "locked": room.topic_locked, "ops": [self.ident(m) for m in room.ops],
                 "mutes": [sorted(self._canonical_key(k) for k in m) for m in room.mutes],
                 "bans": [self._ban_data(b) for b in room.bans],
+                "out": [[*self.ident(m), why] for m, why in (room.leaving or {}).items()],
             },
             separators=(",", ":"),
         )  # fmt: skip
@@ -791,6 +799,7 @@ class Moderator:
             ]
             bans = [self._ban_from(b) for b in data.get("bans", [])[:BANS_MAX]]
             born, mods = str(data.get("born") or ""), int(data.get("v") or 0)
+            out = [(self._resolve(o[:2]), str(o[2])) for o in data.get("out", [])[:BANS_MAX]]
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             self.log.warn("the network's state of room {key} is unreadable", key=key)
             return
@@ -801,6 +810,16 @@ class Moderator:
         room.mutes, room.muted = mutes, set().union(*mutes)
         room.bans, room.born, room.mods = bans, born, mods
         self.service._rooms_version += 1
+        room.leaving = None
+        for member, why in out:  # kicked while their node was apart: put out now
+            if member is None or member not in room.members:
+                continue
+            room.ops.pop(member, None)
+            if member.node:
+                self._leaving(room, member, why)
+            else:
+                self.service.tally.disconnect("kicked")
+                self._remove(room, member, why)
         self.enforce(room)
         self.succession(room)
 

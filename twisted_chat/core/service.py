@@ -178,9 +178,10 @@ class Room:
     topic_locked: bool = False
     born: str = ""
     mods: int = 0
-    # Members of other nodes kicked or banned here whose part is still on its way: not
-    # heirs meanwhile (None: nobody, without a set per room).
-    leaving: set[Member] | None = None
+    # Members of other nodes kicked or banned here whose part is still on its way (and
+    # why): not heirs meanwhile, and put out by their node when it settles the room's
+    # state after missing the kick (None: nobody, without a dict per room).
+    leaving: dict[Member, str] | None = None
 
 
 @dataclass(eq=False)
@@ -678,8 +679,8 @@ class ChatService(service.Service):
         member.rooms.pop(room.key, None)
         member.seen.pop(room.key, None)
         room.ops.pop(member, None)
-        if room.leaving:
-            room.leaving.discard(member)
+        if room.leaving and room.leaving.pop(member, None) is not None:
+            self.moderator.gone_out(room)
         if not room.members and room.name != LOBBY:
             self.moderator.emptied(room, member)
             self.rooms.remove(room_key(room.name))

@@ -201,8 +201,10 @@ class Batcher:
             count += 1
             if p.format is not renderer:
                 renderer = p.format
-                if type(event) is _Joined:
-                    data = b"".join([renderer.encode(e) for e in event.events])
+                if type(event) is _Joined:  # (once per rendering: members may alternate)
+                    data = event.wire.get(renderer) or event.wire.setdefault(
+                        renderer, b"".join([renderer.encode(e) for e in event.events])
+                    )
                 else:
                     data = renderer.encode(event)
                 size = len(data)
