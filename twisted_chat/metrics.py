@@ -121,6 +121,8 @@ class MeasuredDelivery(LocalDelivery):
         self._skip = 1
         self.settled = 0
         self._open: tuple[Batch, int] | None = None  # the batch last handed out
+        # Deliveries the doors' batcher counted as it wrote gathered broadcasts.
+        self.written: Callable[[], int] | None = None
         # Deliveries to other nodes' members, which do nothing here: counted to be left
         # out, and only with --metrics (the core's REMOTE does nothing at all otherwise).
         self.remote = 0
@@ -135,41 +137,45 @@ class MeasuredDelivery(LocalDelivery):
     ) -> list[Member]:
         if type(members) is not dict and not isinstance(members, list | set | tuple):
             members = list(members)
-        return self._counted(members, event, exclude, LocalDelivery.fanout, members)
+        return self._counted(members, event, exclude, None)
 
     def broadcast(self, room: Room, event: Event, exclude: Member | None) -> list[Member]:
-        # (With a front door's ``gather``, what is timed is the gathering: the writes
-        # follow in the batcher's flush.)
-        return self._counted(room.members, event, exclude, LocalDelivery.broadcast, room)
+        """With a front door's ``gather``: what it takes its batcher counts as it writes
+        (``written``), the rest is counted here; the time is the gathering's and the
+        rest's (the batcher's writes follow in its flush)."""
+        if self.gather is None:
+            return self.fanout(room.members, event, exclude)
+        return self._counted((), event, exclude, room)
 
     def _counted(
         self,
         members: Collection[Member],
         event: Event,
         exclude: Member | None,
-        deliver: Callable[..., list[Member]],
-        target: Any,
+        room: Room | None,
     ) -> list[Member]:
+        self._skip -= 1
+        start = None
+        if not self._skip:
+            self._skip = self.sample
+            start = self.timer()
+        if room is not None:  # gathered: the rest is delivered one by one
+            assert self.gather is not None
+            members = self.gather(room, event, exclude)
         # Counted before: a recipient dropped meanwhile (its queue overflowed) leaves
         # the room while it is being told.
         count = len(members) - (exclude is not None and exclude in members)
         remote = self.remote
-        self._skip -= 1
-        if self._skip:
-            failed = deliver(self, target, event, exclude)
-        else:
-            self._skip = self.sample
-            timer = self.timer
-            start = timer()
-            failed = deliver(self, target, event, exclude)
-            self.time.observe(timer() - start)
+        failed = LocalDelivery.fanout(self, members, event, exclude) if members else []
+        if start is not None:
+            self.time.observe(self.timer() - start)
         if failed:
             count -= len(failed)
         count -= self.remote - remote
         pending = self._open
         if pending is not None:
             self.settled += pending[1] * (len(pending[0].events) - 1)
-        self._open = (event, count) if isinstance(event, Batch) else None
+        self._open = (event, count) if type(event) is Batch else None
         self.settled += count
         return failed
 
@@ -177,7 +183,7 @@ class MeasuredDelivery(LocalDelivery):
     def deliveries(self) -> int:
         pending = self._open
         extra = 0 if pending is None else pending[1] * (len(pending[0].events) - 1)
-        return self.settled + extra
+        return self.settled + extra + (self.written() if self.written is not None else 0)
 
 
 class MeasuredDispatcher(Dispatcher):
@@ -465,6 +471,7 @@ class Metrics(service.Service):
         # Before anything reads them: the rules took the dispatcher at construction.
         self.delivery = MeasuredDelivery(sample=sample)
         self.delivery.gather = getattr(chat.delivery, "gather", None)  # the doors' batcher
+        self.delivery.written = lambda: rules.batcher.delivered
         chat.delivery = self.delivery
         self.dispatcher = MeasuredDispatcher(chat, sample=sample)
         chat.dispatcher = rules.dispatcher = self.dispatcher

@@ -59,6 +59,7 @@ class Batcher:
         self._rooms: weakref.WeakKeyDictionary[Any, _Recipients] = weakref.WeakKeyDictionary()
         self.tally: Tally | None = None
         self.flushing = False
+        self.delivered = 0  # lines written by gathered broadcasts, for --metrics
 
     def gather(self, room: Room, event: Event, exclude: Member | None) -> list[Member]:
         """Take a room broadcast for the room's members on plain TCP, at the cost of one
@@ -163,6 +164,9 @@ class Batcher:
             j = i + 1
             while j < len(casts) and casts[j].to is cast.to and not casts[j].waiting:
                 j += 1
+            if cast.waiting:  # (they have it among what waits for them)
+                others = len(cast.waiting) - (cast.excluded in cast.waiting)
+                self.delivered += others * _lines(cast.event)
             if cast.waiting or j == i + 1:
                 written += self._cast(cast.to.fast, cast.event, cast.excluded, cast.waiting)
             else:
@@ -182,6 +186,7 @@ class Batcher:
             theirs = [cast.event for cast in run if cast.excluded is not p]
             if theirs:
                 p._send(b"".join([p.format.encode(event) for event in theirs]))
+                self.delivered += sum(map(_lines, theirs))
                 count += 1
         return count
 
@@ -231,6 +236,7 @@ class Batcher:
                 p._send(data)  # counts its bytes itself
         if self.tally is not None:
             self.tally.bytes_out += direct_bytes
+        self.delivered += count * _lines(event)
         return count
 
 
@@ -257,6 +263,14 @@ class _Cast(NamedTuple):
     event: Any
     excluded: Any
     waiting: set[Any] | None
+
+
+def _lines(event: Any) -> int:
+    """How many lines an event is, as --metrics counts deliveries."""
+    if type(event) is _Joined:
+        return sum(map(_lines, event.events))
+    events = getattr(event, "events", None)  # a Batch
+    return 1 if events is None else len(events)
 
 
 class _Joined:
