@@ -143,8 +143,20 @@ class MeasuredDelivery(LocalDelivery):
         """With a front door's ``gather``: what it takes its batcher counts as it writes
         (``written``), the rest is counted here; the time is the gathering's and the
         rest's (the batcher's writes follow in its flush)."""
-        if self.gather is None:
+        gather = self.gather
+        if gather is None:
             return self.fanout(room.members, event, exclude)
+        if self._skip > 1:  # the common case, kept short: not timed, all gathered
+            self._skip -= 1
+            rest = gather(room, event, exclude)
+            if rest:
+                self._skip += 1  # (counted and sampled below instead)
+                return self._counted(rest, event, exclude, None)
+            if self._open is not None:  # the batch handed out before is sealed now
+                pending = self._open
+                self.settled += pending[1] * (len(pending[0].events) - 1)
+                self._open = None
+            return []
         return self._counted((), event, exclude, room)
 
     def _counted(
