@@ -152,10 +152,7 @@ class MeasuredDelivery(LocalDelivery):
             if rest:
                 self._skip += 1  # (counted and sampled below instead)
                 return self._counted(rest, event, exclude, None)
-            if self._open is not None:  # the batch handed out before is sealed now
-                pending = self._open
-                self.settled += pending[1] * (len(pending[0].events) - 1)
-                self._open = None
+            self._settle(None, 0)
             return []
         return self._counted((), event, exclude, room)
 
@@ -184,12 +181,17 @@ class MeasuredDelivery(LocalDelivery):
         if failed:
             count -= len(failed)
         count -= self.remote - remote
+        self._settle(event, count)
+        return failed
+
+    def _settle(self, event: Event | None, count: int) -> None:
+        """Count the batch handed out before (sealed now, with all it came to hold)
+        and ``count`` deliveries of ``event``, kept open if it is a batch."""
         pending = self._open
         if pending is not None:
             self.settled += pending[1] * (len(pending[0].events) - 1)
         self._open = (event, count) if type(event) is Batch else None
         self.settled += count
-        return failed
 
     @property
     def deliveries(self) -> int:

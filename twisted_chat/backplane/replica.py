@@ -144,6 +144,7 @@ class Node:
         # published again once the network is back, to be checked and applied by every
         # node in its order (the network's state of the room having replaced this one's).
         self._apart: list[dict[str, Any]] = []
+        self._room_ops: list[dict[str, Any]] = []  # this turn's room actions
 
     def attach(self, service: ChatService, batching: Batching | None = None) -> None:
         """Serve ``service``; ``batching`` (the front doors' output batcher) gathers what
@@ -258,12 +259,18 @@ class Node:
                 self._apart.append({"op": "room", "action": action, "by": by, **data})
             return False
         # ``member`` may be another node's (an heir chosen here), so it goes by name.
-        self._queue({"op": "room", "action": action, "by": [member.node or self.id, member.id],
-                     **data})  # fmt: skip
+        by = [member.node or self.id, member.id]
+        self._queue_action({"op": "room", "action": action, "by": by, **data}, member)
+        return True
+
+    def _queue_action(self, op: dict[str, Any], member: Member) -> None:
+        """A room action for this turn's envelope; its member (this node's) is kept
+        until the action comes back, in case it leaves meanwhile."""
+        self._room_ops.append(op)
+        self._queue(op)
         if not member.node:
             _, count = self._acting.get(member.id, (member, 0))
             self._acting[member.id] = (member, count + 1)
-        return True
 
     def _own(self, ops: list[dict[str, Any]], apart: bool = False) -> None:
         """This node's room actions, back from the network (or, ``apart``, not sent
@@ -317,9 +324,7 @@ class Node:
             member = self.service.by_id.get(("", int(mid))) if self.service else None
             if node != self.id or member is None:
                 continue  # (an heir chosen apart: the network chooses again)
-            self._queue(op)
-            _, count = self._acting.get(member.id, (member, 0))
-            self._acting[member.id] = (member, count + 1)
+            self._queue_action(op, member)
 
     def share_bans(self, rows: list[tuple[str, str, str]]) -> None:
         """Every server ban this node knows: the others add those they lack."""
@@ -347,7 +352,7 @@ class Node:
         touched, self._touched = self._touched, {}
         lines, self._lines = self._lines, []
         history = self.history
-        own = [op for op in ops if op.get("op") == "room"]
+        own, self._room_ops = self._room_ops, []
         if not self.link.connected():
             if history is not None:
                 history.unnumbered(len(lines))
@@ -356,7 +361,9 @@ class Node:
             return  # split: the state is sent whole when the network is back
         state = {str(mid): describe(m) if m.present else None for mid, m in touched.items()}
         try:
-            sent = self.link.publish(self._envelope(ops), self.seq, state, lines)
+            # Flagged when it holds room actions: this node applies them as it comes back.
+            flag = {"mod": 1} if own else {}
+            sent = self.link.publish(self._envelope(ops, **flag), self.seq, state, lines)
         except Exception:
             self.log.failure("publishing to the network failed")
             sent = None
@@ -421,10 +428,9 @@ class Node:
             if numbers:
                 _number(ops, numbers)
             self._take(node, seq, ops, bool(envelope.get("whole")))
-        else:  # this node's own: its moderation is applied now, in the network's order
-            own = [op for op in ops if isinstance(op, dict) and op.get("op") == "room"]
-            if own:
-                self._own(own)
+        elif envelope.get("mod"):  # this node's own, with room actions: applied now, in
+            # the network's order (its other envelopes were acted on as they were sent)
+            self._own([op for op in ops if isinstance(op, dict) and op.get("op") == "room"])
 
     def _beat(self, node: str, seq: int, sent: float) -> None:
         if node == self.id:

@@ -192,17 +192,31 @@ def parse_network(text: str) -> Network:
     return network
 
 
-def _parse_address(text: str) -> str | None:
-    """An address as bans and admission count it (an IPv6 /64 as one), or None."""
+def network_key(address: str) -> str:
+    """The key an address is counted under.
+
+    An IPv6 subscriber is usually given a whole /64, so one host could otherwise
+    count as 2**64 addresses; IPv4 seen through an IPv6 socket is the IPv4 address.
+    """
+    if ":" not in address:
+        return address  # IPv4 (or a UNIX socket's "local"): as it is, without parsing
     try:
-        ip = ipaddress.ip_address(text.strip("[]"))
+        ip = ipaddress.ip_address(address.strip("[]").split("%")[0])
     except ValueError:
-        return None
+        return address
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
+
+
+def _parse_address(text: str) -> str | None:
+    """An address typed for a ban, as ``network_key`` counts it, or None."""
+    try:
+        return network_key(str(ipaddress.ip_address(text.strip("[]"))))
+    except ValueError:
+        return None
 
 
 def _pattern_ban(shown: str, pattern: str, by: str, reason: str) -> Ban:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import math
 import os
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from twisted_chat.core.errors import LoginFailed, LoginRefused
+from twisted_chat.core.moderation import network_key
 
 MAX_ATTEMPTS = 3
 # Longer than any check takes (a dict lookup, or a hash callback): every failure is
@@ -83,25 +83,6 @@ ADDRESS_RULE = ThrottleRule(
 NAME_RULE = ThrottleRule(
     free=5, max_delay=4.0, refuse_after=20, refuse_for=60.0, forgive_every=10.0
 )
-
-
-def network_key(address: str) -> str:
-    """The key an address is counted under.
-
-    An IPv6 subscriber is usually given a whole /64, so one host could otherwise
-    count as 2**64 addresses; IPv4 seen through an IPv6 socket is the IPv4 address.
-    """
-    if ":" not in address:
-        return address  # IPv4 (or a UNIX socket's "local"): as it is, without parsing
-    try:
-        ip = ipaddress.ip_address(address.strip("[]").split("%")[0])
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 @dataclass(frozen=True)
