@@ -157,7 +157,7 @@ def _kick(svc: ChatService, m: Member, args: str) -> None:
 
 
 def _ban(svc: ChatService, m: Member, args: str) -> None:
-    room, who, reason = _room_nick(args, "/ban [#room] NICK-or-pattern [reason]")
+    room, who, reason = _room_nick(args, "/ban [#room] NICK-or-pattern-or-address [reason]")
     svc.moderator.ban(m, room, who, reason)
 
 
@@ -310,13 +310,13 @@ COMMANDS: dict[str, Command] = {
         lambda svc, m, room, nick: svc.moderator.mute(m, room, nick, False),
     ),
     "ban": Command(
-        "/ban [#room] NICK-or-pattern [reason]",
+        "/ban [#room] NICK-or-pattern-or-address [reason]",
         "keep someone out (by nickname or a pattern like spam*, login name and address)",
         _ban,
         audience="operators",
     ),
     "unban": _member_command(
-        "/unban [#room] NICK-or-pattern",
+        "/unban [#room] NICK-or-pattern-or-address",
         "lift a ban",
         lambda svc, m, room, who: svc.moderator.unban(m, room, who),
     ),
