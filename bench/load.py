@@ -271,11 +271,14 @@ def repeat(
     dialects: Mapping[str, Dialect] = DIALECTS,
 ) -> dict[str, list[dict[str, float]]]:
     """Run every server once per round, ``times`` rounds: a noisy minute on this shared
-    machine then spreads over all servers instead of landing on one."""
+    machine then spreads over all servers instead of landing on one.  Each round starts
+    one server further along, so none always runs first (or right after another)."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     FAILED.clear()
-    for _ in range(times):
-        for name in list(runs):
+    for round_ in range(times):
+        order = list(runs)
+        shift = round_ % len(order) if order else 0
+        for name in order[shift:] + order[:shift]:
             try:
                 runs[name].append(least_stolen(name, measure, servers, dialects))
             except Unavailable as e:

@@ -284,7 +284,8 @@ def history_md(doc: dict[str, Any]) -> list[str]:
     lines = [
         f"Setups: {'; '.join(setups)} (a new file for every run). Our server on CPU 0, "
         "started afresh for every run, the generator on CPU 1; `off` and `on` alternate "
-        "within each round. Medians of the runs (min-max); `on / off` is the median of "
+        "within each round, each round starting with the other. Medians of the runs "
+        "(min-max); `on / off` is the median of "
         "per-round ratios. CPU per message is the server's CPU time over the messages "
         "sent: reactor thread (over the measured part) + writer thread (until 2 s after "
         "it, so the last batch is counted). `rows kept` is the fewest rows an `on` run's "
@@ -353,7 +354,8 @@ def metrics_md(doc: dict[str, Any]) -> list[str]:
     lines = [
         f"Setups: {'; '.join(setups)} (both `--history none`). Our server on CPU 0, "
         "started afresh for every run, the generator on CPU 1; `off` and `on` alternate "
-        "within each round. Medians of the runs (min-max); `on / off` is the median of "
+        "within each round, each round starting with the other. Medians of the runs "
+        "(min-max); `on / off` is the median of "
         "per-round ratios. CPU per message is the server's CPU time over the measured "
         "part divided by the messages sent. Every `on` run's `/metrics` was scraped "
         "after it and checked (messages counted = messages sent, deliveries at least "

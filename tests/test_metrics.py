@@ -38,7 +38,7 @@ def value(metrics: Metrics, name: str, **labels: str) -> float:
 def room(n: int, **harness: Any) -> tuple[ProtocolHarness, Metrics, list[Connection]]:
     """A server with metrics and ``n`` members in #lobby, each having read its output."""
     h = ProtocolHarness(**harness)
-    metrics = Metrics(h.service, h.rules, h.clock, sample=1)  # every call timed
+    metrics = Metrics(h.service, h.rules, h.clock, every=0)  # every call timed
     people = [h.connect(f"p{i}") for i in range(n)]
     for person in people:
         person.new_lines()
@@ -289,14 +289,29 @@ def test_metrics_options():
 
 def test_timing_is_sampled_counting_is_not():
     h = ProtocolHarness()
-    metrics = Metrics(h.service, h.rules, h.clock, sample=4)
+    metrics = Metrics(h.service, h.rules, h.clock, every=1.0)
     people = [h.connect(f"p{i}") for i in range(3)]
+    h.clock.advance(1.0)  # whatever the connects timed is a second ago
     commands = value(metrics, "groupchat_command_seconds_count")
+    fanouts = value(metrics, "groupchat_fanout_seconds_count")
     deliveries = value(metrics, "groupchat_deliveries_total")
     for i in range(8):
         people[0].send(b"line %d\r\n" % i)
+    # The first of the eight was timed, the others within the second were not.
+    assert value(metrics, "groupchat_command_seconds_count") == commands + 1
+    assert value(metrics, "groupchat_fanout_seconds_count") == fanouts + 1
+    h.clock.advance(1.0)  # armed again
+    for i in range(8):
+        people[1].send(b"more %d\r\n" % i)
     assert value(metrics, "groupchat_command_seconds_count") == commands + 2
-    assert value(metrics, "groupchat_deliveries_total") == deliveries + 8 * 2
+    assert value(metrics, "groupchat_fanout_seconds_count") == fanouts + 2
+    assert value(metrics, "groupchat_deliveries_total") == deliveries + 16 * 2
+    metrics.startService()
+    metrics.stopService()  # nothing left scheduled, nothing timed any more
+    assert not h.clock.getDelayedCalls()
+    people[2].send(b"after\r\n")
+    assert value(metrics, "groupchat_command_seconds_count") == commands + 2
+    assert value(metrics, "groupchat_deliveries_total") == deliveries + 17 * 2
 
 
 def test_the_metrics_port_takes_a_few_scrapers_at_once_and_closes_the_rest():

@@ -77,7 +77,7 @@ def test_metrics_count_what_happened(start_server, connect, tmp_path):
         before, "groupchat_received_bytes_total"
     )
     assert at(after, "groupchat_sent_bytes_total") > at(before, "groupchat_sent_bytes_total")
-    assert at(after, "groupchat_command_seconds_count") >= 1  # one in 16 is timed
+    assert at(after, "groupchat_command_seconds_count") >= 1  # timed now and then
     c.say("/quit done")
     c.expect_closed()
     d.reset()

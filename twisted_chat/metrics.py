@@ -10,17 +10,17 @@ read from another thread.
 
 What costs more than an add is only set up here, with ``--metrics``: the fan-out and
 command timers (``MeasuredDelivery``, ``MeasuredDispatcher``, which replace the core's
-delivery and dispatcher; each times one call in ``SAMPLE``) and the reactor lag loop
-(``ReactorLag``).  Their histograms are ``Histogram``: fixed buckets and a ``bisect``,
-about 0.1 us an observation where prometheus_client's own takes 0.6 us (a lock, and an
-object per bucket).
+delivery and dispatcher; a ``Sampler`` times a call at most every ``SAMPLE_EVERY``) and
+the reactor lag loop (``ReactorLag``).  Their histograms are ``Histogram``: fixed
+buckets and a ``bisect``, about 0.1 us an observation where prometheus_client's own
+takes 0.6 us (a lock, and an object per bucket).
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from twisted.application import service
 from twisted.internet import task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.web.resource import Resource
@@ -50,7 +50,7 @@ from twisted_chat.core.tally import DISCONNECT_REASONS
 
 if TYPE_CHECKING:
     from twisted_chat.backplane.redis import RedisLink
-    from twisted_chat.core.service import ChatService, Member, Room
+    from twisted_chat.core.service import ChatService, Member
     from twisted_chat.rules.connection import Rules
 
 # Seconds.  One fan-out to a room of 1000 takes about 1 ms here; a command a few us.
@@ -60,10 +60,13 @@ TIME_BUCKETS = (
 )  # fmt: skip
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_INTERVAL = 0.5  # seconds between the reactor lag loop's looks
-# One fan-out and one command in this many is timed.  Timing one costs about 0.2 us (two
-# clock reads and a bisect), 5 % of what a line into a room of 10 costs the server in
-# all; one in 16 makes it 0.3 %, and still thousands of samples a minute when busy.
-SAMPLE = 16
+# Seconds between timed calls: after one fan-out (or command) was timed, the next is
+# timed no sooner than this.  Timing one costs about 0.2 us (two clock reads and a
+# bisect), and even a countdown choosing one call in N costs a call or a check on every
+# one; arming the next timed call from a timer costs the calls in between nothing at
+# all.  Up to ten samples a second when busy, 600 a minute: enough for a histogram, and
+# few enough timer wake-ups to be lost in the noise of a paced load.
+SAMPLE_EVERY = 0.1
 DOORS = ("line", "web")  # the front doors' names in groupchat_connections{door}
 
 
@@ -103,22 +106,84 @@ def _float(value: float) -> str:
     return repr(float(value))
 
 
-class MeasuredDelivery(LocalDelivery):
-    """The core's delivery (straight to each member's participant), timed and counted.
+class Sampler:
+    """Times one call of a method now and then at no cost to the calls in between: while
+    armed, an instance attribute shadows the method with a timed call that disarms it
+    (the others find the class's method straight away) and arms it again ``every``
+    seconds later (at once when ``every`` is 0)."""
 
-    ``deliveries`` counts each recipient on this node of every fan-out (other nodes'
-    members, whose delivery here does nothing, are not counted).  A ``Batch`` grows after
-    it was handed out (the core appends the next lines of the same input turn to it), so
-    its recipients are counted once more for each event it ends up holding: settled at
-    the next fan-out, by which time the core has sealed it, and read as it stands by the
-    collector meanwhile.
-    """
-
-    def __init__(self, timer: Callable[[], float] = perf_counter, sample: int = SAMPLE) -> None:
+    def __init__(
+        self,
+        owner: object,
+        names: Sequence[str],
+        clock: IReactorTime,
+        every: float,
+        timer: Callable[[], float],
+    ) -> None:
+        self.owner = owner
+        self.names = tuple(names)
+        self.clock = clock
+        self.every = every
         self.timer = timer
         self.time = Histogram(TIME_BUCKETS)
-        self.sample = sample  # one fan-out in this many is timed
-        self._skip = 1
+        self._later: IDelayedCall | None = None
+
+    def arm(self) -> None:
+        self._later = None
+        owner = type(self.owner)
+        for name in self.names:
+            setattr(self.owner, name, self._timed(getattr(owner, name)))
+
+    def stop(self) -> None:
+        """Disarmed for good: nothing left scheduled."""
+        if self._later is not None and self._later.active():
+            self._later.cancel()
+        self._later = None
+        self._disarm()
+
+    def _disarm(self) -> None:
+        for name in self.names:
+            self.owner.__dict__.pop(name, None)
+
+    def _timed(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any) -> Any:
+            self._disarm()  # calls made inside this one are not timed again
+            timer = self.timer
+            start = timer()
+            try:
+                return method(self.owner, *args)
+            finally:
+                self.time.observe(timer() - start)
+                if self.every <= 0:
+                    self.arm()
+                else:
+                    self._later = self.clock.callLater(self.every, self.arm)
+
+        return timed
+
+
+class MeasuredDelivery(LocalDelivery):
+    """The core's delivery (straight to each member's participant), timed now and then
+    (``sampler``) and counted.
+
+    ``deliveries`` counts each recipient on this node of every fan-out (other nodes'
+    members, whose delivery here does nothing, are not counted).  A broadcast a front
+    door's ``gather`` takes whole is counted by its batcher as it writes (``written``);
+    what is handed out one by one is counted here.  A ``Batch`` grows after it was
+    handed out (the core appends the next lines of the same input turn to it), so its
+    recipients are counted once more for each event it ends up holding: settled at the
+    next fan-out counted here, by which time the core has sealed it, and read as it
+    stands by the collector meanwhile.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        timer: Callable[[], float] = perf_counter,
+        every: float = SAMPLE_EVERY,
+    ) -> None:
+        self.sampler = Sampler(self, ("fanout", "broadcast"), clock, every, timer)
+        self.time = self.sampler.time
         self.settled = 0
         self._open: tuple[Batch, int] | None = None  # the batch last handed out
         # Deliveries the doors' batcher counted as it wrote gathered broadcasts.
@@ -131,60 +196,25 @@ class MeasuredDelivery(LocalDelivery):
             self.remote += 1
 
         REMOTE.deliver = handed  # type: ignore[method-assign]
+        self.sampler.arm()
 
     def fanout(
         self, members: Iterable[Member], event: Event, exclude: Member | None
     ) -> list[Member]:
         if type(members) is not dict and not isinstance(members, list | set | tuple):
             members = list(members)
-        return self._counted(members, event, exclude, None)
-
-    def broadcast(self, room: Room, event: Event, exclude: Member | None) -> list[Member]:
-        """With a front door's ``gather``: what it takes its batcher counts as it writes
-        (``written``), the rest is counted here; the time is the gathering's and the
-        rest's (the batcher's writes follow in its flush)."""
-        gather = self.gather
-        if gather is None:
-            return self.fanout(room.members, event, exclude)
-        if self._skip > 1:  # the common case, kept short: not timed, all gathered
-            self._skip -= 1
-            rest = gather(room, event, exclude)
-            if rest:
-                self._skip += 1  # (counted and sampled below instead)
-                return self._counted(rest, event, exclude, None)
-            self._settle(None, 0)
-            return []
-        return self._counted((), event, exclude, room)
-
-    def _counted(
-        self,
-        members: Collection[Member],
-        event: Event,
-        exclude: Member | None,
-        room: Room | None,
-    ) -> list[Member]:
-        self._skip -= 1
-        start = None
-        if not self._skip:
-            self._skip = self.sample
-            start = self.timer()
-        if room is not None:  # gathered: the rest is delivered one by one
-            assert self.gather is not None
-            members = self.gather(room, event, exclude)
         # Counted before: a recipient dropped meanwhile (its queue overflowed) leaves
         # the room while it is being told.
         count = len(members) - (exclude is not None and exclude in members)
         remote = self.remote
         failed = LocalDelivery.fanout(self, members, event, exclude) if members else []
-        if start is not None:
-            self.time.observe(self.timer() - start)
         if failed:
             count -= len(failed)
         count -= self.remote - remote
         self._settle(event, count)
         return failed
 
-    def _settle(self, event: Event | None, count: int) -> None:
+    def _settle(self, event: Event, count: int) -> None:
         """Count the batch handed out before (sealed now, with all it came to hold)
         and ``count`` deliveries of ``event``, kept open if it is a batch."""
         pending = self._open
@@ -201,28 +231,20 @@ class MeasuredDelivery(LocalDelivery):
 
 
 class MeasuredDispatcher(Dispatcher):
-    """The core's dispatcher, with the time each line takes to be acted on (the
-    synchronous part: a command answered later, a login, is timed until it waits)."""
+    """The core's dispatcher, with the time a line takes to be acted on, now and then
+    (the synchronous part: a command answered later, a login, is timed until it waits)."""
 
     def __init__(
-        self, chat: ChatService, timer: Callable[[], float] = perf_counter, sample: int = SAMPLE
+        self,
+        chat: ChatService,
+        clock: IReactorTime,
+        timer: Callable[[], float] = perf_counter,
+        every: float = SAMPLE_EVERY,
     ) -> None:
         super().__init__(chat)
-        self.timer = timer
-        self.time = Histogram(TIME_BUCKETS)
-        self.sample = sample  # one line in this many is timed
-        self._skip = 1
-
-    def dispatch(self, member: Member, line: str) -> Any:
-        self._skip -= 1
-        if self._skip:
-            return Dispatcher.dispatch(self, member, line)
-        self._skip = self.sample
-        timer = self.timer
-        start = timer()
-        result = Dispatcher.dispatch(self, member, line)
-        self.time.observe(timer() - start)
-        return result
+        self.sampler = Sampler(self, ("dispatch",), clock, every, timer)
+        self.time = self.sampler.time
+        self.sampler.arm()
 
 
 class ReactorLag:
@@ -346,12 +368,13 @@ class ChatCollector(Collector):
         )
         yield self.delivery.time.family(
             "groupchat_fanout_seconds",
-            f"Time to hand one event (or batch) to its recipients; one in "
-            f"{self.delivery.sample} timed.",
+            f"Time to hand one event (or batch) to its recipients; at most one every "
+            f"{self.delivery.sampler.every:g} s timed.",
         )
         yield self.dispatcher.time.family(
             "groupchat_command_seconds",
-            f"Time to act on one line a member typed; one in {self.dispatcher.sample} timed.",
+            f"Time to act on one line a member typed; at most one every "
+            f"{self.dispatcher.sampler.every:g} s timed.",
         )
         yield self.lag.time.family(
             "groupchat_reactor_lag_seconds",
@@ -480,14 +503,14 @@ class Metrics(service.Service):
         rules: Rules,
         clock: IReactorTime,
         link: RedisLink | None = None,
-        sample: int = SAMPLE,
+        every: float = SAMPLE_EVERY,
     ) -> None:
         # Before anything reads them: the rules took the dispatcher at construction.
-        self.delivery = MeasuredDelivery(sample=sample)
+        self.delivery = MeasuredDelivery(clock, every=every)
         self.delivery.gather = getattr(chat.delivery, "gather", None)  # the doors' batcher
         self.delivery.written = lambda: rules.batcher.delivered
         chat.delivery = self.delivery
-        self.dispatcher = MeasuredDispatcher(chat, sample=sample)
+        self.dispatcher = MeasuredDispatcher(chat, clock, every=every)
         chat.dispatcher = rules.dispatcher = self.dispatcher
         self.lag = ReactorLag(clock)
         self.registry = CollectorRegistry(auto_describe=False)
@@ -505,3 +528,5 @@ class Metrics(service.Service):
     def stopService(self) -> None:
         super().stopService()
         self.lag.stop()
+        self.delivery.sampler.stop()
+        self.dispatcher.sampler.stop()

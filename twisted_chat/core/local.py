@@ -115,9 +115,9 @@ class LocalDelivery:
     def broadcast(self, room: Room, event: Event, exclude: Member | None) -> list[Member]:
         gather = self.gather
         if gather is None:
-            return LocalDelivery.fanout(self, room.members, event, exclude)
+            return self.fanout(room.members, event, exclude)
         rest = gather(room, event, exclude)
-        return LocalDelivery.fanout(self, rest, event, exclude) if rest else []
+        return self.fanout(rest, event, exclude) if rest else []
 
 
 @implementer(INetwork)
