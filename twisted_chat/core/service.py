@@ -182,6 +182,9 @@ class Room:
     # why): not heirs meanwhile, and put out by their node when it settles the room's
     # state after missing the kick (None: nobody, without a dict per room).
     leaving: dict[Member, str] | None = None
+    # Per member here: the id of the oldest line of history it has been shown, where its
+    # next /history pages back from (one entry in a room's dict, not a dict per member).
+    seen: dict[Member, int] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -194,7 +197,7 @@ class _Run:
     batch: Batch
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Member:
     """One participant's state in the core; adapters hold it as an opaque handle."""
 
@@ -214,9 +217,9 @@ class Member:
     # network is known everywhere as (node, id).
     node: str = ""
     id: int = 0
-    # Per room key (or conversation key): the id of the oldest line of history it has
-    # been shown, where its next /history pages back from.
-    seen: dict[str, int] = field(default_factory=dict)
+    # Per private conversation it paged through: the id of the oldest line it has been
+    # shown (for rooms, ``Room.seen``); None until the first.
+    talks: dict[str, int] | None = None
 
 
 @implementer(IChatService)
@@ -677,7 +680,7 @@ class ChatService(service.Service):
         self.rooms.leave(room, member)
         self._rooms_version += 1
         member.rooms.pop(room.key, None)
-        member.seen.pop(room.key, None)
+        room.seen.pop(member, None)
         room.ops.pop(member, None)
         if room.leaving and room.leaving.pop(member, None) is not None:
             self.moderator.gone_out(room)
@@ -755,7 +758,7 @@ class ChatService(service.Service):
         items, more = history.recent(key, history.replay)
         # Over a network, a line of this node's said a moment ago has no id yet.
         known = [item.id for item in items if item.id is not None]
-        member.seen[key] = min(known) if known else history.mark(key)
+        room.seen[member] = min(known) if known else history.mark(key)
         if items or more:  # with --history-replay 0: none shown, but /history has some
             self._tell(member, History(ts=now, room=room.name, items=list(items), more=more))
 
@@ -787,7 +790,10 @@ class ChatService(service.Service):
             if room is None:
                 raise NotInRoom(f"you are not in {name}; /join it to read its history")
         key = room.key if room is not None else conversation(member.nick, peer or "")
-        cursor = member.seen.get(key)
+        if room is not None:
+            cursor = room.seen.get(member)
+        else:
+            cursor = member.talks.get(key) if member.talks is not None else None
         if cursor is None:
             cursor = history.mark(key)
         d = history.before(key, cursor, n)
@@ -798,11 +804,17 @@ class ChatService(service.Service):
             if not member.present or (room is not None and member.rooms.get(key) is not room):
                 return  # gone, or left the room, while it was read
             if items:
-                if room is None:
-                    member.seen.pop(key, None)  # the newest conversation last, to be kept
-                    while len(member.seen) >= len(member.rooms) + CONVERSATIONS_SEEN:
-                        member.seen.pop(next(k for k in member.seen if k.startswith("@")))
-                member.seen[key] = min(item.id for item in items)
+                oldest = min(item.id for item in items)
+                if room is not None:
+                    room.seen[member] = oldest
+                else:
+                    talks = member.talks
+                    if talks is None:
+                        talks = member.talks = {}
+                    talks.pop(key, None)  # the newest conversation last, to be kept
+                    while len(talks) >= CONVERSATIONS_SEEN:
+                        talks.pop(next(iter(talks)))
+                    talks[key] = oldest
             self._tell(
                 member,
                 History(
