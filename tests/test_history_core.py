@@ -312,3 +312,26 @@ def test_private_messages_are_kept_only_when_asked_and_paged_by_nick(tmp_path: P
     dave, dave_seen = seat(service, "dave")
     service.join(dave, "#lobby")
     assert histories(dave_seen) == []
+
+
+def test_paging_keeps_the_cursors_of_the_last_twenty_conversations(tmp_path: Path):
+    from twisted_chat.core.service import CONVERSATIONS_SEEN
+
+    service = stored(tmp_path, private=True)
+    bob, seen = seat(service, "bob")
+    peers = [seat(service, f"peer{i}")[0] for i in range(CONVERSATIONS_SEEN + 1)]
+    for i, peer in enumerate(peers):
+        for n in range(3):
+            service.private(peer, "bob", f"{i}.{n}")
+
+    def page(nick: str) -> list[str]:
+        seen.clear()
+        typed(service, bob, f"/history {nick} 1")
+        (found,) = histories(seen)
+        return [item.text for item in found.items]
+
+    for i in range(len(peers)):
+        assert page(f"peer{i}") == [f"{i}.2"]
+    assert bob.talks is not None and len(bob.talks) == CONVERSATIONS_SEEN
+    assert page("peer1") == ["1.1"]  # still kept: pages on back
+    assert page("peer0") == ["0.2"]  # the oldest was forgotten: from the newest again
