@@ -9,7 +9,7 @@
     python -m bench backplane --rounds 3 --write  # a room over two nodes and one Redis
     python -m bench web --rounds 3 --write        # WebSocket clients beside line clients
     python -m bench history --rounds 5 --write    # the server with room history against without
-    python -m bench metrics --rounds 3 --write    # the server with --metrics against without
+    python -m bench metrics --rounds 5 --write    # the server with --metrics against without
 
 Extra options for our server (to try settings) go in ``GROUPCHAT_ARGS``, for example
 ``GROUPCHAT_ARGS='--flush-interval 0' python -m bench latency``.
