@@ -598,7 +598,7 @@ def test_a_ban_by_address_keeps_out_a_member_of_another_node():
     assert bob.new_lines()[-1] == "!!! banned: you are banned from #den"
 
 
-HEIR = "*** [#den] bob is an operator now (the last operator left)"
+HEIR = "*** [#den] bob is an operator now (the room had no operator left)"
 
 
 def test_when_the_last_operator_leaves_one_node_names_the_heir_for_all():

@@ -569,3 +569,37 @@ def test_someone_leaving_several_shared_rooms_is_shown_once():
     assert system_line({"type": "quit", "room": "#ops", "nick": "bob", "reason": ""}) == (
         "#ops: bob quit"
     )
+
+
+def test_the_client_shows_topics_moderation_bans_and_notices_worded_as_the_server_does():
+    from twisted_chat.client.render import system_line
+    from twisted_chat.core.events import Bans, Members, Moderation, Network, Notice, Topic, Wall
+
+    room_events = [
+        Topic(ts=0, room="#tea", topic="cakes", by="alice", locked=True, changed=True),
+        Topic(ts=0, room="#tea", topic="cakes", by="alice", set_at=86400.0),
+        Topic(ts=0, room="#tea", topic=""),
+        Moderation(ts=0, room="#tea", action="ban", by="alice", target="spam*", reason="bots"),
+        Moderation(ts=0, room="#tea", action="lock-topic", by="alice"),
+        Moderation(ts=0, room="#tea", action="op", by=None, target="bob"),
+        Members(ts=0, room="#tea", members=["alice", "bob"], ops=["alice"]),
+    ]
+    for event in room_events:
+        line = system_line(json.loads(JSON.encode(event)))
+        assert line is not None, event
+        # The client names the room as "#tea: ...", the server's text as "[#tea] ...".
+        assert "*** [#tea] " + line.removeprefix("#tea: ") == TEXT.text(event)
+    others = [
+        Bans(ts=0, room="#tea", bans=[("carol", "alice", "rude"), ("spam*", "alice", "")]),
+        Bans(ts=0, room=None, bans=[]),
+        Wall(ts=0, by="chief", text="restart at 6"),
+        Notice(ts=0, text="#tea: kicked alice"),
+        Network(ts=0, up=False, message="the network is split"),
+    ]
+    for event in others:
+        line = system_line(json.loads(JSON.encode(event)))
+        assert line is not None, event
+        assert ("*** " + line).casefold() == TEXT.text(event).casefold()
+    assert system_line(json.loads(JSON.encode(room_events[-1]))) == "#tea: 2 here: @alice, bob"
+    hostile = {"type": "topic", "room": "#x", "topic": "\x1b[2Jhi", "by": "\x1b]0;x\x07"}
+    assert "\x1b" not in (system_line(hostile) or "x\x1b")

@@ -180,12 +180,16 @@ def test_failed_logins_are_counted():
 
 def test_kicked_and_banned_can_be_counted_by_the_core():
     h, metrics, people = room(1)
+    for reason in ("quit", "killed", "kicked", "banned", "lost"):  # every reason, from 0
+        assert value(metrics, "groupchat_disconnects_total", reason=reason) == 0
     h.service.tally.disconnect("kicked")
     h.service.tally.disconnect("banned")
-    h.service.tally.disconnect("killed")  # a reason not known yet has its own label
+    h.service.tally.disconnect("killed")
+    h.service.tally.disconnect("strange")  # a reason not known yet has its own label
     assert value(metrics, "groupchat_disconnects_total", reason="kicked") == 1
     assert value(metrics, "groupchat_disconnects_total", reason="banned") == 1
     assert value(metrics, "groupchat_disconnects_total", reason="killed") == 1
+    assert value(metrics, "groupchat_disconnects_total", reason="strange") == 1
 
 
 def test_commands_are_timed():

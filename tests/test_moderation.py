@@ -105,7 +105,7 @@ def test_op_deop_and_succession_to_the_longest_present():
     r.type("carol", "/deop carol")
     assert r.texts("bob") == [
         "*** [#tea] carol took operator status from carol",
-        "*** [#tea] bob is an operator now (the last operator left)",
+        "*** [#tea] bob is an operator now (the room had no operator left)",
     ]
 
 
@@ -316,7 +316,7 @@ def test_a_muted_member_cannot_talk_through_a_topic_a_part_or_succession():
     r.type("bob", "/join #tea")
     r.texts("carol")
     r.type("alice", "/quit")
-    assert "*** [#tea] carol is an operator now (the last operator left)" in r.texts("carol")
+    assert "*** [#tea] carol is an operator now (the room had no operator left)" in r.texts("carol")
 
 
 def test_network_bans_follow_how_addresses_are_counted():
@@ -359,6 +359,11 @@ def test_bans_by_address_and_their_limits():
     r = tea("alice", "bob")
     r.type("alice", "/ban 198.51.100.2 from there")  # bob's address, typed
     assert r.texts("bob")[0] == "*** [#tea] alice banned 198.51.100.2 (from there)"
+    # Typed, it names nobody: whoever is here from that address is put out at once.
+    assert r.texts("alice") == [
+        "*** [#tea] alice banned 198.51.100.2 (from there)",
+        "*** [#tea] bob left (banned by alice: from there)",
+    ]
     r.add("carol", address="198.51.100.2")
     r.type("carol", "/join #tea")
     assert r.errors("carol") == ["banned: you are banned from #tea: from there"]
@@ -371,3 +376,16 @@ def test_bans_by_address_and_their_limits():
     assert r.errors("alice")[0].startswith("bad-arguments: nicknames are at most")
     r.type("alice", "/ban 198.51.100.2")
     assert r.errors("alice") == ["not-allowed: 198.51.100.2 is already banned from #tea"]
+
+
+def test_an_operator_cannot_kick_itself_nor_ban_a_pattern_no_nickname_can_match():
+    r = tea("alice", "bob")
+    r.type("alice", "/kick alice bye")
+    assert r.errors("alice") == ["not-allowed: you cannot kick yourself; to leave, /part #tea"]
+    r.type("alice", "/ban 198.51.100.*")
+    assert r.errors("alice") == [
+        "bad-arguments: a pattern matches nicknames, which have no '.', ':' or '/'; "
+        "ban an address as it is typed (203.0.113.7)"
+    ]
+    r.type("alice", "/who")
+    assert r.texts("alice")[-1] == "*** [#tea] 2 here: @alice, bob"

@@ -249,7 +249,7 @@ CASES: list[tuple[Event, str, str]] = [
     ),
     (
         Moderation(ts=TS, room="#ops", action="op", by=None, target="carol"),
-        "*** [#ops] carol is an operator now (the last operator left)",
+        "*** [#ops] carol is an operator now (the room had no operator left)",
         '{"type":"moderation","ts":1795800000.123,"room":"#ops","action":"op",'
         '"by":null,"target":"carol","reason":""}',
     ),
@@ -262,7 +262,7 @@ CASES: list[tuple[Event, str, str]] = [
     ),
     (
         Bans(ts=TS, room=None, bans=[]),
-        "*** Server no bans",
+        "*** No server bans",
         '{"type":"bans","ts":1795800000.123,"room":null,"bans":[]}',
     ),
     (

@@ -174,7 +174,7 @@ def test_join_part_rooms_who():
     # alice made #ops, so was its operator: bob, present longest, is one now.
     assert pb.texts() == [
         "*** [#ops] alice left (lunch)",
-        "*** [#ops] bob is an operator now (the last operator left)",
+        "*** [#ops] bob is an operator now (the room had no operator left)",
     ]
     assert alice.current is not None and alice.current.name == "#lobby"
     h.service.part(bob, "#ops")
@@ -258,7 +258,7 @@ def test_quit_is_told_once_per_member_and_later_connection_lost_is_silent():
     h.service.quit(alice, "again")
     assert pb.texts() == [
         "*** [#lobby, #ops] alice quit (bye now)",  # once for both rooms
-        "*** [#ops] bob is an operator now (the last operator left)",
+        "*** [#ops] bob is an operator now (the room had no operator left)",
     ]
     assert [e.type for e in pa.closed if e] == ["bye"]
     assert h.service.nicks.owner("alice") is None

@@ -47,7 +47,10 @@ from twisted_chat.core.events import (
     Topic,
     Wall,
     Welcome,
+    describe_bans,
     describe_crowd,
+    describe_moderation,
+    describe_topic,
 )
 
 MEMBERS_SHOWN = 100  # names in a text ``members`` line; the rest are counted
@@ -268,47 +271,15 @@ def _rooms_text(e: RoomList) -> str:
 
 
 def _topic_text(e: Topic) -> str:
-    lock = " (locked: only operators change it)" if e.locked else ""
-    if e.changed:
-        if not e.topic:
-            return f"*** [{e.room}] {e.by} cleared the topic{lock}"
-        return f"*** [{e.room}] {e.by} set the topic: {e.topic}{lock}"
-    if not e.topic:
-        return f"*** [{e.room}] No topic is set{lock}"
-    when = (
-        "" if e.set_at is None else " " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(e.set_at))
-    )
-    return f"*** [{e.room}] Topic: {e.topic} (set by {e.by}{when}){lock}"
-
-
-_DONE = {
-    "op": "made {target} an operator",
-    "deop": "took operator status from {target}",
-    "mute": "muted {target}",
-    "unmute": "unmuted {target}",
-    "ban": "banned {target}",
-    "unban": "lifted the ban on {target}",
-    "lock-topic": "locked the topic: only operators may change it",
-    "unlock-topic": "unlocked the topic: anyone here may change it",
-}
+    return f"*** [{e.room}] " + describe_topic(e.topic, e.by, e.set_at, e.locked, e.changed)
 
 
 def _moderation_text(e: Moderation) -> str:
-    reason = f" ({e.reason})" if e.reason else ""
-    if e.by is None and e.action == "op":
-        return f"*** [{e.room}] {e.target} is an operator now (the last operator left)"
-    what = _DONE.get(e.action, e.action + " {target}").format(target=e.target)
-    return f"*** [{e.room}] {e.by} {what}{reason}"
+    return f"*** [{e.room}] " + describe_moderation(e.action, e.by, e.target, e.reason)
 
 
 def _bans_text(e: Bans) -> str:
-    where = f"[{e.room}] " if e.room is not None else "Server "
-    if not e.bans:
-        return f"*** {where}no bans"
-    listed = ", ".join(
-        f"{t} (by {by}: {why})" if why else f"{t} (by {by})" for t, by, why in e.bans
-    )
-    return f"*** {where}bans: {listed}"
+    return "*** " + describe_bans(e.room, e.bans)
 
 
 def _help_text(e: Help) -> str:

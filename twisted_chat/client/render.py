@@ -11,7 +11,12 @@ import time
 import zlib
 from typing import Any
 
-from twisted_chat.core.events import describe_crowd
+from twisted_chat.core.events import (
+    describe_bans,
+    describe_crowd,
+    describe_moderation,
+    describe_topic,
+)
 from twisted_chat.core.sanitize import clean_text
 
 Fragments = list[tuple[str, str]]
@@ -246,10 +251,43 @@ def system_line(event: dict[str, Any]) -> str | None:
         )
         return f"{room}: {what}; {_c(event.get('count'))} here"
     if kind == "members":
+        ops = {_c(n) for n in event.get("ops") or []}
         names = [_c(n) for n in event.get("members", [])]
-        return f"{room}: {len(names)} here: {', '.join(names)}"
+        shown = ", ".join(f"@{n}" if n in ops else n for n in names)
+        return f"{room}: {len(names)} here: {shown}"
+    if kind == "topic":
+        at = event.get("set_at")
+        return f"{room}: " + describe_topic(
+            _c(event.get("topic")),
+            _c(event.get("by")),
+            at if isinstance(at, int | float) and not isinstance(at, bool) else None,
+            event.get("locked") is True,
+            event.get("changed") is True,
+        )
+    if kind == "moderation":
+        by = event.get("by")
+        return f"{room}: " + describe_moderation(
+            _c(event.get("action")), None if by is None else _c(by), _c(event.get("target")), reason
+        )
+    if kind == "bans":
+        bans = [
+            (_c(b.get("target")), _c(b.get("by")), _c(b.get("reason")))
+            for b in event.get("bans") or []
+            if isinstance(b, dict)
+        ]
+        return describe_bans(room if event.get("room") else None, bans)
+    if kind == "wall":
+        return f"notice from {_c(event.get('by'))} (server operator): {_c(event.get('text'))}"
+    if kind == "notice":
+        return _c(event.get("text"))
+    if kind == "network":
+        return f"network: {_c(event.get('message'))}"
     if kind == "rooms":
-        rooms = [f"{_c(r.get('room'))} ({_c(r.get('count'))})" for r in event.get("rooms", [])]
+        rooms = [
+            f"{_c(r.get('room'))} ({_c(r.get('count'))})"
+            + (f" {_c(r.get('topic'))!r}" if r.get("topic") else "")
+            for r in event.get("rooms", [])
+        ]
         query = _c(event.get("query"))
         label = f'rooms matching "{query}"' if query else "rooms"
         # ``total`` counts rooms the server did not list; servers before it sent them all.

@@ -8,6 +8,7 @@ members formats it once, not once per member.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -301,6 +302,52 @@ def describe_crowd(
         pairs = [f"{old} -> {new}" for old, new in renamed]
         parts.append(f"{renamed_count} renamed: {names(pairs, renamed_count)}")
     return "; ".join(parts)
+
+
+_DONE = {
+    "op": "made {target} an operator",
+    "deop": "took operator status from {target}",
+    "mute": "muted {target}",
+    "unmute": "unmuted {target}",
+    "ban": "banned {target}",
+    "unban": "lifted the ban on {target}",
+    "lock-topic": "locked the topic: only operators may change it",
+    "unlock-topic": "unlocked the topic: anyone here may change it",
+}
+
+
+def describe_moderation(action: str, by: str | None, target: str, reason: str | None) -> str:
+    """``alice banned spam* (bots)``: a ``moderation`` event after its room, worded
+    alike by the server's text and the client (as ``describe_crowd``)."""
+    if by is None and action == "op":
+        return f"{target} is an operator now (the room had no operator left)"
+    what = _DONE.get(action, action + " {target}").format(target=target)
+    return f"{by} {what}" + (f" ({reason})" if reason else "")
+
+
+def describe_topic(
+    topic: str, by: str | None, set_at: float | None, locked: bool, changed: bool
+) -> str:
+    """A ``topic`` event after its room: the change, or the topic as it stands."""
+    lock = " (locked: only operators change it)" if locked else ""
+    if changed:
+        if not topic:
+            return f"{by} cleared the topic{lock}"
+        return f"{by} set the topic: {topic}{lock}"
+    if not topic:
+        return f"No topic is set{lock}"
+    when = "" if set_at is None else " " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(set_at))
+    return f"Topic: {topic} (set by {by}{when}){lock}"
+
+
+def describe_bans(room: str | None, bans: Sequence[Sequence[str | None]]) -> str:
+    """A ``bans`` answer: a room's (``[#tea] bans: ...``) or the server's."""
+    listed = ", ".join(
+        f"{target} (by {by}: {why})" if why else f"{target} (by {by})" for target, by, why in bans
+    )
+    if room is None:
+        return f"Server bans: {listed}" if bans else "No server bans"
+    return f"[{room}] " + (f"bans: {listed}" if bans else "no bans")
 
 
 @dataclass(kw_only=True, eq=False, slots=True)

@@ -99,6 +99,14 @@ class Ban:
             return True
         return self.login is not None and member.logged_in and skeleton(member.nick) == self.login
 
+    def puts_out(self, member: Member) -> bool:
+        """Whom it puts out of the room when made: those it names, and, for an address
+        typed (no one named), whoever is here from that address."""
+        if self.names(member):
+            return True
+        typed = self.pattern is None and self.nick is None and self.who is None
+        return typed and self.address is not None and _address(member) == self.address
+
     def keeps_out(self, member: Member) -> bool:
         return self.names(member) or (bool(self.address) and member.address == self.address)
 
@@ -408,6 +416,8 @@ class Moderator:
         room = self._room(member, raw_room)
         self._need_op(member, room)
         target = self._target(room, nick)
+        if target is member:
+            raise NotAllowed(f"you cannot kick yourself; to leave, /part {room.name}")
         self._protected(member, target)
         reason = _short(clean_text(reason).strip(), REASON_MAX)
         why = f"kicked by {member.nick}" + (f": {reason}" if reason else "")
@@ -472,6 +482,11 @@ class Moderator:
             raise NotAllowed(f"{room.name} has {BANS_MAX} bans, the most it keeps; /unban some")
         target = None
         if any(ch in who for ch in "*?"):
+            if any(ch in who for ch in ".:/"):
+                raise BadArguments(
+                    "a pattern matches nicknames, which have no '.', ':' or '/'; "
+                    "ban an address as it is typed (203.0.113.7)"
+                )
             if len(who) > PATTERN_MAX or sum(who.count(c) for c in "*?") > WILDCARDS_MAX:
                 raise BadArguments(
                     f"a pattern is at most {PATTERN_MAX} characters with at most "
@@ -660,12 +675,13 @@ class Moderator:
                 return
             room.bans.append(ban)
             self._announce(room, "ban", actor, ban.shown, ban.reason)
-            # Those it names are put out now, each by its own server (the others hear of
-            # its part later, but take away its operator status at once); the address
-            # keeps them out on joining again.
+            # Those it names (for an address typed: whoever is here from it) are put out
+            # now, each by its own server (the others hear of its part later, but take
+            # away its operator status at once); the address keeps them out on joining
+            # again.
             why = f"banned by {actor.nick}" + (f": {ban.reason}" if ban.reason else "")
             for other in list(room.members):
-                if other is actor or not ban.names(other) or self.is_server_operator(other):
+                if other is actor or not ban.puts_out(other) or self.is_server_operator(other):
                     continue
                 room.ops.pop(other, None)
                 if not other.node:

@@ -21,6 +21,7 @@ DISCONNECT_REASONS = (
     "not_reading",
     "refused",
     "login",
+    "killed",
     "kicked",
     "banned",
     "lost",
