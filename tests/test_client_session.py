@@ -239,6 +239,17 @@ def test_lines_are_paced_under_the_announced_rate():
     for i in range(30):
         c.session.send(f"line {i}")
     assert len(c.sent()) == 8  # the burst, less what /format json and a margin used
+    named = Client(nick="alice", room="#tea")  # /nick and /join were sent too
+    named.connect()
+    named.welcome(
+        nick="alice",
+        rooms=("#tea",),
+        limits={"rate": 5.0, "burst": 10.0, "byte_rate": 16384.0, "flood_timeout": 60.0},
+    )
+    named.sent()
+    for i in range(30):
+        named.session.send(f"line {i}")
+    assert len([x for x in named.sent() if x.startswith("line")]) == 6
     times = []
     for _ in range(100):
         c.clock.advance(0.1)
@@ -576,6 +587,8 @@ def test_the_client_shows_topics_moderation_bans_and_notices_worded_as_the_serve
     from twisted_chat.core.events import Bans, Members, Moderation, Network, Notice, Topic, Wall
 
     room_events = [
+        Bans(ts=0, room="#tea", bans=[("carol", "alice", "rude"), ("spam*", "alice", "")]),
+        Bans(ts=0, room="#tea", bans=[]),
         Topic(ts=0, room="#tea", topic="cakes", by="alice", locked=True, changed=True),
         Topic(ts=0, room="#tea", topic="cakes", by="alice", set_at=86400.0),
         Topic(ts=0, room="#tea", topic=""),
@@ -590,8 +603,8 @@ def test_the_client_shows_topics_moderation_bans_and_notices_worded_as_the_serve
         # The client names the room as "#tea: ...", the server's text as "[#tea] ...".
         assert "*** [#tea] " + line.removeprefix("#tea: ") == TEXT.text(event)
     others = [
-        Bans(ts=0, room="#tea", bans=[("carol", "alice", "rude"), ("spam*", "alice", "")]),
         Bans(ts=0, room=None, bans=[]),
+        Bans(ts=0, room=None, bans=[("203.0.113.0/24", "chief", "spam")]),
         Wall(ts=0, by="chief", text="restart at 6"),
         Notice(ts=0, text="#tea: kicked alice"),
         Network(ts=0, up=False, message="the network is split"),

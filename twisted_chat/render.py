@@ -279,7 +279,8 @@ def _moderation_text(e: Moderation) -> str:
 
 
 def _bans_text(e: Bans) -> str:
-    return "*** " + describe_bans(e.room, e.bans)
+    where = "" if e.room is None else f"[{e.room}] "
+    return f"*** {where}" + describe_bans(e.room, e.bans)
 
 
 def _help_text(e: Help) -> str:

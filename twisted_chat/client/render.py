@@ -275,7 +275,9 @@ def system_line(event: dict[str, Any]) -> str | None:
             for b in event.get("bans") or []
             if isinstance(b, dict)
         ]
-        return describe_bans(room if event.get("room") else None, bans)
+        if not event.get("room"):
+            return describe_bans(None, bans)
+        return f"{room}: " + describe_bans(room, bans)
     if kind == "wall":
         return f"notice from {_c(event.get('by'))} (server operator): {_c(event.get('text'))}"
     if kind == "notice":

@@ -321,6 +321,7 @@ class ChatClientProtocol(LineReceiver):
         self._after_nick: list[str] | None = None
         self._restore_errors: list[Event] = []  # answers to restoring commands
         self._setup_nick: str | None = None  # asked for with the first lines
+        self._setup_sent = 0  # how many setup lines were sent (the server counts them)
         self._setup_room: str | None = None
         self._expected_current: str | None = None
         self._control: deque[str] = deque()  # restoring commands: they go before user lines
@@ -345,6 +346,7 @@ class ChatClientProtocol(LineReceiver):
             setup.append(f"/nick {self._setup_nick}")
         if self._setup_room:
             setup.append(f"/join {self._setup_room}")
+        self._setup_sent = len(setup)
         if self.transport is not None:
             self.transport.write("".join(f"{line}\n" for line in setup).encode("utf-8"))
         self._welcome_timer = self.clock.callLater(WELCOME_WAIT, self._no_welcome)
@@ -499,11 +501,11 @@ class ChatClientProtocol(LineReceiver):
         limits = session.limits
         if limits:
             # Stay just under the server's line rate so it never has to hold us back
-            # (and never mistakes a long paste for a flood); /format json used one token.
+            # (and never mistakes a long paste for a flood); the setup lines used a
+            # token each, and one more is left as a margin.
             now = self.clock.seconds()
-            self._pace = TokenBucket(
-                0.9 * float(limits["rate"]), max(1.0, float(limits["burst"]) - 2), now
-            )
+            burst = float(limits["burst"]) - self._setup_sent - 1
+            self._pace = TokenBucket(0.9 * float(limits["rate"]), max(1.0, burst), now)
         self._last_ping = self.clock.seconds()
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = self.clock

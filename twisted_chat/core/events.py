@@ -341,13 +341,13 @@ def describe_topic(
 
 
 def describe_bans(room: str | None, bans: Sequence[Sequence[str | None]]) -> str:
-    """A ``bans`` answer: a room's (``[#tea] bans: ...``) or the server's."""
+    """A ``bans`` answer after its room (``bans: ...``), or the server's (``room`` None)."""
     listed = ", ".join(
         f"{target} (by {by}: {why})" if why else f"{target} (by {by})" for target, by, why in bans
     )
     if room is None:
         return f"Server bans: {listed}" if bans else "No server bans"
-    return f"[{room}] " + (f"bans: {listed}" if bans else "no bans")
+    return f"bans: {listed}" if bans else "no bans"
 
 
 @dataclass(kw_only=True, eq=False, slots=True)
