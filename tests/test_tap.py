@@ -286,3 +286,28 @@ def test_server_bans_outlive_the_server_in_the_history_file_or_a_file_of_their_o
         if again.history.enabled:
             again.history.store.close()  # type: ignore[attr-defined]
     assert (tmp_path / "groupchat-bans.json").exists()  # with history off
+
+
+def test_nagle_leaves_tcp_nodelay_unset_on_each_connection():
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    class TCPish(StringTransport):
+        def __init__(self) -> None:
+            super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+            self.nodelay: list[bool] = []
+
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            self.nodelay.append(enabled)
+
+    for args, expected in ((("--port", "tcp:0"), [True]), (("--port", "tcp:0", "--nagle"), [])):
+        services = list(IServiceCollection(tap.makeService(parse(*args))))
+        (line,) = (s for s in services if isinstance(s, tap.ListenerService))
+        transport = TCPish()
+        protocol = line.factory.buildProtocol(transport.getPeer())
+        assert protocol is not None
+        protocol.makeConnection(transport)
+        assert transport.nodelay == expected, args
+        protocol.connectionLost(Failure(ConnectionDone()))

@@ -94,6 +94,9 @@ class Rules:
         self.register_timeout = DEFAULT_REGISTER_TIMEOUT
         self.connects = BusyLog(Connection.log, clock, "connects")
         self.seat_wait = DEFAULT_SEAT_WAIT
+        # TCP_NODELAY on each connection: a write leaves at once, not after the peer
+        # acknowledged the one before (--nagle turns it off).
+        self.nodelay = True
 
 
 class Session(enum.Enum):
@@ -205,7 +208,7 @@ class Connection:
             cast(IConsumer, transport).registerProducer(self.gate, True)
         self._direct = can_write_directly(transport)
         set_nodelay = getattr(transport, "setTcpNoDelay", None)
-        if set_nodelay is not None:
+        if set_nodelay is not None and self.rules.nodelay:
             with contextlib.suppress(OSError):  # not a TCP socket: nothing to tune
                 set_nodelay(True)
         if ISSLTransport.providedBy(transport):
