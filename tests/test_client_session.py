@@ -616,3 +616,10 @@ def test_the_client_shows_topics_moderation_bans_and_notices_worded_as_the_serve
     assert system_line(json.loads(JSON.encode(room_events[-1]))) == "#tea: 2 here: @alice, bob"
     hostile = {"type": "topic", "room": "#x", "topic": "\x1b[2Jhi", "by": "\x1b]0;x\x07"}
     assert "\x1b" not in (system_line(hostile) or "x\x1b")
+
+
+def test_the_piped_summary_counts_refused_lines_in_words():
+    from twisted_chat.client.app import _lines
+
+    assert _lines(1) == "1 of our lines was"
+    assert _lines(3) == "3 of our lines were"

@@ -242,6 +242,12 @@ def test_the_help_shows_operator_commands_and_server_ones_only_to_server_operato
     assert "/kick [#room] NICK [reason]" in usages("alice")
     assert "/wall text" not in usages("alice")
     assert "/wall text" in usages("chief")
+    # Logged in, a member's nickname is its login name: /nick is not offered.
+    assert not any(u.startswith("/nick") for u in usages("alice"))
+    guest = tea("bob")
+    guest.type("bob", "/help")
+    (shown,) = guest.people["bob"][1].of_type("help")
+    assert any(u.startswith("/nick") for u, _ in shown.commands)  # type: ignore[attr-defined]
 
 
 def test_admission_refuses_a_banned_address_with_the_reason():

@@ -316,6 +316,12 @@ CASES: list[tuple[Event, str, str]] = [
         '{"type":"slow-down","ts":1795800000.123,"rate":5.0,"waiting":40}',
     ),
     (
+        SlowDown(ts=TS, rate=5.0, waiting=1),
+        "*** Slow down: you are sending faster than 5 lines/s; "
+        "1 line is waiting and goes out at that rate",
+        '{"type":"slow-down","ts":1795800000.123,"rate":5.0,"waiting":1}',
+    ),
+    (
         Bye(ts=TS, reason="no heartbeat for 30.4 s"),
         "*** Disconnected: no heartbeat for 30.4 s",
         '{"type":"bye","ts":1795800000.123,"reason":"no heartbeat for 30.4 s"}',

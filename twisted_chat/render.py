@@ -302,9 +302,11 @@ def _idle_text(e: IdleWarning) -> str:
 
 
 def _slow_down_text(e: SlowDown) -> str:
+    waiting = (
+        "1 line is waiting and goes" if e.waiting == 1 else f"{e.waiting} lines are waiting and go"
+    )
     return (
-        f"*** Slow down: you are sending faster than {e.rate:g} lines/s; "
-        f"{e.waiting} lines are waiting and go out at that rate"
+        f"*** Slow down: you are sending faster than {e.rate:g} lines/s; {waiting} out at that rate"
     )
 
 

@@ -207,9 +207,7 @@ class ClientApp:
             )
             return 1
         if session.errors:
-            self._error(
-                f"delivered, but {session.errors} of our lines were refused (see the errors above)"
-            )
+            self._error(f"delivered, but {_lines(session.errors)} refused (see the errors above)")
             return 2
         return 0
 
@@ -343,3 +341,8 @@ class StdinLines(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.readConnectionLost()
+
+
+def _lines(n: int) -> str:
+    """``1 of our lines was``, ``3 of our lines were``."""
+    return f"{n} of our lines " + ("was" if n == 1 else "were")

@@ -300,10 +300,9 @@ def system_line(event: dict[str, Any]) -> str | None:
         rows = [f"{_c(c.get('usage')):<24} {_c(c.get('help'))}" for c in event.get("commands", [])]
         return "commands:\n" + "\n".join("   " + r for r in rows)
     if kind == "slow-down":
-        return (
-            f"slow down: over {_c(event.get('rate'))} lines/s; "
-            f"{_c(event.get('waiting'))} lines wait and go out at that rate"
-        )
+        waiting = event.get("waiting")
+        lines = "1 line waits and goes" if waiting == 1 else f"{_c(waiting)} lines wait and go"
+        return f"slow down: over {_c(event.get('rate'))} lines/s; {lines} out at that rate"
     if kind == "login-required":
         return "this server needs a login: start the client with --nick and a password"
     if kind == "idle":

@@ -226,7 +226,9 @@ def _help(svc: ChatService, m: Member, args: str) -> None:
     shown = [
         (c.usage, c.help)
         for c in _UNIQUE
-        if (kept or c is not COMMANDS["history"]) and (c.audience != "server" or server_op)
+        if (kept or c is not COMMANDS["history"])
+        and (c.audience != "server" or server_op)
+        and not (m.logged_in and c is COMMANDS["nick"])  # its name is its login name
     ]
     m.participant.deliver(Help(ts=svc.clock.seconds(), commands=shown))
 

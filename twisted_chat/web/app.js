@@ -1521,7 +1521,10 @@ function handle(c, event) {
       return notice(
         hereView(),
         `Slow down: you are sending faster than ${str(event.rate)} lines a second; ` +
-          `${str(event.waiting)} lines are waiting and go out at that rate.`,
+          (event.waiting === 1
+            ? "1 line is waiting and goes"
+            : `${str(event.waiting)} lines are waiting and go`) +
+          " out at that rate.",
         event.ts,
       );
     case "idle":
