@@ -138,18 +138,19 @@ class Sampler:
         self.arm()
 
     def arm(self) -> None:
-        later, self._later = self._later, None
-        if later is not None and later.active():
-            later.cancel()
+        self._cancel()
         for holder, name in self.places:
             setattr(holder, name, self.stand_in)
 
     def stop(self) -> None:
         """Disarmed for good: nothing left scheduled."""
-        if self._later is not None and self._later.active():
-            self._later.cancel()
-        self._later = None
+        self._cancel()
         self._put_back()
+
+    def _cancel(self) -> None:
+        later, self._later = self._later, None
+        if later is not None and later.active():
+            later.cancel()
 
     def _put_back(self) -> None:
         for holder, name in self.places:

@@ -102,10 +102,8 @@ class Ban:
     def puts_out(self, member: Member) -> bool:
         """Whom it puts out of the room when made: those it names, and, for an address
         typed (no one named), whoever is here from that address."""
-        if self.names(member):
-            return True
         typed = self.pattern is None and self.nick is None and self.who is None
-        return typed and self.address is not None and _address(member) == self.address
+        return self.keeps_out(member) if typed else self.names(member)
 
     def keeps_out(self, member: Member) -> bool:
         return self.names(member) or (bool(self.address) and member.address == self.address)
