@@ -101,7 +101,7 @@ async def _sustained(
     await store.close()
     elapsed = time.perf_counter() - start
     with sqlite3.connect(path) as db:
-        (rows,) = db.execute("SELECT count(*) FROM messages").fetchone()
+        (rows,) = db.execute("SELECT coalesce(sum(n), 0) FROM chunks").fetchone()
     assert rows == count, (rows, count)
     return rows / elapsed, rows, elapsed - appended
 

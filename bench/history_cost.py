@@ -64,6 +64,7 @@ from bench.common import (
     tree_cpu_seconds,
 )
 from bench.load import on_and_off, setup_rows
+from twisted_chat.history.store import stored_lines
 
 BASE = "off"
 REPLAY = 20
@@ -151,7 +152,7 @@ def check(path: Path, result: dict[str, float] | None) -> None:
     if not path.exists():
         raise RuntimeError(f"no history file after a run of {sent} messages")
     with closing(sqlite3.connect(path)) as db:
-        texts = [t for (t,) in db.execute("SELECT text FROM messages ORDER BY id")]
+        texts = [e.text for e in stored_lines(db)]
     rows = len(texts)
     result["history_rows"] = rows
     if rows < min(sent, KEEP):

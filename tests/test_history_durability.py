@@ -37,6 +37,7 @@ from tests.e2e_support import (
     twistd_command,
     wait_until,
 )
+from twisted_chat.history.store import stored_lines
 
 FLUSH_INTERVAL = 1.0  # SQLiteHistory's default, which the server uses
 # A line appended just after a flush is written by the next one, a flush interval later,
@@ -54,7 +55,7 @@ def stored(path: Path) -> list[Row]:
     """Every row of the history file, by id; read-only, one short read transaction."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
     try:
-        return db.execute("SELECT id, room, kind, nick, text FROM messages ORDER BY id").fetchall()
+        return [(e.id, e.room, e.kind, e.nick, e.text) for e in stored_lines(db)]
     finally:
         db.close()
 

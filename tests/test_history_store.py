@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 
 from twisted_chat.history import Entry, HistoryUnavailable, SQLiteHistory, conversation
-from twisted_chat.history.store import READS_MAX
+from twisted_chat.history.store import CHUNK_LINES, READS_MAX, SCHEMA_VERSION, stored_lines
 
 
 def sync_run(f: Callable[[], Any]) -> defer.Deferred[Any]:
@@ -40,7 +40,7 @@ def make(path: Path, clock: Clock | None = None, **kw: Any) -> SQLiteHistory:
 
 def rows(path: Path) -> list[tuple[Any, ...]]:
     with sqlite3.connect(path) as db:
-        return db.execute("SELECT id, room, text FROM messages ORDER BY id").fetchall()
+        return [(e.id, e.room, e.text) for e in stored_lines(db)]
 
 
 @pytest.fixture
@@ -175,8 +175,8 @@ def test_a_corrupt_file_is_refused_with_its_path(db_path):
 def test_a_newer_schema_version_is_refused(db_path):
     with sqlite3.connect(db_path) as db:
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        db.execute("INSERT INTO schema_version VALUES (3)")
-    with pytest.raises(HistoryUnavailable, match=r"schema version 3.*upgrade"):
+        db.execute("INSERT INTO schema_version VALUES (4)")
+    with pytest.raises(HistoryUnavailable, match=r"schema version 4.*upgrade"):
         make(db_path)
 
 
@@ -196,10 +196,84 @@ def test_a_version_1_file_is_migrated_and_keeps_its_lines_and_server_bans_are_ke
     store.save_bans([("203.0.113.0/24", "root", "spam")])
     result(store.close())
     with sqlite3.connect(db_path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     again = make(db_path)
     assert again.bans == [("203.0.113.0/24", "root", "spam")]
     result(again.close())
+
+
+def test_a_version_2_file_is_regrouped_into_chunks_and_reads_as_before(db_path):
+    with sqlite3.connect(db_path) as db:  # a row a line, as schema 2 kept them
+        db.executescript(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+            "INSERT INTO schema_version VALUES (2);"
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY, room TEXT NOT NULL, ts REAL NOT NULL,"
+            " kind TEXT NOT NULL, nick TEXT NOT NULL, text TEXT NOT NULL, recipient TEXT);"
+            "CREATE INDEX messages_room_id ON messages (room, id);"
+            "CREATE TABLE bans (network TEXT PRIMARY KEY, by TEXT NOT NULL, reason TEXT NOT NULL);"
+            "INSERT INTO bans VALUES ('198.51.100.7', 'root', 'flood');"
+        )
+        lines: list[tuple[int, str, float, str, str, str, str | None]] = [
+            (i, "#a" if i % 3 else "#b", float(i), "message", "al", f"m{i}", None)
+            for i in range(1, 700)
+        ]
+        lines.append((700, conversation("al", "Bo"), 700.0, "private", "al", "psst", "Bo"))
+        db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", lines)
+    store = make(db_path, keep=1000, tail=5)
+    assert store.bans == [("198.51.100.7", "root", "flood")]
+    assert [e.text for e in store.recent("#a", 2)[0]] == ["m697", "m698"]
+    page, more = result(store.before("#a", 11, 5))
+    assert [e.text for e in page] == ["m4", "m5", "m7", "m8", "m10"] and more
+    assert store.append("#a", 0.0, "message", "al", "next").id == 701
+    result(store.close())
+    with sqlite3.connect(db_path) as db:
+        assert [tuple(e) for e in stored_lines(db)][:-1] == lines
+        tables = {t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "messages" not in tables
+        (chunks,) = db.execute("SELECT count(*) FROM chunks").fetchone()
+    assert chunks == 2 + 1 + 1 + 1  # 466 lines of #a, 233 of #b, one conversation, "next"
+
+
+def test_a_busy_flush_is_a_few_rows_and_retention_cuts_inside_one(db_path):
+    clock = Clock()
+    store = make(db_path, clock, keep=300, retain_interval=60.0)
+    made = [store.append("#a", 0.0, "message", "al", f"m{i}") for i in range(3 * CHUNK_LINES)]
+    store.append("#b", 0.0, "message", "bo", "one")
+    statements: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(statements.append)
+    store.flush()  # the first flush also runs the first pass of retention
+    inserted = [s for s in statements if s.startswith("INSERT INTO chunks")]
+    assert len(inserted) == 3 + 1 + 1  # three chunks of #a, one of #b, the cut one again
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("SELECT room, n FROM chunks ORDER BY first").fetchall() == [
+            ("#a", 300 - CHUNK_LINES),
+            ("#a", CHUNK_LINES),
+            ("#b", 1),
+        ]
+    # Paging back crosses chunks, and finds the lines retention kept.
+    kept = made[-300:]
+    assert result(store.before("#a", made[-1].id + 1, 200)) == (kept[-200:], True)
+    assert result(store.before("#a", kept[100].id, 200)) == (kept[:100], False)
+    with sqlite3.connect(db_path) as db:
+        assert [e.text for e in stored_lines(db, "#a")] == [e.text for e in kept]
+    result(store.close())
+
+
+def test_retention_by_age_cuts_the_chunks_it_passes_through(db_path):
+    clock = Clock()
+    clock.advance(10 * 86400)
+    store = make(db_path, clock, days=1, retain_interval=3600.0)
+    now = clock.seconds()
+    for hour in range(48):  # two rooms, interleaved, hourly, all in one flush
+        store.append(
+            "#a" if hour % 2 else "#b", now - (48 - hour) * 3600, "message", "al", str(hour)
+        )
+    clock.advance(1.0)
+    with sqlite3.connect(db_path) as db:
+        left = [e.text for e in stored_lines(db)]
+    assert left == [str(h) for h in range(25, 48)]  # 24 hours and a second: gone
+    result(store.close())
 
 
 def test_a_directory_that_cannot_be_written_is_refused_at_start(tmp_path):

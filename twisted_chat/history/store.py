@@ -6,10 +6,16 @@ The reactor thread only touches memory: ``append`` puts an entry in its room's t
 costs the reactor a deque append per message and SQLite one commit per interval. SIGTERM
 (``close``) loses nothing; SIGKILL loses at most the last interval.
 
+The file keeps a room's lines in chunks: one row for up to ``CHUNK_LINES`` lines of one
+room from one flush (ids and times as packed numbers, the rest as one JSON array). A line a
+row cost two B-tree inserts and later two deletes per line, and the writer thread, on the
+reactor's core, took a third of it in a busy room; a chunk costs that once per batch.
+
 Retention runs in the writer thread right after a flush's insert, at most once every
 ``retain_interval`` seconds (a minute by default), not on every flush: by count (``keep``
 per room, for the rooms written to since the last pass; every room on the first pass) and
-by age (``days``), both as deletes of id ranges on indexes the table already has.
+by age (``days``). Whole chunks go as ranges of the key; the one chunk a limit cuts through
+is rewritten with the lines it keeps.
 
 Private messages are stored like room messages under a conversation key,
 ``conversation(a, b)`` (``"@"`` and the two casefolded nicknames, sorted), which cannot be a
@@ -19,10 +25,15 @@ room name (rooms start with ``#``); ``to`` holds the recipient as it was typed.
 from __future__ import annotations
 
 import fcntl
+import json
 import sqlite3
+import sys
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any, NamedTuple, Protocol, TypeVar
+from itertools import groupby
+from operator import itemgetter
+from typing import IO, Any, NamedTuple, TypeVar
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -38,7 +49,7 @@ __all__ = ["PAGE_MAX", "Entry", "HistoryUnavailable", "SQLiteHistory", "conversa
 T = TypeVar("T")
 Runner = Callable[[Callable[[], T]], "defer.Deferred[T]"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PAGE_MAX = 200
 # Beyond this many entries waiting for the writer (a hung or very slow disk), new ones are
 # kept in memory tails only, and counted as dropped: memory stays bounded.
@@ -47,27 +58,31 @@ PENDING_MAX = 200_000
 # that many members paging at once cannot hold the writes back (they share the thread).
 READS_MAX = 32
 OUTAGE_REPORT_EVERY = 60.0  # seconds between two log lines about failing writes
+# Lines of one room in one row at most: a page read decodes one or two rows, not a
+# busy second's worth.
+CHUNK_LINES = 256
 
+# ``first`` (the key) and ``last`` are the chunk's lowest and highest ids: one room's
+# chunks never overlap, and ids follow time, so both limits cut at one place in a room.
+# ``ids`` and ``times`` are packed little-endian int64 and float64; ``body`` is the JSON
+# array [kinds, nicks, texts, recipients].
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS chunks (
+    first INTEGER PRIMARY KEY,
+    last INTEGER NOT NULL,
     room TEXT NOT NULL,
-    ts REAL NOT NULL,
-    kind TEXT NOT NULL,
-    nick TEXT NOT NULL,
-    text TEXT NOT NULL,
-    recipient TEXT
+    ts_first REAL NOT NULL,
+    ts_last REAL NOT NULL,
+    n INTEGER NOT NULL,
+    ids BLOB NOT NULL,
+    times BLOB NOT NULL,
+    body TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS messages_room_id ON messages (room, id);
+CREATE INDEX IF NOT EXISTS chunks_room_first ON chunks (room, first);
 CREATE TABLE IF NOT EXISTS bans (network TEXT PRIMARY KEY, by TEXT NOT NULL, reason TEXT NOT NULL);
 """
-# What takes a file from each version to the next, in one transaction each.
-_MIGRATIONS = {
-    1: "CREATE TABLE IF NOT EXISTS bans "
-    "(network TEXT PRIMARY KEY, by TEXT NOT NULL, reason TEXT NOT NULL);",
-}
-_COLUMNS = "id, room, ts, kind, nick, text, recipient"
+_CHUNK_COLUMNS = "room, ids, times, body"
 
 
 class Entry(NamedTuple):
@@ -88,31 +103,143 @@ class Entry(NamedTuple):
     to: str | None = None
 
 
-def _entry(row: Sequence[Any]) -> Entry:
-    return Entry(*row)
-
+# A line as the reactor keeps it: Entry's fields in a plain tuple. The collector stops
+# following a plain tuple of strings and numbers once it has seen it, but follows a
+# NamedTuple for good: a busy second's lines waiting for the writer made the full
+# collections run again and again, and cost the reactor more than the rest of append.
+Row = tuple[int, str, float, str, str, str, str | None]
+_row_time: Callable[[Row], float] = itemgetter(2)
+_row_room: Callable[[Row], str] = itemgetter(1)
 
 _new = tuple.__new__
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_SWAP = sys.byteorder != "little"
 
-Line = TypeVar("Line", bound="_Timed")
+
+def _packed(kind: str, values: Iterable[Any]) -> bytes:
+    numbers = array(kind, values)
+    if _SWAP:
+        numbers.byteswap()
+    return numbers.tobytes()
 
 
-class _Timed(Protocol):
-    @property
-    def ts(self) -> float: ...
+def _unpacked(kind: str, data: bytes) -> array[Any]:
+    numbers = array(kind)
+    numbers.frombytes(data)
+    if _SWAP:
+        numbers.byteswap()
+    return numbers
+
+
+def _chunk_row(room: str, lines: Sequence[Row]) -> tuple[Any, ...]:
+    """A row of ``chunks`` for lines of one room, in id order. Column-wise, so that the
+    packing is a few C calls whatever the count (a float in JSON costs more than a line's
+    every other field)."""
+    ids, _, times, kinds, nicks, texts, tos = zip(*lines, strict=True)
+    return (
+        ids[0],
+        ids[-1],
+        room,
+        times[0],
+        times[-1],
+        len(ids),
+        _packed("q", ids),
+        _packed("d", times),
+        _dumps([kinds, nicks, texts, tos]),
+    )
+
+
+def _chunk_lines(row: Sequence[Any]) -> list[Entry]:
+    """The entries of a row read as ``_CHUNK_COLUMNS``, oldest first."""
+    room, ids, times, body = row
+    kinds, nicks, texts, tos = json.loads(body)
+    return [
+        _new(Entry, (i, room, t, k, nk, x, to))
+        for i, t, k, nk, x, to in zip(
+            _unpacked("q", ids), _unpacked("d", times), kinds, nicks, texts, tos, strict=True
+        )
+    ]
+
+
+def _insert_chunks(db: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def _chunk_at(db: sqlite3.Connection, first: int) -> list[Entry]:
+    (row,) = db.execute(f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE first = ?", (first,))
+    return _chunk_lines(row)
+
+
+def _rewrite(db: sqlite3.Connection, first: int, room: str, lines: Sequence[Row]) -> None:
+    """Replace the chunk keyed ``first`` by the chunk of ``lines`` (none: delete it)."""
+    db.execute("DELETE FROM chunks WHERE first = ?", (first,))
+    if lines:
+        _insert_chunks(db, [_chunk_row(room, lines)])
+
+
+def stored_lines(db: sqlite3.Connection, room: str | None = None) -> list[Entry]:
+    """Every line in a history file (or one room's), by id: for tests, tools and benches
+    that look into the file."""
+    if room is None:
+        rows = db.execute(f"SELECT {_CHUNK_COLUMNS} FROM chunks")
+    else:
+        rows = db.execute(f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE room = ?", (room,))
+    return sorted((e for row in rows for e in _chunk_lines(row)), key=lambda e: e.id)
+
+
+def _from_v1(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS bans "
+        "(network TEXT PRIMARY KEY, by TEXT NOT NULL, reason TEXT NOT NULL)"
+    )
+
+
+def _from_v2(db: sqlite3.Connection) -> None:
+    """Schema 2 kept a row a line: regroup each room's lines into chunks, in id order."""
+    for statement in _SCHEMA.split(";"):
+        db.execute(statement)  # not executescript: it would commit the migration's BEGIN
+    rooms = [r for (r,) in db.execute("SELECT DISTINCT room FROM messages").fetchall()]
+    for room in rooms:
+        found = db.execute(
+            "SELECT id, room, ts, kind, nick, text, recipient FROM messages "
+            "WHERE room = ? ORDER BY id",
+            (room,),
+        )
+        while lines := [_new(Entry, tuple(r)) for r in found.fetchmany(CHUNK_LINES)]:
+            _insert_chunks(db, [_chunk_row(room, lines)])
+    db.execute("DROP TABLE messages")
+
+
+# What takes a file from each version to the next, inside one transaction each.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _from_v1,
+    2: _from_v2,
+}
+
+
+Line = TypeVar("Line")
+
+
+def _line_time(line: Any) -> float:
+    return float(line.ts)
 
 
 def last_lines(
-    tail: deque[Line] | None, n: int, days: float | None, clock: IReactorTime
+    tail: deque[Line] | None,
+    n: int,
+    days: float | None,
+    clock: IReactorTime,
+    when: Callable[[Line], float] = _line_time,
 ) -> tuple[list[Line], bool]:
     """The last ``n`` of a memory tail, oldest first, and whether older ones may be kept
-    elsewhere (a full tail has let some go). With ``days``, lines past it are forgotten
-    first: retention deletes them from the store, and the tail forgets them as asked."""
+    elsewhere (a full tail has let some go). With ``days``, lines past it (by ``when``)
+    are forgotten first: retention deletes them from the store, and the tail forgets them
+    as asked."""
     if not tail or n <= 0:
         return [], bool(tail)
     if days is not None:
         cutoff = clock.seconds() - days * 86400.0
-        while tail and tail[0].ts < cutoff:
+        while tail and when(tail[0]) < cutoff:
             tail.popleft()
     more = len(tail) > n or len(tail) == tail.maxlen
     return (list(tail) if n >= len(tail) else list(tail)[-n:]), more
@@ -153,8 +280,8 @@ class SQLiteHistory:
         self._run: Runner[Any] | None = run
         self._pool: ThreadPool | None = None
         self._db: sqlite3.Connection | None = None
-        self._tails: dict[str, deque[Entry]] = {}
-        self._pending: list[Entry] = []
+        self._tails: dict[str, deque[Row]] = {}
+        self._pending: list[Row] = []
         self._dropped = 0  # not written: appended while PENDING_MAX were waiting
         self._next_id = 1
         self._loop: task.LoopingCall | None = None
@@ -247,25 +374,58 @@ class SQLiteHistory:
                 )
             else:
                 for step in range(version, SCHEMA_VERSION):
-                    db.executescript(
-                        f"BEGIN; {_MIGRATIONS[step]} "
-                        f"UPDATE schema_version SET version = {step + 1}; COMMIT;"
-                    )
+                    db.execute("BEGIN")
+                    try:
+                        _MIGRATIONS[step](db)
+                        db.execute("UPDATE schema_version SET version = ?", (step + 1,))
+                        db.execute("COMMIT")
+                    except BaseException:
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                        raise
             self.bans = [tuple(r) for r in db.execute("SELECT network, by, reason FROM bans")]
-            (top,) = db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+            (top,) = db.execute("SELECT coalesce(max(last), 0) FROM chunks").fetchone()
             self._next_id = top + 1
             # Rooms only: conversations (keys starting with "@") are never kept in memory.
-            found = db.execute("SELECT DISTINCT room FROM messages") if tails else ()
+            found = db.execute("SELECT DISTINCT room FROM chunks").fetchall() if tails else ()
             for room in (r for (r,) in found if not r.startswith("@")):
-                rows = db.execute(
-                    f"SELECT {_COLUMNS} FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
-                    (room, self.tail),
-                ).fetchall()
-                self._tail(room).extend(_entry(r) for r in reversed(rows))
+                lines = self._newest(db, room, None, self.tail)[0]
+                self._tail(room).extend(e[:] for e in lines)  # plain tuples: see Row
         except BaseException:
             db.close()
             raise
         return db
+
+    @staticmethod
+    def _newest(
+        db: sqlite3.Connection, room: str, before_id: int | None, n: int
+    ) -> tuple[list[Entry], bool]:
+        """The newest ``n`` lines of a room (below ``before_id``), oldest first, and
+        whether older ones are kept: newest chunks first, until there are enough."""
+        if before_id is None:
+            found = db.execute(
+                f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE room = ? ORDER BY first DESC",
+                (room,),
+            )
+        else:
+            found = db.execute(
+                f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE room = ? AND first < ? "
+                "ORDER BY first DESC",
+                (room, before_id),
+            )
+        pages: list[list[Entry]] = []
+        count = 0
+        for row in found:
+            lines = _chunk_lines(row)
+            if before_id is not None and lines[-1].id >= before_id:
+                lines = [e for e in lines if e.id < before_id]
+            pages.append(lines)
+            count += len(lines)
+            if count > n:
+                break
+        found.close()
+        newest = [e for lines in reversed(pages) for e in lines]
+        return (newest[-n:] if n else []), count > n
 
     @staticmethod
     def _schema_version(db: sqlite3.Connection) -> int | None:
@@ -291,7 +451,7 @@ class SQLiteHistory:
 
     # -- the reactor side ---------------------------------------------------------------
 
-    def _tail(self, room: str) -> deque[Entry]:
+    def _tail(self, room: str) -> deque[Row]:
         found = self._tails.get(room)
         if found is None:
             found = self._tails[room] = deque(maxlen=self.tail)
@@ -310,17 +470,17 @@ class SQLiteHistory:
         if ident < self._next_id:
             ident = self._next_id
         self._next_id = ident + 1
-        entry: Entry = _new(Entry, (ident, room, ts, kind, nick, text, to))
+        row: Row = (ident, room, ts, kind, nick, text, to)
         if room[:1] != "@":
             tail = self._tails.get(room)
             if tail is None:
                 tail = self._tail(room)
-            tail.append(entry)
+            tail.append(row)
         if len(self._pending) < PENDING_MAX:
-            self._pending.append(entry)
+            self._pending.append(row)
         else:
             self._dropped += 1
-        return entry
+        return _new(Entry, row)  # for the caller to look at, and let go
 
     def save_bans(self, bans: list[tuple[str, str, str]]) -> None:
         """Replace the server-wide bans kept in the file (network, by, reason), in the
@@ -361,7 +521,8 @@ class SQLiteHistory:
     def recent(self, room: str, n: int) -> tuple[list[Entry], bool]:
         """The last ``n`` (at most ``tail``) entries of a room, oldest first, from memory,
         and whether older ones may be in the file."""
-        return last_lines(self._tails.get(room), n, self.days, self.clock)
+        rows, more = last_lines(self._tails.get(room), n, self.days, self.clock, _row_time)
+        return [_new(Entry, r) for r in rows], more
 
     def before(self, room: str, before_id: int, n: int) -> defer.Deferred[tuple[list[Entry], bool]]:
         """The newest ``n`` (at most 200) entries of a room older than ``before_id``, oldest
@@ -374,13 +535,7 @@ class SQLiteHistory:
 
         def read() -> tuple[list[Entry], bool]:
             assert db is not None
-            rows = db.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND id < ? "
-                "ORDER BY id DESC LIMIT ?",
-                (room, before_id, n + 1),
-            ).fetchall()
-            more = len(rows) > n
-            return [_entry(r) for r in reversed(rows[:n])], more
+            return self._newest(db, room, before_id, n)
 
         if db is None or self._run is None or n == 0:
             return defer.succeed(([], False))
@@ -479,7 +634,7 @@ class SQLiteHistory:
             # Something is still being written: ``run`` keeps order, so this fires after it.
             waited: defer.Deferred[None] = self._run(lambda: None)
             return waited
-        rooms = {e.room for e in batch}
+        rooms = set(map(_row_room, batch))
         trim: set[str] | None = set()
         if retain:
             # The first pass after open trims every room (keep may have been lowered);
@@ -540,19 +695,26 @@ class SQLiteHistory:
     def _write(
         self,
         db: sqlite3.Connection,
-        batch: list[Entry],
+        batch: list[Row],
         retain: bool,
         rooms: set[str] | None,
         cutoff: float | None,
     ) -> None:
         """In the writer thread: insert the batch, then (if ``retain``) trim ``rooms`` (None:
         every room) to ``keep`` and drop what is older than ``cutoff``: one transaction."""
+        # Grouped by room in C (a stable sort keeps each room's lines in id order; one
+        # busy room's batch is one run to it): a Python loop over the lines cost more.
+        batch.sort(key=_row_room)
         db.execute("BEGIN")
         try:
-            if batch:
-                db.executemany(
-                    f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    batch,
+            for room, group in groupby(batch, _row_room):
+                lines = list(group)
+                _insert_chunks(
+                    db,
+                    (
+                        _chunk_row(room, lines[i : i + CHUNK_LINES])
+                        for i in range(0, len(lines), CHUNK_LINES)
+                    ),
                 )
             if retain:
                 self._retain(db, rooms, cutoff)
@@ -566,23 +728,47 @@ class SQLiteHistory:
         self, db: sqlite3.Connection, rooms: Iterable[str] | None, cutoff: float | None
     ) -> None:
         if rooms is None:
-            rooms = [r for (r,) in db.execute("SELECT DISTINCT room FROM messages")]
+            rooms = [r for (r,) in db.execute("SELECT DISTINCT room FROM chunks").fetchall()]
         for room in rooms:
-            # The keep-th newest id of the room, on the (room, id) index; older ones go.
-            found = db.execute(
-                "SELECT id FROM messages WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
-                (room, self.keep),
-            ).fetchone()
-            if found is not None:
-                db.execute("DELETE FROM messages WHERE room = ? AND id <= ?", (room, found[0]))
+            # Newest chunks first until ``keep`` lines; older chunks go, and the chunk that
+            # reaches past ``keep`` keeps its newest lines only.
+            total = 0
+            cut: tuple[int, int] | None = None
+            for first, n in db.execute(
+                "SELECT first, n FROM chunks WHERE room = ? ORDER BY first DESC", (room,)
+            ):
+                total += n
+                if total >= self.keep:
+                    cut = first, total - self.keep
+                    break
+            if cut is None:
+                continue
+            first, extra = cut
+            db.execute("DELETE FROM chunks WHERE room = ? AND first < ?", (room, first))
+            if extra:
+                lines = _chunk_at(db, first)
+                _rewrite(db, first, room, lines[extra:])
         if cutoff is not None:
-            # Times grow with ids (both are taken at append), so everything before the
-            # first id at or after the cutoff is old: one walk of the oldest rows, one
-            # delete by rowid range, no index on ts to slow every insert.
+            # Times grow with ids (both are taken at append): the chunks before the first
+            # (by id) whose last line is recent are old, all of them; the chunks from there
+            # on whose first line is old are cut through, and they come before any chunk
+            # whose first line is recent. No index on time to slow every insert.
             found = db.execute(
-                "SELECT id FROM messages WHERE ts >= ? ORDER BY id LIMIT 1", (cutoff,)
+                "SELECT first FROM chunks WHERE ts_last >= ? ORDER BY first LIMIT 1", (cutoff,)
             ).fetchone()
             if found is None:
-                db.execute("DELETE FROM messages")
-            else:
-                db.execute("DELETE FROM messages WHERE id < ?", (found[0],))
+                db.execute("DELETE FROM chunks")
+                return
+            db.execute("DELETE FROM chunks WHERE first < ?", found)
+            straddling = db.execute(
+                "SELECT first, ts_first FROM chunks WHERE first >= ? ORDER BY first", found
+            )
+            cut_through = []
+            for first, ts_first in straddling:
+                if ts_first >= cutoff:
+                    break
+                cut_through.append(first)
+            straddling.close()
+            for first in cut_through:
+                lines = _chunk_at(db, first)
+                _rewrite(db, first, lines[0].room, [e for e in lines if e.ts >= cutoff])
