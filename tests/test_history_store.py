@@ -32,6 +32,19 @@ def result(d: defer.Deferred[Any]) -> Any:
     return out[0]
 
 
+def add(
+    store: SQLiteHistory,
+    room: str,
+    ts: float,
+    kind: str,
+    nick: str,
+    text: str,
+    to: str | None = None,
+) -> Entry:
+    """Append, and the entry the store now holds."""
+    return Entry(store.append(room, ts, kind, nick, text, to), room, ts, kind, nick, text, to)
+
+
 def make(path: Path, clock: Clock | None = None, **kw: Any) -> SQLiteHistory:
     store = SQLiteHistory(str(path), clock or Clock(), run=sync_run, **kw)
     store.open()
@@ -59,7 +72,7 @@ def logged() -> Iterator[list[dict[str, Any]]]:
 
 def test_append_then_recent_in_order_and_capped_at_the_tail(db_path):
     store = make(db_path, tail=5)
-    made = [store.append("#a", float(i), "message", "al", f"m{i}") for i in range(8)]
+    made = [add(store, "#a", float(i), "message", "al", f"m{i}") for i in range(8)]
     store.append("#b", 0.0, "action", "bo", "waves")
     # A full tail may have let older entries go: "more" says the file may hold them.
     assert store.recent("#a", 100) == (made[3:], True)
@@ -98,22 +111,22 @@ def test_a_restart_keeps_history_and_continues_ids(db_path):
     store = make(db_path, tail=3)
     for i in range(5):
         store.append("#a", float(i), "message", "al", f"m{i}")
-    last = store.append("#b", 9.0, "private", "al", "psst", to="Bo")
+    last = add(store, "#b", 9.0, "private", "al", "psst", to="Bo")
     result(store.close())
 
     again = make(db_path, tail=3)
     assert [e.text for e in again.recent("#a", 10)[0]] == ["m2", "m3", "m4"]
     assert again.recent("#b", 1) == ([last], False)
     # Ids follow the time, and never go back, even for a line said "earlier".
-    assert again.append("#a", 10.0, "message", "al", "next").id == 10_000_000
-    assert again.append("#a", 1.0, "message", "al", "late").id == 10_000_001
+    assert again.append("#a", 10.0, "message", "al", "next") == 10_000_000
+    assert again.append("#a", 1.0, "message", "al", "late") == 10_000_001
     assert last.id == 9_000_000
     result(again.close())
 
 
 def test_before_pages_back_capped_at_200_and_empty_when_nothing_older(db_path):
     store = make(db_path, keep=1000)
-    made = [store.append("#a", float(i), "message", "al", f"m{i}") for i in range(300)]
+    made = [add(store, "#a", float(i), "message", "al", f"m{i}") for i in range(300)]
     store.append("#b", 0.0, "message", "bo", "elsewhere")
     # Unflushed entries are found too: before() writes first.
     page = result(store.before("#a", made[250].id, 10))
@@ -224,7 +237,7 @@ def test_a_version_2_file_is_regrouped_into_chunks_and_reads_as_before(db_path):
     assert [e.text for e in store.recent("#a", 2)[0]] == ["m697", "m698"]
     page, more = result(store.before("#a", 11, 5))
     assert [e.text for e in page] == ["m4", "m5", "m7", "m8", "m10"] and more
-    assert store.append("#a", 0.0, "message", "al", "next").id == 701
+    assert store.append("#a", 0.0, "message", "al", "next") == 701
     result(store.close())
     with sqlite3.connect(db_path) as db:
         assert [tuple(e) for e in stored_lines(db)][:-1] == lines
@@ -237,7 +250,7 @@ def test_a_version_2_file_is_regrouped_into_chunks_and_reads_as_before(db_path):
 def test_a_busy_flush_is_a_few_rows_and_retention_cuts_inside_one(db_path):
     clock = Clock()
     store = make(db_path, clock, keep=300, retain_interval=60.0)
-    made = [store.append("#a", 0.0, "message", "al", f"m{i}") for i in range(3 * CHUNK_LINES)]
+    made = [add(store, "#a", 0.0, "message", "al", f"m{i}") for i in range(3 * CHUNK_LINES)]
     store.append("#b", 0.0, "message", "bo", "one")
     statements: list[str] = []
     assert store._db is not None
@@ -348,7 +361,7 @@ def test_unicode_round_trips(db_path):
 def test_privates_go_under_a_conversation_key(db_path):
     assert conversation("Al", "bo") == conversation("Bo", "al") == "@al bo"
     store = make(db_path)
-    entry = store.append(conversation("Al", "Bo"), 1.0, "private", "Al", "hi", to="Bo")
+    entry = add(store, conversation("Al", "Bo"), 1.0, "private", "Al", "hi", to="Bo")
     # Kept in the file only: nobody is shown a conversation on joining.
     assert store.recent("@al bo", 5) == ([], False)
     assert result(store.before("@al bo", store.mark(), 5)) == ([entry], False)
@@ -411,7 +424,7 @@ def test_the_real_writer_thread_writes_pages_and_closes():
         store = SQLiteHistory(str(path), reactor, flush_interval=0.05)
         store.open()
         try:
-            made = [store.append("#a", float(i), "message", "al", f"m{i}") for i in range(500)]
+            made = [add(store, "#a", float(i), "message", "al", f"m{i}") for i in range(500)]
             page = yield store.before("#a", made[-1].id, 5).addTimeout(10, reactor)
             assert page == (made[-6:-1], True)
             store.append("#a", 0.0, "message", "al", "after")

@@ -459,8 +459,9 @@ class SQLiteHistory:
 
     def append(
         self, room: str, ts: float, kind: str, nick: str, text: str, to: str | None = None
-    ) -> Entry:
-        """Keep one entry: in memory now, in the file at the next flush. No I/O, no raise.
+    ) -> int:
+        """Keep one entry, and return its id: in memory now, in the file at the next
+        flush. No I/O, no raise.
         After close() an entry stays in memory only. A conversation's entries (keys that
         start with ``@``) are not kept in memory: nobody is shown them on joining."""
         # Ids follow the time in microseconds (one more than the last when lines come
@@ -471,16 +472,16 @@ class SQLiteHistory:
             ident = self._next_id
         self._next_id = ident + 1
         row: Row = (ident, room, ts, kind, nick, text, to)
-        if room[:1] != "@":
-            tail = self._tails.get(room)
-            if tail is None:
-                tail = self._tail(room)
+        tail = self._tails.get(room)
+        if tail is None and room[:1] != "@":
+            tail = self._tail(room)
+        if tail is not None:
             tail.append(row)
         if len(self._pending) < PENDING_MAX:
             self._pending.append(row)
         else:
             self._dropped += 1
-        return _new(Entry, row)  # for the caller to look at, and let go
+        return ident
 
     def save_bans(self, bans: list[tuple[str, str, str]]) -> None:
         """Replace the server-wide bans kept in the file (network, by, reason), in the
