@@ -41,14 +41,19 @@ def _ratio(row: dict[str, Any], key: str, name: str) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+_FANOUT_RATIOS = ("deliveries_per_s", "deliveries_per_cpu_s")
+
+
 def fanout_md(doc: dict[str, Any]) -> list[str]:
     rows = doc["results"]
     names = list(dict.fromkeys(r["server"] for r in rows))
     others = [n for n in names if n != "groupchat"]
     lines = [
         "Deliveries per second, median of the runs (min-max); server and generator CPU are "
-        "medians too. The last columns are groupchat's throughput over each reference, "
-        "the median of per-round ratios.",
+        "medians too. The last columns are groupchat's deliveries per second and, after "
+        "the comma, its deliveries per second of server CPU, over each reference's: the "
+        "median of per-round ratios. Where groupchat does not use its whole core (the "
+        "generator is the limit), the second is the one that compares the servers.",
         "",
         "| R | S | server | deliveries/s | server CPU | generator CPU | lost |"
         + "".join(f" ours / {n} |" for n in others),
@@ -57,7 +62,9 @@ def fanout_md(doc: dict[str, Any]) -> list[str]:
     for r in rows:
         spread = f"{_k(r['deliveries_per_s_min'])}-{_k(r['deliveries_per_s_max'])}"
         ratios = "".join(
-            f" {_ratio(r, 'deliveries_per_s', n)} |" if r["server"] == "groupchat" else " |"
+            " " + ", ".join(filter(None, (_ratio(r, k, n) for k in _FANOUT_RATIOS))) + " |"
+            if r["server"] == "groupchat"
+            else " |"
             for n in others
         )
         lines.append(
@@ -404,6 +411,122 @@ def _ratio3(row: dict[str, Any], key: str, name: str) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+def _arrow(before: dict[str, Any], after: dict[str, Any], key: str, fmt: str) -> str:
+    if key not in after:
+        return "-"
+    old = format(before[key], fmt) if key in before else "-"
+    if f"{key}~" in before:  # not measured then: derived from the medians
+        old = "~" + format(before[f"{key}~"], fmt)
+    return f"{old} -> {format(after[key], fmt)}"
+
+
+def _per_cpu_from_medians(rows: list[dict[str, Any]]) -> None:
+    """Runs before deliveries per CPU second were measured: the ratio of medians, marked
+    with ``~`` in the table (the ratios measured now are medians of per-round ratios)."""
+    for ours in rows:
+        if ours["server"] != "groupchat":
+            continue
+        for ref in rows:
+            key = f"deliveries_per_cpu_s_ratio_to_{ref['server']}"
+            same = (ref["receivers"], ref["senders"]) == (ours["receivers"], ours["senders"])
+            if same and ref is not ours and key not in ours and ref["server_cpu"]:
+                ours[f"{key}~"] = (ours["deliveries_per_s"] / ours["server_cpu"]) / (
+                    ref["deliveries_per_s"] / ref["server_cpu"]
+                )
+
+
+def _ratios(before: dict[str, Any], after: dict[str, Any], keys: list[str], name: str) -> str:
+    return ", ".join(_arrow(before, after, f"{k}_ratio_to_{name}", ".2f") for k in keys)
+
+
+# What identifies a row across runs, and the columns worth comparing, per scenario:
+# (column title, key, format); then the keys whose ratios to each reference are shown.
+_COMPARED: dict[str, tuple[tuple[str, ...], list[tuple[str, str, str]], list[str]]] = {
+    "fanout": (
+        ("receivers", "senders"),
+        [("deliveries/s", "deliveries_per_s", ",.0f"), ("server CPU", "server_cpu", ".0%")],
+        ["deliveries_per_s", "deliveries_per_cpu_s"],
+    ),
+    "latency": (
+        ("rate",),
+        [
+            ("p50 ms", "p50_ms", ".2f"),
+            ("p99 ms", "p99_ms", ".2f"),
+            ("server CPU", "server_cpu", ".0%"),
+        ],
+        ["p99_ms", "server_cpu"],
+    ),
+    "senders": (
+        ("receivers", "senders"),
+        [
+            ("p50 ms", "p50_ms", ".2f"),
+            ("p99 ms", "p99_ms", ".2f"),
+            ("server CPU", "server_cpu", ".0%"),
+        ],
+        ["p50_ms", "p99_ms", "server_cpu"],
+    ),
+    "scale": (
+        ("clients",),
+        [
+            ("seated in, s", "connect_s", ".2f"),
+            ("RSS per connection, bytes", "rss_per_conn_bytes", ",.0f"),
+            ("one message to all, ms", "broadcast_ms", ".0f"),
+        ],
+        [],
+    ),
+}
+
+
+_TITLES = {
+    "deliveries_per_s": "deliveries/s",
+    "deliveries_per_cpu_s": "per CPU s",
+    "p50_ms": "p50",
+    "p99_ms": "p99",
+    "server_cpu": "CPU",
+}
+
+
+def before_after_md(out: Path) -> list[str]:
+    """groupchat's rows of each scenario kept in ``out/before`` beside the same rows now:
+    where a round of work started, and where the run above left it."""
+    lines: list[str] = []
+    for scenario, (ident, columns, ratio_keys) in _COMPARED.items():
+        before_doc, after_doc = _load(out / "before", scenario), _load(out, scenario)
+        if before_doc is None or after_doc is None:
+            continue
+        if scenario == "fanout":
+            _per_cpu_from_medians(before_doc["results"])
+        ours = [r for r in after_doc["results"] if r.get("server", "groupchat") == "groupchat"]
+        earlier = {
+            tuple(r.get(k) for k in ident): r
+            for r in before_doc["results"]
+            if r.get("server", "groupchat") == "groupchat"
+        }
+        names = sorted({k.split("_ratio_to_")[1] for r in ours for k in r if "_ratio_to_" in k})
+        ratio_titles = ", ".join(_TITLES[k] for k in ratio_keys)
+        lines += [
+            f"**{scenario}**: before `{before_doc['command']}`, {before_doc['date']}; "
+            f"after: the table above.",
+            "",
+            "| "
+            + " | ".join(ident)
+            + " | "
+            + " | ".join(t for t, _, _ in columns)
+            + " |"
+            + "".join(f" {ratio_titles}: ours / {n} |" for n in names if ratio_keys),
+            "|" + "---|" * (len(ident) + len(columns) + (len(names) if ratio_keys else 0)),
+        ]
+        for row in ours:
+            old = earlier.get(tuple(row.get(k) for k in ident), {})
+            cells = [f"{row[k]:,g}" for k in ident]
+            cells += [_arrow(old, row, key, fmt) for _, key, fmt in columns]
+            if ratio_keys:
+                cells += [_ratios(old, row, ratio_keys, n) for n in names]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def render(out: Path) -> str:
     parts: list[str] = []
     for scenario, title, table in (
@@ -437,6 +560,16 @@ def render(out: Path) -> str:
         ]
         if scenario == "fanout" and (out / "fanout.svg").exists():
             parts += ["![Fan-out throughput against receivers](bench/fanout.svg)", ""]
+    compared = before_after_md(out)
+    if compared:
+        parts += [
+            "### Before and after (groupchat's rows)",
+            "",
+            "The figures kept in `docs/bench/before/` (where the current round of work "
+            "started) against the same rows of the tables above; ratios as in those tables.",
+            "",
+            *compared,
+        ]
     return "\n".join(parts)
 
 
