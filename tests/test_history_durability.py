@@ -1,8 +1,8 @@
 """History durability end to end: the real twistd killed with SIGKILL, and run out of disk.
 
-The store writes its pending batch every second (``SQLiteHistory.flush_interval``): a
-SIGKILL may lose what was said in the last second, nothing older, and never a line in the
-middle of the history; a disk that refuses writes costs the history, never the chat, and is
+The store writes its pending batch every ``FLUSH_EVERY`` (0.2 s): a SIGKILL may lose what
+was said in that last interval, nothing older, and never a line in the middle of the
+history; a disk that refuses writes costs the history, never the chat, and is
 logged as one error, not one a second.
 
 The test reads the server's SQLite file itself, read-only and in short transactions, to
@@ -37,9 +37,9 @@ from tests.e2e_support import (
     twistd_command,
     wait_until,
 )
-from twisted_chat.history.store import stored_lines
+from twisted_chat.history.store import FLUSH_EVERY, stored_lines
 
-FLUSH_INTERVAL = 1.0  # SQLiteHistory's default, which the server uses
+FLUSH_INTERVAL = FLUSH_EVERY  # SQLiteHistory's default, which the server uses
 # A line appended just after a flush is written by the next one, a flush interval later,
 # plus the time the writer thread takes; this is the allowance for that write, generous
 # for a loaded CI machine.

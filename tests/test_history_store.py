@@ -215,7 +215,7 @@ def test_a_version_1_file_is_migrated_and_keeps_its_lines_and_server_bans_are_ke
     result(again.close())
 
 
-def test_a_version_2_file_is_regrouped_into_chunks_and_reads_as_before(db_path):
+def test_a_version_2_file_is_regrouped_into_chunks_and_reads_as_before(db_path, logged):
     with sqlite3.connect(db_path) as db:  # a row a line, as schema 2 kept them
         db.executescript(
             "CREATE TABLE schema_version (version INTEGER NOT NULL);"
@@ -245,6 +245,14 @@ def test_a_version_2_file_is_regrouped_into_chunks_and_reads_as_before(db_path):
         assert "messages" not in tables
         (chunks,) = db.execute("SELECT count(*) FROM chunks").fetchone()
     assert chunks == 2 + 1 + 1 + 1  # 466 lines of #a, 233 of #b, one conversation, "next"
+    # Said in the log, as it holds up the start; the old table's pages are given back.
+    said = [e["log_format"] for e in logged if "schema" in e.get("log_format", "")]
+    assert said == [
+        "history file {path}: converting from schema {old} to {new}, once",
+        "history file {path}: converted to schema {new} in {seconds:.1f} s",
+    ]
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA freelist_count").fetchone() == (0,)
 
 
 def test_a_busy_flush_is_a_few_rows_and_retention_cuts_inside_one(db_path):
