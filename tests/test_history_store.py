@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -494,3 +495,24 @@ def test_a_file_another_server_is_using_is_refused(db_path):
     second.check()  # free again once the first has closed it
     second.open()
     result(second.close())
+
+
+def test_a_file_in_use_is_refused_before_it_is_converted(db_path):
+    with sqlite3.connect(db_path) as db:  # schema 2, as the server before kept it
+        db.executescript(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+            "INSERT INTO schema_version VALUES (2);"
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY, room TEXT NOT NULL, ts REAL NOT NULL,"
+            " kind TEXT NOT NULL, nick TEXT NOT NULL, text TEXT NOT NULL, recipient TEXT);"
+            "CREATE TABLE bans (network TEXT PRIMARY KEY, by TEXT NOT NULL, reason TEXT NOT NULL);"
+        )
+    with open(db_path, "rb") as held:  # the older server, still running, holds the lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        newer = SQLiteHistory(str(db_path), Clock(), run=sync_run)
+        for attempt in (newer.check, newer.open):
+            with pytest.raises(HistoryUnavailable, match="in use by another groupchat server"):
+                attempt()
+        with sqlite3.connect(db_path) as db:
+            assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    newer.open()  # once it has stopped
+    result(newer.close())

@@ -310,23 +310,23 @@ class SQLiteHistory:
         """Open and close the file once, refusing an unusable one as ``open`` would, and
         start nothing: for before twistd forks, which no thread or SQLite connection may
         cross."""
-        db = self._connect_or_refuse(tails=False)
+        probe = self._lock()  # only a probe: open() holds it, after any fork
         try:
-            probe = self._lock()  # only a probe: open() holds it, after any fork
+            self._connect_or_refuse(tails=False).close()
+        finally:
             if probe is not None:
                 probe.close()
-        finally:
-            db.close()
 
     def open(self) -> None:
         """Open or create the file, load the tails, start the flush loop. Synchronous: it
         runs once, before the server accepts anyone, and refuses an unusable file here."""
-        self._db = self._connect_or_refuse()
+        self._lock_file = self._lock()
         try:
-            self._lock_file = self._lock()
+            self._db = self._connect_or_refuse()
         except HistoryUnavailable:
-            self._db.close()
-            self._db = None
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
             raise
         self.available = True
         if self._run is None:
@@ -346,10 +346,19 @@ class SQLiteHistory:
 
     def _lock(self) -> IO[bytes] | None:
         """The file, locked for this process: two servers writing one file would give
-        lines the same ids. (``flock``, which SQLite's own ``fcntl`` locks ignore.)"""
+        lines the same ids. (``flock``, which SQLite's own ``fcntl`` locks ignore.) Taken
+        before SQLite opens the file, since opening may convert it: a second server must
+        be refused before it changes anything. Creates an empty file, which SQLite takes
+        as a new database."""
         if self.path == ":memory:":
             return None
-        held = open(self.path, "rb")  # noqa: SIM115 (held until close())
+        try:
+            held = open(self.path, "ab")  # noqa: SIM115 (held until close())
+        except OSError as e:
+            raise HistoryUnavailable(
+                f"cannot use history file {self.path}: {e.strerror}; check that it is in a "
+                "writable directory, or start with --history none"
+            ) from None
         try:
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
