@@ -4,8 +4,8 @@ The reactor thread only touches memory: ``append`` puts an entry in its room's t
 ``recent`` answers from) and in a pending batch. A ``LoopingCall`` hands the batch, every
 ``flush_interval`` (``FLUSH_EVERY``), to one writer thread that inserts it in one
 transaction, so a busy room costs the reactor a deque append per message and SQLite one
-commit per interval. SIGTERM
-(``close``) loses nothing; SIGKILL loses at most the last interval.
+commit per interval. SIGTERM (``close``) loses nothing; SIGKILL loses at most the last
+interval.
 
 The file keeps a room's lines in chunks: one row for up to ``CHUNK_LINES`` lines of one
 room from one flush (ids and times as packed numbers, the rest as one JSON array). A line a
