@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -49,16 +50,37 @@ class ListenProcess:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        # stderr (errors, connection news) is read here only once a test asks for a line
+        # of it: most tests read the whole of it when the client has ended.
+        self.errors: queue.Queue[str] | None = None
+        threading.Thread(
+            target=self._pump, args=(self.proc.stdout, self.lines), daemon=True
+        ).start()
         if stdin is not None:
             assert self.proc.stdin is not None
             self.proc.stdin.write(stdin)
             self.proc.stdin.close()
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+    @staticmethod
+    def _pump(stream: IO[bytes] | None, into: queue.Queue[str]) -> None:
+        assert stream is not None
+        for raw in stream:
+            into.put(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    def expect_stderr(self, text: str, timeout: float = 10.0) -> str:
+        if self.errors is None:
+            self.errors = queue.Queue()
+            threading.Thread(
+                target=self._pump, args=(self.proc.stderr, self.errors), daemon=True
+            ).start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.errors.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {text!r} on the client's stderr") from None
+            if text in line:
+                return line
 
     def expect(self, text: str, timeout: float = 10.0) -> str:
         deadline = time.monotonic() + timeout
@@ -240,6 +262,11 @@ def test_client_reconnects_and_rejoins_after_a_server_restart(
     observer2.say("/join #ops")
     observer2.say("welcome back")
     listener.expect(f"[#ops] <{observer2.nick}> welcome back")
+    # Said beside "reconnecting", once back: and under which name.
+    assert "reconnecting" in listener.expect_stderr("reconnecting")
+    assert listener.expect_stderr("reconnected as").startswith(
+        "groupchat client: reconnected as watcher"
+    )
 
 
 def _prompt_back(fd: int, buffer: bytearray, after: bytes) -> None:

@@ -166,7 +166,7 @@ async def _run(reactor: Any, options: Options, interactive: bool) -> None:
 
 
 def _printer(options: Options) -> Callable[[dict[str, Any], str | None], None]:
-    from twisted_chat.client.render import message_line, plain, render
+    from twisted_chat.client.render import message_line, plain, render, system_line
 
     def show(event: dict[str, Any], me: str | None) -> None:
         room = options["room"]
@@ -175,6 +175,11 @@ def _printer(options: Options) -> Callable[[dict[str, Any], str | None], None]:
         if options["json"]:
             line: str | None = json.dumps(event, ensure_ascii=False)
         elif options["listen"]:
+            if event.get("type") == "welcome" and event.get("restored"):
+                # Connection news, beside "reconnecting": back, and under which name.
+                sys.stderr.write(f"groupchat client: {system_line(event)}\n")
+                sys.stderr.flush()
+                return
             line = message_line(event)
         elif options["quiet"] and event.get("type") != "error":
             line = None
