@@ -161,11 +161,15 @@ def test_retention_by_count_keeps_the_newest_per_room(db_path):
     result(store.close())
 
 
-def test_retention_by_age(db_path):
+def ten_days_on(path: Path, **kw: Any) -> tuple[SQLiteHistory, Clock, float]:
+    """A store whose clock reads ten days, room for lines days older; and that time."""
     clock = Clock()
     clock.advance(10 * 86400)
-    store = make(db_path, clock, days=2, retain_interval=0.0)
-    now = clock.seconds()
+    return make(path, clock, **kw), clock, clock.seconds()
+
+
+def test_retention_by_age(db_path):
+    store, clock, now = ten_days_on(db_path, days=2, retain_interval=0.0)
     for age in (5, 3, 1.5, 0.5):
         store.append("#a", now - age * 86400, "message", "al", f"{age} days")
     clock.advance(1.0)
@@ -283,10 +287,7 @@ def test_a_busy_flush_is_a_few_rows_and_retention_cuts_inside_one(db_path):
 
 
 def test_retention_by_age_cuts_the_chunks_it_passes_through(db_path):
-    clock = Clock()
-    clock.advance(10 * 86400)
-    store = make(db_path, clock, days=1, retain_interval=3600.0)
-    now = clock.seconds()
+    store, clock, now = ten_days_on(db_path, days=1, retain_interval=3600.0)
     for hour in range(48):  # two rooms, interleaved, hourly, all in one flush
         store.append(
             "#a" if hour % 2 else "#b", now - (48 - hour) * 3600, "message", "al", str(hour)

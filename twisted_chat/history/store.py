@@ -97,8 +97,7 @@ class Entry(NamedTuple):
     follows the time in microseconds); ``kind`` is "message", "action" or "private"
     (``to``: the recipient).
 
-    A tuple, in the table's column order: made on every message, it costs a tenth of
-    what a dataclass does, and the writer inserts it as it is.
+    What readers get (``recent``, ``before``); the store itself keeps ``Row``s.
     """
 
     id: int
@@ -293,7 +292,7 @@ class SQLiteHistory:
         self._next_id = 1
         self._loop: task.LoopingCall | None = None
         self._last_retain: float | None = None  # None: the first pass covers every room
-        self._touched: set[str] = set()
+        self._grown: set[str] = set()  # the writer's: rooms written to since retention
         self._inflight = 0  # writes handed to ``run`` and not finished
         self._reads = 0  # reads handed to ``run`` and not finished
         self._outage_reported = 0.0  # when a failing write was last logged
@@ -391,17 +390,26 @@ class SQLiteHistory:
             elif version < SCHEMA_VERSION:
                 self._migrate(db, version)
             self.bans = [tuple(r) for r in db.execute("SELECT network, by, reason FROM bans")]
-            (top,) = db.execute("SELECT coalesce(max(last), 0) FROM chunks").fetchone()
-            self._next_id = top + 1
-            # Rooms only: conversations (keys starting with "@") are never kept in memory.
-            found = db.execute("SELECT DISTINCT room FROM chunks").fetchall() if tails else ()
-            for room in (r for (r,) in found if not r.startswith("@")):
-                lines = self._newest(db, room, None, self.tail)[0]
-                self._tail(room).extend(e[:] for e in lines)  # plain tuples: see Row
+            if tails:
+                self._load(db)
         except BaseException:
             db.close()
             raise
         return db
+
+    def _load(self, db: sqlite3.Connection) -> None:
+        """Each room's last lines into memory, and ids on from the highest kept: each
+        room's (or conversation's) newest chunk by the index, not a scan of every row."""
+        top = 0
+        for (key,) in db.execute("SELECT DISTINCT room FROM chunks").fetchall():
+            (last,) = db.execute(
+                "SELECT last FROM chunks WHERE room = ? ORDER BY first DESC LIMIT 1", (key,)
+            ).fetchone()
+            top = max(top, last)
+            if not key.startswith("@"):  # conversations are never kept in memory
+                lines = self._newest(db, key, None, self.tail)[0]
+                self._tail(key).extend(e[:] for e in lines)  # plain tuples: see Row
+        self._next_id = top + 1
 
     def _migrate(self, db: sqlite3.Connection, version: int) -> None:
         """Take the file to this version, a step a transaction; then give back the space
@@ -671,19 +679,15 @@ class SQLiteHistory:
             # Something is still being written: ``run`` keeps order, so this fires after it.
             waited: defer.Deferred[None] = self._run(lambda: None)
             return waited
-        rooms = set(map(_row_room, batch))
-        trim: set[str] | None = set()
+        # The first pass after open trims every room (keep may have been lowered); later
+        # ones only the rooms written to since (the writer notes them), the only ones
+        # that grew.
+        every = retain and self._last_retain is None
         if retain:
-            # The first pass after open trims every room (keep may have been lowered);
-            # later ones only the rooms written to since, the only ones that grew.
-            trim = None if self._last_retain is None else self._touched | rooms
-            self._touched = set()
             self._last_retain = self.clock.seconds()
-        else:
-            self._touched |= rooms
         cutoff = None if self.days is None else self.clock.seconds() - self.days * 86400.0
         self._inflight += 1
-        d: defer.Deferred[None] = self._run(lambda: self._write(db, batch, retain, trim, cutoff))
+        d: defer.Deferred[None] = self._run(lambda: self._write(db, batch, retain, every, cutoff))
 
         def written(_: object) -> None:
             self._inflight -= 1
@@ -734,17 +738,19 @@ class SQLiteHistory:
         db: sqlite3.Connection,
         batch: list[Row],
         retain: bool,
-        rooms: set[str] | None,
+        every: bool,
         cutoff: float | None,
     ) -> None:
-        """In the writer thread: insert the batch, then (if ``retain``) trim ``rooms`` (None:
-        every room) to ``keep`` and drop what is older than ``cutoff``: one transaction."""
+        """In the writer thread: insert the batch, then (if ``retain``) trim the rooms
+        written to since the last pass (``every``: all of them) to ``keep`` and drop what
+        is older than ``cutoff``: one transaction."""
         # Grouped by room in C (a stable sort keeps each room's lines in id order; one
         # busy room's batch is one run to it): a Python loop over the lines cost more.
         batch.sort(key=_row_room)
         db.execute("BEGIN")
         try:
             for room, group in groupby(batch, _row_room):
+                self._grown.add(room)
                 lines = list(group)
                 _insert_chunks(
                     db,
@@ -754,8 +760,10 @@ class SQLiteHistory:
                     ),
                 )
             if retain:
-                self._retain(db, rooms, cutoff)
+                self._retain(db, None if every else self._grown, cutoff)
             db.execute("COMMIT")
+            if retain:
+                self._grown = set()
         except BaseException:
             if db.in_transaction:  # SQLITE_FULL has already rolled it back
                 db.execute("ROLLBACK")
